@@ -1,0 +1,1 @@
+//! NATS JetStream: region streams, outbox relay and idempotent consumers.

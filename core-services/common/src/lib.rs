@@ -1,0 +1,1 @@
+//! Clock and randomness for deterministic core code.

@@ -1,0 +1,1 @@
+//! The per-region core service process.

@@ -1,0 +1,1 @@
+//! Identity tokens (EdDSA JWT): minting and verification.

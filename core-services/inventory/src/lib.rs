@@ -1,0 +1,1 @@
+//! Seat inventory: holds, sales, expiry and GA pools.

@@ -1,0 +1,1 @@
+//! Notifications: email, webhooks and server-sent events from bus events.

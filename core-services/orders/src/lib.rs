@@ -1,0 +1,1 @@
+//! Checkout: orders, the payment saga and tickets.

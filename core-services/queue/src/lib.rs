@@ -1,0 +1,1 @@
+//! Waiting room: signed queue tokens, verifiable shuffle and admission control.

@@ -1,0 +1,1 @@
+//! Service runtime glue: config, telemetry, metrics, HTTP errors.

@@ -1,0 +1,1 @@
+//! The transactional key-value store interface with FoundationDB semantics.

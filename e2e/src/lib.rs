@@ -1,0 +1,1 @@
+//! End-to-end harness: starts the real multi-region stack.

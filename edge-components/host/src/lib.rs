@@ -1,0 +1,1 @@
+//! The edge host: a wasmtime server for Tessera's Spin components.

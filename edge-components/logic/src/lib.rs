@@ -1,0 +1,1 @@
+//! Pure edge logic shared by the WASM components.

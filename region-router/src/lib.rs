@@ -1,0 +1,1 @@
+//! Region router: nearest healthy region, failover and operator drain.

@@ -1,0 +1,1 @@
+//! Developer workflows: cargo xtask up | test | bench | e2e.
