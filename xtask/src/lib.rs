@@ -1,1 +1,0 @@
-//! Developer workflows: cargo xtask up | test | bench | e2e.
