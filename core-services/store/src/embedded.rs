@@ -1,0 +1,493 @@
+//! [`EmbeddedStore`]: the durable default backend.
+//!
+//! One directory holds a write-ahead log (`wal-<segment>.log`), the snapshot the current
+//! segment starts from (`snap-<segment>.bin`), a `HEAD` file naming the committed end of
+//! the log, and a `LOCK` file. Every process that opens the directory keeps the whole
+//! key space in memory as a multi-version map and follows the log:
+//!
+//! - **Reads** happen in memory at a read version. Taking a read version reads `HEAD`
+//!   (one `pread`); if another process committed since, this process first applies the new
+//!   log records. So every transaction sees every commit acknowledged before it began:
+//!   strict serializability across processes.
+//! - **Commits** go to a committer thread that gathers every transaction waiting (group
+//!   commit), takes the `LOCK` (`flock`, released by the kernel if the process dies),
+//!   catches up with the log, resolves conflicts, appends one record for the batch,
+//!   `fdatasync`s it, updates `HEAD`, and only then acknowledges. An acknowledged commit is
+//!   on disk; a process killed at any point loses only unacknowledged work.
+//! - **Recovery**: the next writer adopts complete, checksummed records past `HEAD` (their
+//!   outcome was unknown to their client) and cuts off a torn tail.
+//! - **Rotation**: when a segment grows past `segment_bytes_max`, the writer snapshots the
+//!   state, starts the next segment and deletes the old files; followers that still read the
+//!   old segment keep its file open.
+
+use std::fs::{File, OpenOptions};
+use std::io::Write as _;
+use std::os::unix::fs::FileExt as _;
+use std::path::{Path, PathBuf};
+use std::sync::mpsc::{Receiver, Sender, TryRecvError};
+use std::sync::{Arc, Weak};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use parking_lot::Mutex;
+
+use crate::local::{Host, LocalTrx};
+use crate::mvcc::{CommitRequest, Engine, versionstamp};
+use crate::wal::{self, HEAD_LEN, Head};
+use crate::{CommitInfo, Store, StoreError};
+
+/// Tuning for [`EmbeddedStore`].
+#[derive(Debug, Clone)]
+pub struct EmbeddedOptions {
+    /// Most transactions resolved and synced together.
+    pub batch_txns_max: usize,
+    /// Start a new log segment (and snapshot) after this many bytes.
+    pub segment_bytes_max: u64,
+    /// `fdatasync` before acknowledging. Only benchmarks that want to see the cost of
+    /// durability turn this off.
+    pub sync: bool,
+}
+
+impl Default for EmbeddedOptions {
+    fn default() -> Self {
+        EmbeddedOptions { batch_txns_max: 8192, segment_bytes_max: 256 << 20, sync: true }
+    }
+}
+
+/// A durable store in a directory, shareable by several processes.
+#[derive(Clone, Debug)]
+pub struct EmbeddedStore {
+    host: Arc<EmbeddedHost>,
+}
+
+/// Statistics of one process's view of the store.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct EmbeddedStats {
+    pub version: u64,
+    pub segment: u64,
+    pub committed_len: u64,
+}
+
+struct Replica {
+    segment: u64,
+    applied_len: u64,
+    log: File,
+}
+
+struct Waiting {
+    req: CommitRequest,
+    reply: tokio::sync::oneshot::Sender<Result<CommitInfo, StoreError>>,
+}
+
+pub struct EmbeddedHost {
+    dir: PathBuf,
+    opts: EmbeddedOptions,
+    engine: Engine,
+    head: File,
+    lock: File,
+    replica: Mutex<Replica>,
+    queue: Mutex<Option<Sender<Waiting>>>,
+}
+
+impl std::fmt::Debug for EmbeddedHost {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EmbeddedHost").field("dir", &self.dir).finish_non_exhaustive()
+    }
+}
+
+fn io(e: std::io::Error) -> StoreError {
+    StoreError::Io(e)
+}
+
+fn segment_path(dir: &Path, segment: u64) -> PathBuf {
+    dir.join(format!("wal-{segment:016x}.log"))
+}
+
+fn snapshot_path(dir: &Path, segment: u64) -> PathBuf {
+    dir.join(format!("snap-{segment:016x}.bin"))
+}
+
+fn sync_dir(dir: &Path) -> Result<(), StoreError> {
+    File::open(dir).and_then(|d| d.sync_all()).map_err(io)
+}
+
+impl EmbeddedStore {
+    /// Opens (or creates) the store in `dir` with default options.
+    pub fn open(dir: impl AsRef<Path>) -> Result<Self, StoreError> {
+        Self::open_with(dir, EmbeddedOptions::default())
+    }
+
+    /// Opens (or creates) the store in `dir`.
+    pub fn open_with(dir: impl AsRef<Path>, opts: EmbeddedOptions) -> Result<Self, StoreError> {
+        let dir = dir.as_ref().to_path_buf();
+        std::fs::create_dir_all(&dir).map_err(io)?;
+        let lock = OpenOptions::new().create(true).truncate(false).read(true).write(true).open(dir.join("LOCK")).map_err(io)?;
+        lock.lock().map_err(io)?;
+        let result = Self::open_locked(&dir, opts, lock);
+        match result {
+            Ok(store) => {
+                store.host.lock.unlock().map_err(io)?;
+                Ok(store)
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    fn open_locked(dir: &Path, opts: EmbeddedOptions, lock: File) -> Result<Self, StoreError> {
+        let head_path = dir.join("HEAD");
+        let fresh = !head_path.exists();
+        let head_file = OpenOptions::new().create(true).truncate(false).read(true).write(true).open(&head_path).map_err(io)?;
+        if fresh {
+            File::create(segment_path(dir, 1)).map_err(io)?.sync_all().map_err(io)?;
+            let head = Head { segment: 1, committed_len: 0, version: 0, prev_segment_len: 0 };
+            head_file.write_all_at(&head.encode(), 0).map_err(io)?;
+            head_file.sync_all().map_err(io)?;
+            sync_dir(dir)?;
+        }
+        let mut head_buf = [0u8; HEAD_LEN];
+        head_file.read_exact_at(&mut head_buf, 0).map_err(io)?;
+        let head = Head::decode(&head_buf)
+            .ok_or_else(|| StoreError::Corrupt(format!("{} is unreadable", head_path.display())))?;
+        let engine = Engine::new();
+        if head.segment > 1 {
+            let data = std::fs::read(snapshot_path(dir, head.segment)).map_err(io)?;
+            let (version, entries) = wal::decode_snapshot(Bytes::from(data)).map_err(io)?;
+            engine.load(version, entries);
+        }
+        let log = OpenOptions::new().read(true).write(true).open(segment_path(dir, head.segment)).map_err(io)?;
+        let host = Arc::new(EmbeddedHost {
+            dir: dir.to_path_buf(),
+            opts,
+            engine,
+            head: head_file,
+            lock,
+            replica: Mutex::new(Replica { segment: head.segment, applied_len: 0, log }),
+            queue: Mutex::new(None),
+        });
+        {
+            let mut rep = host.replica.lock();
+            host.apply_log(&mut rep, head.committed_len)?;
+            host.engine.set_visible(head.version);
+            let mut head = head;
+            host.recover_tail(&mut rep, &mut head)?;
+        }
+        let (tx, rx) = std::sync::mpsc::channel();
+        *host.queue.lock() = Some(tx);
+        let weak = Arc::downgrade(&host);
+        std::thread::Builder::new()
+            .name("tessera-store-committer".into())
+            .spawn(move || committer(weak, rx))
+            .map_err(io)?;
+        tracing::info!(dir = %dir.display(), version = head.version, segment = head.segment, "store.open");
+        Ok(EmbeddedStore { host })
+    }
+
+    /// This process's view: the newest version it applied and where the log ends.
+    pub fn stats(&self) -> Result<EmbeddedStats, StoreError> {
+        let head = self.host.read_head()?;
+        Ok(EmbeddedStats { version: head.version, segment: head.segment, committed_len: head.committed_len })
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.host.dir
+    }
+}
+
+impl EmbeddedHost {
+    fn read_head(&self) -> Result<Head, StoreError> {
+        let mut buf = [0u8; HEAD_LEN];
+        for _ in 0..100 {
+            self.head.read_exact_at(&mut buf, 0).map_err(io)?;
+            if let Some(h) = Head::decode(&buf) {
+                return Ok(h);
+            }
+            // Torn read while a writer updates HEAD: read again.
+            std::thread::yield_now();
+        }
+        Err(StoreError::Corrupt("HEAD stays unreadable".into()))
+    }
+
+    fn write_head(&self, head: &Head, durable: bool) -> Result<(), StoreError> {
+        self.head.write_all_at(&head.encode(), 0).map_err(io)?;
+        if durable {
+            self.head.sync_data().map_err(io)?;
+        }
+        Ok(())
+    }
+
+    /// Applies the log of the replica's segment from `applied_len` up to `end`.
+    fn apply_log(&self, rep: &mut Replica, end: u64) -> Result<(), StoreError> {
+        if end <= rep.applied_len {
+            return Ok(());
+        }
+        let len = (end - rep.applied_len) as usize;
+        let mut buf = vec![0u8; len];
+        rep.log.read_exact_at(&mut buf, rep.applied_len).map_err(io)?;
+        let buf = Bytes::from(buf);
+        let mut at = 0usize;
+        let now = Instant::now();
+        while at < len {
+            let rec = wal::decode_record(&buf.slice(at..)).ok_or_else(|| {
+                StoreError::Corrupt(format!(
+                    "log segment {} has a bad record at offset {}",
+                    rep.segment,
+                    rep.applied_len as usize + at
+                ))
+            })?;
+            self.engine.apply_resolved(rec.version, &rec.writes);
+            self.engine.note_applied(rec.version, now);
+            at += rec.len;
+        }
+        rep.applied_len = end;
+        Ok(())
+    }
+
+    /// Brings this process up to `head`.
+    fn catch_up(&self, rep: &mut Replica, head: &Head) -> Result<(), StoreError> {
+        if head.segment == rep.segment {
+            self.apply_log(rep, head.committed_len)?;
+        } else if head.segment == rep.segment + 1 {
+            self.apply_log(rep, head.prev_segment_len)?;
+            match OpenOptions::new().read(true).write(true).open(segment_path(&self.dir, head.segment)) {
+                Ok(log) => {
+                    *rep = Replica { segment: head.segment, applied_len: 0, log };
+                    self.apply_log(rep, head.committed_len)?;
+                }
+                Err(_) => self.reload(rep, head)?,
+            }
+        } else {
+            self.reload(rep, head)?;
+        }
+        self.engine.set_visible(head.version);
+        Ok(())
+    }
+
+    /// Starts over from the snapshot of `head.segment` (this process fell more than a
+    /// segment behind). Transactions in flight here get `TooOld` and retry.
+    fn reload(&self, rep: &mut Replica, head: &Head) -> Result<(), StoreError> {
+        let data = std::fs::read(snapshot_path(&self.dir, head.segment)).map_err(io)?;
+        let (version, entries) = wal::decode_snapshot(Bytes::from(data)).map_err(io)?;
+        self.engine.load(version, entries);
+        let log = OpenOptions::new().read(true).write(true).open(segment_path(&self.dir, head.segment)).map_err(io)?;
+        *rep = Replica { segment: head.segment, applied_len: 0, log };
+        self.apply_log(rep, head.committed_len)
+    }
+
+    /// Under the lock: adopts complete records a crashed writer left past `HEAD`, cuts off
+    /// a torn tail, and makes `HEAD` say so.
+    fn recover_tail(&self, rep: &mut Replica, head: &mut Head) -> Result<(), StoreError> {
+        let file_len = rep.log.metadata().map_err(io)?.len();
+        if file_len <= head.committed_len {
+            return Ok(());
+        }
+        let mut buf = vec![0u8; (file_len - head.committed_len) as usize];
+        rep.log.read_exact_at(&mut buf, head.committed_len).map_err(io)?;
+        let buf = Bytes::from(buf);
+        let mut at = 0usize;
+        let mut adopted = 0;
+        let now = Instant::now();
+        while let Some(rec) = wal::decode_record(&buf.slice(at..)) {
+            if rec.version != head.version + 1 {
+                break;
+            }
+            self.engine.apply_resolved(rec.version, &rec.writes);
+            self.engine.note_applied(rec.version, now);
+            head.version = rec.version;
+            at += rec.len;
+            adopted += 1;
+        }
+        head.committed_len += at as u64;
+        rep.log.set_len(head.committed_len).map_err(io)?;
+        rep.log.sync_data().map_err(io)?;
+        rep.applied_len = head.committed_len;
+        self.write_head(head, true)?;
+        self.engine.set_visible(head.version);
+        tracing::warn!(
+            adopted,
+            dropped_bytes = buf.len() - at,
+            version = head.version,
+            "store.recover: an earlier writer stopped mid-commit"
+        );
+        Ok(())
+    }
+
+    /// Commits one batch. Called by the committer thread only.
+    fn commit_batch(&self, batch: Vec<Waiting>) {
+        let started = Instant::now();
+        let result = self.commit_batch_inner(&batch);
+        let elapsed = started.elapsed();
+        metrics::histogram!("tessera_store_commit_batch_seconds").record(elapsed.as_secs_f64());
+        metrics::histogram!("tessera_store_commit_batch_txns").record(batch.len() as f64);
+        match result {
+            Ok(outcomes) => {
+                for (w, outcome) in batch.into_iter().zip(outcomes) {
+                    let label = match &outcome {
+                        Ok(_) => "committed",
+                        Err(StoreError::Conflict) => "conflict",
+                        Err(StoreError::TooOld) => "too_old",
+                        Err(_) => "error",
+                    };
+                    metrics::counter!("tessera_store_commits_total", "outcome" => label).increment(1);
+                    let _ = w.reply.send(outcome);
+                }
+            }
+            Err(e) => {
+                // The log could not be written or synced. What this process holds in
+                // memory may now differ from disk; carrying on could acknowledge writes
+                // that are not durable, so stop here.
+                tracing::error!("store.commit: log write failed, stopping the process: {e:#}");
+                panic!("store log write failed: {e}");
+            }
+        }
+    }
+
+    fn commit_batch_inner(&self, batch: &[Waiting]) -> Result<Vec<Result<CommitInfo, StoreError>>, StoreError> {
+        self.lock.lock().map_err(io)?;
+        let _unlock = Unlock(&self.lock);
+        let mut rep = self.replica.lock();
+        let mut head = self.read_head()?;
+        self.catch_up(&mut rep, &head)?;
+        self.recover_tail(&mut rep, &mut head)?;
+
+        let version = head.version + 1;
+        let now = Instant::now();
+        let mut writes = Vec::new();
+        let mut outcomes = Vec::with_capacity(batch.len());
+        let mut any_committed = false;
+        for (i, w) in batch.iter().enumerate() {
+            match self.engine.resolve_and_apply(&w.req, version, i as u16, now) {
+                Ok(mut resolved) => {
+                    writes.append(&mut resolved);
+                    any_committed = true;
+                    outcomes.push(Ok(CommitInfo { version, versionstamp: versionstamp(version, i as u16) }));
+                }
+                Err(e) => outcomes.push(Err(e)),
+            }
+        }
+        if !any_committed {
+            return Ok(outcomes);
+        }
+        let mut record = Vec::with_capacity(64 + writes.len() * 64);
+        wal::encode_record(version, &writes, &mut record);
+        rep.log.write_all_at(&record, head.committed_len).map_err(io)?;
+        if self.opts.sync {
+            let t = Instant::now();
+            rep.log.sync_data().map_err(io)?;
+            metrics::histogram!("tessera_store_fsync_seconds").record(t.elapsed().as_secs_f64());
+        }
+        head.committed_len += record.len() as u64;
+        head.version = version;
+        self.write_head(&head, false)?;
+        rep.applied_len = head.committed_len;
+        self.engine.set_visible(version);
+        self.engine.note_applied(version, now);
+        metrics::counter!("tessera_store_log_bytes_total").increment(record.len() as u64);
+        if head.committed_len >= self.opts.segment_bytes_max {
+            self.rotate(&mut rep, &mut head)?;
+        }
+        Ok(outcomes)
+    }
+
+    /// Snapshots the state and starts the next segment. Under the lock.
+    fn rotate(&self, rep: &mut Replica, head: &mut Head) -> Result<(), StoreError> {
+        let started = Instant::now();
+        let next = head.segment + 1;
+        let entries = self.engine.dump_latest();
+        let snap = wal::encode_snapshot(head.version, &entries);
+        let tmp = self.dir.join(format!("snap-{next:016x}.tmp"));
+        {
+            let mut f = File::create(&tmp).map_err(io)?;
+            f.write_all(&snap).map_err(io)?;
+            f.sync_all().map_err(io)?;
+        }
+        std::fs::rename(&tmp, snapshot_path(&self.dir, next)).map_err(io)?;
+        let log = OpenOptions::new().create(true).truncate(true).read(true).write(true).open(segment_path(&self.dir, next)).map_err(io)?;
+        log.sync_all().map_err(io)?;
+        sync_dir(&self.dir)?;
+        let old = head.segment;
+        *head = Head { segment: next, committed_len: 0, version: head.version, prev_segment_len: head.committed_len };
+        self.write_head(head, true)?;
+        *rep = Replica { segment: next, applied_len: 0, log };
+        let _ = std::fs::remove_file(segment_path(&self.dir, old));
+        let _ = std::fs::remove_file(snapshot_path(&self.dir, old));
+        tracing::info!(
+            segment = next,
+            keys = entries.len(),
+            snapshot_bytes = snap.len(),
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            "store.rotate"
+        );
+        Ok(())
+    }
+}
+
+struct Unlock<'a>(&'a File);
+impl Drop for Unlock<'_> {
+    fn drop(&mut self) {
+        let _ = self.0.unlock();
+    }
+}
+
+fn committer(host: Weak<EmbeddedHost>, rx: Receiver<Waiting>) {
+    loop {
+        let Ok(first) = rx.recv() else { return };
+        let Some(host) = host.upgrade() else { return };
+        let mut batch = vec![first];
+        while batch.len() < host.opts.batch_txns_max.min(u16::MAX as usize) {
+            match rx.try_recv() {
+                Ok(w) => batch.push(w),
+                Err(TryRecvError::Empty | TryRecvError::Disconnected) => break,
+            }
+        }
+        host.commit_batch(batch);
+    }
+}
+
+impl Host for EmbeddedHost {
+    fn engine(&self) -> &Engine {
+        &self.engine
+    }
+
+    fn read_version(&self) -> Result<u64, StoreError> {
+        let head = self.read_head()?;
+        if head.version <= self.engine.visible_version() {
+            return Ok(self.engine.visible_version());
+        }
+        let mut rep = self.replica.lock();
+        // The committer may have caught up while we waited for the lock.
+        let head = self.read_head()?;
+        if head.version > self.engine.visible_version() {
+            self.catch_up(&mut rep, &head)?;
+        }
+        Ok(self.engine.visible_version())
+    }
+
+    async fn submit(self: Arc<Self>, req: CommitRequest) -> Result<CommitInfo, StoreError> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        {
+            let queue = self.queue.lock();
+            let Some(q) = queue.as_ref() else {
+                return Err(StoreError::Unavailable("store is closed".into()));
+            };
+            q.send(Waiting { req, reply: tx })
+                .map_err(|_| StoreError::Unavailable("store committer stopped".into()))?;
+        }
+        match tokio::time::timeout(Duration::from_secs(30), rx).await {
+            Ok(Ok(result)) => result,
+            // The committer stopped while holding our request: its outcome is unknown.
+            Ok(Err(_)) | Err(_) => Err(StoreError::CommitUnknown),
+        }
+    }
+}
+
+impl Store for EmbeddedStore {
+    type Trx = LocalTrx<EmbeddedHost>;
+
+    fn create_trx(&self) -> Result<Self::Trx, StoreError> {
+        Ok(LocalTrx::new(self.host.clone()))
+    }
+
+    fn backend_name(&self) -> &'static str {
+        "embedded"
+    }
+}
