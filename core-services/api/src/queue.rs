@@ -39,8 +39,14 @@ pub struct QueuePlace {
     pub ticket_id: QueueTicketId,
     pub customer_id: CustomerId,
     pub phase: QueuePhase,
-    /// Order of arrival among fans in the same phase (0-based).
+    /// Approximate order of arrival among fans in the same phase (0-based): the number of
+    /// fans who had joined in this phase when this fan joined. For wait estimates only.
     pub seq: u64,
+    /// Exact first-come-first-served rank of an open-phase place: the hex of the 10-byte
+    /// versionstamp of the commit that recorded it (ordered like arrival, unique). `None`
+    /// for pre-open places, whose order is the lottery.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rank: Option<String>,
     pub joined_at_ms: u64,
 }
 
@@ -111,8 +117,12 @@ pub struct AdmissionWatermark {
     pub pre_open_threshold: Option<u64>,
     /// How many pre-open fans have been admitted so far.
     pub pre_open_admitted: u64,
-    /// Open-phase tickets with `seq < open_admitted` are admitted.
+    /// How many open-phase fans have been admitted so far (for estimates).
     pub open_admitted: u64,
+    /// Open-phase tickets whose `rank` is `<=` this (hex strings compare like the ranks)
+    /// are admitted. `None` admits none of them yet.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub open_admitted_rank: Option<String>,
     /// Open-phase fans who have joined so far.
     pub open_count: u64,
     /// Admissions per second right now (for wait estimates).
@@ -134,6 +144,9 @@ pub struct QueueTicketClaims {
     pub device: String,
     pub phase: QueuePhase,
     pub seq: u64,
+    /// Open-phase rank (see [`QueuePlace::rank`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rank: Option<String>,
     pub iat_ms: u64,
     pub exp_ms: u64,
     /// Key id that signed the token.
