@@ -1,1 +1,24 @@
-//! Payment provider adapter and the local provider simulator.
+//! Payments for Tessera: the provider-neutral interface the checkout saga calls
+//! ([`PaymentProvider`]), an adapter that speaks Stripe's PaymentIntents HTTP API
+//! ([`stripe::StripeClient`]), Stripe-style webhook signatures ([`webhook`]), and a local
+//! provider simulator ([`sim`], run as the `tessera-paysim` binary) that speaks the same
+//! wire format with configurable latency, declines, timeouts and unknown outcomes.
+//!
+//! What it is not: the saga. Deciding when to authorize, capture, void or refund, and
+//! keeping the order and its seats consistent with the provider, is `tessera-orders`'
+//! job. This crate only guarantees that every mutating call carries an idempotency key and
+//! that its errors say whether money may have moved ([`PaymentError::Unknown`]) or
+//! certainly did not.
+//!
+//! No card data passes through here: the fan's browser turns a card into a payment method
+//! token (`pm_...`) with the provider's own SDK, and only that token reaches us.
+
+mod provider;
+pub mod sim;
+pub mod stripe;
+pub mod webhook;
+
+pub use provider::{
+    AuthorizeRequest, IdempotencyKey, InvalidIdempotencyKey, Payment, PaymentError,
+    PaymentProvider, PaymentStatus, Refund, RefundStatus,
+};
