@@ -1,10 +1,194 @@
-//! Building the WASM edge components (see TOOLCHAIN notes in the README).
+//! Building the WASM edge components in `edge-components/components` (their own cargo
+//! workspace).
+//!
+//! Two routes, picked in this order:
+//! 1. rustup's `wasm32-wasip2` target, when it is installed (a normal developer machine):
+//!    `cargo build --target wasm32-wasip2`.
+//! 2. Debian's Rust (`rustc-web`), which can build `std` for `wasm32-wasip1` from source
+//!    (`rust-web-src`) and link a component with `wasm-component-ld` against `wasi-libc`
+//!    using `lld-<LLVM major>`. The packages are installed with apt-get when running as
+//!    root; otherwise the exact command is printed.
+//!
+//! Each component is built on its own (`-p`) so features do not unify across them: the
+//! `validation` component must import nothing but WASI. The results are copied to
+//! `edge-components/components/target/wasm/<component-id>.wasm`, where
+//! `edge-components/spin.toml` and the edge host expect them.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use anyhow::{Context as _, bail};
+
+/// The components, by component id (the crate name; the library file uses `_`).
+pub(crate) const COMPONENTS: &[&str] = &["validation", "bot-score", "waiting-room", "catalog-cache"];
+
+fn workspace_root() -> PathBuf {
+    let here = Path::new(env!("CARGO_MANIFEST_DIR"));
+    here.parent().map(Path::to_path_buf).unwrap_or_else(|| here.to_path_buf())
+}
+
+fn step(msg: &str) {
+    eprintln!("==> {msg}");
+}
+
+fn output(cmd: &mut Command) -> Option<String> {
+    let out = cmd.output().ok()?;
+    out.status.success().then(|| String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+fn has_rustup_wasip2() -> bool {
+    output(Command::new("rustup").args(["target", "list", "--installed"]))
+        .is_some_and(|s| s.lines().any(|l| l.trim() == "wasm32-wasip2"))
+}
+
+fn dpkg_installed(pkg: &str) -> bool {
+    output(Command::new("dpkg-query").args(["-W", "-f=${Status}", pkg]))
+        .is_some_and(|s| s.contains("install ok installed"))
+}
+
+fn is_root() -> bool {
+    output(Command::new("id").arg("-u")).is_some_and(|s| s.trim() == "0")
+}
+
+fn apt_install(pkgs: &[String]) -> anyhow::Result<()> {
+    let missing: Vec<&String> = pkgs.iter().filter(|p| !dpkg_installed(p)).collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    let list = missing.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(" ");
+    if !is_root() {
+        bail!(
+            "missing Debian packages for the WASM build: {list}\n    run: sudo apt-get update && sudo apt-get install -y {list}"
+        );
+    }
+    step(&format!("apt-get install -y {list}"));
+    let install = |quiet: bool| {
+        let mut c = Command::new("apt-get");
+        c.args(["install", "-y", "--no-install-recommends"]).args(missing.iter().map(|s| s.as_str()));
+        c.env("DEBIAN_FRONTEND", "noninteractive");
+        if quiet {
+            c.arg("-q");
+        }
+        c.status()
+    };
+    if install(true).map(|s| s.success()).unwrap_or(false) {
+        return Ok(());
+    }
+    step("package lookup failed; running apt-get update first");
+    let ok = Command::new("apt-get").args(["update", "-q"]).status()?.success();
+    if !ok {
+        bail!("apt-get update failed");
+    }
+    if !install(true)?.success() {
+        bail!("apt-get install -y {list} failed");
+    }
+    Ok(())
+}
+
+fn llvm_major() -> anyhow::Result<String> {
+    let vv = output(Command::new("/usr/bin/rustc").arg("-vV"))
+        .context("run /usr/bin/rustc -vV (is rustc-web installed?)")?;
+    let line = vv
+        .lines()
+        .find_map(|l| l.strip_prefix("LLVM version:"))
+        .context("find the LLVM version in /usr/bin/rustc -vV")?;
+    let major = line.trim().split('.').next().unwrap_or("").to_owned();
+    if major.is_empty() || !major.bytes().all(|b| b.is_ascii_digit()) {
+        bail!("unexpected LLVM version `{}`", line.trim());
+    }
+    Ok(major)
+}
+
+/// Removes what the outer `cargo run` put in the environment, so the inner cargo sees only
+/// what we set.
+fn clean_env(cmd: &mut Command) {
+    for key in [
+        "CARGO_TARGET_DIR",
+        "CARGO_BUILD_TARGET",
+        "CARGO_ENCODED_RUSTFLAGS",
+        "RUSTFLAGS",
+        "RUSTC",
+        "RUSTC_WRAPPER",
+        "RUSTC_WORKSPACE_WRAPPER",
+        "RUSTUP_TOOLCHAIN",
+        "CARGO_MAKEFLAGS",
+        "CARGO",
+    ] {
+        cmd.env_remove(key);
+    }
+}
 
 /// Builds every component under `edge-components/components` and returns the directory
 /// holding the `.wasm` files.
 pub(crate) fn build_components(release: bool) -> anyhow::Result<PathBuf> {
-    let _ = release;
-    anyhow::bail!("not built yet")
+    let root = workspace_root();
+    let dir = root.join("edge-components/components");
+    let target_dir = dir.join("target");
+    let profile = if release { "release" } else { "debug" };
+    let out_dir = target_dir.join("wasm");
+    std::fs::create_dir_all(&out_dir).with_context(|| format!("create {}", out_dir.display()))?;
+
+    let (triple, mut base) = if has_rustup_wasip2() {
+        step("using rustup's wasm32-wasip2 target");
+        let mut c = Command::new("cargo");
+        clean_env(&mut c);
+        c.args(["build", "--target", "wasm32-wasip2"]);
+        ("wasm32-wasip2", c)
+    } else {
+        step("rustup has no wasm32-wasip2 target; using Debian's rustc-web with build-std");
+        let mut pkgs: Vec<String> =
+            ["rustc-web", "cargo-web", "rust-web-src", "wasi-libc"].map(String::from).to_vec();
+        apt_install(&pkgs)?;
+        let major = llvm_major()?;
+        step(&format!("Debian rustc uses LLVM {major}; need lld-{major}"));
+        pkgs.push(format!("lld-{major}"));
+        apt_install(&pkgs)?;
+        let component_ld = "/usr/lib/rustlib/x86_64-unknown-linux-gnu/bin/wasm-component-ld";
+        let wasm_ld = format!("/usr/lib/llvm-{major}/bin/wasm-ld");
+        for p in [component_ld, wasm_ld.as_str(), "/usr/lib/wasm32-wasi/crt1-reactor.o"] {
+            if !Path::new(p).exists() {
+                bail!("{p} is missing although the packages are installed");
+            }
+        }
+        let rustflags = format!(
+            "-C link-self-contained=no -L /usr/lib/wasm32-wasi -C linker={component_ld} \
+             -C link-arg=--wasm-ld-path={wasm_ld} -C link-arg=/usr/lib/wasm32-wasi/crt1-reactor.o"
+        );
+        let mut c = Command::new("/usr/bin/cargo");
+        clean_env(&mut c);
+        c.env("RUSTC", "/usr/bin/rustc")
+            .env("RUSTC_BOOTSTRAP", "1")
+            .env("RUSTFLAGS", rustflags)
+            .args(["build", "-Zbuild-std=std,panic_abort", "--target", "wasm32-wasip1"]);
+        ("wasm32-wasip1", c)
+    };
+    base.current_dir(&dir).env("CARGO_TARGET_DIR", &target_dir);
+    if release {
+        base.arg("--release");
+    }
+
+    for name in COMPONENTS {
+        step(&format!("building component `{name}` ({triple}, {profile})"));
+        let mut cmd = Command::new(base.get_program());
+        cmd.current_dir(&dir);
+        for (k, v) in base.get_envs() {
+            match v {
+                Some(v) => cmd.env(k, v),
+                None => cmd.env_remove(k),
+            };
+        }
+        cmd.args(base.get_args()).args(["-p", name]);
+        let status = cmd.status().with_context(|| format!("run cargo for {name}"))?;
+        if !status.success() {
+            bail!("building component `{name}` failed");
+        }
+        let file = format!("{}.wasm", name.replace('-', "_"));
+        let built = target_dir.join(triple).join(profile).join(&file);
+        let dest = out_dir.join(format!("{name}.wasm"));
+        std::fs::copy(&built, &dest)
+            .with_context(|| format!("copy {} to {}", built.display(), dest.display()))?;
+        let size = std::fs::metadata(&dest).map(|m| m.len()).unwrap_or(0);
+        step(&format!("  {} ({} KiB)", dest.display(), size / 1024));
+    }
+    Ok(out_dir)
 }

@@ -1,0 +1,430 @@
+//! The waiting room at the edge.
+//!
+//! - `POST /v1/events/{id}/queue`: verifies the fan's identity, registers the place with the
+//!   core (`POST {router_url}/v1/internal/events/{id}/queue`), and signs a queue ticket
+//!   bound to the event, the customer and the device. Clients marked by bot-score get a
+//!   shadow ticket instead: it looks the same and never admits.
+//! - `GET /v1/events/{id}/queue`: verifies the ticket (signature checked once, then served
+//!   from a verified-token cache keyed by the token's hash), compares it with the
+//!   admission watermark, and returns place, honest wait and, once admitted, a signed
+//!   admission token.
+//! - `POST /v1/events/{id}/holds`: checks the admission token against identity and device
+//!   and passes the request to the router.
+//!
+//! The watermark arrives in the key-value store from the host's NATS subscriber; without
+//! one (plain `spin up`) the component polls `GET {router_url}/v1/events/{id}/admission`
+//! when what it has is older than two seconds.
+
+use bytes::Bytes;
+use serde::{Deserialize, Serialize, de::DeserializeOwned};
+use sha2::{Digest as _, Sha256};
+use spin_sdk::http::Request;
+use spin_sdk::http_service;
+use spin_sdk::key_value::Store;
+use spin_sdk::variables;
+use tessera_api::queue::{
+    AdmissionWatermark, QueueJoinRequest, QueueJoined, QueuePhase, QueuePlace, QueueRegistration,
+    QueueStatus, QueueStatusState, QueueTicketClaims,
+};
+use tessera_api::{CustomerId, ErrorCode, EventId, headers};
+use tessera_edge_guest as guest;
+use tessera_edge_logic::kv;
+use tessera_edge_logic::routes::{Route, classify};
+use tessera_identity::{IdentityClaims, IdentityVerifier, Keyset, SigningKeyPair};
+use tessera_queue::token::{self, QueueTokenError, TYP_ADMISSION, TYP_TICKET};
+use tessera_queue::{admission, lottery};
+
+type Outcome = Result<guest::Reply, guest::Reply>;
+
+fn fail(code: ErrorCode, message: impl Into<String>) -> guest::Reply {
+    guest::error(code, message)
+}
+
+async fn var(name: &str) -> String {
+    variables::get(name).await.unwrap_or_default()
+}
+
+async fn var_u64(name: &str, default: u64) -> u64 {
+    var(name).await.trim().parse().unwrap_or(default)
+}
+
+/// A verified token's claims, cached by the hash of the whole token.
+#[derive(Serialize, Deserialize)]
+struct Cached<C> {
+    at_ms: u64,
+    claims: C,
+}
+
+/// How long a signature check is trusted for the same token string.
+const VERIFIED_CACHE_MS: u64 = 60_000;
+/// How old a watermark may get before the component asks the region itself.
+const WATERMARK_MAX_AGE_MS: u64 = 2_000;
+
+fn token_hash(prefix: &str, token: &str) -> String {
+    let d = Sha256::digest(token.as_bytes());
+    format!("{prefix}:{}", hex::encode(&d[..16]))
+}
+
+/// Verifies a token's signature once and caches the claims; later calls with the same
+/// token skip the signature check.
+async fn verified<C: Serialize + DeserializeOwned>(
+    store: &Store,
+    prefix: &str,
+    token: &str,
+    now_ms: u64,
+    verify: impl FnOnce() -> Result<C, tessera_identity::TokenError>,
+) -> Result<C, tessera_identity::TokenError> {
+    let key = kv::verified_token(&token_hash(prefix, token));
+    if let Ok(Some(raw)) = store.get(&key).await {
+        if let Ok(c) = serde_json::from_slice::<Cached<C>>(&raw) {
+            if now_ms.saturating_sub(c.at_ms) < VERIFIED_CACHE_MS {
+                return Ok(c.claims);
+            }
+        }
+    }
+    let claims = verify()?;
+    if let Ok(v) = serde_json::to_vec(&Cached { at_ms: now_ms, claims: &claims }) {
+        let _ = store.set(&key, v).await;
+    }
+    Ok(claims)
+}
+
+struct Ctx {
+    store: Store,
+    now_ms: u64,
+    router_url: String,
+}
+
+impl Ctx {
+    async fn identity(&self, parts: &http::request::Parts) -> Result<CustomerId, guest::Reply> {
+        let Some(token) = guest::header(&parts.headers, headers::AUTHORIZATION)
+            .and_then(tessera_identity::bearer)
+        else {
+            return Err(fail(ErrorCode::Unauthenticated, "send `authorization: Bearer <token>`"));
+        };
+        let keys = Keyset::parse(&var("identity_keys").await)
+            .map_err(|_| fail(ErrorCode::Internal, "edge misconfigured: identity_keys"))?;
+        let verifier =
+            IdentityVerifier { issuer: var("identity_issuer").await, keys, leeway_s: 30 };
+        let claims: IdentityClaims =
+            verified(&self.store, "id", token, self.now_ms, || {
+                tessera_identity::verify(&verifier.keys, token)
+            })
+            .await
+            .map_err(identity_error)?;
+        claims.check(&verifier.issuer, self.now_ms, verifier.leeway_s).map_err(identity_error)?;
+        Ok(claims.sub)
+    }
+
+    async fn queue_keys(&self) -> Result<Keyset, guest::Reply> {
+        Keyset::parse(&var("queue_keys").await)
+            .map_err(|_| fail(ErrorCode::Internal, "edge misconfigured: queue_keys"))
+    }
+
+    async fn queue_claims(
+        &self,
+        token: &str,
+        typ: &'static str,
+        event_id: &EventId,
+        device_hash: &str,
+    ) -> Result<QueueTicketClaims, guest::Reply> {
+        let keys = self.queue_keys().await?;
+        let claims: QueueTicketClaims = verified(&self.store, "q", token, self.now_ms, || {
+            tessera_identity::verify(&keys, token)
+        })
+        .await
+        .map_err(|e| token_error(&QueueTokenError::Invalid(e)))?;
+        token::check_claims(&claims, typ, event_id, device_hash, self.now_ms)
+            .map_err(|e| token_error(&e))?;
+        Ok(claims)
+    }
+
+    async fn stored_watermark(&self, event_id: &EventId) -> Option<AdmissionWatermark> {
+        let raw = self.store.get(kv::watermark(event_id)).await.ok()??;
+        serde_json::from_slice(&raw).ok()
+    }
+
+    async fn bus_alive(&self) -> bool {
+        match self.store.get(kv::BUS_ALIVE).await {
+            Ok(Some(v)) => std::str::from_utf8(&v)
+                .ok()
+                .and_then(|s| s.parse::<u64>().ok())
+                .is_some_and(|t| self.now_ms.saturating_sub(t) < kv::BUS_ALIVE_MAX_AGE_MS),
+            _ => false,
+        }
+    }
+
+    /// The latest watermark: pushed by the host, or polled from the region when stale.
+    async fn watermark(&self, event_id: &EventId) -> Option<AdmissionWatermark> {
+        let stored = self.stored_watermark(event_id).await;
+        let fresh = stored
+            .as_ref()
+            .is_some_and(|w| self.now_ms.saturating_sub(w.published_at_ms) < WATERMARK_MAX_AGE_MS);
+        if fresh || (stored.is_some() && self.bus_alive().await) {
+            return stored;
+        }
+        let url = format!("{}/v1/events/{event_id}/admission", self.router_url.trim_end_matches('/'));
+        let polled = match spin_sdk::http::get(url).await {
+            Ok(resp) if resp.status().is_success() => match guest::read_response(resp).await {
+                Ok((_, body)) => serde_json::from_slice::<AdmissionWatermark>(&body).ok(),
+                Err(_) => None,
+            },
+            _ => None,
+        };
+        match (stored, polled) {
+            (Some(s), Some(p)) if p.version < s.version => Some(s),
+            (_, Some(p)) => {
+                if let Ok(v) = serde_json::to_vec(&p) {
+                    let _ = self.store.set(kv::watermark(event_id), v).await;
+                }
+                Some(p)
+            }
+            (s, None) => s,
+        }
+    }
+}
+
+fn identity_error(e: tessera_identity::TokenError) -> guest::Reply {
+    use tessera_identity::TokenError as T;
+    match e {
+        T::Expired => fail(ErrorCode::TokenExpired, "identity token has expired"),
+        other => fail(ErrorCode::InvalidToken, format!("identity token refused: {other}")),
+    }
+}
+
+fn token_error(e: &QueueTokenError) -> guest::Reply {
+    fail(e.code(), e.to_string())
+}
+
+fn signing_key(spec: &str) -> Option<SigningKeyPair> {
+    let (kid, seed) = spec.trim().split_once(':')?;
+    SigningKeyPair::from_base64(kid, seed).ok()
+}
+
+fn device_of(parts: &http::request::Parts) -> Result<String, guest::Reply> {
+    guest::header(&parts.headers, headers::DEVICE)
+        .filter(|d| !d.is_empty())
+        .map(token::device_hash)
+        .ok_or_else(|| fail(ErrorCode::InvalidRequest, "send your device id in `x-tessera-device`"))
+}
+
+fn random16() -> [u8; 16] {
+    let r = spin_sdk::wasip3::random::random::get_random_bytes(16);
+    let mut b = [0u8; 16];
+    let n = r.len().min(16);
+    b[..n].copy_from_slice(&r[..n]);
+    b
+}
+
+fn with_outcome(mut reply: guest::Reply, outcome: &str) -> guest::Reply {
+    guest::set_header(reply.headers_mut(), guest::QUEUE_OUTCOME_HEADER, outcome);
+    reply
+}
+
+fn json_reply<T: Serialize>(status: u16, value: &T) -> guest::Reply {
+    match serde_json::to_string(value) {
+        Ok(s) => guest::json(status, s),
+        Err(_) => fail(ErrorCode::Internal, "failed to encode response"),
+    }
+}
+
+async fn join(ctx: &Ctx, parts: &http::request::Parts, body: &Bytes, event_id: EventId) -> Outcome {
+    let join: QueueJoinRequest = if body.is_empty() {
+        QueueJoinRequest::default()
+    } else {
+        serde_json::from_slice(body)
+            .map_err(|e| fail(ErrorCode::InvalidRequest, format!("invalid request body: {e}")))?
+    };
+    let customer_id = ctx.identity(parts).await?;
+    let device = device_of(parts)?;
+    let key = signing_key(&var("queue_signing_key").await)
+        .ok_or_else(|| fail(ErrorCode::Internal, "edge misconfigured: queue_signing_key"))?;
+    let shadow = guest::header(&parts.headers, guest::SHADOW_HEADER) == Some("1");
+    let ttl_ms = var_u64("queue_ticket_ttl_s", 4 * 3600).await * 1000;
+
+    let (ticket_id, phase, seq, rank) = if shadow {
+        // Looks like any other place; no region ever hears of it.
+        let secret = var("shadow_secret").await;
+        let wm = ctx.watermark(&event_id).await;
+        let id = lottery::shadow_ticket_id(secret.as_bytes(), random16());
+        let phase = match wm.as_ref().map(|w| w.state) {
+            Some(tessera_api::inventory::SaleState::Scheduled) | None => QueuePhase::PreOpen,
+            _ => QueuePhase::Open,
+        };
+        let seq = wm.map_or(0, |w| w.open_count + w.pre_open_count);
+        (id, phase, seq, None)
+    } else {
+        let ticket_id = lottery::ticket_id(join.client_nonce.as_deref(), random16());
+        let registration = QueueRegistration { ticket_id, customer_id: customer_id.clone() };
+        let url = format!(
+            "{}/v1/internal/events/{event_id}/queue",
+            ctx.router_url.trim_end_matches('/')
+        );
+        let body = serde_json::to_vec(&registration)
+            .map_err(|_| fail(ErrorCode::Internal, "failed to encode registration"))?;
+        let mut req = http::Request::new(http_body_util::Full::new(Bytes::from(body)));
+        *req.method_mut() = http::Method::POST;
+        *req.uri_mut() =
+            url.parse().map_err(|_| fail(ErrorCode::Internal, "edge misconfigured: router_url"))?;
+        req.headers_mut().insert(
+            http::header::CONTENT_TYPE,
+            http::HeaderValue::from_static("application/json"),
+        );
+        for name in [headers::AUTHORIZATION, headers::DEVICE, headers::BOT_SCORE] {
+            if let Some(v) = parts.headers.get(name) {
+                req.headers_mut().insert(http::HeaderName::from_static(name), v.clone());
+            }
+        }
+        let resp = guest::try_send(req)
+            .await
+            .map_err(|e| fail(ErrorCode::RegionUnavailable, format!("region unreachable: {e}")))?;
+        let status = resp.status().as_u16();
+        let (rparts, rbody) = guest::read_response(resp)
+            .await
+            .map_err(|e| fail(ErrorCode::RegionUnavailable, e))?;
+        if !(200..300).contains(&status) {
+            // The core's own error (queue closed, unknown event...) goes to the fan as is.
+            return Err(guest::from_parts(rparts, rbody));
+        }
+        let place: QueuePlace = serde_json::from_slice(&rbody)
+            .map_err(|_| fail(ErrorCode::Internal, "region sent an unreadable queue place"))?;
+        if place.customer_id != customer_id || place.event_id != event_id {
+            return Err(fail(ErrorCode::Internal, "region sent a queue place for someone else"));
+        }
+        (place.ticket_id, place.phase, place.seq, place.rank)
+    };
+
+    let claims = QueueTicketClaims {
+        typ: TYP_TICKET.to_owned(),
+        ticket_id: ticket_id.clone(),
+        event_id: event_id.clone(),
+        customer_id,
+        device,
+        phase,
+        seq,
+        rank,
+        iat_ms: ctx.now_ms,
+        exp_ms: ctx.now_ms + ttl_ms,
+        kid: String::new(),
+    };
+    let ticket = token::issue(&key, &claims);
+    let joined = QueueJoined { ticket, ticket_id, event_id, phase };
+    Ok(with_outcome(json_reply(200, &joined), if shadow { "shadow_joined" } else { "joined" }))
+}
+
+#[derive(Serialize, Deserialize)]
+struct IssuedAdmission {
+    token: String,
+    exp_ms: u64,
+}
+
+async fn status(ctx: &Ctx, parts: &http::request::Parts, event_id: EventId) -> Outcome {
+    let device = device_of(parts)?;
+    let ticket = guest::header(&parts.headers, headers::QUEUE_TICKET)
+        .ok_or_else(|| fail(ErrorCode::QueueTicketInvalid, "send your queue ticket"))?;
+    let claims = ctx.queue_claims(ticket, TYP_TICKET, &event_id, &device).await?;
+    let Some(wm) = ctx.watermark(&event_id).await else {
+        return Err(fail(ErrorCode::Unavailable, "no admission watermark yet; retry shortly"));
+    };
+    let secret = var("shadow_secret").await;
+    let shadow = lottery::is_shadow(secret.as_bytes(), &claims.ticket_id);
+    let mut view = admission::view(&claims, &wm);
+    if shadow && view.state == QueueStatusState::Admitted {
+        // The shadow queue moves, slowly, and never reaches the front.
+        view.state = QueueStatusState::Waiting;
+        view.ahead = Some(wm.open_count.saturating_sub(wm.open_admitted).max(1));
+        view.estimated_wait_s = None;
+    }
+    let mut out = QueueStatus {
+        event_id: event_id.clone(),
+        ticket_id: claims.ticket_id.clone(),
+        state: view.state,
+        ahead: view.ahead,
+        estimated_wait_s: view.estimated_wait_s,
+        admission_token: None,
+        admission_expires_at_ms: None,
+        lottery: view.lottery,
+    };
+    let mut outcome = if shadow { "shadow_waiting" } else { "waiting" };
+    if view.state == QueueStatusState::Admitted && !shadow {
+        outcome = "admitted";
+        let ttl_ms = var_u64("admission_ttl_s", 600).await * 1000;
+        let issued_key = kv::admission_issued(claims.ticket_id.as_str());
+        let reuse = match ctx.store.get(&issued_key).await {
+            Ok(Some(raw)) => serde_json::from_slice::<IssuedAdmission>(&raw)
+                .ok()
+                .filter(|a| a.exp_ms.saturating_sub(ctx.now_ms) > ttl_ms / 2),
+            _ => None,
+        };
+        let issued = match reuse {
+            Some(a) => a,
+            None => {
+                let key = signing_key(&var("queue_signing_key").await)
+                    .ok_or_else(|| fail(ErrorCode::Internal, "edge misconfigured: queue_signing_key"))?;
+                let mut adm = claims.clone();
+                adm.typ = TYP_ADMISSION.to_owned();
+                adm.iat_ms = ctx.now_ms;
+                adm.exp_ms = ctx.now_ms + ttl_ms;
+                let a = IssuedAdmission { token: token::issue(&key, &adm), exp_ms: adm.exp_ms };
+                if let Ok(v) = serde_json::to_vec(&a) {
+                    let _ = ctx.store.set(&issued_key, v).await;
+                }
+                a
+            }
+        };
+        out.admission_token = Some(issued.token);
+        out.admission_expires_at_ms = Some(issued.exp_ms);
+    }
+    Ok(with_outcome(json_reply(200, &out), outcome))
+}
+
+async fn hold(ctx: &Ctx, parts: &http::request::Parts, body: Bytes, event_id: EventId) -> Outcome {
+    let device = device_of(parts)?;
+    let customer_id = ctx.identity(parts).await?;
+    let token = guest::header(&parts.headers, headers::ADMISSION)
+        .ok_or_else(|| fail(ErrorCode::AdmissionRequired, "holds need an admission token"))?;
+    let claims = ctx.queue_claims(token, TYP_ADMISSION, &event_id, &device).await?;
+    if claims.customer_id != customer_id {
+        return Err(token_error(&QueueTokenError::WrongCustomer));
+    }
+    let used_key = kv::admission_used(claims.ticket_id.as_str());
+    if matches!(ctx.store.exists(&used_key).await, Ok(true)) {
+        return Err(fail(ErrorCode::Forbidden, "this admission was already used for a hold"));
+    }
+    let reply = guest::forward(parts, body, &ctx.router_url).await;
+    if reply.status().is_success() {
+        let _ = ctx.store.set(&used_key, ctx.now_ms.to_string()).await;
+    }
+    Ok(with_outcome(reply, "hold_forwarded"))
+}
+
+#[http_service]
+async fn handle(req: Request) -> Result<guest::Reply, spin_sdk::http::Error> {
+    let (parts, body) = match guest::split(req, 64 * 1024).await {
+        Ok(v) => v,
+        Err(reply) => return Ok(reply),
+    };
+    let route = match classify(parts.method.as_str(), parts.uri.path()) {
+        Ok(r) => r,
+        Err(e) => return Ok(guest::error_body(&e)),
+    };
+    let store = match Store::open_default().await {
+        Ok(s) => s,
+        Err(e) => return Ok(fail(ErrorCode::Internal, format!("key-value: {e}"))),
+    };
+    let router_url = var("router_url").await;
+    if router_url.is_empty() {
+        return Ok(fail(ErrorCode::Internal, "edge misconfigured: router_url is not set"));
+    }
+    let ctx = Ctx { store, now_ms: guest::now_ms(), router_url };
+    let out = match route {
+        Route::QueueJoin { event_id } => join(&ctx, &parts, &body, event_id).await,
+        Route::QueueStatus { event_id } => status(&ctx, &parts, event_id).await,
+        Route::CreateHold { event_id } => hold(&ctx, &parts, body, event_id).await,
+        _ => Ok(guest::forward(&parts, body, &ctx.router_url).await),
+    };
+    Ok(out.unwrap_or_else(|reply| {
+        let outcome = if reply.status().is_client_error() { "rejected" } else { "error" };
+        with_outcome(reply, outcome)
+    }))
+}
