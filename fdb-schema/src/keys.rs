@@ -136,6 +136,10 @@ impl Keyspace {
     pub fn ga_shards(&self, event: &EventId, pool: &PoolId) -> (Vec<u8>, Vec<u8>) {
         self.range(&("gas", event.as_str(), pool.as_str()))
     }
+    pub fn ga_shard_of_key(&self, key: &[u8]) -> Result<u16, SchemaError> {
+        let (_, _, _, shard): (String, String, String, i64) = self.root.unpack(key).map_err(SchemaError::key)?;
+        u16::try_from(shard).map_err(|_| SchemaError::Key("shard out of range".into()))
+    }
 
     // ---- availability tallies -----------------------------------------------------------
 
