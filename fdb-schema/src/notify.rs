@@ -67,7 +67,8 @@ impl NotifyKeys {
 
     /// `(due_ms, delivery_id)` of a schedule key.
     pub fn due_of_key(&self, key: &[u8]) -> Result<(u64, String), String> {
-        let rest = key.strip_prefix(self.prefix.as_slice()).ok_or("key is outside the key space")?;
+        let rest =
+            key.strip_prefix(self.prefix.as_slice()).ok_or("key is outside the key space")?;
         let (_, _, due_ms, id): (String, String, i64, String) =
             foundationdb_tuple::unpack(rest).map_err(|e| e.to_string())?;
         Ok((u64::try_from(due_ms).map_err(|_| "negative due time")?, id))
@@ -146,7 +147,10 @@ mod tests {
         assert!(k.due(11, "a") >= end);
         let (all_b, all_e) = k.due_all();
         assert!(all_b < k.due(0, "a") && k.due(u64::MAX, "z") < all_e);
-        assert_eq!(k.due_of_key(&k.due(1234, "evt.email")).unwrap(), (1234, "evt.email".to_owned()));
+        assert_eq!(
+            k.due_of_key(&k.due(1234, "evt.email")).unwrap(),
+            (1234, "evt.email".to_owned())
+        );
         let (db, de) = k.dead_letters();
         assert!(db < k.dead_letter("x") && k.dead_letter("x") < de);
         assert!(!(db..de).contains(&k.delivery("x")));
