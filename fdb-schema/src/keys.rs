@@ -102,14 +102,25 @@ impl Keyspace {
 
     /// `("seat", event_id, section_id, row, number)` → [`crate::SeatState`].
     pub fn seat(&self, event: &EventId, seat: &SeatId) -> Vec<u8> {
-        self.key(&("seat", event.as_str(), seat.section().as_str(), seat.row(), i64::from(seat.number())))
+        self.key(&(
+            "seat",
+            event.as_str(),
+            seat.section().as_str(),
+            seat.row(),
+            i64::from(seat.number()),
+        ))
     }
     /// Every seat of a section, ordered by row then number.
     pub fn seats_of_section(&self, event: &EventId, section: &SectionId) -> (Vec<u8>, Vec<u8>) {
         self.range(&("seat", event.as_str(), section.as_str()))
     }
     /// Every seat of one row, ordered by number.
-    pub fn seats_of_row(&self, event: &EventId, section: &SectionId, row: &str) -> (Vec<u8>, Vec<u8>) {
+    pub fn seats_of_row(
+        &self,
+        event: &EventId,
+        section: &SectionId,
+        row: &str,
+    ) -> (Vec<u8>, Vec<u8>) {
         self.range(&("seat", event.as_str(), section.as_str(), row))
     }
     /// Every seat of an event.
@@ -120,9 +131,13 @@ impl Keyspace {
     pub fn seat_of_key(&self, key: &[u8]) -> Result<(EventId, SeatId), SchemaError> {
         let (_, event, section, row, number): (String, String, String, String, i64) =
             self.root.unpack(key).map_err(SchemaError::key)?;
-        let number = u16::try_from(number).map_err(|_| SchemaError::Key("seat number out of range".into()))?;
+        let number = u16::try_from(number)
+            .map_err(|_| SchemaError::Key("seat number out of range".into()))?;
         let section = SectionId::parse(&section).map_err(SchemaError::id)?;
-        Ok((EventId::parse(&event).map_err(SchemaError::id)?, SeatId::new(section, &row, number).map_err(SchemaError::id)?))
+        Ok((
+            EventId::parse(&event).map_err(SchemaError::id)?,
+            SeatId::new(section, &row, number).map_err(SchemaError::id)?,
+        ))
     }
 
     // ---- general admission --------------------------------------------------------------
@@ -137,7 +152,8 @@ impl Keyspace {
         self.range(&("gas", event.as_str(), pool.as_str()))
     }
     pub fn ga_shard_of_key(&self, key: &[u8]) -> Result<u16, SchemaError> {
-        let (_, _, _, shard): (String, String, String, i64) = self.root.unpack(key).map_err(SchemaError::key)?;
+        let (_, _, _, shard): (String, String, String, i64) =
+            self.root.unpack(key).map_err(SchemaError::key)?;
         u16::try_from(shard).map_err(|_| SchemaError::Key("shard out of range".into()))
     }
 
@@ -183,7 +199,8 @@ impl Keyspace {
         (begin, self.key(&("hexp", now_ms as i64)))
     }
     pub fn hold_of_expiry_key(&self, key: &[u8]) -> Result<(u64, HoldId), SchemaError> {
-        let (_, at, hold): (String, i64, String) = self.root.unpack(key).map_err(SchemaError::key)?;
+        let (_, at, hold): (String, i64, String) =
+            self.root.unpack(key).map_err(SchemaError::key)?;
         Ok((at as u64, HoldId::parse(&hold).map_err(SchemaError::id)?))
     }
 
@@ -215,7 +232,8 @@ impl Keyspace {
         self.range(&("cord", customer.as_str()))
     }
     pub fn order_of_customer_key(&self, key: &[u8]) -> Result<OrderId, SchemaError> {
-        let (_, _, order): (String, String, String) = self.root.unpack(key).map_err(SchemaError::key)?;
+        let (_, _, order): (String, String, String) =
+            self.root.unpack(key).map_err(SchemaError::key)?;
         OrderId::parse(&order).map_err(SchemaError::id)
     }
     /// `("hord", hold_id)` → the order id that checkout created for this hold.
@@ -251,14 +269,19 @@ impl Keyspace {
     /// `SetVersionstampedKey` (placeholder + 4-byte offset). `user_version` orders several
     /// entries of one transaction.
     pub fn outbox_entry_versionstamped(&self, region: &RegionId, user_version: u16) -> Vec<u8> {
-        self.root.pack_with_versionstamp(&("out", region.as_str(), Versionstamp::incomplete(user_version)))
+        self.root.pack_with_versionstamp(&(
+            "out",
+            region.as_str(),
+            Versionstamp::incomplete(user_version),
+        ))
     }
     pub fn outbox(&self, region: &RegionId) -> (Vec<u8>, Vec<u8>) {
         self.range(&("out", region.as_str()))
     }
     /// The 12-byte versionstamp (10 commit + 2 user bytes) of an outbox key.
     pub fn outbox_stamp_of_key(&self, key: &[u8]) -> Result<[u8; 12], SchemaError> {
-        let (_, _, stamp): (String, String, Versionstamp) = self.root.unpack(key).map_err(SchemaError::key)?;
+        let (_, _, stamp): (String, String, Versionstamp) =
+            self.root.unpack(key).map_err(SchemaError::key)?;
         Ok(*stamp.as_bytes())
     }
     /// `("olease", region)` → `LeaseRecord`: which relay publishes the region's outbox.
@@ -288,7 +311,8 @@ impl Keyspace {
         self.range(&("qopen", event.as_str()))
     }
     pub fn queue_open_stamp_of_key(&self, key: &[u8]) -> Result<[u8; 12], SchemaError> {
-        let (_, _, stamp): (String, String, Versionstamp) = self.root.unpack(key).map_err(SchemaError::key)?;
+        let (_, _, stamp): (String, String, Versionstamp) =
+            self.root.unpack(key).map_err(SchemaError::key)?;
         Ok(*stamp.as_bytes())
     }
     /// The `qopen` key for a known versionstamp.

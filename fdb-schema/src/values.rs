@@ -62,13 +62,28 @@ const FLAG_FROZEN: u8 = 1;
 
 impl SeatState {
     pub fn free() -> Self {
-        SeatState { status: SeatStatus::Free, expires_at_ms: 0, frozen: false, owner: String::new() }
+        SeatState {
+            status: SeatStatus::Free,
+            expires_at_ms: 0,
+            frozen: false,
+            owner: String::new(),
+        }
     }
     pub fn held(hold: &HoldId, expires_at_ms: u64) -> Self {
-        SeatState { status: SeatStatus::Held, expires_at_ms, frozen: false, owner: hold.as_str().to_owned() }
+        SeatState {
+            status: SeatStatus::Held,
+            expires_at_ms,
+            frozen: false,
+            owner: hold.as_str().to_owned(),
+        }
     }
     pub fn sold(order: &OrderId) -> Self {
-        SeatState { status: SeatStatus::Sold, expires_at_ms: 0, frozen: false, owner: order.as_str().to_owned() }
+        SeatState {
+            status: SeatStatus::Sold,
+            expires_at_ms: 0,
+            frozen: false,
+            owner: order.as_str().to_owned(),
+        }
     }
 
     /// Whether a new hold may take the seat at `now_ms`: free, or held by a hold whose
@@ -83,7 +98,9 @@ impl SeatState {
 
     /// Whether `hold` holds this seat at `now_ms`.
     pub fn is_held_by(&self, hold: &HoldId, now_ms: u64) -> bool {
-        self.status == SeatStatus::Held && self.owner == hold.as_str() && self.expires_at_ms > now_ms
+        self.status == SeatStatus::Held
+            && self.owner == hold.as_str()
+            && self.expires_at_ms > now_ms
     }
 
     pub fn encode(&self) -> Vec<u8> {
@@ -303,6 +320,98 @@ pub struct AdmissionRecord {
     #[serde(default)]
     pub open_admitted_rank: Option<String>,
     pub updated_at_ms: u64,
+}
+
+/// Where the checkout saga of an order stands. Each step is entered by a transaction that
+/// checks the step before (compare-and-set), so concurrent drivers (the request handler, a
+/// reconciler in another region) never apply a step twice.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SagaStep {
+    /// The payment is being authorized (its outcome may be unknown).
+    Authorizing,
+    /// The amount is held on the card; the seats are not sold yet.
+    Authorized,
+    /// The seats are sold to the order; the payment is being captured.
+    Capturing,
+    /// The seats could not be sold: the authorization is being voided.
+    Voiding,
+    /// A captured payment is being refunded.
+    Refunding,
+    /// Nothing left to do.
+    Done,
+}
+
+/// `("ord", order_id)`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OrderRecord {
+    #[serde(default = "v1")]
+    pub v: u32,
+    pub order_id: OrderId,
+    pub hold_id: HoldId,
+    pub event_id: EventId,
+    pub customer_id: CustomerId,
+    #[serde(default)]
+    pub seats: Vec<SeatId>,
+    #[serde(default)]
+    pub pool: Option<PoolId>,
+    pub quantity: u32,
+    pub amount_minor: u64,
+    pub currency: String,
+    pub state: tessera_api::orders::OrderState,
+    pub step: SagaStep,
+    #[serde(default)]
+    pub payment_id: Option<String>,
+    /// The provider's payment method token (not card data).
+    pub payment_method: String,
+    /// The fan's idempotency key; every provider call derives its key from it.
+    pub idempotency_key: String,
+    /// Where the confirmation goes. Never logged.
+    #[serde(default)]
+    pub email: Option<String>,
+    #[serde(default)]
+    pub failure_code: Option<String>,
+    #[serde(default)]
+    pub tickets: Vec<tessera_api::TicketId>,
+    pub created_at_ms: u64,
+    pub updated_at_ms: u64,
+    /// Who drives the saga now, and until when (other drivers wait for the lease to lapse).
+    #[serde(default)]
+    pub lease_holder: Option<String>,
+    #[serde(default)]
+    pub lease_until_ms: u64,
+    /// Reconciliation attempts, for backoff and alerting.
+    #[serde(default)]
+    pub attempts: u32,
+}
+
+/// Whether a ticket still admits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TicketState {
+    Valid,
+    /// The order was refunded.
+    Revoked,
+}
+
+/// `("tkt", ticket_id)`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TicketRecord {
+    #[serde(default = "v1")]
+    pub v: u32,
+    pub ticket_id: tessera_api::TicketId,
+    pub order_id: OrderId,
+    pub event_id: EventId,
+    #[serde(default)]
+    pub seat: Option<SeatId>,
+    #[serde(default)]
+    pub pool: Option<PoolId>,
+    pub state: TicketState,
+    pub issued_at_ms: u64,
+    #[serde(default)]
+    pub checked_in_at_ms: Option<u64>,
+    #[serde(default)]
+    pub gate: Option<String>,
 }
 
 #[cfg(test)]

@@ -6,8 +6,8 @@ use sha2::Digest as _;
 use tessera_api::bus::BusEventBody;
 use tessera_api::inventory::{CreateEvent, EventDetail, SaleState};
 use tessera_api::{EventId, SeatId};
-use tessera_fdb_schema::values::{self, EventRecord, PoolRecord, SectionRecord};
 use tessera_fdb_schema::SeatState;
+use tessera_fdb_schema::values::{self, EventRecord, PoolRecord, SectionRecord};
 use tessera_store::{Store, Transaction, run};
 
 use crate::{Inventory, InventoryError, fail, outbox};
@@ -61,16 +61,25 @@ fn validate(spec: &CreateEvent) -> Result<u64, InventoryError> {
         let mut labels = HashSet::new();
         for r in &rows {
             if SeatId::new(s.section_id.clone(), &r.row, 1).is_err() {
-                return bad(format!("row label {:?} in section {} is invalid", r.row, s.section_id));
+                return bad(format!(
+                    "row label {:?} in section {} is invalid",
+                    r.row, s.section_id
+                ));
             }
             if !labels.insert(r.row.as_str()) {
                 return bad(format!("row {} in section {} is repeated", r.row, s.section_id));
             }
             if r.seats == 0 || r.seats > 9999 {
-                return bad(format!("row {} in section {} must have 1 to 9999 seats", r.row, s.section_id));
+                return bad(format!(
+                    "row {} in section {} must have 1 to 9999 seats",
+                    r.row, s.section_id
+                ));
             }
             if let Some(n) = r.accessible.iter().find(|n| **n == 0 || **n > r.seats) {
-                return bad(format!("accessible seat {n} is outside row {} of section {}", r.row, s.section_id));
+                return bad(format!(
+                    "accessible seat {n} is outside row {} of section {}",
+                    r.row, s.section_id
+                ));
             }
             capacity += u64::from(r.seats);
         }
@@ -113,7 +122,12 @@ impl<S: Store> Inventory<S> {
         let event_id = spec.event_id.clone();
         {
             let trx = self.store.create_trx().map_err(InventoryError::Store)?;
-            if trx.get(&self.keys.event(&event_id), false).await.map_err(InventoryError::Store)?.is_some() {
+            if trx
+                .get(&self.keys.event(&event_id), false)
+                .await
+                .map_err(InventoryError::Store)?
+                .is_some()
+            {
                 return Err(InventoryError::EventExists(event_id));
             }
         }
@@ -201,7 +215,15 @@ impl<S: Store> Inventory<S> {
                     trx.set(&keys.pool(&record.event_id, &p.pool_id), &values::encode(p));
                 }
                 trx.set(&keys.event(&record.event_id), &values::encode(&record));
-                outbox(&trx, &keys, &region, 0, &record.event_id, now, BusEventBody::EventChanged { state: record.state });
+                outbox(
+                    &trx,
+                    &keys,
+                    &region,
+                    0,
+                    &record.event_id,
+                    now,
+                    BusEventBody::EventChanged { state: record.state },
+                );
                 Ok(())
             }
         })
@@ -224,7 +246,11 @@ impl<S: Store> Inventory<S> {
     /// Moves an event's sale to `to`: `open` (reveals the shuffle seed), `pause`, `resume`,
     /// `close`. Pausing stops new holds; holds and checkouts in flight complete.
     #[tracing::instrument(name = "inventory.set_sale_state", skip_all, fields(event_id = %event_id, to = ?to))]
-    pub async fn set_sale_state(&self, event_id: &EventId, to: SaleState) -> Result<EventRecordView, InventoryError> {
+    pub async fn set_sale_state(
+        &self,
+        event_id: &EventId,
+        to: SaleState,
+    ) -> Result<EventRecordView, InventoryError> {
         let keys = self.keys.clone();
         let region = self.config.region.clone();
         let now = self.clock.now_ms();
@@ -241,11 +267,19 @@ impl<S: Store> Inventory<S> {
                 use SaleState::*;
                 let allowed = matches!(
                     (record.state, to),
-                    (Scheduled, OnSale) | (OnSale, Paused) | (Paused, OnSale) | (SoldOut, OnSale)
-                        | (OnSale, SoldOut) | (_, Closed)
+                    (Scheduled, OnSale)
+                        | (OnSale, Paused)
+                        | (Paused, OnSale)
+                        | (SoldOut, OnSale)
+                        | (OnSale, SoldOut)
+                        | (_, Closed)
                 ) || record.state == to;
                 if !allowed {
-                    return fail(InventoryError::InvalidTransition { event: event_id.clone(), from: record.state, to });
+                    return fail(InventoryError::InvalidTransition {
+                        event: event_id.clone(),
+                        from: record.state,
+                        to,
+                    });
                 }
                 if record.state == to {
                     return Ok(record);
@@ -255,7 +289,15 @@ impl<S: Store> Inventory<S> {
                 }
                 record.state = to;
                 trx.set(&keys.event(event_id), &values::encode(&record));
-                outbox(&trx, &keys, &region, 0, event_id, now, BusEventBody::EventChanged { state: to });
+                outbox(
+                    &trx,
+                    &keys,
+                    &region,
+                    0,
+                    event_id,
+                    now,
+                    BusEventBody::EventChanged { state: to },
+                );
                 Ok(record)
             }
         })
@@ -264,7 +306,11 @@ impl<S: Store> Inventory<S> {
     }
 
     /// Sets the operator's admission rate for an event.
-    pub async fn set_admission_rate(&self, event_id: &EventId, rate_per_s: f64) -> Result<(), InventoryError> {
+    pub async fn set_admission_rate(
+        &self,
+        event_id: &EventId,
+        rate_per_s: f64,
+    ) -> Result<(), InventoryError> {
         let keys = self.keys.clone();
         run(&self.store, |trx, _| {
             let keys = keys.clone();

@@ -150,7 +150,8 @@ impl<S: Store> Inventory<S> {
         let started = std::time::Instant::now();
         let hold_id = HoldId::from_random(self.rng.next_u128());
         let spec_text = format!("{spec:?}");
-        let req_hash = idempotency_key.map(|_| request_hash(&[event_id.as_str(), customer.as_str(), &spec_text]));
+        let req_hash = idempotency_key
+            .map(|_| request_hash(&[event_id.as_str(), customer.as_str(), &spec_text]));
         let result = run(&self.store, |trx, maybe_committed| {
             let hold_id = hold_id.clone();
             let req_hash = req_hash.clone();
@@ -184,7 +185,10 @@ impl<S: Store> Inventory<S> {
                 }
                 let event = read_event(&trx, &self.keys, event_id, false).await?;
                 if !event.state.accepts_holds() {
-                    return fail(InventoryError::EventNotOnSale { event: event_id.clone(), state: event.state });
+                    return fail(InventoryError::EventNotOnSale {
+                        event: event_id.clone(),
+                        state: event.state,
+                    });
                 }
                 let quantity = match spec {
                     HoldSpec::Seats(s) => s.len() as u32,
@@ -197,9 +201,13 @@ impl<S: Store> Inventory<S> {
                     return fail(InventoryError::InvalidQuantity { max: limit });
                 }
                 let tally_key = self.keys.customer_tally(event_id, customer);
-                let current = trx.get(&tally_key, false).await?.map_or(0, |b| decode_i64(&b)).max(0) as u32;
+                let current =
+                    trx.get(&tally_key, false).await?.map_or(0, |b| decode_i64(&b)).max(0) as u32;
                 if current + quantity > event.max_tickets_per_customer {
-                    return fail(InventoryError::LimitExceeded { limit: event.max_tickets_per_customer, current });
+                    return fail(InventoryError::LimitExceeded {
+                        limit: event.max_tickets_per_customer,
+                        current,
+                    });
                 }
 
                 let expires_at_ms = now + u64::from(event.hold_ttl_s) * 1000;
@@ -209,8 +217,16 @@ impl<S: Store> Inventory<S> {
                         if !event.sections.contains(section) {
                             return fail(InventoryError::UnknownSection(section.to_string()));
                         }
-                        self.take_best(&trx, &event, std::slice::from_ref(section), *quantity, *adjacent, *accessible, now)
-                            .await?
+                        self.take_best(
+                            &trx,
+                            &event,
+                            std::slice::from_ref(section),
+                            *quantity,
+                            *adjacent,
+                            *accessible,
+                            now,
+                        )
+                        .await?
                     }
                     HoldSpec::BestInTier { tier, quantity, adjacent, accessible } => {
                         if !event.tiers.iter().any(|t| &t.tier_id == tier) {
@@ -222,7 +238,16 @@ impl<S: Store> Inventory<S> {
                                 in_tier.push(s.clone());
                             }
                         }
-                        self.take_best(&trx, &event, &in_tier, *quantity, *adjacent, *accessible, now).await?
+                        self.take_best(
+                            &trx,
+                            &event,
+                            &in_tier,
+                            *quantity,
+                            *adjacent,
+                            *accessible,
+                            now,
+                        )
+                        .await?
                     }
                     HoldSpec::General { pool, quantity } => {
                         if !event.pools.contains(pool) {
@@ -232,7 +257,10 @@ impl<S: Store> Inventory<S> {
                     }
                 };
                 for seat in &taken.seats {
-                    trx.set(&self.keys.seat(event_id, seat), &SeatState::held(&hold_id, expires_at_ms).encode());
+                    trx.set(
+                        &self.keys.seat(event_id, seat),
+                        &SeatState::held(&hold_id, expires_at_ms).encode(),
+                    );
                 }
                 let mut per_section: HashMap<&SectionId, i64> = HashMap::new();
                 for seat in &taken.seats {
@@ -242,7 +270,11 @@ impl<S: Store> Inventory<S> {
                     add_i64(&trx, &self.keys.section_tally(event_id, section, Tally::Held), n);
                 }
                 if let Some(pool) = &taken.pool {
-                    add_i64(&trx, &self.keys.pool_tally(event_id, pool, Tally::Held), i64::from(quantity));
+                    add_i64(
+                        &trx,
+                        &self.keys.pool_tally(event_id, pool, Tally::Held),
+                        i64::from(quantity),
+                    );
                 }
                 trx.set(&tally_key, &i64::from(current + quantity).to_le_bytes());
                 let record = HoldRecord {
@@ -303,7 +335,8 @@ impl<S: Store> Inventory<S> {
             Err(_) => "error",
         };
         metrics::counter!("tessera_inventory_holds_total", "outcome" => outcome).increment(1);
-        metrics::histogram!("tessera_inventory_hold_seconds").record(started.elapsed().as_secs_f64());
+        metrics::histogram!("tessera_inventory_hold_seconds")
+            .record(started.elapsed().as_secs_f64());
         result
     }
 
@@ -339,14 +372,22 @@ impl<S: Store> Inventory<S> {
             let section = read_section(trx, &self.keys, &event.event_id, seat.section()).await?;
             amount += price_of(event, &section.tier);
         }
-        Ok(Taken { seats: seats.to_vec(), pool: None, shard_takes: Vec::new(), amount_minor: amount })
+        Ok(Taken {
+            seats: seats.to_vec(),
+            pool: None,
+            shard_takes: Vec::new(),
+            amount_minor: amount,
+        })
     }
 
     /// Takes the best available `quantity` seats of the given sections, front rows first;
     /// side by side in one row when `adjacent`. Candidates come from snapshot reads; only
     /// the seats taken join the conflict set. Among equally good windows in a row one is
     /// chosen at random, so concurrent buyers rarely reach for the same seats.
-    #[allow(clippy::too_many_arguments, reason = "one call site; a struct would only rename the fields")]
+    #[allow(
+        clippy::too_many_arguments,
+        reason = "one call site; a struct would only rename the fields"
+    )]
     async fn take_best<T: Transaction>(
         &self,
         trx: &T,
@@ -381,13 +422,17 @@ impl<S: Store> Inventory<S> {
                 }
                 let to_ids = |nums: &[u16]| -> TrxResult<Vec<SeatId>> {
                     nums.iter()
-                        .map(|n| SeatId::new(section_id.clone(), &row.row, *n).or_else(|e| corrupt(e)))
+                        .map(|n| {
+                            SeatId::new(section_id.clone(), &row.row, *n).or_else(|e| corrupt(e))
+                        })
                         .collect()
                 };
                 if adjacent {
                     // Windows of q consecutive seat numbers.
                     let windows: Vec<usize> = (0..free.len().saturating_sub(q - 1))
-                        .filter(|&i| u32::from(free[i + q - 1]) - u32::from(free[i]) == (q - 1) as u32)
+                        .filter(|&i| {
+                            u32::from(free[i + q - 1]) - u32::from(free[i]) == (q - 1) as u32
+                        })
                         .collect();
                     if windows.is_empty() {
                         continue;
@@ -432,14 +477,16 @@ impl<S: Store> Inventory<S> {
             }
         }
         let room = |i: usize, taken: &[u32]| pool.shard_capacity[i].saturating_sub(taken[i]);
-        let total: u64 = (0..taken_by_shard.len()).map(|i| u64::from(room(i, &taken_by_shard))).sum();
+        let total: u64 =
+            (0..taken_by_shard.len()).map(|i| u64::from(room(i, &taken_by_shard))).sum();
         if total < u64::from(quantity) {
             return fail(InventoryError::SoldOut { remaining: total });
         }
         let n = taken_by_shard.len();
         let start = self.rng.below(n as u64) as usize;
         // Prefer one shard that fits the whole request; otherwise spread over several.
-        let single = (0..n).map(|j| (start + j) % n).find(|&i| room(i, &taken_by_shard) >= quantity);
+        let single =
+            (0..n).map(|j| (start + j) % n).find(|&i| room(i, &taken_by_shard) >= quantity);
         let mut plan: Vec<(usize, u32)> = Vec::new();
         match single {
             Some(i) => plan.push((i, quantity)),

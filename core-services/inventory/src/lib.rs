@@ -172,7 +172,7 @@ impl From<tessera_fdb_schema::SchemaError> for InventoryError {
     }
 }
 
-pub(crate) type TrxResult<T> = Result<T, TrxError<InventoryError>>;
+pub type TrxResult<T> = Result<T, TrxError<InventoryError>>;
 
 pub(crate) fn fail<T>(e: InventoryError) -> TrxResult<T> {
     Err(TrxError::Abort(e))
@@ -238,7 +238,19 @@ impl<S: Store> Inventory<S> {
 }
 
 /// Writes one bus event to the region's outbox inside `trx`. `n` orders several entries of
-/// one transaction.
+/// one transaction (each distinct `n` gives a distinct key).
+pub fn write_outbox<T: Transaction>(
+    trx: &T,
+    keys: &Keyspace,
+    region: &RegionId,
+    n: u16,
+    event_id: &EventId,
+    at_ms: u64,
+    body: BusEventBody,
+) {
+    outbox(trx, keys, region, n, event_id, at_ms, body);
+}
+
 pub(crate) fn outbox<T: Transaction>(
     trx: &T,
     keys: &Keyspace,

@@ -30,7 +30,9 @@ impl<S: Store> Inventory<S> {
         let (b, e) = self.keys.hold_expiries_before(now + 1);
         let due = {
             let trx = self.store.create_trx().map_err(InventoryError::Store)?;
-            trx.get_range(&RangeRequest::new(b, e).limit(limit), true).await.map_err(InventoryError::Store)?
+            trx.get_range(&RangeRequest::new(b, e).limit(limit), true)
+                .await
+                .map_err(InventoryError::Store)?
         };
         let mut holds = Vec::with_capacity(due.len());
         for (k, _) in &due {
@@ -73,14 +75,22 @@ impl<S: Store> Inventory<S> {
                 self.free_held(&trx, &r).await?;
                 r.state = HoldState::Expired;
                 trx.set(&self.keys.hold(hold_id), &values::encode(&r));
-                outbox(&trx, &self.keys, &self.config.region, n_out, &r.event_id, now, BusEventBody::HoldReleased {
-                    hold_id: hold_id.clone(),
-                    customer_id: r.customer_id.clone(),
-                    seats: r.seats.clone(),
-                    pool: r.pool.clone(),
-                    quantity: r.quantity,
-                    reason: ReleaseReason::Expired,
-                });
+                outbox(
+                    &trx,
+                    &self.keys,
+                    &self.config.region,
+                    n_out,
+                    &r.event_id,
+                    now,
+                    BusEventBody::HoldReleased {
+                        hold_id: hold_id.clone(),
+                        customer_id: r.customer_id.clone(),
+                        seats: r.seats.clone(),
+                        pool: r.pool.clone(),
+                        quantity: r.quantity,
+                        reason: ReleaseReason::Expired,
+                    },
+                );
                 n_out += 1;
                 expired += 1;
             }
@@ -95,7 +105,9 @@ impl<S: Store> Inventory<S> {
         let (_, e) = self.keys.hold_expiries_before(now + self.config.expiring_notice_ms);
         let soon = {
             let trx = self.store.create_trx().map_err(InventoryError::Store)?;
-            trx.get_range(&RangeRequest::new(b, e).limit(limit), true).await.map_err(InventoryError::Store)?
+            trx.get_range(&RangeRequest::new(b, e).limit(limit), true)
+                .await
+                .map_err(InventoryError::Store)?
         };
         let mut sent = 0;
         for (k, _) in soon {
@@ -109,11 +121,19 @@ impl<S: Store> Inventory<S> {
                     }
                     r.expiring_notice_sent = true;
                     trx.set(&self.keys.hold(&hold_id), &values::encode(&r));
-                    outbox(&trx, &self.keys, &self.config.region, 0, &r.event_id, now, BusEventBody::HoldExpiring {
-                        hold_id: hold_id.clone(),
-                        customer_id: r.customer_id.clone(),
-                        expires_at_ms: r.expires_at_ms,
-                    });
+                    outbox(
+                        &trx,
+                        &self.keys,
+                        &self.config.region,
+                        0,
+                        &r.event_id,
+                        now,
+                        BusEventBody::HoldExpiring {
+                            hold_id: hold_id.clone(),
+                            customer_id: r.customer_id.clone(),
+                            expires_at_ms: r.expires_at_ms,
+                        },
+                    );
                     Ok(true)
                 }
             })

@@ -41,7 +41,8 @@ impl<S: Store> Inventory<S> {
     pub async fn list_events(&self) -> Result<EventList, InventoryError> {
         let trx = self.trx()?;
         let (b, e) = self.keys.events();
-        let rows = trx.get_range(&RangeRequest::new(b, e), true).await.map_err(InventoryError::Store)?;
+        let rows =
+            trx.get_range(&RangeRequest::new(b, e), true).await.map_err(InventoryError::Store)?;
         let mut events = Vec::with_capacity(rows.len());
         for (_, v) in rows {
             let r: EventRecord = values::decode(&v)?;
@@ -60,7 +61,9 @@ impl<S: Store> Inventory<S> {
         let r: EventRecord = values::decode(&bytes)?;
         let (b, e) = self.keys.sections(event_id);
         let mut sections = Vec::new();
-        for (_, v) in trx.get_range(&RangeRequest::new(b, e), true).await.map_err(InventoryError::Store)? {
+        for (_, v) in
+            trx.get_range(&RangeRequest::new(b, e), true).await.map_err(InventoryError::Store)?
+        {
             let s: SectionRecord = values::decode(&v)?;
             sections.push(SectionSpec {
                 section_id: s.section_id,
@@ -73,9 +76,16 @@ impl<S: Store> Inventory<S> {
         }
         let (b, e) = self.keys.pools(event_id);
         let mut ga_pools = Vec::new();
-        for (_, v) in trx.get_range(&RangeRequest::new(b, e), true).await.map_err(InventoryError::Store)? {
+        for (_, v) in
+            trx.get_range(&RangeRequest::new(b, e), true).await.map_err(InventoryError::Store)?
+        {
             let p: PoolRecord = values::decode(&v)?;
-            ga_pools.push(GaPoolSpec { pool_id: p.pool_id, name: p.name, tier: p.tier, capacity: p.capacity });
+            ga_pools.push(GaPoolSpec {
+                pool_id: p.pool_id,
+                name: p.name,
+                tier: p.tier,
+                capacity: p.capacity,
+            });
         }
         Ok(EventDetail { event: summary(&r), tiers: r.tiers.clone(), sections, ga_pools })
     }
@@ -87,11 +97,15 @@ impl<S: Store> Inventory<S> {
         let trx = self.trx()?;
         let (b, e) = self.keys.tallies(event_id);
         let mut tallies: HashMap<(String, String, bool), i64> = HashMap::new();
-        for (k, v) in trx.get_range(&RangeRequest::new(b, e), true).await.map_err(InventoryError::Store)? {
+        for (k, v) in
+            trx.get_range(&RangeRequest::new(b, e), true).await.map_err(InventoryError::Store)?
+        {
             let (kind, id, tally) = self.keys.tally_of_key(&k)?;
             tallies.insert((kind, id, tally == Tally::Held), decode_i64(&v));
         }
-        let get = |kind: &str, id: &str, held: bool| tallies.get(&(kind.to_owned(), id.to_owned(), held)).copied().unwrap_or(0).max(0) as u64;
+        let get = |kind: &str, id: &str, held: bool| {
+            tallies.get(&(kind.to_owned(), id.to_owned(), held)).copied().unwrap_or(0).max(0) as u64
+        };
         let sections = detail
             .sections
             .iter()
@@ -115,7 +129,13 @@ impl<S: Store> Inventory<S> {
                 let capacity = u64::from(p.capacity);
                 let held = get("p", p.pool_id.as_str(), true);
                 let sold = get("p", p.pool_id.as_str(), false);
-                PoolAvailability { pool_id: p.pool_id.clone(), capacity, free: capacity.saturating_sub(held + sold), held, sold }
+                PoolAvailability {
+                    pool_id: p.pool_id.clone(),
+                    capacity,
+                    free: capacity.saturating_sub(held + sold),
+                    held,
+                    sold,
+                }
             })
             .collect();
         Ok(Availability {
@@ -128,9 +148,14 @@ impl<S: Store> Inventory<S> {
     }
 
     /// The state of every seat of a section, by row.
-    pub async fn section_seats(&self, event_id: &EventId, section_id: &SectionId) -> Result<SectionSeats, InventoryError> {
+    pub async fn section_seats(
+        &self,
+        event_id: &EventId,
+        section_id: &SectionId,
+    ) -> Result<SectionSeats, InventoryError> {
         let trx = self.trx()?;
-        if trx.get(&self.keys.event(event_id), true).await.map_err(InventoryError::Store)?.is_none() {
+        if trx.get(&self.keys.event(event_id), true).await.map_err(InventoryError::Store)?.is_none()
+        {
             return Err(InventoryError::UnknownEvent(event_id.clone()));
         }
         let bytes = trx
@@ -143,7 +168,10 @@ impl<S: Store> Inventory<S> {
         let mut rows = Vec::with_capacity(section.rows.len());
         for row in &section.rows {
             let (b, e) = self.keys.seats_of_row(event_id, section_id, &row.row);
-            let seats = trx.get_range(&RangeRequest::new(b, e), true).await.map_err(InventoryError::Store)?;
+            let seats = trx
+                .get_range(&RangeRequest::new(b, e), true)
+                .await
+                .map_err(InventoryError::Store)?;
             let mut statuses = vec![b'x'; usize::from(row.seats)];
             for (k, v) in seats {
                 let (_, seat) = self.keys.seat_of_key(&k)?;
@@ -158,13 +186,25 @@ impl<S: Store> Inventory<S> {
                     *slot = c;
                 }
             }
-            rows.push(RowSeats { row: row.row.clone(), statuses: String::from_utf8_lossy(&statuses).into_owned() });
+            rows.push(RowSeats {
+                row: row.row.clone(),
+                statuses: String::from_utf8_lossy(&statuses).into_owned(),
+            });
         }
-        Ok(SectionSeats { event_id: event_id.clone(), section_id: section_id.clone(), rows, as_of_ms: now })
+        Ok(SectionSeats {
+            event_id: event_id.clone(),
+            section_id: section_id.clone(),
+            rows,
+            as_of_ms: now,
+        })
     }
 
     /// Seats the customer holds or bought for the event (the per-customer limit's count).
-    pub async fn customer_count(&self, event_id: &EventId, customer: &CustomerId) -> Result<i64, InventoryError> {
+    pub async fn customer_count(
+        &self,
+        event_id: &EventId,
+        customer: &CustomerId,
+    ) -> Result<i64, InventoryError> {
         let trx = self.trx()?;
         Ok(trx
             .get(&self.keys.customer_tally(event_id, customer), true)

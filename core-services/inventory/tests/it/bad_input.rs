@@ -62,12 +62,14 @@ async fn hold_lifecycle_refusals_have_distinct_codes() {
     let h = f.inv.hold(&event_id(), &customer(1), &seats(&["A-2-1"]), None).await.unwrap();
     let err = f.inv.release(&h.hold_id, &customer(2)).await.unwrap_err();
     assert_eq!(err.code(), ErrorCode::HoldForeign);
-    let err = f.inv.release(&HoldId::parse("h_doesnotexist").unwrap(), &customer(1)).await.unwrap_err();
+    let err =
+        f.inv.release(&HoldId::parse("h_doesnotexist").unwrap(), &customer(1)).await.unwrap_err();
     assert_eq!(err.code(), ErrorCode::UnknownHold);
     f.clock.advance_ms(301_000);
     let err = f.inv.freeze(&h.hold_id, &customer(1)).await.unwrap_err();
     assert_eq!(err.code(), ErrorCode::HoldExpired);
-    let err = f.inv.confirm(&h.hold_id, &OrderId::parse("o_bbbbbbbbbb").unwrap()).await.unwrap_err();
+    let err =
+        f.inv.confirm(&h.hold_id, &OrderId::parse("o_bbbbbbbbbb").unwrap()).await.unwrap_err();
     assert_eq!(err.code(), ErrorCode::HoldExpired);
 
     let h2 = f.inv.hold(&event_id(), &customer(1), &seats(&["A-2-2"]), None).await.unwrap();
@@ -75,7 +77,8 @@ async fn hold_lifecycle_refusals_have_distinct_codes() {
     let err = f.inv.release(&h2.hold_id, &customer(1)).await.unwrap_err();
     assert_eq!(err.code(), ErrorCode::HoldPaymentInFlight);
     f.inv.confirm(&h2.hold_id, &OrderId::parse("o_cccccccccc").unwrap()).await.unwrap();
-    let err = f.inv.confirm(&h2.hold_id, &OrderId::parse("o_dddddddddd").unwrap()).await.unwrap_err();
+    let err =
+        f.inv.confirm(&h2.hold_id, &OrderId::parse("o_dddddddddd").unwrap()).await.unwrap_err();
     assert_eq!(err.code(), ErrorCode::HoldNotActive);
 }
 
@@ -83,9 +86,11 @@ async fn hold_lifecycle_refusals_have_distinct_codes() {
 async fn an_idempotency_key_reused_for_another_request_is_refused() {
     let f = fixture(3).await;
     let a = f.inv.hold(&event_id(), &customer(1), &seats(&["A-3-1"]), Some("key-1")).await.unwrap();
-    let again = f.inv.hold(&event_id(), &customer(1), &seats(&["A-3-1"]), Some("key-1")).await.unwrap();
+    let again =
+        f.inv.hold(&event_id(), &customer(1), &seats(&["A-3-1"]), Some("key-1")).await.unwrap();
     assert_eq!(a, again, "a retried request must get the same hold");
-    let err = f.inv.hold(&event_id(), &customer(1), &seats(&["A-3-2"]), Some("key-1")).await.unwrap_err();
+    let err =
+        f.inv.hold(&event_id(), &customer(1), &seats(&["A-3-2"]), Some("key-1")).await.unwrap_err();
     assert!(matches!(err, InventoryError::IdempotencyConflict));
     assert_eq!(err.code(), ErrorCode::IdempotencyConflict);
     // The same key from another customer is another key.

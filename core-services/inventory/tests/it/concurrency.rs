@@ -18,8 +18,9 @@ async fn racing_buyers_never_get_the_same_seat() {
     a.inv.create_event(seat_map(300)).await.unwrap();
     let b = inventory_on(EmbeddedStore::open(dir.path()).unwrap(), 21);
     let invs = [Arc::new(a.inv), Arc::new(b.inv)];
-    let all_seats: Vec<SeatId> =
-        (1..=5).flat_map(|r| (1..=10).map(move |n| SeatId::parse(&format!("A-{r}-{n}")).unwrap())).collect();
+    let all_seats: Vec<SeatId> = (1..=5)
+        .flat_map(|r| (1..=10).map(move |n| SeatId::parse(&format!("A-{r}-{n}")).unwrap()))
+        .collect();
     let all_seats = Arc::new(all_seats);
     let mut tasks = Vec::new();
     for t in 0..64u32 {
@@ -103,7 +104,11 @@ async fn the_last_general_admission_places_are_never_oversold() {
 /// up with two holds for one request, and tallies match what is really held.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unknown_commit_outcomes_never_duplicate_a_hold() {
-    let plan = FaultPlan { unknown_after_commit_ppm: 200_000, unknown_before_commit_ppm: 100_000, spurious_conflict_ppm: 50_000 };
+    let plan = FaultPlan {
+        unknown_after_commit_ppm: 200_000,
+        unknown_before_commit_ppm: 100_000,
+        spurious_conflict_ppm: 50_000,
+    };
     let store = FaultyStore::new(tessera_store::memory::MemoryStore::new(), plan, 7);
     let f = inventory_on(store.clone(), 24);
     f.inv.create_event(seat_map(300)).await.unwrap();
@@ -124,7 +129,11 @@ async fn unknown_commit_outcomes_never_duplicate_a_hold() {
     let mut held = 0;
     for t in tasks {
         let (who, _) = t.await.unwrap();
-        assert_eq!(inv.customer_count(&event_id(), &who).await.unwrap(), 2, "customer {who} holds a duplicate");
+        assert_eq!(
+            inv.customer_count(&event_id(), &who).await.unwrap(),
+            2,
+            "customer {who} holds a duplicate"
+        );
         held += 2;
     }
     assert!(store.injected() > 0, "no faults were injected");

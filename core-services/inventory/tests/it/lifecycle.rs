@@ -81,7 +81,8 @@ async fn a_payment_that_outlives_the_window_loses_the_seats_and_confirm_refuses(
     f.clock.advance_ms(10 * 60 * 1000 + 1);
     assert_eq!(f.inv.sweep(1000).await.unwrap().expired, 1);
     f.inv.hold(&event_id(), &customer(2), &seats(&["B-2-1"]), None).await.unwrap();
-    let err = f.inv.confirm(&h.hold_id, &OrderId::parse("o_late000001").unwrap()).await.unwrap_err();
+    let err =
+        f.inv.confirm(&h.hold_id, &OrderId::parse("o_late000001").unwrap()).await.unwrap_err();
     assert_eq!(err.code(), tessera_api::ErrorCode::HoldExpired);
 }
 
@@ -143,7 +144,8 @@ async fn best_available_takes_adjacent_seats_front_first() {
     got.sort();
     assert_eq!(got, vec!["A-1-1", "A-1-2"]);
     // By tier: P1 spans A and B.
-    let tier = HoldSpec::BestInTier { tier: "P1".into(), quantity: 4, adjacent: true, accessible: false };
+    let tier =
+        HoldSpec::BestInTier { tier: "P1".into(), quantity: 4, adjacent: true, accessible: false };
     let h4 = f.inv.hold(&event_id(), &customer(5), &tier, None).await.unwrap();
     assert_eq!(h4.seats.len(), 4);
     assert_eq!(h4.amount_minor, 4 * 12_000);

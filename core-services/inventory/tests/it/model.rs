@@ -75,7 +75,9 @@ async fn check_invariants(f: &Fixture<MemoryStore>, quiescent: bool) {
         let s = SeatState::decode(&v).unwrap();
         match s.status {
             SeatStatus::Held => {
-                let h = holds.get(&s.owner).unwrap_or_else(|| panic!("seat {seat} held by unknown {}", s.owner));
+                let h = holds
+                    .get(&s.owner)
+                    .unwrap_or_else(|| panic!("seat {seat} held by unknown {}", s.owner));
                 assert!(h.seats.contains(&seat), "hold {} does not list {seat}", s.owner);
                 if s.expires_at_ms > now {
                     assert!(
@@ -101,10 +103,22 @@ async fn check_invariants(f: &Fixture<MemoryStore>, quiescent: bool) {
     }
     // General admission: the shards carry exactly the places of holds still counting.
     let (b, e) = keys.ga_shards(&ev, &tessera_api::PoolId::parse("FLOOR").unwrap());
-    let shard_total: i64 = t.get_range(&RangeRequest::new(b, e), true).await.unwrap().iter().map(|(_, v)| decode_i64(v)).sum();
+    let shard_total: i64 = t
+        .get_range(&RangeRequest::new(b, e), true)
+        .await
+        .unwrap()
+        .iter()
+        .map(|(_, v)| decode_i64(v))
+        .sum();
     let counting: i64 = holds
         .values()
-        .filter(|h| h.pool.is_some() && matches!(h.state, HoldState::Active | HoldState::PaymentPending | HoldState::Confirmed))
+        .filter(|h| {
+            h.pool.is_some()
+                && matches!(
+                    h.state,
+                    HoldState::Active | HoldState::PaymentPending | HoldState::Confirmed
+                )
+        })
         .map(|h| i64::from(h.quantity))
         .sum();
     assert_eq!(shard_total, counting, "pool shards disagree with the holds");
@@ -137,7 +151,9 @@ async fn check_invariants(f: &Fixture<MemoryStore>, quiescent: bool) {
 }
 
 async fn apply(f: &Fixture<MemoryStore>, holds: &mut Vec<(HoldId, u32)>, op: Op, n: usize) {
-    let pick = |p: usize, holds: &Vec<(HoldId, u32)>| (!holds.is_empty()).then(|| holds[p % holds.len()].clone());
+    let pick = |p: usize, holds: &Vec<(HoldId, u32)>| {
+        (!holds.is_empty()).then(|| holds[p % holds.len()].clone())
+    };
     match op {
         Op::HoldSeats { who, seats } => {
             let spec = HoldSpec::Seats(seats.iter().map(|i| seat_of(*i)).collect());
