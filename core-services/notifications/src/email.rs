@@ -108,7 +108,7 @@ pub trait Mailer: Send + Sync {
 
 /// How to reach the SMTP server (the `[notifications.smtp]` table).
 #[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
+#[serde(default)]
 pub struct SmtpConfig {
     pub host: String,
     pub port: u16,

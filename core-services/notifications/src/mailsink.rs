@@ -28,7 +28,7 @@ const RECIPIENTS_MAX: usize = 100;
 
 /// Settings of `tessera-mailsink`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
+#[serde(default)]
 pub struct MailsinkConfig {
     pub smtp_listen: String,
     pub http_listen: String,

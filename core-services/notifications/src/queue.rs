@@ -31,7 +31,7 @@ pub trait Contacts: Send + Sync {
 
 /// Exponential backoff with jitter, then a dead letter.
 #[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
+#[serde(default)]
 pub struct RetryPolicy {
     /// Attempts before a delivery becomes a dead letter.
     pub max_attempts: u32,
@@ -57,7 +57,7 @@ pub fn retry_delay_ms(policy: &RetryPolicy, attempts: u32, rng: &dyn Rng) -> u64
 
 /// Settings of the notifier (the `[notifications]` table of the core's config).
 #[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
+#[serde(default)]
 pub struct NotifierConfig {
     pub smtp: email::SmtpConfig,
     pub webhooks: Vec<WebhookEndpoint>,
@@ -136,6 +136,32 @@ struct Inner<S> {
     rng: Arc<dyn Rng>,
     http: reqwest::Client,
     wake: tokio::sync::Notify,
+    /// Bus events this process already pushed to SSE streams (bounded).
+    streamed: parking_lot::Mutex<RecentIds>,
+}
+
+/// A bounded set of recently seen ids: forgets the oldest first.
+struct RecentIds {
+    set: std::collections::HashSet<String>,
+    order: std::collections::VecDeque<String>,
+    cap: usize,
+}
+
+impl RecentIds {
+    /// Whether `id` is new (and remembers it).
+    fn insert(&mut self, id: &str) -> bool {
+        if self.set.contains(id) {
+            return false;
+        }
+        if self.order.len() >= self.cap
+            && let Some(old) = self.order.pop_front()
+        {
+            self.set.remove(&old);
+        }
+        self.set.insert(id.to_owned());
+        self.order.push_back(id.to_owned());
+        true
+    }
 }
 
 /// Turns bus events into emails, webhooks and SSE messages. Cheap to clone.
@@ -184,6 +210,11 @@ impl<S: Store> Notifier<S> {
                 rng,
                 http,
                 wake: tokio::sync::Notify::new(),
+                streamed: parking_lot::Mutex::new(RecentIds {
+                    set: Default::default(),
+                    order: Default::default(),
+                    cap: 100_000,
+                }),
             }),
         })
     }
@@ -194,8 +225,10 @@ impl<S: Store> Notifier<S> {
     }
 
     /// Handles one bus event, idempotently by [`BusEvent::id`]: the first time, marks it
-    /// consumed and queues its deliveries in one transaction, then pushes it to the fan's
-    /// open SSE streams; any later time, does nothing.
+    /// consumed and queues its deliveries in one transaction; any later time, in any
+    /// process sharing the store, queues nothing. Separately, the event is pushed to the
+    /// fan's SSE streams open on *this* process, once per process: fans connected to
+    /// another region hear of it from that region's notifier.
     pub async fn handle(&self, event: &BusEvent) -> Result<Handled, NotifyError> {
         let span = tracing::info_span!("notifications.handle", kind = event.body.kind(), bus_event_id = %event.id);
         self.handle_inner(event).instrument(span).await
@@ -225,13 +258,15 @@ impl<S: Store> Notifier<S> {
         })
         .await
         .map_err(store_err)?;
+        if inner.streamed.lock().insert(&event.id) {
+            inner.hub.publish_bus_event(event);
+        }
         if !result {
             metrics::counter!("tessera_notifications_events_total", "outcome" => "duplicate")
                 .increment(1);
             return Ok(Handled::Duplicate);
         }
         metrics::counter!("tessera_notifications_events_total", "outcome" => "new").increment(1);
-        inner.hub.publish_bus_event(event);
         if !deliveries.is_empty() {
             inner.wake.notify_one();
         }

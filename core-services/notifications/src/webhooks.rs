@@ -20,7 +20,7 @@ pub const DEFAULT_TOLERANCE_S: u64 = 300;
 
 /// An operator's endpoint.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+
 pub struct WebhookEndpoint {
     /// Stable id; deliveries refer to the endpoint by it.
     pub id: String,

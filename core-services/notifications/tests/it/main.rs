@@ -423,21 +423,68 @@ impl SseClient {
     }
 }
 
-#[tokio::test]
-async fn streams_a_fans_own_events_and_not_another_fans() {
-    let h = start(|_| {}).await;
-    let key = SigningKeyPair::derive_for_development("k1", "sse-test");
-    let issuer = IdentityIssuer { issuer: "https://id.test".into(), key: key.clone() };
+fn issuer() -> IdentityIssuer {
+    IdentityIssuer {
+        issuer: "https://id.test".into(),
+        key: SigningKeyPair::derive_for_development("k1", "sse-test"),
+    }
+}
+
+/// Serves a hub's SSE route on a free port; returns the base URL.
+async fn serve_sse(hub: &SseHub) -> String {
     let verifier = IdentityVerifier {
         issuer: "https://id.test".into(),
-        keys: Keyset::new([key.public()]),
+        keys: Keyset::new([issuer().key.public()]),
         leeway_s: 5,
     };
-    let app = h.notifier.hub().router(verifier, Arc::new(SystemClock), Duration::from_secs(15));
+    let app = hub.router(verifier, Arc::new(SystemClock), Duration::from_secs(15));
     let app = tessera_runtime::http::with_common_layers("test", app, 1024);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let base = format!("http://{}", listener.local_addr().unwrap());
     tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    base
+}
+
+#[tokio::test]
+async fn every_process_streams_an_event_while_only_one_sends_it() {
+    let h = start(|_| {}).await;
+    // A second region's notifier on the same (shared) store, with its own connected fans.
+    let other = notifier(
+        &h.store,
+        NotifierConfig {
+            smtp: SmtpConfig { port: h.smtp_port, ..SmtpConfig::default() },
+            ..NotifierConfig::default()
+        },
+    );
+    let token =
+        issuer().mint(CustomerId::parse("fan-1").unwrap(), vec![], SystemClock.now_ms(), 600);
+    let mut streams = Vec::new();
+    for n in [&h.notifier, &other] {
+        let base = serve_sse(n.hub()).await;
+        let mut c =
+            SseClient::connect(&format!("{base}/v1/events/rock-night/stream"), Some(&token)).await;
+        assert_eq!(c.next(Duration::from_secs(2)).await.unwrap().0, "ready");
+        streams.push(c);
+    }
+    let e = expiring("0000000000000020", "rock-night", "fan-1");
+    assert_eq!(h.notifier.handle(&e).await.unwrap(), Handled::New { deliveries: 1 });
+    assert_eq!(other.handle(&e).await.unwrap(), Handled::Duplicate);
+    // A redelivery to the same process is not streamed twice.
+    assert_eq!(other.handle(&e).await.unwrap(), Handled::Duplicate);
+    for c in &mut streams {
+        assert_eq!(c.next(Duration::from_secs(2)).await.unwrap().0, "hold.expiring");
+        assert_eq!(c.next(Duration::from_millis(200)).await, None);
+    }
+    h.notifier.run_due().await.unwrap();
+    other.run_due().await.unwrap();
+    assert_eq!(messages(&h).await.messages.len(), 1);
+}
+
+#[tokio::test]
+async fn streams_a_fans_own_events_and_not_another_fans() {
+    let h = start(|_| {}).await;
+    let issuer = issuer();
+    let base = serve_sse(h.notifier.hub()).await;
 
     let now = SystemClock.now_ms();
     let token =

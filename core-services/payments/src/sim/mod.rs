@@ -50,7 +50,7 @@ use state::{Applied, CardAnswer, EventRec, Ledger, Params, WireErr, intent_json,
 /// Settings of the simulator (the `tessera-paysim` config file, `deploy/<env>/paysim.toml`,
 /// and `TESSERA_PAYSIM__<KEY>` variables).
 #[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
+#[serde(default)]
 pub struct SimConfig {
     /// HTTP listen address.
     pub listen: String,
@@ -88,7 +88,7 @@ impl Default for SimConfig {
 
 /// Added to every API call, uniformly distributed in `[min_ms, max_ms]`.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
+#[serde(default)]
 pub struct LatencyConfig {
     pub min_ms: u64,
     pub max_ms: u64,
@@ -96,7 +96,7 @@ pub struct LatencyConfig {
 
 /// Random faults. Rates are probabilities in `[0, 1]`, drawn from the seeded generator.
 #[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
+#[serde(default)]
 pub struct FaultConfig {
     /// Authorizations with an approving card that are declined (`card_declined`).
     pub decline_rate: f64,
@@ -127,14 +127,14 @@ impl Default for FaultConfig {
 
 /// A webhook endpoint and its signing secret (`whsec_...`).
 #[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+
 pub struct WebhookEndpoint {
     pub url: String,
     pub secret: String,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
+#[serde(default)]
 pub struct WebhookRetryConfig {
     pub max_attempts: u32,
     pub initial_backoff_ms: u64,
@@ -388,12 +388,20 @@ fn api_error_500() -> String {
     json!({"error": {"type": "api_error", "message": "An unknown error occurred"}}).to_string()
 }
 
+/// Stripe takes the secret key as a bearer token or as the Basic user name (`curl -u sk_...:`).
 fn authorized(sim: &Simulator, headers: &HeaderMap) -> bool {
-    let given = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "));
-    given == Some(sim.inner.config.secret_key.as_str())
+    use base64::Engine as _;
+    let Some(value) = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()) else {
+        return false;
+    };
+    let key = &sim.inner.config.secret_key;
+    if let Some(token) = value.strip_prefix("Bearer ") {
+        return token == key;
+    }
+    value
+        .strip_prefix("Basic ")
+        .and_then(|b| base64::engine::general_purpose::STANDARD.decode(b.trim()).ok())
+        .is_some_and(|user_pass| user_pass.strip_suffix(b":") == Some(key.as_bytes()))
 }
 
 fn unauthorized() -> Response {
