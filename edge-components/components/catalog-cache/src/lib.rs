@@ -94,19 +94,11 @@ async fn handle(req: Request) -> Result<guest::Reply, spin_sdk::http::Error> {
             if let Some(e) = &entry {
                 return Ok(cached_reply(e, "stale", true));
             }
-            return Ok(match failed {
-                Ok(resp) => {
-                    let (p, b) = match guest::read_response(resp).await {
-                        Ok(v) => v,
-                        Err(e) => return Ok(guest::error(ErrorCode::RegionUnavailable, e)),
-                    };
-                    with_cache(guest::from_parts(p, b), "miss")
-                }
-                Err(e) => with_cache(
-                    guest::error(ErrorCode::RegionUnavailable, format!("region unreachable: {e}")),
-                    "miss",
-                ),
-            });
+            let why = match failed {
+                Ok(resp) => format!("region answered {}", resp.status().as_u16()),
+                Err(e) => format!("region unreachable: {e}"),
+            };
+            return Ok(with_cache(guest::error(ErrorCode::RegionUnavailable, why), "miss"));
         }
     };
     let status = resp.status().as_u16();

@@ -1,0 +1,83 @@
+//! The edge host's typed configuration (`tessera_runtime::config::load("edge", ..)`:
+//! defaults, then the `--config` TOML file, then `TESSERA_EDGE__<KEY>` variables).
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use tessera_runtime::telemetry::TelemetryConfig;
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default)]
+pub struct EdgeConfig {
+    /// Where fans connect.
+    pub listen: SocketAddr,
+    /// `/metrics`, `/healthz` and `/readyz`.
+    pub admin_listen: SocketAddr,
+    /// The Spin manifest naming components, routes and variables.
+    pub manifest: PathBuf,
+    /// The PoP this edge runs in (sent to the router as `x-tessera-pop`).
+    pub pop: String,
+    /// Core NATS for admission watermarks and catalog invalidations; none disables the
+    /// subscriber (components then poll).
+    pub nats_url: Option<String>,
+    /// Application variables, below `SPIN_VARIABLE_<NAME>` and above manifest defaults.
+    pub variables: BTreeMap<String, String>,
+    pub limits: Limits,
+    /// Where compiled components are cached (default: `.cache` beside the `.wasm` files).
+    pub compile_cache_dir: Option<PathBuf>,
+    /// How long in-flight requests may take to finish on shutdown.
+    #[serde(with = "humantime_serde")]
+    pub shutdown_grace: Duration,
+    pub telemetry: TelemetryConfig,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Limits {
+    /// Wall-clock limit for one request through the whole component chain.
+    #[serde(with = "humantime_serde")]
+    pub request_timeout: Duration,
+    /// Linear memory one component instance may grow to.
+    pub memory_max_bytes: usize,
+    /// Component instances alive at once (pooling allocator slots).
+    pub instances_max: u32,
+    /// Requests served at once; more wait for a slot.
+    pub concurrent_requests_max: usize,
+    /// Entries per key-value store label.
+    pub kv_entries_max: usize,
+    /// Service-chaining depth (a loop guard).
+    pub chain_depth_max: u32,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            request_timeout: Duration::from_secs(15),
+            memory_max_bytes: 64 << 20,
+            instances_max: 512,
+            concurrent_requests_max: 256,
+            kv_entries_max: 200_000,
+            chain_depth_max: 8,
+        }
+    }
+}
+
+impl Default for EdgeConfig {
+    fn default() -> Self {
+        EdgeConfig {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8090)),
+            admin_listen: SocketAddr::from(([127, 0, 0, 1], 9190)),
+            manifest: PathBuf::from("edge-components/spin.toml"),
+            pop: "local".to_owned(),
+            nats_url: None,
+            variables: BTreeMap::new(),
+            limits: Limits::default(),
+            compile_cache_dir: None,
+            shutdown_grace: Duration::from_secs(10),
+            telemetry: TelemetryConfig::default(),
+        }
+    }
+}

@@ -1,0 +1,12 @@
+#![allow(unreachable_pub, reason = "test support module")]
+//! Integration tests of the edge host: the real components (built by
+//! `cargo xtask build-wasm`) in real wasmtime, behind real sockets, against an in-test
+//! axum upstream standing in for the region router, and a real nats-server.
+
+mod support;
+
+mod catalog;
+mod consistency;
+mod nats;
+mod queue;
+mod validation;

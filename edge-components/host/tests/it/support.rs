@@ -1,0 +1,231 @@
+//! Test fixtures: component build, keys, the stand-in router, and a running edge.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, Once};
+
+use axum::extract::{Path as AxPath, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use base64::Engine as _;
+use sha2::Digest as _;
+use tessera_api::inventory::{EventList, RowSeats, SaleState, SectionSeats};
+use tessera_api::queue::{AdmissionWatermark, QueuePhase, QueuePlace, QueueRegistration};
+use tessera_api::{CustomerId, EventId, SectionId};
+use tessera_edge_host::config::Limits;
+use tessera_edge_host::{Edge, EdgeOptions};
+use tessera_identity::{IdentityIssuer, Keyset, SigningKeyPair};
+
+pub fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..").canonicalize().expect("workspace root")
+}
+
+/// Builds the components once per test process (incremental: fast when up to date).
+pub fn components() {
+    static BUILD: Once = Once::new();
+    BUILD.call_once(|| {
+        let root = workspace_root();
+        let status = std::process::Command::new(env!("CARGO"))
+            .current_dir(&root)
+            .args(["run", "-q", "-p", "tessera-xtask", "--", "build-wasm", "--release"])
+            .status()
+            .expect("run cargo xtask build-wasm");
+        assert!(status.success(), "cargo xtask build-wasm --release failed");
+    });
+}
+
+pub fn seed_b64(pass: &str) -> String {
+    let seed: [u8; 32] = sha2::Sha256::digest(pass.as_bytes()).into();
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(seed)
+}
+
+pub const ISSUER: &str = "https://id.tessera.test";
+
+pub fn identity_issuer() -> IdentityIssuer {
+    IdentityIssuer { issuer: ISSUER.into(), key: SigningKeyPair::derive_for_development("id1", "identity") }
+}
+
+pub fn edge_key() -> SigningKeyPair {
+    SigningKeyPair::derive_for_development("edge-a", "edge-a")
+}
+
+pub fn queue_keyset() -> Keyset {
+    Keyset::new([edge_key().public(), SigningKeyPair::derive_for_development("edge-b", "edge-b").public()])
+}
+
+pub const SHADOW_SECRET: &str = "shadow-test-secret";
+
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as u64
+}
+
+pub fn fan_token(customer: &str) -> String {
+    identity_issuer().mint(CustomerId::parse(customer).unwrap(), vec!["fan".into()], now_ms(), 3600)
+}
+
+/// What the stand-in router saw and answers with.
+#[derive(Default)]
+pub struct Upstream {
+    pub down: AtomicBool,
+    pub seat_reads: AtomicUsize,
+    pub list_reads: AtomicUsize,
+    pub watermark: Mutex<Option<AdmissionWatermark>>,
+    pub places: Mutex<BTreeMap<String, QueuePlace>>,
+    pub next_seq: AtomicU64,
+    pub holds: Mutex<Vec<HeaderMap>>,
+    pub registrations: AtomicUsize,
+}
+
+async fn seats(
+    State(up): State<Arc<Upstream>>,
+    AxPath((event, section)): AxPath<(String, String)>,
+) -> Result<Json<SectionSeats>, StatusCode> {
+    if up.down.load(Ordering::SeqCst) {
+        return Err(StatusCode::SERVICE_UNAVAILABLE);
+    }
+    let n = up.seat_reads.fetch_add(1, Ordering::SeqCst);
+    Ok(Json(SectionSeats {
+        event_id: EventId::parse(&event).unwrap(),
+        section_id: SectionId::parse(&section).unwrap(),
+        rows: vec![RowSeats { row: "1".into(), statuses: "ffhs".into() }],
+        as_of_ms: n as u64,
+    }))
+}
+
+async fn list(State(up): State<Arc<Upstream>>) -> Result<Json<EventList>, StatusCode> {
+    if up.down.load(Ordering::SeqCst) {
+        return Err(StatusCode::SERVICE_UNAVAILABLE);
+    }
+    up.list_reads.fetch_add(1, Ordering::SeqCst);
+    Ok(Json(EventList { events: vec![] }))
+}
+
+async fn admission(State(up): State<Arc<Upstream>>) -> Result<Json<AdmissionWatermark>, StatusCode> {
+    up.watermark.lock().unwrap().clone().map(Json).ok_or(StatusCode::NOT_FOUND)
+}
+
+async fn register(
+    State(up): State<Arc<Upstream>>,
+    AxPath(event): AxPath<String>,
+    Json(reg): Json<QueueRegistration>,
+) -> Json<QueuePlace> {
+    up.registrations.fetch_add(1, Ordering::SeqCst);
+    let mut places = up.places.lock().unwrap();
+    let place = places.entry(reg.customer_id.to_string()).or_insert_with(|| {
+        let seq = up.next_seq.fetch_add(1, Ordering::SeqCst);
+        QueuePlace {
+            event_id: EventId::parse(&event).unwrap(),
+            ticket_id: reg.ticket_id.clone(),
+            customer_id: reg.customer_id.clone(),
+            phase: QueuePhase::Open,
+            seq,
+            rank: Some(format!("{seq:020x}")),
+            joined_at_ms: now_ms(),
+        }
+    });
+    Json(place.clone())
+}
+
+async fn hold(State(up): State<Arc<Upstream>>, headers: HeaderMap) -> (StatusCode, &'static str) {
+    up.holds.lock().unwrap().push(headers);
+    (StatusCode::CREATED, r#"{"hold_id":"h_abcdefgh12"}"#)
+}
+
+/// Serves the stand-in router on a free port.
+pub async fn upstream() -> (Arc<Upstream>, SocketAddr) {
+    let up = Arc::new(Upstream::default());
+    let app = Router::new()
+        .route("/v1/events", get(list))
+        .route("/v1/events/{event}/sections/{section}/seats", get(seats))
+        .route("/v1/events/{event}/admission", get(admission))
+        .route("/v1/internal/events/{event}/queue", post(register))
+        .route("/v1/events/{event}/holds", post(hold))
+        .with_state(up.clone());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    (up, addr)
+}
+
+pub fn watermark(event: &str, open_admitted: u64, open_count: u64) -> AdmissionWatermark {
+    let seed = "5e".repeat(32);
+    AdmissionWatermark {
+        event_id: EventId::parse(event).unwrap(),
+        state: SaleState::OnSale,
+        version: open_admitted + 1,
+        commitment: tessera_queue::lottery::commitment(&seed).unwrap(),
+        seed: Some(seed),
+        pre_open_count: 0,
+        pre_open_threshold: None,
+        pre_open_admitted: 0,
+        open_admitted,
+        open_admitted_rank: open_admitted.checked_sub(1).map(|i| format!("{i:020x}")),
+        open_count,
+        rate_per_s: 10.0,
+        remaining: 100,
+        published_at_ms: now_ms(),
+    }
+}
+
+pub fn variables(router: SocketAddr) -> BTreeMap<String, String> {
+    BTreeMap::from([
+        ("router_url".to_owned(), format!("http://{router}")),
+        ("identity_issuer".to_owned(), ISSUER.to_owned()),
+        ("identity_keys".to_owned(), Keyset::new([identity_issuer().key.public()]).to_config_string()),
+        ("queue_signing_key".to_owned(), format!("edge-a:{}", seed_b64("edge-a"))),
+        ("queue_keys".to_owned(), queue_keyset().to_config_string()),
+        ("shadow_secret".to_owned(), SHADOW_SECRET.to_owned()),
+        ("pow_secret".to_owned(), "pow-test-secret".to_owned()),
+    ])
+}
+
+/// A running edge on a free port.
+pub struct RunningEdge {
+    pub edge: Edge,
+    pub addr: SocketAddr,
+    pub stop: tokio::sync::watch::Sender<bool>,
+}
+
+impl RunningEdge {
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.addr, path)
+    }
+}
+
+pub async fn start_edge(vars: BTreeMap<String, String>) -> RunningEdge {
+    components();
+    let edge = Edge::new(EdgeOptions {
+        manifest: workspace_root().join("edge-components/spin.toml"),
+        spin_env: BTreeMap::new(),
+        variables: vars,
+        limits: Limits { instances_max: 64, ..Limits::default() },
+        pop: "test".into(),
+        compile_cache_dir: None,
+    })
+    .expect("start edge");
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (stop, rx) = tokio::sync::watch::channel(false);
+    tokio::spawn(tessera_edge_host::serve::serve_public(
+        edge.clone(),
+        listener,
+        rx,
+        std::time::Duration::from_secs(2),
+    ));
+    RunningEdge { edge, addr, stop }
+}
+
+/// A browser-looking client.
+pub fn browser() -> reqwest::Client {
+    let mut h = reqwest::header::HeaderMap::new();
+    h.insert("accept", "application/json".parse().unwrap());
+    h.insert("accept-language", "en-GB,en;q=0.9".parse().unwrap());
+    reqwest::Client::builder()
+        .user_agent("Mozilla/5.0 (X11; Linux x86_64; rv:140.0) Gecko/20100101 Firefox/140.0")
+        .default_headers(h)
+        .build()
+        .unwrap()
+}
