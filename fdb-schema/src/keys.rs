@@ -331,6 +331,17 @@ impl Keyspace {
         self.key(&("qadm", event.as_str()))
     }
 
+    /// `("lease", name)` → `LeaseRecord`: single-driver background work across regions
+    /// (`admission`).
+    pub fn lease(&self, name: &str) -> Vec<u8> {
+        self.key(&("lease", name))
+    }
+
+    /// Events whose admission state exists.
+    pub fn queue_admissions(&self) -> (Vec<u8>, Vec<u8>) {
+        self.range(&("qadm",))
+    }
+
     // ---- notifications ------------------------------------------------------------------
 
     /// `("note", consumer, bus_event_id)` → empty: a bus event this consumer already applied.

@@ -9,6 +9,7 @@
 //! through `tessera-store`.
 
 pub mod keys;
+pub mod notify;
 pub mod values;
 
 pub use keys::Keyspace;

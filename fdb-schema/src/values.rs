@@ -320,6 +320,43 @@ pub struct AdmissionRecord {
     #[serde(default)]
     pub open_admitted_rank: Option<String>,
     pub updated_at_ms: u64,
+    /// The watermark last published, served to edges that poll instead of listening.
+    #[serde(default)]
+    pub watermark: Option<tessera_api::queue::AdmissionWatermark>,
+}
+
+/// `("qc", event_id, customer_id)` values: `"Q1"`, the 12-byte versionstamp of the place
+/// (10 commit + 2 user bytes; zero for pre-open places), then the JSON [`QueueRecord`].
+/// Open-phase places are written with `SetVersionstampedValue` so the stamp is the commit's.
+pub mod queue_place {
+    use super::{QueueRecord, SchemaError, decode, encode};
+
+    const MAGIC: &[u8; 2] = b"Q1";
+
+    /// The value of a pre-open place (no stamp).
+    pub fn plain(record: &QueueRecord) -> Vec<u8> {
+        let mut out = MAGIC.to_vec();
+        out.extend_from_slice(&[0u8; 12]);
+        out.extend_from_slice(&encode(record));
+        out
+    }
+
+    /// The `SetVersionstampedValue` parameter of an open-phase place.
+    pub fn versionstamped(record: &QueueRecord) -> Vec<u8> {
+        let mut out = plain(record);
+        out.extend_from_slice(&2u32.to_le_bytes());
+        out
+    }
+
+    /// The stamp and record of a stored place.
+    pub fn decode_place(bytes: &[u8]) -> Result<([u8; 12], QueueRecord), SchemaError> {
+        if bytes.len() < 14 || &bytes[..2] != MAGIC {
+            return Err(SchemaError::Value("queue place has no header".into()));
+        }
+        let mut stamp = [0u8; 12];
+        stamp.copy_from_slice(&bytes[2..14]);
+        Ok((stamp, decode(&bytes[14..])?))
+    }
 }
 
 /// Where the checkout saga of an order stands. Each step is entered by a transaction that

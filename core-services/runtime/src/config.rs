@@ -60,8 +60,11 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("tessera-cfg-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let file = dir.join("svc.toml");
-        std::fs::write(&file, "region = \"eu-west\"\nfuture_knob = 3\n[http]\nlisten = \"127.0.0.1:1\"\n")
-            .unwrap();
+        std::fs::write(
+            &file,
+            "region = \"eu-west\"\nfuture_knob = 3\n[http]\nlisten = \"127.0.0.1:1\"\n",
+        )
+        .unwrap();
         let (cfg, ignored): (Cfg, _) = load("cfgtest", Some(&file)).unwrap();
         assert_eq!(cfg.region, "eu-west");
         assert_eq!(cfg.http.listen, "127.0.0.1:1");
@@ -69,5 +72,30 @@ mod tests {
         assert_eq!(ignored, vec!["future_knob".to_owned()]);
         assert!(load::<Cfg>("cfgtest", Some(&dir.join("missing.toml"))).is_err());
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+}
+
+/// A secret configuration value (a key, a password). `Debug` never shows it; reading it
+/// takes an explicit [`Secret::expose`]. It serializes to its value only so that defaults
+/// can be layered under files and environment variables; never log a serialized config.
+#[derive(Clone, Default, PartialEq, Eq, serde::Deserialize, Serialize)]
+#[serde(transparent)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(value: impl Into<String>) -> Self {
+        Secret(value.into())
+    }
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Secret(..)")
     }
 }

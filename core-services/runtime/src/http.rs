@@ -35,7 +35,11 @@ impl ApiError {
     }
     /// A 500 whose cause is logged and not shown.
     pub fn internal(source: anyhow::Error) -> Self {
-        ApiError { code: ErrorCode::Internal, message: "internal error".into(), source: Some(source) }
+        ApiError {
+            code: ErrorCode::Internal,
+            message: "internal error".into(),
+            source: Some(source),
+        }
     }
     pub fn unavailable(message: impl Into<String>) -> Self {
         ApiError::new(ErrorCode::Unavailable, message)
@@ -93,9 +97,10 @@ where
 
 fn json_rejection(r: JsonRejection) -> ApiError {
     match r {
-        JsonRejection::JsonDataError(e) => {
-            ApiError::new(ErrorCode::InvalidRequest, format!("invalid request body: {}", e.body_text()))
-        }
+        JsonRejection::JsonDataError(e) => ApiError::new(
+            ErrorCode::InvalidRequest,
+            format!("invalid request body: {}", e.body_text()),
+        ),
         JsonRejection::JsonSyntaxError(e) => {
             ApiError::new(ErrorCode::MalformedJson, format!("malformed JSON: {}", e.body_text()))
         }
@@ -220,7 +225,9 @@ pub fn with_common_layers(
         .fallback(not_found)
         .layer(axum::middleware::from_fn(normalize_errors))
         .layer(axum::extract::DefaultBodyLimit::max(body_limit_bytes))
-        .layer(axum::middleware::from_fn(move |req: Request, next: Next| observe(service, req, next)))
+        .layer(axum::middleware::from_fn(move |req: Request, next: Next| {
+            observe(service, req, next)
+        }))
 }
 
 /// Resolves when the process receives Ctrl-C or SIGTERM.
@@ -296,7 +303,10 @@ mod tests {
         assert_eq!(call(post_json("/x", "{\"n\":1}")).await.0, 200);
         assert_eq!(call(post_json("/x", "{nope")).await, (400, "malformed_json".into()));
         assert_eq!(call(post_json("/x", "{\"n\":-1}")).await, (400, "invalid_request".into()));
-        assert_eq!(call(post_json("/x", "{\"n\":1,\"m\":2}")).await, (400, "invalid_request".into()));
+        assert_eq!(
+            call(post_json("/x", "{\"n\":1,\"m\":2}")).await,
+            (400, "invalid_request".into())
+        );
         let big = format!("{{\"n\":1,\"pad\":\"{}\"}}", "x".repeat(200));
         assert_eq!(call(post_json("/x", &big)).await, (413, "body_too_large".into()));
         assert_eq!(call(post_json("/nope", "{}")).await, (404, "not_found".into()));

@@ -54,9 +54,8 @@ impl Drop for TelemetryGuard {
 /// Installs the global subscriber. Call once, first thing in `main`.
 pub fn init(service: &'static str, config: &TelemetryConfig) -> anyhow::Result<TelemetryGuard> {
     opentelemetry::global::set_text_map_propagator(TraceContextPropagator::new());
-    let mut builder = SdkTracerProvider::builder().with_resource(
-        opentelemetry_sdk::Resource::builder().with_service_name(service).build(),
-    );
+    let mut builder = SdkTracerProvider::builder()
+        .with_resource(opentelemetry_sdk::Resource::builder().with_service_name(service).build());
     if let Some(endpoint) = &config.otlp_endpoint {
         use opentelemetry_otlp::WithExportConfig as _;
         let exporter = opentelemetry_otlp::SpanExporter::builder()
@@ -136,10 +135,7 @@ pub fn current_context_pairs() -> Vec<(String, String)> {
 }
 
 /// Makes `span` a child of a context carried as key/value pairs (NATS headers).
-pub fn set_parent_from_pairs<'a>(
-    span: &tracing::Span,
-    get: impl Fn(&str) -> Option<&'a str>,
-) {
+pub fn set_parent_from_pairs<'a>(span: &tracing::Span, get: impl Fn(&str) -> Option<&'a str>) {
     let mut map = HashMap::new();
     if let Some(tp) = get("traceparent") {
         map.insert("traceparent".to_owned(), tp.to_owned());

@@ -1,0 +1,393 @@
+//! The core's HTTP API in-process (`router` + `oneshot`) over a real embedded store and
+//! the real payment simulator: a purchase end to end, and bad input everywhere.
+
+use std::sync::Arc;
+
+use axum::body::Body;
+use axum::http::{Request, StatusCode};
+use http_body_util::BodyExt as _;
+use serde_json::{Value, json};
+use tessera_api::queue::{QueuePhase, QueueTicketClaims};
+use tessera_api::{CustomerId, EventId, QueueTicketId};
+use tessera_common::{OsRng, SeededRng, SystemClock};
+use tessera_core::{App, Config};
+use tessera_identity::{Keyset, SigningKeyPair};
+use tessera_payments::stripe::{StripeClient, StripeConfig};
+use tessera_store::embedded::EmbeddedStore;
+use tower::ServiceExt as _;
+
+struct Core {
+    router: axum::Router,
+    edge: SigningKeyPair,
+    _dirs: Vec<tempfile::TempDir>,
+}
+
+async fn core() -> Core {
+    let store_dir = tempfile::tempdir().unwrap();
+    let sim_dir = tempfile::tempdir().unwrap();
+    let mut sim_cfg = tessera_payments::sim::SimConfig::default();
+    sim_cfg.journal_path = sim_dir.path().join("journal");
+    let (addr, _sim) =
+        tessera_payments::sim::spawn_local(sim_cfg, Arc::new(SystemClock), SeededRng::new(1))
+            .await
+            .unwrap();
+    let edge = SigningKeyPair::derive_for_development("edge-1", "test-edge");
+    let mut config = Config::default();
+    config.identity.dev_issuer_seed =
+        Some(tessera_runtime::config::Secret::new("AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8"));
+    config.queue.edge_keys = Keyset::new([edge.public()]).to_config_string();
+    config.payments.base_url = format!("http://{addr}");
+    config.body_limit_bytes = 4096;
+    let provider = Arc::new(
+        StripeClient::new(StripeConfig::new(
+            config.payments.base_url.clone(),
+            secrecy::SecretString::from("sk_test_tessera".to_owned()),
+        ))
+        .unwrap(),
+    );
+    let store = EmbeddedStore::open(store_dir.path()).unwrap();
+    let app =
+        App::build(config, store, provider, Arc::new(SystemClock), Arc::new(OsRng), None).unwrap();
+    let router = tessera_core::http::router(app, axum::Router::new());
+    Core { router, edge, _dirs: vec![store_dir, sim_dir] }
+}
+
+impl Core {
+    async fn call(
+        &self,
+        method: &str,
+        uri: &str,
+        token: Option<&str>,
+        headers: &[(&str, &str)],
+        body: Option<Value>,
+    ) -> (StatusCode, Value) {
+        let mut req = Request::builder().method(method).uri(uri);
+        if let Some(t) = token {
+            req = req.header("authorization", format!("Bearer {t}"));
+        }
+        for (k, v) in headers {
+            req = req.header(*k, *v);
+        }
+        let body = match body {
+            Some(b) => {
+                req = req.header("content-type", "application/json");
+                Body::from(b.to_string())
+            }
+            None => Body::empty(),
+        };
+        let resp = self.router.clone().oneshot(req.body(body).unwrap()).await.unwrap();
+        let status = resp.status();
+        let bytes = resp.into_body().collect().await.unwrap().to_bytes();
+        (status, serde_json::from_slice(&bytes).unwrap_or(Value::Null))
+    }
+
+    async fn token(&self, who: &str, operator: bool) -> String {
+        let (s, v) = self
+            .call(
+                "POST",
+                "/v1/dev/token",
+                None,
+                &[],
+                Some(json!({"customer_id": who, "operator": operator})),
+            )
+            .await;
+        assert_eq!(s, StatusCode::OK, "{v}");
+        v["token"].as_str().unwrap().to_owned()
+    }
+
+    fn admission(&self, event: &str, who: &str, device: &str) -> String {
+        let now = tessera_common::Clock::now_ms(&SystemClock);
+        tessera_queue::issue(
+            &self.edge,
+            &QueueTicketClaims {
+                typ: "adm".into(),
+                ticket_id: QueueTicketId::from_random(7),
+                event_id: EventId::parse(event).unwrap(),
+                customer_id: CustomerId::parse(who).unwrap(),
+                device: tessera_queue::device_hash(device),
+                phase: QueuePhase::Open,
+                seq: 0,
+                rank: None,
+                iat_ms: now,
+                exp_ms: now + 600_000,
+                kid: String::new(),
+            },
+        )
+    }
+}
+
+fn seat_map() -> Value {
+    json!({
+        "event_id": "demo-night",
+        "name": "Demo Night",
+        "venue": "Hall",
+        "starts_at": "2027-05-01T20:00:00Z",
+        "currency": "EUR",
+        "tiers": [{"tier_id": "STD", "name": "Standard", "price_minor": 3000}],
+        "sections": [{"section_id": "A", "name": "A", "tier": "STD", "row_count": 4, "seats_per_row": 10}],
+        "ga_pools": [{"pool_id": "FLOOR", "name": "Floor", "tier": "STD", "capacity": 50}],
+        "open_now": true
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fan_buys_two_seats_and_nobody_can_hold_them_again() {
+    let c = core().await;
+    let op = c.token("ops-1", true).await;
+    let (s, v) = c.call("POST", "/v1/ops/events", Some(&op), &[], Some(seat_map())).await;
+    assert_eq!(s, StatusCode::CREATED, "{v}");
+    let (s, v) = c.call("GET", "/v1/events", None, &[], None).await;
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(v["events"][0]["event_id"], "demo-night");
+
+    let fan = c.token("fan-1", false).await;
+    let (s, place) = c
+        .call(
+            "POST",
+            "/v1/internal/events/demo-night/queue",
+            Some(&fan),
+            &[],
+            Some(json!({"ticket_id": "q_abcdefghij", "customer_id": "fan-1"})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{place}");
+    assert_eq!(place["phase"], "open");
+    assert!(place["rank"].as_str().is_some_and(|r| r.len() == 24));
+    // Joining again keeps the first place.
+    let (_, again) = c
+        .call(
+            "POST",
+            "/v1/internal/events/demo-night/queue",
+            Some(&fan),
+            &[],
+            Some(json!({"ticket_id": "q_zzzzzzzzzz", "customer_id": "fan-1"})),
+        )
+        .await;
+    assert_eq!(again["ticket_id"], "q_abcdefghij");
+    assert_eq!(again["rank"], place["rank"]);
+
+    let adm = c.admission("demo-night", "fan-1", "device-1");
+    let h = [("x-tessera-admission", adm.as_str()), ("x-tessera-device", "device-1")];
+    let (s, hold) = c
+        .call(
+            "POST",
+            "/v1/events/demo-night/holds",
+            Some(&fan),
+            &h,
+            Some(json!({"seats": ["A-1-1", "A-1-2"]})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::CREATED, "{hold}");
+    let hold_id = hold["hold_id"].as_str().unwrap().to_owned();
+    let (s, order) = c
+        .call(
+            "POST",
+            "/v1/orders",
+            Some(&fan),
+            &[("idempotency-key", "buy-1")],
+            Some(json!({"hold_id": hold_id, "payment_method": "pm_card_visa"})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::CREATED, "{order}");
+    assert_eq!(order["state"], "completed");
+    assert_eq!(order["tickets"].as_array().unwrap().len(), 2);
+    let order_id = order["order_id"].as_str().unwrap();
+    let (s, read) = c.call("GET", &format!("/v1/orders/{order_id}"), Some(&fan), &[], None).await;
+    assert_eq!((s, &read["state"]), (StatusCode::OK, &json!("completed")));
+
+    let other = c.token("fan-2", false).await;
+    let adm2 = c.admission("demo-night", "fan-2", "device-2");
+    let h2 = [("x-tessera-admission", adm2.as_str()), ("x-tessera-device", "device-2")];
+    let (s, v) = c
+        .call(
+            "POST",
+            "/v1/events/demo-night/holds",
+            Some(&other),
+            &h2,
+            Some(json!({"seats": ["A-1-2"]})),
+        )
+        .await;
+    assert_eq!((s, v["code"].as_str()), (StatusCode::CONFLICT, Some("seat_sold")));
+    // Someone else's order reads as unknown.
+    let (s, v) = c.call("GET", &format!("/v1/orders/{order_id}"), Some(&other), &[], None).await;
+    assert_eq!((s, v["code"].as_str()), (StatusCode::NOT_FOUND, Some("unknown_order")));
+    let (_, avail) = c.call("GET", "/v1/events/demo-night/availability", None, &[], None).await;
+    assert_eq!(avail["sections"][0]["sold"], 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_input_gets_a_4xx_code_and_changes_nothing() {
+    let c = core().await;
+    let op = c.token("ops-1", true).await;
+    c.call("POST", "/v1/ops/events", Some(&op), &[], Some(seat_map())).await;
+    let fan = c.token("fan-1", false).await;
+    let adm = c.admission("demo-night", "fan-1", "d1");
+    let h = [("x-tessera-admission", adm.as_str()), ("x-tessera-device", "d1")];
+    let hold_uri = "/v1/events/demo-night/holds";
+    let cases: Vec<(&str, &str, Option<&str>, Vec<(&str, &str)>, Option<Value>, u16, &str)> = vec![
+        ("GET", "/v1/nope", None, vec![], None, 404, "not_found"),
+        ("DELETE", "/v1/events", None, vec![], None, 405, "method_not_allowed"),
+        ("GET", "/v1/events/no-such-event", None, vec![], None, 404, "unknown_event"),
+        ("GET", "/v1/events/BAD%20ID", None, vec![], None, 404, "unknown_event"),
+        (
+            "GET",
+            "/v1/events/demo-night/sections/ZZ/seats",
+            None,
+            vec![],
+            None,
+            422,
+            "unknown_section",
+        ),
+        (
+            "POST",
+            hold_uri,
+            None,
+            h.to_vec(),
+            Some(json!({"seats": ["A-1-1"]})),
+            401,
+            "unauthenticated",
+        ),
+        (
+            "POST",
+            hold_uri,
+            Some("garbage"),
+            h.to_vec(),
+            Some(json!({"seats": ["A-1-1"]})),
+            401,
+            "invalid_token",
+        ),
+        (
+            "POST",
+            hold_uri,
+            Some(&fan),
+            vec![],
+            Some(json!({"seats": ["A-1-1"]})),
+            403,
+            "admission_required",
+        ),
+        (
+            "POST",
+            hold_uri,
+            Some(&fan),
+            vec![("x-tessera-admission", &adm), ("x-tessera-device", "other-device")],
+            Some(json!({"seats": ["A-1-1"]})),
+            403,
+            "queue_token_wrong_device",
+        ),
+        (
+            "POST",
+            hold_uri,
+            Some(&fan),
+            h.to_vec(),
+            Some(json!({"seats": ["A-9-9"]})),
+            422,
+            "unknown_seat",
+        ),
+        (
+            "POST",
+            hold_uri,
+            Some(&fan),
+            h.to_vec(),
+            Some(json!({"seats": ["A-1-1", "A-1-1"]})),
+            422,
+            "duplicate_seat",
+        ),
+        (
+            "POST",
+            hold_uri,
+            Some(&fan),
+            h.to_vec(),
+            Some(json!({"seats": ["nonsense"]})),
+            400,
+            "invalid_request",
+        ),
+        (
+            "POST",
+            hold_uri,
+            Some(&fan),
+            h.to_vec(),
+            Some(json!({"pool": "FLOOR", "quantity": 0})),
+            422,
+            "invalid_quantity",
+        ),
+        (
+            "POST",
+            hold_uri,
+            Some(&fan),
+            h.to_vec(),
+            Some(json!({"pool": "FLOOR", "quantity": 7})),
+            422,
+            "limit_exceeded",
+        ),
+        (
+            "POST",
+            hold_uri,
+            Some(&fan),
+            h.to_vec(),
+            Some(json!({"seats": ["A-1-1"], "extra": 1})),
+            400,
+            "invalid_request",
+        ),
+        ("POST", "/v1/ops/events", Some(&fan), vec![], Some(seat_map()), 403, "forbidden"),
+        ("POST", "/v1/ops/events", Some(&op), vec![], Some(seat_map()), 409, "event_exists"),
+        (
+            "POST",
+            "/v1/orders",
+            Some(&fan),
+            vec![],
+            Some(json!({"hold_id": "h_aaaaaaaaaa", "payment_method": "pm_card_visa"})),
+            400,
+            "idempotency_key_required",
+        ),
+        (
+            "POST",
+            "/v1/orders",
+            Some(&fan),
+            vec![("idempotency-key", "k")],
+            Some(json!({"hold_id": "h_aaaaaaaaaa", "payment_method": "pm_card_visa"})),
+            404,
+            "unknown_hold",
+        ),
+        (
+            "POST",
+            "/v1/webhooks/payments",
+            None,
+            vec![("stripe-signature", "t=1,v1=00")],
+            Some(json!({"id": "evt_1"})),
+            400,
+            "webhook_signature_invalid",
+        ),
+        (
+            "POST",
+            "/v1/checkin",
+            Some(&op),
+            vec![],
+            Some(json!({"qr": "forged.token.here", "gate": "g1"})),
+            403,
+            "ticket_invalid",
+        ),
+    ];
+    for (method, uri, token, headers, body, status, code) in cases {
+        let (s, v) = c.call(method, uri, token, &headers, body.clone()).await;
+        assert_eq!(
+            (s.as_u16(), v["code"].as_str()),
+            (status, Some(code)),
+            "{method} {uri} {body:?} -> {v}"
+        );
+    }
+    // Malformed JSON and an oversized body through the same path.
+    let req = Request::post(hold_uri)
+        .header("authorization", format!("Bearer {fan}"))
+        .header("content-type", "application/json")
+        .body(Body::from("{\"seats\": ["))
+        .unwrap();
+    let resp = c.router.clone().oneshot(req).await.unwrap();
+    assert_eq!(resp.status(), StatusCode::BAD_REQUEST);
+    let big = json!({"seats": vec!["A-1-1"; 1000]});
+    let (s, v) = c.call("POST", hold_uri, Some(&fan), &h, Some(big)).await;
+    assert_eq!((s.as_u16(), v["code"].as_str()), (413, Some("body_too_large")));
+    // None of it changed the inventory.
+    let (_, avail) = c.call("GET", "/v1/events/demo-night/availability", None, &[], None).await;
+    assert_eq!(avail["sections"][0]["free"], 40);
+    assert_eq!(avail["pools"][0]["free"], 50);
+}
