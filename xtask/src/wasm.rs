@@ -20,7 +20,8 @@ use std::process::Command;
 use anyhow::{Context as _, bail};
 
 /// The components, by component id (the crate name; the library file uses `_`).
-pub(crate) const COMPONENTS: &[&str] = &["validation", "bot-score", "waiting-room", "catalog-cache"];
+pub(crate) const COMPONENTS: &[&str] =
+    &["validation", "bot-score", "waiting-room", "catalog-cache"];
 
 fn workspace_root() -> PathBuf {
     let here = Path::new(env!("CARGO_MANIFEST_DIR"));
@@ -64,7 +65,8 @@ fn apt_install(pkgs: &[String]) -> anyhow::Result<()> {
     step(&format!("apt-get install -y {list}"));
     let install = |quiet: bool| {
         let mut c = Command::new("apt-get");
-        c.args(["install", "-y", "--no-install-recommends"]).args(missing.iter().map(|s| s.as_str()));
+        c.args(["install", "-y", "--no-install-recommends"])
+            .args(missing.iter().map(|s| s.as_str()));
         c.env("DEBIAN_FRONTEND", "noninteractive");
         if quiet {
             c.arg("-q");

@@ -150,7 +150,8 @@ impl AdmissionController {
             None => 0.0,
         };
         self.last_tick_ms = Some(input.now_ms);
-        let health = if input.core_health.is_finite() { input.core_health.clamp(0.0, 1.0) } else { 0.0 };
+        let health =
+            if input.core_health.is_finite() { input.core_health.clamp(0.0, 1.0) } else { 0.0 };
         let operator = if input.operator_rate_per_s.is_finite() {
             input.operator_rate_per_s.max(0.0)
         } else {
@@ -184,8 +185,7 @@ impl AdmissionController {
                     admitted += take;
                     n -= take;
                 }
-                let pre_open_done =
-                    self.seed.is_some() && self.pre_open_admitted >= pre_open_total;
+                let pre_open_done = self.seed.is_some() && self.pre_open_admitted >= pre_open_total;
                 if pre_open_done || pre_open_total == 0 {
                     let take = n.min(input.open_count.saturating_sub(self.open_admitted));
                     self.open_admitted += take;
@@ -213,7 +213,10 @@ impl AdmissionController {
             commitment: self.commitment.clone(),
             seed: self.seed.clone(),
             pre_open_count: pre_open_total,
-            pre_open_threshold: lottery::threshold_for(&self.pre_open_ranks, self.pre_open_admitted),
+            pre_open_threshold: lottery::threshold_for(
+                &self.pre_open_ranks,
+                self.pre_open_admitted,
+            ),
             pre_open_admitted: self.pre_open_admitted,
             open_admitted: self.open_admitted,
             open_admitted_rank: self.open_admitted.checked_sub(1).and_then(open_rank_at),

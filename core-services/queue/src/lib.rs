@@ -24,6 +24,5 @@ pub use admission::{QueueView, is_admitted, view};
 pub use controller::{AdmissionController, ControllerConfig, ControllerInput};
 pub use lottery::{commitment, lottery_rank, lottery_value, verify_seed};
 pub use token::{
-    QueueTokenError, TYP_ADMISSION, TYP_TICKET, device_hash, issue, verify_admission,
-    verify_ticket,
+    QueueTokenError, TYP_ADMISSION, TYP_TICKET, device_hash, issue, verify_admission, verify_ticket,
 };

@@ -10,7 +10,10 @@ use tessera_edge_host::{Edge, EdgeConfig, EdgeOptions, nats, serve};
 use tokio::sync::watch;
 
 #[derive(Parser)]
-#[command(name = "tessera-edge", about = "Serve Tessera's edge components (the same spin.toml as `spin up`)")]
+#[command(
+    name = "tessera-edge",
+    about = "Serve Tessera's edge components (the same spin.toml as `spin up`)"
+)]
 struct Cli {
     /// Config file (TOML); `TESSERA_EDGE__<KEY>` variables override it.
     #[arg(long)]

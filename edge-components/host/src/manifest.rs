@@ -199,8 +199,7 @@ pub fn expand(template: &str, values: &BTreeMap<String, String>) -> anyhow::Resu
             bail!("unterminated template in `{template}`");
         };
         let name = after[..end].trim();
-        let value =
-            values.get(name).with_context(|| format!("variable `{name}` has no value"))?;
+        let value = values.get(name).with_context(|| format!("variable `{name}` has no value"))?;
         out.push_str(value);
         rest = &after[end + 2..];
     }

@@ -43,7 +43,8 @@ impl AllowedHost {
             bail!("`{entry}` must not have a path");
         }
         let (host, port) = if let Some(v6) = rest.strip_prefix('[') {
-            let (h, after) = v6.split_once(']').with_context(|| format!("bad host in `{entry}`"))?;
+            let (h, after) =
+                v6.split_once(']').with_context(|| format!("bad host in `{entry}`"))?;
             (h, after.strip_prefix(':'))
         } else {
             match rest.rsplit_once(':') {
@@ -54,7 +55,9 @@ impl AllowedHost {
         let port = match port {
             None => PortPattern::Default,
             Some("*") => PortPattern::Any,
-            Some(p) => PortPattern::Exact(p.parse().with_context(|| format!("bad port in `{entry}`"))?),
+            Some(p) => {
+                PortPattern::Exact(p.parse().with_context(|| format!("bad port in `{entry}`"))?)
+            }
         };
         let host = match host {
             "*" => HostPattern::Any,
@@ -117,7 +120,8 @@ mod tests {
     use super::*;
 
     fn allowed(entries: &[&str], url: &str) -> bool {
-        let list = AllowList::parse(&entries.iter().map(|s| s.to_string()).collect::<Vec<_>>()).unwrap();
+        let list =
+            AllowList::parse(&entries.iter().map(|s| s.to_string()).collect::<Vec<_>>()).unwrap();
         list.allows(&url.parse().unwrap())
     }
 
@@ -127,7 +131,10 @@ mod tests {
         assert!(!allowed(&["http://127.0.0.1:8081"], "http://127.0.0.1:8082/v1/events"));
         assert!(!allowed(&["http://127.0.0.1:8081"], "https://127.0.0.1:8081/"));
         assert!(allowed(&["http://bot-score.spin.internal"], "http://bot-score.spin.internal/x"));
-        assert!(!allowed(&["http://bot-score.spin.internal"], "http://waiting-room.spin.internal/x"));
+        assert!(!allowed(
+            &["http://bot-score.spin.internal"],
+            "http://waiting-room.spin.internal/x"
+        ));
         assert!(allowed(&["http://*.spin.internal"], "http://waiting-room.spin.internal/x"));
         assert!(allowed(&["http://self"], "http://waiting-room.spin.internal/x"));
         assert!(allowed(&["*://*:*"], "https://example.com:9/x"));

@@ -66,7 +66,10 @@ pub fn admin_router() -> axum::Router {
 }
 
 /// Serves the admin router until `shutdown` flips.
-pub async fn serve_admin(listener: TcpListener, mut shutdown: watch::Receiver<bool>) -> anyhow::Result<()> {
+pub async fn serve_admin(
+    listener: TcpListener,
+    mut shutdown: watch::Receiver<bool>,
+) -> anyhow::Result<()> {
     axum::serve(listener, admin_router())
         .with_graceful_shutdown(async move {
             let _ = shutdown.changed().await;

@@ -19,7 +19,10 @@ use tessera_api::{ApiErrorBody, ErrorCode};
 use tokio::sync::{Semaphore, oneshot};
 use tracing::Instrument as _;
 use wasmtime::component::{Component, Linker, ResourceTable};
-use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store, StoreLimits, StoreLimitsBuilder};
+use wasmtime::{
+    Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store, StoreLimits,
+    StoreLimitsBuilder,
+};
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 use wasmtime_wasi_http::{WasiBody, WasiHttpCtx, WasiHttpCtxView, WasiHttpHooks, WasiHttpView};
 
@@ -167,7 +170,8 @@ impl WasiHttpHooks for Hooks {
                 let resp = run(edge, idx, request, trace, depth).await.map_err(|e| {
                     wasmtime_wasi_http::Error::InternalError(Some(format!("{e:#}")))
                 })?;
-                let done: Box<dyn std::future::Future<Output = _> + Send> = Box::new(async { Ok(()) });
+                let done: Box<dyn std::future::Future<Output = _> + Send> =
+                    Box::new(async { Ok(()) });
                 Ok((resp, done))
             });
         }
@@ -180,7 +184,8 @@ impl WasiHttpHooks for Hooks {
             let result = wasmtime_wasi_http::default_send_request(request, options).await;
             let outcome = if result.is_ok() { "ok" } else { "error" };
             metrics::counter!("tessera_edge_outbound_requests_total", "target" => "router", "outcome" => outcome).increment(1);
-            metrics::histogram!("tessera_edge_outbound_duration_seconds").record(started.elapsed().as_secs_f64());
+            metrics::histogram!("tessera_edge_outbound_duration_seconds")
+                .record(started.elapsed().as_secs_f64());
             let (resp, io) = result?;
             let io: Box<dyn std::future::Future<Output = _> + Send> = Box::new(io);
             Ok((resp.map(|b| b.boxed_unsync()), io))
@@ -242,7 +247,8 @@ fn run(
         let task_slot = slot.clone();
         let timeout = edge.limits.request_timeout;
         let component = edge.components[idx].id.clone();
-        metrics::counter!("tessera_edge_instances_total", "component" => component.clone()).increment(1);
+        metrics::counter!("tessera_edge_instances_total", "component" => component.clone())
+            .increment(1);
         tokio::spawn(async move {
             let work = instance(edge, idx, request, trace, depth, task_slot.clone());
             let result = match tokio::time::timeout(timeout, work).await {
@@ -250,7 +256,10 @@ fn run(
                 Err(_) => Err(anyhow!("component `{component}` exceeded the request timeout")),
             };
             match result {
-                Ok(()) => send_reply(&task_slot, Err(anyhow!("component `{component}` returned no response"))),
+                Ok(()) => send_reply(
+                    &task_slot,
+                    Err(anyhow!("component `{component}` returned no response")),
+                ),
                 Err(e) => send_reply(&task_slot, Err(e)),
             }
         });
@@ -295,19 +304,20 @@ async fn instance(
     store.epoch_deadline_trap();
     match &loaded.pre {
         Pre::P3(pre) => {
-            let service = pre.instantiate_async(&mut store).await.map_err(|e| anyhow!("instantiate: {e}"))?;
+            let service =
+                pre.instantiate_async(&mut store).await.map_err(|e| anyhow!("instantiate: {e}"))?;
             let (req, io) =
                 wasmtime_wasi_http::p3::Request::from_http(store.data_mut().http().hooks, request);
             let (done_tx, done_rx) = oneshot::channel::<()>();
             let slot2 = slot.clone();
             store
                 .run_concurrent(async move |acc| {
-                    let res = service
-                        .handle(acc, req)
-                        .await?
-                        .map_err(|e| wasmtime::format_err!("component answered with error {e:?}"))?;
+                    let res = service.handle(acc, req).await?.map_err(|e| {
+                        wasmtime::format_err!("component answered with error {e:?}")
+                    })?;
                     let res = acc.with(|s| res.into_http(s, io))?;
-                    let res = res.map(|b| DoneOnEnd { inner: b, done: Some(done_tx) }.boxed_unsync());
+                    let res =
+                        res.map(|b| DoneOnEnd { inner: b, done: Some(done_tx) }.boxed_unsync());
                     send_reply(&slot2, Ok(res));
                     // Keep the instance's event loop running until the body is consumed.
                     let _ = done_rx.await;
@@ -331,7 +341,8 @@ async fn instance(
                     );
                 }
             });
-            let proxy = pre.instantiate_async(&mut store).await.map_err(|e| anyhow!("instantiate: {e}"))?;
+            let proxy =
+                pre.instantiate_async(&mut store).await.map_err(|e| anyhow!("instantiate: {e}"))?;
             proxy
                 .wasi_http_incoming_handler()
                 .call_handle(&mut store, req, out)
@@ -343,9 +354,13 @@ async fn instance(
 }
 
 fn json_body(status: u16, body: String) -> http::Response<WasiBody> {
-    let mut r = http::Response::new(Full::new(Bytes::from(body)).map_err(|never| match never {}).boxed_unsync());
-    *r.status_mut() = http::StatusCode::from_u16(status).unwrap_or(http::StatusCode::INTERNAL_SERVER_ERROR);
-    r.headers_mut().insert(http::header::CONTENT_TYPE, http::HeaderValue::from_static("application/json"));
+    let mut r = http::Response::new(
+        Full::new(Bytes::from(body)).map_err(|never| match never {}).boxed_unsync(),
+    );
+    *r.status_mut() =
+        http::StatusCode::from_u16(status).unwrap_or(http::StatusCode::INTERNAL_SERVER_ERROR);
+    r.headers_mut()
+        .insert(http::header::CONTENT_TYPE, http::HeaderValue::from_static("application/json"));
     r
 }
 
@@ -385,7 +400,8 @@ fn engine(limits: &Limits, cache_dir: &Path) -> anyhow::Result<Engine> {
     config.allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
     config.memory_reservation(limits.memory_max_bytes as u64);
     config.memory_guard_size(64 << 10);
-    std::fs::create_dir_all(cache_dir).with_context(|| format!("create {}", cache_dir.display()))?;
+    std::fs::create_dir_all(cache_dir)
+        .with_context(|| format!("create {}", cache_dir.display()))?;
     let mut cache_config = wasmtime::CacheConfig::new();
     cache_config.with_directory(cache_dir);
     let cache = wasmtime::Cache::new(cache_config).map_err(|e| anyhow!("compile cache: {e}"))?;
@@ -397,7 +413,8 @@ impl Edge {
     /// Loads the manifest, compiles (or loads cached) components and pre-instantiates them.
     pub fn new(opts: EdgeOptions) -> anyhow::Result<Edge> {
         let manifest = Manifest::load(&opts.manifest)?;
-        let variables = manifest::resolve_variables(&manifest.variables, &opts.spin_env, &opts.variables)?;
+        let variables =
+            manifest::resolve_variables(&manifest.variables, &opts.spin_env, &opts.variables)?;
         let cache_dir = opts.compile_cache_dir.clone().unwrap_or_else(|| {
             manifest
                 .components
@@ -409,7 +426,8 @@ impl Edge {
         let mut linker = Linker::<Host>::new(&engine);
         wasmtime_wasi::p2::add_to_linker_async(&mut linker).map_err(|e| anyhow!("{e}"))?;
         wasmtime_wasi::p3::add_to_linker(&mut linker).map_err(|e| anyhow!("{e}"))?;
-        wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker).map_err(|e| anyhow!("{e}"))?;
+        wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker)
+            .map_err(|e| anyhow!("{e}"))?;
         wasmtime_wasi_http::p3::add_to_linker(&mut linker).map_err(|e| anyhow!("{e}"))?;
         spin::add_to_linker(&mut linker, |h: &mut Host| &mut h.spin).map_err(|e| anyhow!("{e}"))?;
 
@@ -418,8 +436,9 @@ impl Edge {
         let mut routes = Vec::new();
         for c in &manifest.components {
             let started = Instant::now();
-            let component = Component::from_file(&engine, &c.source)
-                .map_err(|e| anyhow!("load component `{}` from {}: {e}", c.id, c.source.display()))?;
+            let component = Component::from_file(&engine, &c.source).map_err(|e| {
+                anyhow!("load component `{}` from {}: {e}", c.id, c.source.display())
+            })?;
             let ipre = linker
                 .instantiate_pre(&component)
                 .map_err(|e| anyhow!("link component `{}`: {e}", c.id))?;
@@ -461,7 +480,10 @@ impl Edge {
                 id: c.id.clone(),
                 pre,
                 allow,
-                grants: Arc::new(ComponentGrants { variables: vars, kv_labels: c.key_value_stores.clone() }),
+                grants: Arc::new(ComponentGrants {
+                    variables: vars,
+                    kv_labels: c.key_value_stores.clone(),
+                }),
                 environment: c.environment.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
             });
         }
@@ -523,7 +545,11 @@ impl Edge {
     }
 
     /// Serves one incoming request through the component chain.
-    pub async fn handle<B>(&self, req: http::Request<B>, client: SocketAddr) -> http::Response<WasiBody>
+    pub async fn handle<B>(
+        &self,
+        req: http::Request<B>,
+        client: SocketAddr,
+    ) -> http::Response<WasiBody>
     where
         B: http_body::Body<Data = Bytes> + Send + 'static,
         B::Error: Into<wasmtime_wasi_http::Error>,
@@ -536,12 +562,16 @@ impl Edge {
             .map(|r| r.name())
             .unwrap_or("unmatched");
         span.record("route", route_name);
-        let mut resp =
-            self.dispatch(req, client, trace, route_name).instrument(span.clone()).await;
+        let mut resp = self.dispatch(req, client, trace, route_name).instrument(span.clone()).await;
         for (header, metric) in METRIC_HEADERS {
             if let Some(v) = resp.headers_mut().remove(*header) {
                 let label = match v.to_str() {
-                    Ok(s) if s.len() <= 32 && s.bytes().all(|b| b.is_ascii_lowercase() || b == b'_') => s.to_owned(),
+                    Ok(s)
+                        if s.len() <= 32
+                            && s.bytes().all(|b| b.is_ascii_lowercase() || b == b'_') =>
+                    {
+                        s.to_owned()
+                    }
                     _ => "other".to_owned(),
                 };
                 metrics::counter!(*metric, "outcome" => label).increment(1);
@@ -555,7 +585,8 @@ impl Edge {
             400..=499 => "4xx",
             _ => "5xx",
         };
-        metrics::counter!("tessera_edge_requests_total", "route" => route_name, "status" => class).increment(1);
+        metrics::counter!("tessera_edge_requests_total", "route" => route_name, "status" => class)
+            .increment(1);
         metrics::histogram!("tessera_edge_request_duration_seconds", "route" => route_name)
             .record(started.elapsed().as_secs_f64());
         if status >= 500 {
@@ -590,7 +621,12 @@ impl Edge {
         if let Ok(v) = http::HeaderValue::from_str(&client.to_string()) {
             parts.headers.insert("spin-client-addr", v);
         }
-        let host = parts.headers.get(http::header::HOST).and_then(|h| h.to_str().ok()).unwrap_or("localhost").to_owned();
+        let host = parts
+            .headers
+            .get(http::header::HOST)
+            .and_then(|h| h.to_str().ok())
+            .unwrap_or("localhost")
+            .to_owned();
         let pq = parts.uri.path_and_query().map_or("/", |p| p.as_str()).to_owned();
         if let Ok(v) = http::HeaderValue::from_str(&format!("http://{host}{pq}")) {
             parts.headers.insert("spin-full-url", v);
@@ -623,7 +659,10 @@ impl Edge {
         trace: &TraceCtx,
     ) -> http::Response<WasiBody> {
         let Some(router) = self.0.variables.get("router_url") else {
-            return error_response(ErrorCode::Internal, "edge misconfigured: router_url is not set");
+            return error_response(
+                ErrorCode::Internal,
+                "edge misconfigured: router_url is not set",
+            );
         };
         let pq = parts.uri.path_and_query().map_or("/", |p| p.as_str());
         let Ok(uri) = format!("{}{}", router.trim_end_matches('/'), pq).parse::<http::Uri>() else {
@@ -633,7 +672,8 @@ impl Edge {
         *req.method_mut() = parts.method.clone();
         *req.uri_mut() = uri;
         for (k, v) in &parts.headers {
-            if !matches!(k.as_str(), "host" | "connection" | "content-length" | "transfer-encoding") {
+            if !matches!(k.as_str(), "host" | "connection" | "content-length" | "transfer-encoding")
+            {
                 req.headers_mut().append(k.clone(), v.clone());
             }
         }

@@ -145,7 +145,9 @@ impl<T> kv::HostStoreWithStore<T> for SpinData {
         wasmtime::component::StreamReader<String>,
         wasmtime::component::FutureReader<Result<(), kv::Error>>,
     )> {
-        Err(wasmtime::format_err!("spin:key-value get-keys is not offered by the Tessera edge host"))
+        Err(wasmtime::format_err!(
+            "spin:key-value get-keys is not offered by the Tessera edge host"
+        ))
     }
 }
 

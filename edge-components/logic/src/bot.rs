@@ -106,8 +106,21 @@ fn over(count: u32, soft: u32, max_points: u32) -> u32 {
 }
 
 const AUTOMATION_AGENTS: &[&str] = &[
-    "curl", "wget", "python", "go-http-client", "java/", "okhttp", "headless", "phantomjs",
-    "selenium", "puppeteer", "playwright", "scrapy", "httpclient", "libwww", "node-fetch",
+    "curl",
+    "wget",
+    "python",
+    "go-http-client",
+    "java/",
+    "okhttp",
+    "headless",
+    "phantomjs",
+    "selenium",
+    "puppeteer",
+    "playwright",
+    "scrapy",
+    "httpclient",
+    "libwww",
+    "node-fetch",
     "axios",
 ];
 
@@ -181,7 +194,9 @@ pub fn score(s: &Signals, policy: &Policy) -> Score {
 pub enum Verdict {
     Allow,
     /// Ask for proof of work of this many leading zero bits.
-    Challenge { difficulty: u8 },
+    Challenge {
+        difficulty: u8,
+    },
     /// Queue joins get a shadow ticket; other requests are challenged at full difficulty.
     Shadow,
     /// Over the hard rate limit: 429.
@@ -301,7 +316,8 @@ mod tests {
 
     #[test]
     fn thresholds_can_be_set_per_event() {
-        let p = Policy::parse(r#"{"events":{"hot-show":{"challenge_at":5,"shadow_at":30}}}"#).unwrap();
+        let p =
+            Policy::parse(r#"{"events":{"hot-show":{"challenge_at":5,"shadow_at":30}}}"#).unwrap();
         let hot = EventId::parse("hot-show").unwrap();
         assert_eq!(p.thresholds(Some(&hot)), (5, 30));
         assert_eq!(p.thresholds(None), (40, 80));

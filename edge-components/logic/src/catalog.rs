@@ -69,7 +69,12 @@ impl CacheTtls {
 }
 
 /// Whether an entry may be served without asking the region.
-pub fn is_fresh(entry: &CacheEntry, invalidated_at_ms: Option<u64>, ttl_ms: u64, now_ms: u64) -> bool {
+pub fn is_fresh(
+    entry: &CacheEntry,
+    invalidated_at_ms: Option<u64>,
+    ttl_ms: u64,
+    now_ms: u64,
+) -> bool {
     let young = now_ms.saturating_sub(entry.stored_at_ms) < ttl_ms;
     let not_invalidated = invalidated_at_ms.is_none_or(|inv| entry.stored_at_ms > inv);
     young && not_invalidated
@@ -90,7 +95,12 @@ mod tests {
     use super::*;
 
     fn entry(at: u64) -> CacheEntry {
-        CacheEntry { stored_at_ms: at, status: 200, content_type: "application/json".into(), body: "{}".into() }
+        CacheEntry {
+            stored_at_ms: at,
+            status: 200,
+            content_type: "application/json".into(),
+            body: "{}".into(),
+        }
     }
 
     #[test]

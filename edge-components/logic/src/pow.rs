@@ -52,7 +52,13 @@ fn mac(secret: &[u8], fields: &str, client_key: &str) -> String {
 }
 
 /// Issues a challenge. `salt` is fresh randomness from the caller.
-pub fn issue(secret: &[u8], client_key: &str, difficulty: u8, now_ms: u64, salt: [u8; 8]) -> String {
+pub fn issue(
+    secret: &[u8],
+    client_key: &str,
+    difficulty: u8,
+    now_ms: u64,
+    salt: [u8; 8],
+) -> String {
     let fields = format!("v1.{difficulty}.{}.{}", now_ms + CHALLENGE_TTL_MS, hex::encode(salt));
     let tag = mac(secret, &fields, client_key);
     format!("{fields}.{tag}")
@@ -132,7 +138,10 @@ mod tests {
             Err(PowError::Expired)
         );
         let easier = c.replacen("v1.8.", "v1.1.", 1);
-        assert_eq!(verify(SECRET, "10.0.0.1", &format!("{easier}:{n}"), 2_000), Err(PowError::Forged));
+        assert_eq!(
+            verify(SECRET, "10.0.0.1", &format!("{easier}:{n}"), 2_000),
+            Err(PowError::Forged)
+        );
         assert_eq!(verify(SECRET, "10.0.0.1", "junk", 2_000), Err(PowError::Malformed));
     }
 

@@ -7,23 +7,48 @@ use tessera_api::{ApiErrorBody, ErrorCode, EventId, HoldId, OrderId, SectionId};
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Route {
     ListEvents,
-    GetEvent { event_id: EventId },
-    Availability { event_id: EventId },
-    SectionSeats { event_id: EventId, section_id: SectionId },
-    QueueJoin { event_id: EventId },
-    QueueStatus { event_id: EventId },
-    Admission { event_id: EventId },
-    CreateHold { event_id: EventId },
-    GetHold { hold_id: HoldId },
-    ReleaseHold { hold_id: HoldId },
+    GetEvent {
+        event_id: EventId,
+    },
+    Availability {
+        event_id: EventId,
+    },
+    SectionSeats {
+        event_id: EventId,
+        section_id: SectionId,
+    },
+    QueueJoin {
+        event_id: EventId,
+    },
+    QueueStatus {
+        event_id: EventId,
+    },
+    Admission {
+        event_id: EventId,
+    },
+    CreateHold {
+        event_id: EventId,
+    },
+    GetHold {
+        hold_id: HoldId,
+    },
+    ReleaseHold {
+        hold_id: HoldId,
+    },
     Checkout,
     ListOrders,
-    GetOrder { order_id: OrderId },
+    GetOrder {
+        order_id: OrderId,
+    },
     Checkin,
     DevToken,
-    EventStream { event_id: EventId },
+    EventStream {
+        event_id: EventId,
+    },
     /// `/v1/ops/...`: shape-checked here, authorized by the router and the core.
-    Ops { method: String },
+    Ops {
+        method: String,
+    },
 }
 
 /// Which component serves a route after bot scoring.
@@ -208,17 +233,29 @@ mod tests {
     #[test]
     fn rejects_unknown_paths_and_methods_with_codes() {
         check("GET", "/", expect![[r#"{"code":"not_found","message":"no such route"}"#]]);
-        check("GET", "/v1/events//x", expect![[r#"{"code":"not_found","message":"no such route"}"#]]);
+        check(
+            "GET",
+            "/v1/events//x",
+            expect![[r#"{"code":"not_found","message":"no such route"}"#]],
+        );
         check(
             "GET",
             "/v1/events/Bad_Id",
-            expect![[r#"{"code":"not_found","message":"no such route: invalid event id: must start with a lowercase letter or digit"}"#]],
+            expect![[
+                r#"{"code":"not_found","message":"no such route: invalid event id: must start with a lowercase letter or digit"}"#
+            ]],
         );
         check(
             "PATCH",
             "/v1/events/summer-26/queue",
             expect![[r#"{"code":"method_not_allowed","message":"this route accepts GET, POST"}"#]],
         );
-        check("GET", "/v1/holds/x_1", expect![[r#"{"code":"not_found","message":"no such route: invalid hold id: has the wrong prefix"}"#]]);
+        check(
+            "GET",
+            "/v1/holds/x_1",
+            expect![[
+                r#"{"code":"not_found","message":"no such route: invalid hold id: has the wrong prefix"}"#
+            ]],
+        );
     }
 }

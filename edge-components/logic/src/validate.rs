@@ -49,10 +49,7 @@ pub struct RequestView<'a> {
 impl<'a> RequestView<'a> {
     /// The first value of header `name` (lowercase) as text, if it is valid UTF-8.
     pub fn header(&self, name: &str) -> Option<&'a str> {
-        self.headers
-            .iter()
-            .find(|(n, _)| *n == name)
-            .and_then(|(_, v)| std::str::from_utf8(v).ok())
+        self.headers.iter().find(|(n, _)| *n == name).and_then(|(_, v)| std::str::from_utf8(v).ok())
     }
 }
 
@@ -108,11 +105,8 @@ fn check_route(req: &RequestView<'_>, route: &Route) -> Result<(), ApiErrorBody>
         | Route::EventStream { .. } => no_body(req),
         Route::QueueJoin { .. } => {
             device(req)?;
-            let join: QueueJoinRequest = if req.body.is_empty() {
-                QueueJoinRequest::default()
-            } else {
-                json_body(req)?
-            };
+            let join: QueueJoinRequest =
+                if req.body.is_empty() { QueueJoinRequest::default() } else { json_body(req)? };
             if let Some(nonce) = &join.client_nonce {
                 let ok = (16..=64).contains(&nonce.len())
                     && nonce.bytes().all(|b| b.is_ascii_hexdigit());
@@ -236,7 +230,10 @@ fn device(req: &RequestView<'_>) -> Result<(), ApiErrorBody> {
         }
         _ => Err(err(
             ErrorCode::InvalidRequest,
-            format!("send a device id (1 to 128 visible ASCII characters) in `{}`", headers::DEVICE),
+            format!(
+                "send a device id (1 to 128 visible ASCII characters) in `{}`",
+                headers::DEVICE
+            ),
         )),
     }
 }
@@ -323,64 +320,94 @@ mod tests {
 
     #[test]
     fn rejects_malformed_requests_with_stable_codes() {
-        check("GET", "/v1/events", &[], "x", expect![[r#"400 {"code":"invalid_request","message":"this route takes no request body"}"#]]);
+        check(
+            "GET",
+            "/v1/events",
+            &[],
+            "x",
+            expect![[
+                r#"400 {"code":"invalid_request","message":"this route takes no request body"}"#
+            ]],
+        );
         check(
             "POST",
             "/v1/events/e1/holds",
             &[AUTH, DEV, ("x-tessera-admission", "a.b.c")],
             r#"{"seats":["A-1-1"]}"#,
-            expect![[r#"415 {"code":"unsupported_media_type","message":"expected a request with `content-type: application/json`"}"#]],
+            expect![[
+                r#"415 {"code":"unsupported_media_type","message":"expected a request with `content-type: application/json`"}"#
+            ]],
         );
         check(
             "POST",
             "/v1/events/e1/holds",
             &[AUTH, DEV, JSON, ("x-tessera-admission", "a.b.c")],
             r#"{"seats":["A-1-1"],"x":1}"#,
-            expect![[r#"400 {"code":"invalid_request","message":"invalid request body: unknown field `x`, expected one of `seats`, `section`, `tier`, `pool`, `quantity`, `adjacent`, `accessible` at line 1 column 22"}"#]],
+            expect![[
+                r#"400 {"code":"invalid_request","message":"invalid request body: unknown field `x`, expected one of `seats`, `section`, `tier`, `pool`, `quantity`, `adjacent`, `accessible` at line 1 column 22"}"#
+            ]],
         );
         check(
             "POST",
             "/v1/events/e1/holds",
             &[AUTH, DEV, JSON, ("x-tessera-admission", "a.b.c")],
             r#"{"seats":["#,
-            expect![[r#"400 {"code":"malformed_json","message":"malformed JSON: EOF while parsing a list at line 1 column 10"}"#]],
+            expect![[
+                r#"400 {"code":"malformed_json","message":"malformed JSON: EOF while parsing a list at line 1 column 10"}"#
+            ]],
         );
         check(
             "POST",
             "/v1/events/e1/holds",
             &[AUTH, DEV, JSON, ("x-tessera-admission", "a.b.c")],
             r#"{"pool":"FLOOR","quantity":99}"#,
-            expect![[r#"422 {"code":"invalid_quantity","message":"`quantity` must be between 1 and 20"}"#]],
+            expect![[
+                r#"422 {"code":"invalid_quantity","message":"`quantity` must be between 1 and 20"}"#
+            ]],
         );
         check(
             "POST",
             "/v1/events/e1/holds",
             &[AUTH, DEV, JSON],
             r#"{"seats":["A-1-1"]}"#,
-            expect![[r#"403 {"code":"admission_required","message":"holds need an admission token in `x-tessera-admission`"}"#]],
+            expect![[
+                r#"403 {"code":"admission_required","message":"holds need an admission token in `x-tessera-admission`"}"#
+            ]],
         );
         check(
             "POST",
             "/v1/orders",
             &[AUTH, JSON],
             r#"{"hold_id":"h_abcdefgh12","payment_method":"pm_card_visa"}"#,
-            expect![[r#"400 {"code":"idempotency_key_required","message":"checkout needs an `idempotency-key` header"}"#]],
+            expect![[
+                r#"400 {"code":"idempotency_key_required","message":"checkout needs an `idempotency-key` header"}"#
+            ]],
         );
         check(
             "POST",
             "/v1/events/e1/queue",
             &[DEV],
             "",
-            expect![[r#"401 {"code":"unauthenticated","message":"send your identity token as `authorization: Bearer <token>`"}"#]],
+            expect![[
+                r#"401 {"code":"unauthenticated","message":"send your identity token as `authorization: Bearer <token>`"}"#
+            ]],
         );
         check(
             "GET",
             "/v1/events/e1/queue",
             &[DEV],
             "",
-            expect![[r#"403 {"code":"queue_ticket_invalid","message":"send your queue ticket in `x-tessera-queue-ticket`"}"#]],
+            expect![[
+                r#"403 {"code":"queue_ticket_invalid","message":"send your queue ticket in `x-tessera-queue-ticket`"}"#
+            ]],
         );
         let big = format!(r#"{{"customer_id":"{}"}}"#, "a".repeat(20_000));
-        check("POST", "/v1/dev/token", &[JSON], &big, expect![[r#"413 {"code":"body_too_large","message":"request body is too large"}"#]]);
+        check(
+            "POST",
+            "/v1/dev/token",
+            &[JSON],
+            &big,
+            expect![[r#"413 {"code":"body_too_large","message":"request body is too large"}"#]],
+        );
     }
 }

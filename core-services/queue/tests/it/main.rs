@@ -162,7 +162,9 @@ fn pre_open_fans_get_uniformly_random_places() {
         let mut ranked: Vec<(u64, usize)> = tickets
             .iter()
             .enumerate()
-            .map(|(arrival, t)| (lottery::lottery_rank(&lottery::lottery_value(&seed, &event(), t)), arrival))
+            .map(|(arrival, t)| {
+                (lottery::lottery_rank(&lottery::lottery_value(&seed, &event(), t)), arrival)
+            })
             .collect();
         ranked.sort();
         for (place, (_, arrival)) in ranked.iter().enumerate() {
@@ -170,16 +172,14 @@ fn pre_open_fans_get_uniformly_random_places() {
         }
     }
     let expected = (TRIALS / N) as f64;
-    let chi2: f64 = table
-        .iter()
-        .flatten()
-        .map(|&o| (f64::from(o) - expected).powi(2) / expected)
-        .sum();
+    let chi2: f64 =
+        table.iter().flatten().map(|&o| (f64::from(o) - expected).powi(2) / expected).sum();
     // 49 degrees of freedom: the 0.1% critical value is about 85.4.
     assert!(chi2 < 85.4, "chi2 = {chi2:.1}, table = {table:?}");
     // And arriving first buys nothing: the first arrival's mean place is the middle.
     let mean_first: f64 =
-        table[0].iter().enumerate().map(|(p, c)| p as f64 * f64::from(*c)).sum::<f64>() / TRIALS as f64;
+        table[0].iter().enumerate().map(|(p, c)| p as f64 * f64::from(*c)).sum::<f64>()
+            / TRIALS as f64;
     assert!((mean_first - 3.5).abs() < 0.1, "mean place of the first arrival {mean_first}");
 }
 
@@ -220,7 +220,10 @@ fn anyone_can_recompute_the_order_from_the_revealed_seed() {
     mine.phase = QueuePhase::PreOpen;
     mine.ticket_id = drawn[3].clone();
     let view = admission::view(&mine, &wm);
-    assert_eq!(view.lottery.unwrap(), hex::encode(lottery::lottery_value(&seed, &event(), &drawn[3])));
+    assert_eq!(
+        view.lottery.unwrap(),
+        hex::encode(lottery::lottery_value(&seed, &event(), &drawn[3]))
+    );
     assert!(admission::is_admitted(&mine, &wm), "4th in the draw is in the first 10");
     mine.ticket_id = drawn[10].clone();
     assert!(!admission::is_admitted(&mine, &wm), "11th in the draw waits");
@@ -256,7 +259,8 @@ fn after_opening_fans_are_admitted_first_come_first_served() {
             },
             rank,
         );
-        let admitted: Vec<bool> = (0..100).map(|s| admission::is_admitted(&ticket(s), &wm)).collect();
+        let admitted: Vec<bool> =
+            (0..100).map(|s| admission::is_admitted(&ticket(s), &wm)).collect();
         let n = admitted.iter().filter(|a| **a).count();
         // Always a prefix of arrival order, never shrinking.
         assert!(admitted[..n].iter().all(|a| *a) && admitted[n..].iter().all(|a| !*a));

@@ -43,7 +43,9 @@ fn short_hash(s: &str) -> String {
 
 async fn bump(store: &Store, key: &str) -> u32 {
     let n = match store.get(key).await {
-        Ok(Some(v)) => std::str::from_utf8(&v).ok().and_then(|s| s.parse::<u32>().ok()).unwrap_or(0),
+        Ok(Some(v)) => {
+            std::str::from_utf8(&v).ok().and_then(|s| s.parse::<u32>().ok()).unwrap_or(0)
+        }
         _ => 0,
     } + 1;
     let _ = store.set(key, n.to_string()).await;
@@ -76,7 +78,8 @@ async fn handle(req: Request) -> Result<guest::Reply, spin_sdk::http::Error> {
     let now = guest::now_ms();
     let window = now / bot::WINDOW_MS;
 
-    let addr = guest::header(&parts.headers, guest::CLIENT_ADDR_HEADER_INTERNAL).unwrap_or("unknown");
+    let addr =
+        guest::header(&parts.headers, guest::CLIENT_ADDR_HEADER_INTERNAL).unwrap_or("unknown");
     let ip = bot::client_ip(addr);
     let network = bot::network_of(&ip);
     let device = guest::header(&parts.headers, headers::DEVICE);

@@ -107,9 +107,8 @@ async fn handle(req: Request) -> Result<guest::Reply, spin_sdk::http::Error> {
         Err(e) => return Ok(guest::error(ErrorCode::RegionUnavailable, e)),
     };
     if catalog::is_cacheable(status) {
-        let content_type = guest::header(&rparts.headers, "content-type")
-            .unwrap_or("application/json")
-            .to_owned();
+        let content_type =
+            guest::header(&rparts.headers, "content-type").unwrap_or("application/json").to_owned();
         // Stamped with the time the read started: an invalidation that lands while the
         // read is in flight still wins.
         let entry = CacheEntry {

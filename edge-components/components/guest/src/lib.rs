@@ -118,9 +118,8 @@ pub fn outbound(
     let url = format!("{}{}", base.trim_end_matches('/'), pq);
     let mut req = http::Request::new(Full::new(body));
     *req.method_mut() = parts.method.clone();
-    *req.uri_mut() = url
-        .parse()
-        .map_err(|_| error(ErrorCode::Internal, "edge misconfigured: bad next hop"))?;
+    *req.uri_mut() =
+        url.parse().map_err(|_| error(ErrorCode::Internal, "edge misconfigured: bad next hop"))?;
     copy_headers(&parts.headers, req.headers_mut());
     Ok(req)
 }

@@ -106,12 +106,11 @@ impl Ctx {
             .map_err(|_| fail(ErrorCode::Internal, "edge misconfigured: identity_keys"))?;
         let verifier =
             IdentityVerifier { issuer: var("identity_issuer").await, keys, leeway_s: 30 };
-        let claims: IdentityClaims =
-            verified(&self.store, "id", token, self.now_ms, || {
-                tessera_identity::verify(&verifier.keys, token)
-            })
-            .await
-            .map_err(identity_error)?;
+        let claims: IdentityClaims = verified(&self.store, "id", token, self.now_ms, || {
+            tessera_identity::verify(&verifier.keys, token)
+        })
+        .await
+        .map_err(identity_error)?;
         claims.check(&verifier.issuer, self.now_ms, verifier.leeway_s).map_err(identity_error)?;
         Ok(claims.sub)
     }
@@ -163,7 +162,8 @@ impl Ctx {
         if fresh || (stored.is_some() && self.bus_alive().await) {
             return stored;
         }
-        let url = format!("{}/v1/events/{event_id}/admission", self.router_url.trim_end_matches('/'));
+        let url =
+            format!("{}/v1/events/{event_id}/admission", self.router_url.trim_end_matches('/'));
         let polled = match spin_sdk::http::get(url).await {
             Ok(resp) if resp.status().is_success() => match guest::read_response(resp).await {
                 Ok((_, body)) => serde_json::from_slice::<AdmissionWatermark>(&body).ok(),
@@ -256,20 +256,16 @@ async fn join(ctx: &Ctx, parts: &http::request::Parts, body: &Bytes, event_id: E
     } else {
         let ticket_id = lottery::ticket_id(join.client_nonce.as_deref(), random16());
         let registration = QueueRegistration { ticket_id, customer_id: customer_id.clone() };
-        let url = format!(
-            "{}/v1/internal/events/{event_id}/queue",
-            ctx.router_url.trim_end_matches('/')
-        );
+        let url =
+            format!("{}/v1/internal/events/{event_id}/queue", ctx.router_url.trim_end_matches('/'));
         let body = serde_json::to_vec(&registration)
             .map_err(|_| fail(ErrorCode::Internal, "failed to encode registration"))?;
         let mut req = http::Request::new(http_body_util::Full::new(Bytes::from(body)));
         *req.method_mut() = http::Method::POST;
         *req.uri_mut() =
             url.parse().map_err(|_| fail(ErrorCode::Internal, "edge misconfigured: router_url"))?;
-        req.headers_mut().insert(
-            http::header::CONTENT_TYPE,
-            http::HeaderValue::from_static("application/json"),
-        );
+        req.headers_mut()
+            .insert(http::header::CONTENT_TYPE, http::HeaderValue::from_static("application/json"));
         for name in [headers::AUTHORIZATION, headers::DEVICE, headers::BOT_SCORE] {
             if let Some(v) = parts.headers.get(name) {
                 req.headers_mut().insert(http::HeaderName::from_static(name), v.clone());
@@ -279,9 +275,8 @@ async fn join(ctx: &Ctx, parts: &http::request::Parts, body: &Bytes, event_id: E
             .await
             .map_err(|e| fail(ErrorCode::RegionUnavailable, format!("region unreachable: {e}")))?;
         let status = resp.status().as_u16();
-        let (rparts, rbody) = guest::read_response(resp)
-            .await
-            .map_err(|e| fail(ErrorCode::RegionUnavailable, e))?;
+        let (rparts, rbody) =
+            guest::read_response(resp).await.map_err(|e| fail(ErrorCode::RegionUnavailable, e))?;
         if !(200..300).contains(&status) {
             // The core's own error (queue closed, unknown event...) goes to the fan as is.
             return Err(guest::from_parts(rparts, rbody));
@@ -359,8 +354,9 @@ async fn status(ctx: &Ctx, parts: &http::request::Parts, event_id: EventId) -> O
         let issued = match reuse {
             Some(a) => a,
             None => {
-                let key = signing_key(&var("queue_signing_key").await)
-                    .ok_or_else(|| fail(ErrorCode::Internal, "edge misconfigured: queue_signing_key"))?;
+                let key = signing_key(&var("queue_signing_key").await).ok_or_else(|| {
+                    fail(ErrorCode::Internal, "edge misconfigured: queue_signing_key")
+                })?;
                 let mut adm = claims.clone();
                 adm.typ = TYP_ADMISSION.to_owned();
                 adm.iat_ms = ctx.now_ms;

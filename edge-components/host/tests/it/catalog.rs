@@ -19,7 +19,10 @@ async fn serves_seat_maps_from_the_cache_and_stale_when_the_region_is_down() {
     assert!(second.headers().get("x-tessera-stale").is_none());
 
     // Invalidate, take the region down: the edge serves what it has, marked stale.
-    edge.edge.kv().set("default", &format!("inv:counts:show-1"), (now_ms() + 1).to_string().into_bytes()).unwrap();
+    edge.edge
+        .kv()
+        .set("default", &format!("inv:counts:show-1"), (now_ms() + 1).to_string().into_bytes())
+        .unwrap();
     std::thread::sleep(std::time::Duration::from_millis(5));
     up.down.store(true, Ordering::SeqCst);
     let stale = c.get(&url).header("x-tessera-device", "d1").send().await.unwrap();

@@ -19,8 +19,12 @@ fn the_manifest_names_every_component_the_build_produces() {
         ["validation", "bot-score", "waiting-room", "catalog-cache"].map(String::from).into();
     assert_eq!(ids, built);
     for c in &m.components {
-        let expected = workspace_root().join(format!("edge-components/components/target/wasm/{}.wasm", c.id));
-        assert_eq!(c.source.canonicalize().unwrap_or(c.source.clone()), expected.canonicalize().unwrap_or(expected.clone()));
+        let expected =
+            workspace_root().join(format!("edge-components/components/target/wasm/{}.wasm", c.id));
+        assert_eq!(
+            c.source.canonicalize().unwrap_or(c.source.clone()),
+            expected.canonicalize().unwrap_or(expected.clone())
+        );
         let crate_dir = workspace_root().join("edge-components/components").join(&c.id);
         assert!(crate_dir.join("Cargo.toml").exists(), "component crate {}", c.id);
     }
@@ -40,7 +44,10 @@ fn only_validation_is_public_and_chaining_targets_are_allowed() {
         }
     }
     let src = |id: &str| {
-        std::fs::read_to_string(workspace_root().join(format!("edge-components/components/{id}/src/lib.rs"))).unwrap()
+        std::fs::read_to_string(
+            workspace_root().join(format!("edge-components/components/{id}/src/lib.rs")),
+        )
+        .unwrap()
     };
     // Every `*.spin.internal` target a component calls is in its allow-list.
     for c in &m.components {
@@ -58,7 +65,10 @@ fn only_validation_is_public_and_chaining_targets_are_allowed() {
 fn every_variable_a_component_reads_is_declared_for_it() {
     let m = manifest();
     let src = |id: &str| {
-        std::fs::read_to_string(workspace_root().join(format!("edge-components/components/{id}/src/lib.rs"))).unwrap()
+        std::fs::read_to_string(
+            workspace_root().join(format!("edge-components/components/{id}/src/lib.rs")),
+        )
+        .unwrap()
     };
     for c in &m.components {
         let raw = src(&c.id);
@@ -77,7 +87,11 @@ fn every_variable_a_component_reads_is_declared_for_it() {
             }
         }
         for name in &read {
-            assert!(c.variables.contains_key(name), "component {} reads undeclared variable {name}", c.id);
+            assert!(
+                c.variables.contains_key(name),
+                "component {} reads undeclared variable {name}",
+                c.id
+            );
         }
         for name in c.variables.keys() {
             assert!(read.contains(name), "component {} declares unused variable {name}", c.id);

@@ -17,7 +17,9 @@ impl Drop for NatsServer {
 
 fn nats_server() -> Option<NatsServer> {
     let port = std::net::TcpListener::bind("127.0.0.1:0").ok()?.local_addr().ok()?.port();
-    let bin = ["/usr/sbin/nats-server", "/usr/bin/nats-server"].into_iter().find(|p| std::path::Path::new(p).exists())?;
+    let bin = ["/usr/sbin/nats-server", "/usr/bin/nats-server"]
+        .into_iter()
+        .find(|p| std::path::Path::new(p).exists())?;
     let child = Command::new(bin)
         .args(["-a", "127.0.0.1", "-p", &port.to_string()])
         .stdout(Stdio::null())
@@ -57,8 +59,14 @@ async fn nats_watermarks_and_bus_events_reach_the_components_within_a_second() {
     // Higher versions win; older ones are ignored.
     let newer = watermark("show-1", 5, 10);
     let older = watermark("show-1", 2, 10);
-    client.publish("tessera.admission.show-1", serde_json::to_vec(&newer).unwrap().into()).await.unwrap();
-    client.publish("tessera.admission.show-1", serde_json::to_vec(&older).unwrap().into()).await.unwrap();
+    client
+        .publish("tessera.admission.show-1", serde_json::to_vec(&newer).unwrap().into())
+        .await
+        .unwrap();
+    client
+        .publish("tessera.admission.show-1", serde_json::to_vec(&older).unwrap().into())
+        .await
+        .unwrap();
     client.flush().await.unwrap();
 
     let c = browser();

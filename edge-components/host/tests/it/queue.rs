@@ -4,7 +4,12 @@ use tessera_api::queue::{QueueJoined, QueueStatus, QueueStatusState};
 
 use crate::support::*;
 
-async fn join(c: &reqwest::Client, edge: &RunningEdge, fan: &str, device: &str) -> reqwest::Response {
+async fn join(
+    c: &reqwest::Client,
+    edge: &RunningEdge,
+    fan: &str,
+    device: &str,
+) -> reqwest::Response {
     c.post(edge.url("/v1/events/show-1/queue"))
         .bearer_auth(fan_token(fan))
         .header("x-tessera-device", device)
@@ -15,7 +20,13 @@ async fn join(c: &reqwest::Client, edge: &RunningEdge, fan: &str, device: &str) 
         .unwrap()
 }
 
-async fn poll(c: &reqwest::Client, edge: &RunningEdge, event: &str, ticket: &str, device: &str) -> reqwest::Response {
+async fn poll(
+    c: &reqwest::Client,
+    edge: &RunningEdge,
+    event: &str,
+    ticket: &str,
+    device: &str,
+) -> reqwest::Response {
     c.get(edge.url(&format!("/v1/events/{event}/queue")))
         .header("x-tessera-queue-ticket", ticket)
         .header("x-tessera-device", device)
@@ -41,7 +52,8 @@ async fn a_fan_joins_waits_is_admitted_and_holds_with_the_admission_token() {
     let again: QueueJoined = join(&c, &edge, "fan-1", "phone-1").await.json().await.unwrap();
     assert_eq!(again.ticket_id, joined.ticket_id, "joining twice keeps the first place");
 
-    let waiting: QueueStatus = poll(&c, &edge, "show-1", &joined.ticket, "phone-1").await.json().await.unwrap();
+    let waiting: QueueStatus =
+        poll(&c, &edge, "show-1", &joined.ticket, "phone-1").await.json().await.unwrap();
     assert_eq!(waiting.state, QueueStatusState::Waiting);
     assert_eq!(waiting.ahead, Some(0));
     assert!(waiting.admission_token.is_none());
@@ -50,7 +62,8 @@ async fn a_fan_joins_waits_is_admitted_and_holds_with_the_admission_token() {
     // subscriber would write it).
     let wm = serde_json::to_vec(&watermark("show-1", 1, 1)).unwrap();
     assert!(tessera_edge_host::nats::apply_watermark(&edge.edge.kv(), &wm));
-    let admitted: QueueStatus = poll(&c, &edge, "show-1", &joined.ticket, "phone-1").await.json().await.unwrap();
+    let admitted: QueueStatus =
+        poll(&c, &edge, "show-1", &joined.ticket, "phone-1").await.json().await.unwrap();
     assert_eq!(admitted.state, QueueStatusState::Admitted);
     let adm = admitted.admission_token.expect("admission token");
 
@@ -76,7 +89,10 @@ async fn a_fan_joins_waits_is_admitted_and_holds_with_the_admission_token() {
             .body(r#"{"seats":["A-1-1"]}"#)
             .send()
     };
-    assert_eq!(code(hold("laptop-9", "fan-1").await.unwrap()).await, (403, "queue_token_wrong_device".into()));
+    assert_eq!(
+        code(hold("laptop-9", "fan-1").await.unwrap()).await,
+        (403, "queue_token_wrong_device".into())
+    );
     assert_eq!(code(hold("phone-1", "fan-2").await.unwrap()).await, (403, "forbidden".into()));
     let ok = hold("phone-1", "fan-1").await.unwrap();
     assert_eq!(ok.status(), 201);
@@ -99,29 +115,45 @@ async fn queue_tickets_are_refused_when_forged_expired_for_another_event_or_devi
     let c = browser();
     let joined: QueueJoined = join(&c, &edge, "fan-7", "phone-7").await.json().await.unwrap();
 
-    assert_eq!(code(poll(&c, &edge, "show-1", &joined.ticket, "other-phone").await).await, (403, "queue_token_wrong_device".into()));
-    assert_eq!(code(poll(&c, &edge, "show-2", &joined.ticket, "phone-7").await).await, (403, "queue_token_wrong_event".into()));
+    assert_eq!(
+        code(poll(&c, &edge, "show-1", &joined.ticket, "other-phone").await).await,
+        (403, "queue_token_wrong_device".into())
+    );
+    assert_eq!(
+        code(poll(&c, &edge, "show-2", &joined.ticket, "phone-7").await).await,
+        (403, "queue_token_wrong_event".into())
+    );
 
     // Same claims, signed by a key that claims the edge's kid.
     let parts: Vec<&str> = joined.ticket.split('.').collect();
     let claims: tessera_api::queue::QueueTicketClaims = serde_json::from_slice(
-        &base64::Engine::decode(&base64::engine::general_purpose::URL_SAFE_NO_PAD, parts[1]).unwrap(),
+        &base64::Engine::decode(&base64::engine::general_purpose::URL_SAFE_NO_PAD, parts[1])
+            .unwrap(),
     )
     .unwrap();
     let forger = tessera_identity::SigningKeyPair::derive_for_development("edge-a", "attacker");
     let forged = tessera_queue::issue(&forger, &claims);
-    assert_eq!(code(poll(&c, &edge, "show-1", &forged, "phone-7").await).await, (403, "queue_ticket_invalid".into()));
+    assert_eq!(
+        code(poll(&c, &edge, "show-1", &forged, "phone-7").await).await,
+        (403, "queue_ticket_invalid".into())
+    );
 
     let mut expired = claims.clone();
     expired.exp_ms = now_ms() - 1;
     let expired = tessera_queue::issue(&edge_key(), &expired);
-    assert_eq!(code(poll(&c, &edge, "show-1", &expired, "phone-7").await).await, (401, "token_expired".into()));
+    assert_eq!(
+        code(poll(&c, &edge, "show-1", &expired, "phone-7").await).await,
+        (401, "token_expired".into())
+    );
 
     // An admission-typed token is not a queue ticket, and vice versa.
     let mut adm = claims.clone();
     adm.typ = "adm".into();
     let adm = tessera_queue::issue(&edge_key(), &adm);
-    assert_eq!(code(poll(&c, &edge, "show-1", &adm, "phone-7").await).await, (403, "queue_ticket_invalid".into()));
+    assert_eq!(
+        code(poll(&c, &edge, "show-1", &adm, "phone-7").await).await,
+        (403, "queue_ticket_invalid".into())
+    );
     let _ = up.registrations.load(Ordering::SeqCst);
 }
 
@@ -145,7 +177,8 @@ async fn bots_land_in_the_shadow_queue_and_are_never_admitted() {
     // Admit everyone: the shadow ticket still waits.
     let wm = serde_json::to_vec(&watermark("show-1", 1_000_000, 1_000_000)).unwrap();
     tessera_edge_host::nats::apply_watermark(&edge.edge.kv(), &wm);
-    let status: QueueStatus = poll(&browser(), &edge, "show-1", &joined.ticket, "bot-device").await.json().await.unwrap();
+    let status: QueueStatus =
+        poll(&browser(), &edge, "show-1", &joined.ticket, "bot-device").await.json().await.unwrap();
     assert_eq!(status.state, QueueStatusState::Waiting);
     assert!(status.admission_token.is_none());
 }

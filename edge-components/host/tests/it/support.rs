@@ -45,7 +45,10 @@ pub fn seed_b64(pass: &str) -> String {
 pub const ISSUER: &str = "https://id.tessera.test";
 
 pub fn identity_issuer() -> IdentityIssuer {
-    IdentityIssuer { issuer: ISSUER.into(), key: SigningKeyPair::derive_for_development("id1", "identity") }
+    IdentityIssuer {
+        issuer: ISSUER.into(),
+        key: SigningKeyPair::derive_for_development("id1", "identity"),
+    }
 }
 
 pub fn edge_key() -> SigningKeyPair {
@@ -53,7 +56,10 @@ pub fn edge_key() -> SigningKeyPair {
 }
 
 pub fn queue_keyset() -> Keyset {
-    Keyset::new([edge_key().public(), SigningKeyPair::derive_for_development("edge-b", "edge-b").public()])
+    Keyset::new([
+        edge_key().public(),
+        SigningKeyPair::derive_for_development("edge-b", "edge-b").public(),
+    ])
 }
 
 pub const SHADOW_SECRET: &str = "shadow-test-secret";
@@ -103,7 +109,9 @@ async fn list(State(up): State<Arc<Upstream>>) -> Result<Json<EventList>, Status
     Ok(Json(EventList { events: vec![] }))
 }
 
-async fn admission(State(up): State<Arc<Upstream>>) -> Result<Json<AdmissionWatermark>, StatusCode> {
+async fn admission(
+    State(up): State<Arc<Upstream>>,
+) -> Result<Json<AdmissionWatermark>, StatusCode> {
     up.watermark.lock().unwrap().clone().map(Json).ok_or(StatusCode::NOT_FOUND)
 }
 
@@ -174,7 +182,10 @@ pub fn variables(router: SocketAddr) -> BTreeMap<String, String> {
     BTreeMap::from([
         ("router_url".to_owned(), format!("http://{router}")),
         ("identity_issuer".to_owned(), ISSUER.to_owned()),
-        ("identity_keys".to_owned(), Keyset::new([identity_issuer().key.public()]).to_config_string()),
+        (
+            "identity_keys".to_owned(),
+            Keyset::new([identity_issuer().key.public()]).to_config_string(),
+        ),
         ("queue_signing_key".to_owned(), format!("edge-a:{}", seed_b64("edge-a"))),
         ("queue_keys".to_owned(), queue_keyset().to_config_string()),
         ("shadow_secret".to_owned(), SHADOW_SECRET.to_owned()),

@@ -11,14 +11,21 @@ fn cases() -> u32 {
     std::env::var("PROPTEST_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(256)
 }
 
-fn check(method: &str, path: &str, headers: &[(String, Vec<u8>)], body: &[u8]) -> Result<String, (u16, String)> {
+fn check(
+    method: &str,
+    path: &str,
+    headers: &[(String, Vec<u8>)],
+    body: &[u8],
+) -> Result<String, (u16, String)> {
     let hs: Vec<(&str, &[u8])> = headers.iter().map(|(n, v)| (n.as_str(), v.as_slice())).collect();
     let (path, query) = match path.split_once('?') {
         Some((p, q)) => (p, Some(q)),
         None => (path, None),
     };
     let req = RequestView { method, path, query, headers: &hs, body };
-    validate(&req, &Limits::default()).map(|r| r.name().to_owned()).map_err(|e| (e.status(), e.to_json()))
+    validate(&req, &Limits::default())
+        .map(|r| r.name().to_owned())
+        .map_err(|e| (e.status(), e.to_json()))
 }
 
 fn method() -> impl Strategy<Value = String> {

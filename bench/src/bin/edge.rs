@@ -1,0 +1,548 @@
+//! `cargo xtask bench edge`: the edge's throughput and latency, on this machine, in one run.
+//!
+//! 1. A cached seat-map read and 2. a queue-status poll (admitted fan, warm verified-token
+//!    cache), both through the full pipeline: validation -> bot-score -> catalog-cache or
+//!    waiting-room, each a fresh instance, chained in-process. Peak requests/s with a
+//!    closed loop, then p99 with an open loop at half of that rate (latency measured from
+//!    the intended send time, so queueing shows).
+//! 3. Host overhead: the `validation` component (imports only WASI; with no next hop it
+//!    answers itself) served by the edge host and by `wasmtime serve` of the same wasmtime
+//!    version (installed under `target/tools/` on first run).
+//! 4. Token verifications per second on one core: cold (Ed25519 signature every time) and
+//!    warm (the verified-token cache the waiting room uses: hash, lookup, decode claims,
+//!    check bindings).
+//!
+//! The bot policy is relaxed for the run: it measures the pipeline's cost, not how fast one
+//! loopback client gets rate limited. The last line is `key=value` pairs.
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, bail};
+use axum::routing::{get, post};
+use base64::Engine as _;
+use bytes::Bytes;
+use http_body_util::{BodyExt as _, Empty};
+use sha2::Digest as _;
+use tessera_api::queue::{AdmissionWatermark, QueuePhase, QueuePlace, QueueRegistration};
+use tessera_api::{CustomerId, EventId};
+use tessera_edge_host::config::Limits;
+use tessera_edge_host::{Edge, EdgeOptions};
+use tessera_identity::{IdentityIssuer, Keyset, SigningKeyPair};
+
+const WASMTIME_VERSION: &str = "48.0.8";
+const RUN: Duration = Duration::from_secs(5);
+const WARMUP: Duration = Duration::from_secs(1);
+const CONNECTIONS: usize = 16;
+
+fn step(msg: &str) {
+    eprintln!("==> {msg}");
+}
+
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("..")
+        .canonicalize()
+        .unwrap_or_else(|_| PathBuf::from(".."))
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+fn seed_b64(pass: &str) -> String {
+    let seed: [u8; 32] = sha2::Sha256::digest(pass.as_bytes()).into();
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(seed)
+}
+
+type Client = hyper_util::client::legacy::Client<
+    hyper_util::client::legacy::connect::HttpConnector,
+    Empty<Bytes>,
+>;
+
+fn client() -> Client {
+    let mut connector = hyper_util::client::legacy::connect::HttpConnector::new();
+    connector.set_nodelay(true);
+    hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .pool_max_idle_per_host(256)
+        .build(connector)
+}
+
+fn request(url: &str, headers: &[(String, String)]) -> http::Request<Empty<Bytes>> {
+    let mut b = http::Request::get(url);
+    for (k, v) in headers {
+        b = b.header(k.as_str(), v.as_str());
+    }
+    b.body(Empty::new()).unwrap_or_default()
+}
+
+async fn once(c: &Client, url: &str, headers: &[(String, String)]) -> anyhow::Result<(u16, Bytes)> {
+    let resp = c.request(request(url, headers)).await?;
+    let status = resp.status().as_u16();
+    let body = resp.into_body().collect().await?.to_bytes();
+    Ok((status, body))
+}
+
+/// Closed loop: `CONNECTIONS` workers as fast as they go. Returns requests/s.
+async fn peak(c: &Client, url: &str, headers: Vec<Vec<(String, String)>>) -> anyhow::Result<f64> {
+    let stop = Arc::new(AtomicBool::new(false));
+    let count = Arc::new(AtomicU64::new(0));
+    let errors = Arc::new(AtomicU64::new(0));
+    let counting = Arc::new(AtomicBool::new(false));
+    let mut tasks = Vec::new();
+    for i in 0..CONNECTIONS {
+        let (c, url, h) = (c.clone(), url.to_owned(), headers[i % headers.len()].clone());
+        let (stop, count, errors, counting) =
+            (stop.clone(), count.clone(), errors.clone(), counting.clone());
+        tasks.push(tokio::spawn(async move {
+            while !stop.load(Ordering::Relaxed) {
+                match once(&c, &url, &h).await {
+                    Ok((200, _)) => {
+                        if counting.load(Ordering::Relaxed) {
+                            count.fetch_add(1, Ordering::Relaxed);
+                        }
+                    }
+                    _ => {
+                        errors.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            }
+        }));
+    }
+    tokio::time::sleep(WARMUP).await;
+    counting.store(true, Ordering::Relaxed);
+    let started = Instant::now();
+    tokio::time::sleep(RUN).await;
+    counting.store(false, Ordering::Relaxed);
+    let elapsed = started.elapsed().as_secs_f64();
+    stop.store(true, Ordering::Relaxed);
+    for t in tasks {
+        let _ = t.await;
+    }
+    let e = errors.load(Ordering::Relaxed);
+    if e > 0 {
+        bail!("{e} requests to {url} failed during the peak run");
+    }
+    Ok(count.load(Ordering::Relaxed) as f64 / elapsed)
+}
+
+/// Open loop at `rate` requests/s for `RUN`: p99 in ms, measured from the intended send time.
+async fn p99_at(
+    c: &Client,
+    url: &str,
+    headers: Vec<Vec<(String, String)>>,
+    rate: f64,
+) -> anyhow::Result<f64> {
+    let hist = Arc::new(std::sync::Mutex::new(hdrhistogram::Histogram::<u64>::new(3)?));
+    let errors = Arc::new(AtomicU64::new(0));
+    let interval = Duration::from_secs_f64(1.0 / rate.max(1.0));
+    let started = Instant::now();
+    let mut n: u64 = 0;
+    let mut tasks = Vec::new();
+    loop {
+        let due = started + interval.mul_f64(n as f64);
+        if due.duration_since(started) >= RUN {
+            break;
+        }
+        tokio::time::sleep_until(due.into()).await;
+        let (c, url, h) =
+            (c.clone(), url.to_owned(), headers[(n as usize) % headers.len()].clone());
+        let (hist, errors) = (hist.clone(), errors.clone());
+        tasks.push(tokio::spawn(async move {
+            match once(&c, &url, &h).await {
+                Ok((200, _)) => {
+                    let us = due.elapsed().as_micros() as u64;
+                    if let Ok(mut h) = hist.lock() {
+                        let _ = h.record(us.max(1));
+                    }
+                }
+                _ => {
+                    errors.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        }));
+        n += 1;
+    }
+    for t in tasks {
+        let _ = t.await;
+    }
+    let e = errors.load(Ordering::Relaxed);
+    if e > 0 {
+        bail!("{e} requests to {url} failed during the latency run");
+    }
+    let p99 = hist.lock().map(|h| h.value_at_quantile(0.99)).unwrap_or(0);
+    Ok(p99 as f64 / 1000.0)
+}
+
+async fn upstream() -> anyhow::Result<SocketAddr> {
+    let seats = serde_json::json!({
+        "event_id": "show-1", "section_id": "A", "as_of_ms": 1,
+        "rows": (1..=30).map(|r| serde_json::json!({"row": r.to_string(), "statuses": "f".repeat(40)})).collect::<Vec<_>>()
+    })
+    .to_string();
+    let seq = Arc::new(AtomicU64::new(0));
+    let app = axum::Router::new()
+        .route(
+            "/v1/events/{e}/sections/{s}/seats",
+            get(move || {
+                let seats = seats.clone();
+                async move { ([("content-type", "application/json")], seats) }
+            }),
+        )
+        .route(
+            "/v1/internal/events/{e}/queue",
+            post(move |axum::Json(reg): axum::Json<QueueRegistration>| {
+                let seq = seq.clone();
+                async move {
+                    let s = seq.fetch_add(1, Ordering::SeqCst);
+                    axum::Json(QueuePlace {
+                        event_id: EventId::parse("show-1").unwrap_or_else(|_| unreachable!()),
+                        ticket_id: reg.ticket_id,
+                        customer_id: reg.customer_id,
+                        phase: QueuePhase::Open,
+                        seq: s,
+                        rank: Some(format!("{s:020x}")),
+                        joined_at_ms: now_ms(),
+                    })
+                }
+            }),
+        );
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let addr = l.local_addr()?;
+    tokio::spawn(async move { axum::serve(l, app).await });
+    Ok(addr)
+}
+
+fn watermark() -> AdmissionWatermark {
+    let seed = "5e".repeat(32);
+    AdmissionWatermark {
+        event_id: EventId::parse("show-1").unwrap_or_else(|_| unreachable!()),
+        state: tessera_api::inventory::SaleState::OnSale,
+        version: 1,
+        commitment: tessera_queue::lottery::commitment(&seed).unwrap_or_default(),
+        seed: Some(seed),
+        pre_open_count: 0,
+        pre_open_threshold: None,
+        pre_open_admitted: 0,
+        open_admitted: 1_000_000,
+        open_admitted_rank: Some(format!("{:020x}", 999_999)),
+        open_count: 1_000_000,
+        rate_per_s: 100.0,
+        remaining: 1_000_000,
+        // Far in the future: the bench has no NATS; this keeps the watermark "fresh".
+        published_at_ms: u64::MAX / 2,
+    }
+}
+
+async fn serve_edge(
+    manifest: &Path,
+    vars: BTreeMap<String, String>,
+) -> anyhow::Result<(Edge, SocketAddr)> {
+    let edge = Edge::new(EdgeOptions {
+        manifest: manifest.to_path_buf(),
+        spin_env: BTreeMap::new(),
+        variables: vars,
+        limits: Limits::default(),
+        pop: "bench".into(),
+        compile_cache_dir: None,
+    })?;
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let addr = l.local_addr()?;
+    let (_tx, rx) = tokio::sync::watch::channel(false);
+    std::mem::forget(_tx);
+    tokio::spawn(tessera_edge_host::serve::serve_public(
+        edge.clone(),
+        l,
+        rx,
+        Duration::from_secs(1),
+    ));
+    Ok((edge, addr))
+}
+
+fn wasmtime_cli() -> anyhow::Result<PathBuf> {
+    let dir = root().join("target/tools").join(format!("wasmtime-cli-{WASMTIME_VERSION}"));
+    let bin = dir.join("bin/wasmtime");
+    if bin.exists() {
+        return Ok(bin);
+    }
+    step(&format!(
+        "installing wasmtime-cli {WASMTIME_VERSION} into {} (takes minutes, once)",
+        dir.display()
+    ));
+    let status = Command::new("cargo")
+        .args(["install", "wasmtime-cli", "--version", WASMTIME_VERSION, "--locked", "--root"])
+        .arg(&dir)
+        .env_remove("CARGO_TARGET_DIR")
+        .status()
+        .context("run cargo install wasmtime-cli")?;
+    if !status.success() || !bin.exists() {
+        bail!("cargo install wasmtime-cli {WASMTIME_VERSION} failed");
+    }
+    Ok(bin)
+}
+
+struct Killed(Child);
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn free_port() -> anyhow::Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+async fn wait_up(c: &Client, url: &str) -> anyhow::Result<()> {
+    for _ in 0..200 {
+        if let Ok((200, _)) = once(c, url, &[]).await {
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    bail!("{url} never answered 200")
+}
+
+fn verify_rates() -> (f64, f64) {
+    let key = SigningKeyPair::derive_for_development("edge-a", "edge-a");
+    let keys = Keyset::new([key.public()]);
+    let ev = EventId::parse("show-1").unwrap_or_else(|_| unreachable!());
+    let dev = tessera_queue::device_hash("phone");
+    let claims = tessera_api::queue::QueueTicketClaims {
+        typ: "qt".into(),
+        ticket_id: tessera_api::QueueTicketId::from_random(77),
+        event_id: ev.clone(),
+        customer_id: CustomerId::parse("fan-1").unwrap_or_else(|_| unreachable!()),
+        device: dev.clone(),
+        phase: QueuePhase::Open,
+        seq: 1,
+        rank: Some(format!("{:020x}", 1)),
+        iat_ms: 0,
+        exp_ms: u64::MAX,
+        kid: String::new(),
+    };
+    let tokens: Vec<String> = (0..64)
+        .map(|i| {
+            let mut c = claims.clone();
+            c.seq = i;
+            tessera_queue::issue(&key, &c)
+        })
+        .collect();
+    let measure = |f: &dyn Fn(&str) -> bool| {
+        let started = Instant::now();
+        let mut n = 0u64;
+        while started.elapsed() < Duration::from_secs(2) {
+            for t in &tokens {
+                assert!(f(t));
+                n += 1;
+            }
+        }
+        n as f64 / started.elapsed().as_secs_f64()
+    };
+    let cold = measure(&|t| tessera_queue::verify_ticket(&keys, t, &ev, &dev, 1).is_ok());
+    // The waiting room's warm path: key = SHA-256 of the token; value = cached claims JSON.
+    let cache: HashMap<String, Vec<u8>> = tokens
+        .iter()
+        .map(|t| {
+            let h = hex_of(&sha2::Sha256::digest(t.as_bytes())[..16]);
+            let v = serde_json::to_vec(&serde_json::json!({"at_ms": 0, "claims": tessera_identity::verify::<tessera_api::queue::QueueTicketClaims>(&keys, t).ok()})).unwrap_or_default();
+            (format!("tok:q:{h}"), v)
+        })
+        .collect();
+    let warm = measure(&|t| {
+        let h = hex_of(&sha2::Sha256::digest(t.as_bytes())[..16]);
+        let Some(raw) = cache.get(&format!("tok:q:{h}")) else { return false };
+        #[derive(serde::Deserialize)]
+        struct Cached {
+            claims: tessera_api::queue::QueueTicketClaims,
+        }
+        let Ok(c) = serde_json::from_slice::<Cached>(raw) else { return false };
+        tessera_queue::token::check_claims(&c.claims, "qt", &ev, &dev, 1).is_ok()
+    });
+    (cold, warm)
+}
+
+fn hex_of(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+fn main() -> anyhow::Result<()> {
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+    rt.block_on(run())
+}
+
+async fn run() -> anyhow::Result<()> {
+    let root = root();
+    step("building the components (cargo xtask build-wasm --release)");
+    let ok = Command::new("cargo")
+        .current_dir(&root)
+        .args(["run", "-q", "-p", "tessera-xtask", "--", "build-wasm", "--release"])
+        .status()?
+        .success();
+    if !ok {
+        bail!("cargo xtask build-wasm failed");
+    }
+    let wasmtime = wasmtime_cli()?;
+
+    let router = upstream().await?;
+    let identity = IdentityIssuer {
+        issuer: "https://id.bench".into(),
+        key: SigningKeyPair::derive_for_development("id1", "id"),
+    };
+    let edge_key = SigningKeyPair::derive_for_development("edge-a", "edge-a");
+    let vars = BTreeMap::from([
+        ("router_url".to_owned(), format!("http://{router}")),
+        ("identity_issuer".to_owned(), identity.issuer.clone()),
+        ("identity_keys".to_owned(), Keyset::new([identity.key.public()]).to_config_string()),
+        ("queue_signing_key".to_owned(), format!("edge-a:{}", seed_b64("edge-a"))),
+        ("queue_keys".to_owned(), Keyset::new([edge_key.public()]).to_config_string()),
+        ("shadow_secret".to_owned(), "bench-shadow".to_owned()),
+        ("pow_secret".to_owned(), "bench-pow".to_owned()),
+        (
+            "bot_policy".to_owned(),
+            r#"{"client_hard_per_window":4000000000,"client_soft_per_window":4000000000,"network_soft_per_window":4000000000,"token_soft_per_window":4000000000}"#.to_owned(),
+        ),
+    ]);
+    step("starting the edge host with edge-components/spin.toml");
+    let (edge, addr) = serve_edge(&root.join("edge-components/spin.toml"), vars.clone()).await?;
+    edge.kv().set("default", "wm:show-1", serde_json::to_vec(&watermark())?).ok();
+    let c = client();
+    let browser = |i: usize| {
+        vec![
+            (
+                "user-agent".to_owned(),
+                "Mozilla/5.0 (X11; Linux x86_64; rv:140.0) Gecko/20100101 Firefox/140.0".to_owned(),
+            ),
+            ("accept".to_owned(), "application/json".to_owned()),
+            ("accept-language".to_owned(), "en".to_owned()),
+            ("x-tessera-device".to_owned(), format!("device-{i}")),
+        ]
+    };
+
+    // 1. Cached seat map.
+    let seat_url = format!("http://{addr}/v1/events/show-1/sections/A/seats");
+    let (s, _) = once(&c, &seat_url, &browser(0)).await?;
+    if s != 200 {
+        bail!("seat map read answered {s}");
+    }
+    step("cached seat-map read: peak");
+    let seat_headers: Vec<_> = (0..CONNECTIONS).map(browser).collect();
+    let seat_rps = peak(&c, &seat_url, seat_headers.clone()).await?;
+    step(&format!("  {seat_rps:.0} req/s; p99 at half of it"));
+    let seat_p99 = p99_at(&c, &seat_url, seat_headers, seat_rps / 2.0).await?;
+    step(&format!("  p99 {seat_p99:.2} ms at {:.0} req/s", seat_rps / 2.0));
+
+    // 2. Queue status poll by admitted fans.
+    let mut poll_headers = Vec::new();
+    for i in 0..CONNECTIONS {
+        let fan = format!("fan-{i}");
+        let token = identity.mint(CustomerId::parse(&fan)?, vec![], now_ms(), 3600);
+        let mut h = browser(i);
+        h.push(("authorization".into(), format!("Bearer {token}")));
+        h.push(("content-type".into(), "application/json".into()));
+        let req = {
+            let mut b = http::Request::post(format!("http://{addr}/v1/events/show-1/queue"));
+            for (k, v) in &h {
+                b = b.header(k.as_str(), v.as_str());
+            }
+            b.body(http_body_util::Full::new(Bytes::from_static(
+                br#"{"client_nonce":"00112233445566778899aabbccddeeff"}"#,
+            )))?
+        };
+        let joiner =
+            hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+                .build(hyper_util::client::legacy::connect::HttpConnector::new());
+        let resp = joiner.request(req).await?;
+        let status = resp.status();
+        let body = resp.into_body().collect().await?.to_bytes();
+        if status != 200 {
+            bail!("queue join answered {status}: {}", String::from_utf8_lossy(&body));
+        }
+        let joined: tessera_api::queue::QueueJoined = serde_json::from_slice(&body)?;
+        let mut p = browser(i);
+        p.push(("x-tessera-queue-ticket".into(), joined.ticket));
+        poll_headers.push(p);
+    }
+    let poll_url = format!("http://{addr}/v1/events/show-1/queue");
+    let (s, body) = once(&c, &poll_url, &poll_headers[0]).await?;
+    if s != 200 || !String::from_utf8_lossy(&body).contains("admitted") {
+        bail!("queue poll answered {s}: {}", String::from_utf8_lossy(&body));
+    }
+    step("queue-status poll: peak");
+    let poll_rps = peak(&c, &poll_url, poll_headers.clone()).await?;
+    step(&format!("  {poll_rps:.0} req/s; p99 at half of it"));
+    let poll_p99 = p99_at(&c, &poll_url, poll_headers, poll_rps / 2.0).await?;
+    step(&format!("  p99 {poll_p99:.2} ms at {:.0} req/s", poll_rps / 2.0));
+    drop(edge);
+
+    // 3. Host overhead on the WASI-only validation component.
+    let dir = root.join("target/bench-edge");
+    std::fs::create_dir_all(&dir)?;
+    let wasm = root.join("edge-components/components/target/wasm/validation.wasm");
+    let manifest = dir.join("validation-only.toml");
+    std::fs::write(
+        &manifest,
+        format!(
+            "spin_manifest_version = 2\n[application]\nname = \"validation-only\"\n[[trigger.http]]\nroute = \"/...\"\ncomponent = \"validation\"\n[component.validation]\nsource = \"{}\"\n",
+            wasm.display()
+        ),
+    )?;
+    let (_v, vaddr) = serve_edge(&manifest, BTreeMap::new()).await?;
+    let vurl = format!("http://{vaddr}/v1/events");
+    wait_up(&c, &vurl).await?;
+    step("validation component on the edge host: peak");
+    let host_rps = peak(&c, &vurl, vec![vec![]]).await?;
+    step(&format!("  {host_rps:.0} req/s"));
+    drop(_v);
+
+    // Like with like: the edge host makes a fresh instance per request, so `wasmtime serve`
+    // is measured with instance reuse off (`--max-instance-reuse-count 1`); its default
+    // (reusing a P3 instance for up to 128 requests) is reported beside it.
+    let mut serve_rps = Vec::new();
+    for reuse in [Some("1"), None] {
+        let port = free_port()?;
+        step(&format!(
+            "validation component on `wasmtime serve` {WASMTIME_VERSION} (instance reuse {}): peak",
+            reuse.map_or("default", |_| "off")
+        ));
+        let mut cmd = Command::new(&wasmtime);
+        cmd.args(["serve", "-Scli", "-Sp3", "-Wcomponent-model-async", "--addr"])
+            .arg(format!("127.0.0.1:{port}"));
+        if let Some(n) = reuse {
+            cmd.args(["--max-instance-reuse-count", n]);
+        }
+        let serve = Killed(
+            cmd.arg(&wasm)
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .context("start wasmtime serve")?,
+        );
+        let surl = format!("http://127.0.0.1:{port}/v1/events");
+        wait_up(&c, &surl).await?;
+        let rps = peak(&c, &surl, vec![vec![]]).await?;
+        drop(serve);
+        step(&format!("  {rps:.0} req/s"));
+        serve_rps.push(rps);
+    }
+    let (serve_fresh_rps, serve_reuse_rps) = (serve_rps[0], serve_rps[1]);
+
+    // 4. Token verification.
+    step("token verifications on one core");
+    let (cold, warm) = tokio::task::spawn_blocking(verify_rates).await?;
+    step(&format!("  cold (signature) {cold:.0}/s, warm (verified-token cache) {warm:.0}/s"));
+
+    let ratio = host_rps / serve_fresh_rps.max(1.0);
+    println!(
+        "edge seatmap_rps={seat_rps:.0} seatmap_p99_ms_at_half={seat_p99:.2} queue_poll_rps={poll_rps:.0} queue_poll_p99_ms_at_half={poll_p99:.2} validation_host_rps={host_rps:.0} validation_wasmtime_serve_rps={serve_fresh_rps:.0} validation_wasmtime_serve_reuse_rps={serve_reuse_rps:.0} host_over_wasmtime_serve={ratio:.2} token_verify_cold_per_s_core={cold:.0} token_verify_warm_per_s_core={warm:.0}"
+    );
+    Ok(())
+}
