@@ -75,6 +75,10 @@ impl SigningKeyPair {
     pub fn public(&self) -> PublicKey {
         PublicKey { kid: self.kid.clone(), key: self.key.verifying_key() }
     }
+    /// The base64url seed, as config files carry it. Handle like any private key.
+    pub fn seed_base64(&self) -> String {
+        B64.encode(self.key.to_bytes())
+    }
 }
 
 /// A public key with its key id.

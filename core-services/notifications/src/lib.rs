@@ -24,15 +24,8 @@ mod queue;
 pub mod sse;
 pub mod webhooks;
 
-// FIXME: switch to `tessera_fdb_schema::notify` once `fdb-schema/src/lib.rs` declares
-// `pub mod notify;`. Until then the file is compiled here, from its one home in
-// `fdb-schema`, so the keys are still defined in exactly one place.
-#[allow(unreachable_pub, dead_code, reason = "compiled from fdb-schema until it exports it")]
-#[path = "../../../fdb-schema/src/notify.rs"]
-mod schema_notify;
-
 pub use queue::{
     CONSUMER, Contacts, DeliveryOutcome, Handled, Notifier, NotifierConfig, NotifyError,
     RetryPolicy, retry_delay_ms,
 };
-pub use schema_notify::{DeadLetterRecord, DeliveryChannel, DeliveryRecord};
+pub use tessera_fdb_schema::notify::{DeadLetterRecord, DeliveryChannel, DeliveryRecord};

@@ -14,9 +14,9 @@ use tessera_store::{RangeRequest, RunError, Store, Transaction as _, TrxError};
 use tracing::Instrument as _;
 
 use crate::email::{self, Mailer, Recipient};
-use crate::schema_notify::{DeadLetterRecord, DeliveryChannel, DeliveryRecord, NotifyKeys};
 use crate::sse::SseHub;
 use crate::webhooks::{self, WebhookEndpoint};
+use tessera_fdb_schema::notify::{DeadLetterRecord, DeliveryChannel, DeliveryRecord, NotifyKeys};
 
 /// The consumer name under which handled bus events are marked.
 pub const CONSUMER: &str = "notifications";
