@@ -1,1 +1,98 @@
-//! NATS JetStream: region streams, outbox relay and idempotent consumers.
+//! Tessera's event bus on NATS JetStream: region streams, the outbox relay, heartbeats and
+//! idempotent consumers.
+//!
+//! The pieces, in the order an event meets them:
+//! 1. A core transaction writes the change and an outbox entry `("out", region, stamp)`
+//!    together (the core's job, with `tessera-fdb-schema` keys).
+//! 2. [`relay::OutboxRelay`] publishes each entry as a [`tessera_api::bus::BusEvent`] to the
+//!    region's stream ([`streams`]) with `Nats-Msg-Id` = the event id, waits for the
+//!    acknowledgements, then deletes the entries. A crash in between republishes, and the
+//!    stream drops the duplicate. Leases let a healthy region publish a dead region's
+//!    leftover outbox.
+//! 3. Each region's stream sources the other regions' streams across JetStream domains, so
+//!    a region cut off from the hub keeps publishing locally and catches up afterwards.
+//! 4. [`consumer::StoreConsumer`] applies events in a store transaction together with a
+//!    dedup mark `("note", consumer, event_id)`, so a redelivered or republished event has
+//!    no second effect. [`projection`] is the reference consumer: per-event availability
+//!    tallies built only from events, in a region-local store.
+//!
+//! [`heartbeat`] carries region liveness over core NATS for the region routers, and
+//! [`topology`] renders the hub and leaf configurations in `deploy/nats/` and runs them
+//! locally.
+//!
+//! What this crate is not: the owner of any business state. It never decides what an
+//! event means for inventory or orders; it moves events and guarantees they take effect
+//! once.
+
+use std::time::Duration;
+
+pub mod consumer;
+pub mod event;
+pub mod heartbeat;
+pub mod projection;
+pub mod relay;
+pub mod streams;
+pub mod topology;
+
+pub use event::{decode_event, encode_outbox_entry};
+
+/// What went wrong on the bus.
+#[derive(Debug, thiserror::Error)]
+pub enum BusError {
+    #[error("failed to connect to NATS at {url}")]
+    Connect {
+        url: String,
+        #[source]
+        source: async_nats::ConnectError,
+    },
+    #[error("JetStream request failed")]
+    JetStream(#[source] Box<dyn std::error::Error + Send + Sync>),
+    #[error("NATS publish failed")]
+    Publish(#[source] Box<dyn std::error::Error + Send + Sync>),
+    #[error("store operation failed")]
+    Store(#[source] tessera_store::StoreError),
+    #[error("malformed data: {0}")]
+    Malformed(String),
+}
+
+impl BusError {
+    pub(crate) fn jetstream(e: impl std::error::Error + Send + Sync + 'static) -> Self {
+        BusError::JetStream(Box::new(e))
+    }
+    pub(crate) fn publish(e: impl std::error::Error + Send + Sync + 'static) -> Self {
+        BusError::Publish(Box::new(e))
+    }
+}
+
+impl From<tessera_store::StoreError> for BusError {
+    fn from(e: tessera_store::StoreError) -> Self {
+        BusError::Store(e)
+    }
+}
+
+impl<E: std::fmt::Debug> From<tessera_store::RunError<E>> for BusError {
+    fn from(e: tessera_store::RunError<E>) -> Self {
+        match e {
+            tessera_store::RunError::Store(e) => BusError::Store(e),
+            tessera_store::RunError::RetriesExhausted { last, .. } => BusError::Store(last),
+            tessera_store::RunError::Abort(e) => BusError::Malformed(format!("{e:?}")),
+        }
+    }
+}
+
+/// Connects to NATS the way every Tessera process does: named, retrying the first
+/// connection in the background (so a process can start while its leaf node is still
+/// coming up), and reconnecting quickly after a loss.
+pub async fn connect(url: &str, name: &str) -> Result<async_nats::Client, BusError> {
+    async_nats::ConnectOptions::new()
+        .name(name)
+        .retry_on_initial_connect()
+        .connection_timeout(Duration::from_secs(2))
+        .reconnect_delay_callback(|attempts| {
+            // 0, 100 ms, 200 ms, ... capped at 1 s: a healed link is used again quickly.
+            Duration::from_millis((attempts as u64 * 100).min(1_000))
+        })
+        .connect(url)
+        .await
+        .map_err(|source| BusError::Connect { url: url.to_owned(), source })
+}

@@ -1,0 +1,599 @@
+//! The NATS topology: a hub with JetStream domain `hub`, and one leaf node per region with
+//! its own JetStream domain (the region id).
+//!
+//! [`render_hub`] and [`render_leaf`] fill the templates shipped in `deploy/nats/`, so local
+//! stacks and tests run exactly the configuration operators deploy. [`LocalNats`] starts
+//! such a topology as `nats-server` processes on free ports of 127.0.0.1 (for `cargo xtask
+//! up`, the end-to-end harness and tests), optionally with a [`LinkProxy`] between each
+//! leaf and the hub so that a test can cut a region off and heal it again.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context as _, bail};
+use parking_lot::Mutex;
+use tessera_api::RegionId;
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::task::AbortHandle;
+
+const HUB_TEMPLATE: &str =
+    include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/../../deploy/nats/hub.conf.tmpl"));
+const LEAF_TEMPLATE: &str =
+    include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/../../deploy/nats/leaf.conf.tmpl"));
+
+/// The JetStream domain of the hub.
+pub const HUB_DOMAIN: &str = "hub";
+
+/// Parameters of the hub's configuration.
+#[derive(Debug, Clone)]
+pub struct HubParams {
+    pub server_name: String,
+    pub host: String,
+    pub client_port: u16,
+    pub http_port: u16,
+    pub leaf_port: u16,
+    /// `host:port` the hub tells leaf nodes to dial (its public leafnode address).
+    pub leaf_advertise: String,
+    pub store_dir: PathBuf,
+}
+
+/// Parameters of a region leaf node's configuration.
+#[derive(Debug, Clone)]
+pub struct LeafParams {
+    pub region: RegionId,
+    pub server_name: String,
+    pub host: String,
+    pub client_port: u16,
+    pub http_port: u16,
+    pub store_dir: PathBuf,
+    /// `nats-leaf://host:port` of the hub's leafnode listener (or of a proxy in front of it).
+    pub hub_leaf_url: String,
+}
+
+/// Fills `{{name}}` placeholders; every placeholder must have a value.
+fn render(template: &str, values: &BTreeMap<&str, String>) -> anyhow::Result<String> {
+    let mut out = String::with_capacity(template.len());
+    let mut rest = template;
+    while let Some(start) = rest.find("{{") {
+        out.push_str(&rest[..start]);
+        let after = &rest[start + 2..];
+        let end = after.find("}}").context("find the end of a template placeholder")?;
+        let name = after[..end].trim();
+        let value = values.get(name).with_context(|| format!("no value for placeholder {name}"))?;
+        out.push_str(value);
+        rest = &after[end + 2..];
+    }
+    out.push_str(rest);
+    Ok(out)
+}
+
+/// The hub's configuration file text.
+pub fn render_hub(p: &HubParams) -> anyhow::Result<String> {
+    let values = BTreeMap::from([
+        ("server_name", p.server_name.clone()),
+        ("host", p.host.clone()),
+        ("client_port", p.client_port.to_string()),
+        ("http_port", p.http_port.to_string()),
+        ("leaf_port", p.leaf_port.to_string()),
+        ("leaf_advertise", p.leaf_advertise.clone()),
+        ("store_dir", p.store_dir.display().to_string()),
+    ]);
+    render(HUB_TEMPLATE, &values)
+}
+
+/// A region leaf node's configuration file text.
+pub fn render_leaf(p: &LeafParams) -> anyhow::Result<String> {
+    let values = BTreeMap::from([
+        ("region", p.region.to_string()),
+        ("server_name", p.server_name.clone()),
+        ("host", p.host.clone()),
+        ("client_port", p.client_port.to_string()),
+        ("http_port", p.http_port.to_string()),
+        ("store_dir", p.store_dir.display().to_string()),
+        ("hub_leaf_url", p.hub_leaf_url.clone()),
+    ]);
+    render(LEAF_TEMPLATE, &values)
+}
+
+/// A free TCP port on 127.0.0.1 (free when asked; another process may take it after).
+pub fn free_port() -> anyhow::Result<u16> {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").context("bind an ephemeral port")?;
+    Ok(l.local_addr()?.port())
+}
+
+/// Finds the `nats-server` binary: on `PATH`, else where Debian installs it.
+pub fn nats_server_binary() -> anyhow::Result<PathBuf> {
+    if let Some(path) = std::env::var_os("PATH") {
+        for dir in std::env::split_paths(&path) {
+            let candidate = dir.join("nats-server");
+            if candidate.is_file() {
+                return Ok(candidate);
+            }
+        }
+    }
+    for candidate in ["/usr/sbin/nats-server", "/usr/local/bin/nats-server"] {
+        if Path::new(candidate).is_file() {
+            return Ok(PathBuf::from(candidate));
+        }
+    }
+    bail!("nats-server not found on PATH (install it with `apt-get install nats-server`)")
+}
+
+/// One `nats-server` process, killed when dropped.
+#[derive(Debug)]
+pub struct NatsProcess {
+    name: String,
+    config_path: PathBuf,
+    log_path: PathBuf,
+    client_port: u16,
+    http_port: u16,
+    child: Option<Child>,
+}
+
+impl NatsProcess {
+    /// Writes `config` next to the server's data and starts the server, waiting until it
+    /// accepts clients.
+    pub async fn start(
+        name: &str,
+        dir: &Path,
+        config: &str,
+        client_port: u16,
+        http_port: u16,
+    ) -> anyhow::Result<Self> {
+        std::fs::create_dir_all(dir).with_context(|| format!("create {}", dir.display()))?;
+        let config_path = dir.join(format!("{name}.conf"));
+        std::fs::write(&config_path, config)
+            .with_context(|| format!("write {}", config_path.display()))?;
+        let mut process = NatsProcess {
+            name: name.to_owned(),
+            config_path,
+            log_path: dir.join(format!("{name}.log")),
+            client_port,
+            http_port,
+            child: None,
+        };
+        process.restart().await?;
+        Ok(process)
+    }
+
+    /// Starts the server again (after [`NatsProcess::kill`]) with the same configuration
+    /// and data.
+    pub async fn restart(&mut self) -> anyhow::Result<()> {
+        self.kill();
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log_path)
+            .with_context(|| format!("open {}", self.log_path.display()))?;
+        let child = Command::new(nats_server_binary()?)
+            .arg("-c")
+            .arg(&self.config_path)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()
+            .with_context(|| format!("start nats-server {}", self.name))?;
+        self.child = Some(child);
+        self.wait_healthy().await
+    }
+
+    async fn wait_healthy(&mut self) -> anyhow::Result<()> {
+        let addr = SocketAddr::from(([127, 0, 0, 1], self.http_port));
+        for _ in 0..200 {
+            if let Some(child) = self.child.as_mut()
+                && let Ok(Some(status)) = child.try_wait()
+            {
+                bail!(
+                    "nats-server {} exited with {status}; see {}",
+                    self.name,
+                    self.log_path.display()
+                );
+            }
+            if let Ok(body) = http_get(addr, "/healthz?js-enabled-only=true").await
+                && body.contains("ok")
+            {
+                return Ok(());
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        bail!("nats-server {} did not become healthy; see {}", self.name, self.log_path.display())
+    }
+
+    /// Kills the server at once (SIGKILL), as a crash would.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    pub fn is_running(&self) -> bool {
+        self.child.is_some()
+    }
+
+    /// `nats://127.0.0.1:<client port>`.
+    pub fn url(&self) -> String {
+        format!("nats://127.0.0.1:{}", self.client_port)
+    }
+
+    /// The monitoring endpoint, `127.0.0.1:<http port>`.
+    pub fn monitor_addr(&self) -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], self.http_port))
+    }
+
+    /// Number of leafnode connections (`/leafz`).
+    pub async fn leaf_connections(&self) -> anyhow::Result<u64> {
+        let body = http_get(self.monitor_addr(), "/leafz").await?;
+        let v: serde_json::Value = serde_json::from_str(&body).context("parse /leafz")?;
+        Ok(v["leafnodes"].as_u64().unwrap_or(0))
+    }
+
+    pub fn log_path(&self) -> &Path {
+        &self.log_path
+    }
+}
+
+impl Drop for NatsProcess {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// A tiny HTTP/1.0 GET for the monitoring endpoints (no client library needed).
+async fn http_get(addr: SocketAddr, path: &str) -> anyhow::Result<String> {
+    let mut stream =
+        tokio::time::timeout(Duration::from_millis(500), TcpStream::connect(addr)).await??;
+    stream.write_all(format!("GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").as_bytes()).await?;
+    let mut buf = Vec::new();
+    tokio::time::timeout(Duration::from_secs(2), stream.read_to_end(&mut buf)).await??;
+    let text = String::from_utf8_lossy(&buf);
+    let body = text.split_once("\r\n\r\n").map(|(_, b)| b).unwrap_or("");
+    Ok(body.to_owned())
+}
+
+/// A TCP relay in front of the hub's leafnode listener that can cut one region off and
+/// heal it again, to partition a region in tests.
+///
+/// Every leaf dials the same proxy address (and the hub advertises it, so leaves never
+/// learn a way around it). The proxy tells regions apart by the JetStream domain in the
+/// leaf's `CONNECT` line. Cutting a region closes its relayed connections and refuses its
+/// new ones until it is healed.
+#[derive(Debug, Clone)]
+pub struct LinkProxy {
+    inner: Arc<ProxyInner>,
+}
+
+#[derive(Debug)]
+struct ProxyInner {
+    listen: SocketAddr,
+    target: Mutex<Option<SocketAddr>>,
+    cut: Mutex<BTreeSet<String>>,
+    connections: Mutex<Vec<(String, AbortHandle)>>,
+    accept: Mutex<Option<AbortHandle>>,
+}
+
+/// The JetStream domain (or else the server name) a leaf announces in its first line,
+/// `CONNECT {...}`.
+fn leaf_identity(connect_line: &[u8]) -> Option<String> {
+    let line = std::str::from_utf8(connect_line).ok()?.trim_end();
+    let json = line.strip_prefix("CONNECT ")?;
+    let v: serde_json::Value = serde_json::from_str(json).ok()?;
+    v.get("domain")
+        .and_then(|d| d.as_str())
+        .filter(|d| !d.is_empty())
+        .or_else(|| v.get("name").and_then(|n| n.as_str()))
+        .map(str::to_owned)
+}
+
+impl LinkProxy {
+    /// Listens on a free port of 127.0.0.1; relays to the target set with
+    /// [`LinkProxy::set_target`].
+    pub async fn start() -> anyhow::Result<Self> {
+        let listener = TcpListener::bind("127.0.0.1:0").await.context("bind link proxy")?;
+        let inner = Arc::new(ProxyInner {
+            listen: listener.local_addr()?,
+            target: Mutex::new(None),
+            cut: Mutex::new(BTreeSet::new()),
+            connections: Mutex::new(Vec::new()),
+            accept: Mutex::new(None),
+        });
+        let weak = Arc::downgrade(&inner);
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((inbound, _)) = listener.accept().await else { continue };
+                let Some(inner) = weak.upgrade() else { return };
+                let Some(target) = *inner.target.lock() else { continue };
+                let weak = Arc::downgrade(&inner);
+                tokio::spawn(async move {
+                    let _ = relay(weak, inbound, target).await;
+                });
+            }
+        });
+        *inner.accept.lock() = Some(task.abort_handle());
+        Ok(LinkProxy { inner })
+    }
+
+    pub fn set_target(&self, target: SocketAddr) {
+        *self.inner.target.lock() = Some(target);
+    }
+
+    pub fn listen_addr(&self) -> SocketAddr {
+        self.inner.listen
+    }
+
+    /// Closes every connection of `region`'s leaf and refuses new ones until healed.
+    pub fn cut(&self, region: &RegionId) {
+        self.inner.cut.lock().insert(region.to_string());
+        let mut conns = self.inner.connections.lock();
+        conns.retain(|(who, handle)| {
+            if who == region.as_str() {
+                handle.abort();
+                false
+            } else {
+                !handle.is_finished()
+            }
+        });
+    }
+
+    pub fn heal(&self, region: &RegionId) {
+        self.inner.cut.lock().remove(region.as_str());
+    }
+
+    pub fn is_cut(&self, region: &RegionId) -> bool {
+        self.inner.cut.lock().contains(region.as_str())
+    }
+}
+
+/// Relays one leaf connection: the hub speaks first (`INFO`), the leaf answers with
+/// `CONNECT`, which names it; from then on bytes flow both ways untouched.
+async fn relay(
+    weak: std::sync::Weak<ProxyInner>,
+    mut leaf: TcpStream,
+    target: SocketAddr,
+) -> anyhow::Result<()> {
+    let mut hub = TcpStream::connect(target).await?;
+    leaf.set_nodelay(true)?;
+    hub.set_nodelay(true)?;
+    // Forward the hub's greeting until the leaf's first line arrives.
+    let mut first = Vec::with_capacity(1024);
+    let mut from_hub = [0u8; 4096];
+    let mut from_leaf = [0u8; 4096];
+    loop {
+        tokio::select! {
+            n = hub.read(&mut from_hub) => {
+                let n = n?;
+                if n == 0 { return Ok(()); }
+                leaf.write_all(&from_hub[..n]).await?;
+            }
+            n = leaf.read(&mut from_leaf) => {
+                let n = n?;
+                if n == 0 { return Ok(()); }
+                first.extend_from_slice(&from_leaf[..n]);
+                if first.windows(2).any(|w| w == b"\r\n") || first.len() > 64 * 1024 {
+                    break;
+                }
+            }
+        }
+    }
+    let line_end = first.windows(2).position(|w| w == b"\r\n").unwrap_or(first.len());
+    let who = leaf_identity(&first[..line_end]).unwrap_or_default();
+    let Some(inner) = weak.upgrade() else { return Ok(()) };
+    if inner.cut.lock().contains(&who) {
+        return Ok(());
+    }
+    hub.write_all(&first).await?;
+    let pump = tokio::spawn(async move {
+        let _ = tokio::io::copy_bidirectional(&mut leaf, &mut hub).await;
+    });
+    inner.connections.lock().push((who, pump.abort_handle()));
+    drop(inner);
+    let _ = pump.await;
+    Ok(())
+}
+
+impl Drop for ProxyInner {
+    fn drop(&mut self) {
+        if let Some(h) = self.accept.lock().take() {
+            h.abort();
+        }
+        for (_, h) in self.connections.lock().drain(..) {
+            h.abort();
+        }
+    }
+}
+
+/// Options of [`LocalNats::start`].
+#[derive(Debug, Clone, Default)]
+pub struct LocalNatsOptions {
+    /// Put a [`LinkProxy`] between the leaves and the hub, so regions can be cut off.
+    pub cuttable_links: bool,
+}
+
+/// A hub and one leaf node per region, as local processes.
+#[derive(Debug)]
+pub struct LocalNats {
+    pub hub: NatsProcess,
+    pub leaves: BTreeMap<RegionId, NatsProcess>,
+    pub proxy: Option<LinkProxy>,
+}
+
+impl LocalNats {
+    /// Starts the topology under `dir` (configs, logs and JetStream data) and waits until
+    /// every leaf is connected to the hub.
+    pub async fn start(
+        dir: &Path,
+        regions: &[RegionId],
+        opts: LocalNatsOptions,
+    ) -> anyhow::Result<Self> {
+        let proxy = if opts.cuttable_links { Some(LinkProxy::start().await?) } else { None };
+        let leaf_port = free_port()?;
+        let hub_leaf = SocketAddr::from(([127, 0, 0, 1], leaf_port));
+        let leaf_entry = proxy.as_ref().map_or(hub_leaf, LinkProxy::listen_addr);
+        let hub_params = HubParams {
+            server_name: "hub".to_owned(),
+            host: "127.0.0.1".to_owned(),
+            client_port: free_port()?,
+            http_port: free_port()?,
+            leaf_port,
+            leaf_advertise: leaf_entry.to_string(),
+            store_dir: dir.join("data").join("hub"),
+        };
+        if let Some(p) = &proxy {
+            p.set_target(hub_leaf);
+        }
+        let hub = NatsProcess::start(
+            "hub",
+            dir,
+            &render_hub(&hub_params)?,
+            hub_params.client_port,
+            hub_params.http_port,
+        )
+        .await?;
+        let mut leaves = BTreeMap::new();
+        for region in regions {
+            let params = LeafParams {
+                region: region.clone(),
+                server_name: format!("leaf-{region}"),
+                host: "127.0.0.1".to_owned(),
+                client_port: free_port()?,
+                http_port: free_port()?,
+                store_dir: dir.join("data").join(format!("leaf-{region}")),
+                hub_leaf_url: format!("nats-leaf://{leaf_entry}"),
+            };
+            let name = format!("leaf-{region}");
+            let leaf = NatsProcess::start(
+                &name,
+                dir,
+                &render_leaf(&params)?,
+                params.client_port,
+                params.http_port,
+            )
+            .await?;
+            leaves.insert(region.clone(), leaf);
+        }
+        let topology = LocalNats { hub, leaves, proxy };
+        topology.wait_connected(Duration::from_secs(10)).await?;
+        Ok(topology)
+    }
+
+    /// Waits until the hub sees one leafnode connection per region.
+    pub async fn wait_connected(&self, timeout: Duration) -> anyhow::Result<()> {
+        let want = self.leaves.len() as u64;
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            if self.hub.leaf_connections().await.unwrap_or(0) >= want {
+                return Ok(());
+            }
+            if tokio::time::Instant::now() >= deadline {
+                bail!("leaf nodes did not connect to the hub within {timeout:?}");
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    pub fn hub_url(&self) -> String {
+        self.hub.url()
+    }
+
+    pub fn leaf(&self, region: &RegionId) -> Option<&NatsProcess> {
+        self.leaves.get(region)
+    }
+
+    /// `nats://...` of a region's leaf node.
+    pub fn leaf_url(&self, region: &RegionId) -> Option<String> {
+        self.leaves.get(region).map(NatsProcess::url)
+    }
+
+    /// Cuts `region`'s leaf off the hub (needs [`LocalNatsOptions::cuttable_links`]).
+    pub fn cut(&self, region: &RegionId) -> anyhow::Result<()> {
+        self.proxy.as_ref().context("links are not cuttable")?.cut(region);
+        Ok(())
+    }
+
+    /// Reconnects a region cut with [`LocalNats::cut`].
+    pub fn heal(&self, region: &RegionId) -> anyhow::Result<()> {
+        self.proxy.as_ref().context("links are not cuttable")?.heal(region);
+        Ok(())
+    }
+}
+
+/// The local development topology shipped in `deploy/nats/local/` (fixed ports, data
+/// under `./data/nats/`): the hub and a leaf for each of `us-east`, `eu-west`, `ap-south`.
+pub fn local_default_configs() -> anyhow::Result<Vec<(String, String)>> {
+    let hub = HubParams {
+        server_name: "hub".into(),
+        host: "127.0.0.1".into(),
+        client_port: 4222,
+        http_port: 8222,
+        leaf_port: 7422,
+        leaf_advertise: "127.0.0.1:7422".into(),
+        store_dir: PathBuf::from("./data/nats/hub"),
+    };
+    let mut out = vec![("hub.conf".to_owned(), render_hub(&hub)?)];
+    for (i, region) in ["us-east", "eu-west", "ap-south"].into_iter().enumerate() {
+        let offset = i as u16 + 1;
+        let leaf = LeafParams {
+            region: RegionId::parse(region)?,
+            server_name: format!("leaf-{region}"),
+            host: "127.0.0.1".into(),
+            client_port: 4222 + offset,
+            http_port: 8222 + offset,
+            store_dir: PathBuf::from(format!("./data/nats/leaf-{region}")),
+            hub_leaf_url: "nats-leaf://127.0.0.1:7422".into(),
+        };
+        out.push((format!("leaf-{region}.conf"), render_leaf(&leaf)?));
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shipped_local_configs_match_the_templates() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../deploy/nats/local");
+        for (name, text) in local_default_configs().unwrap() {
+            let path = dir.join(&name);
+            let shipped = std::fs::read_to_string(&path).unwrap_or_default();
+            if shipped != text {
+                // Regenerate with: TESSERA_WRITE_NATS_LOCAL=1 cargo test -p tessera-bus
+                if std::env::var_os("TESSERA_WRITE_NATS_LOCAL").is_some() {
+                    std::fs::write(&path, &text).unwrap();
+                    continue;
+                }
+                panic!("{} is stale; regenerate it from the templates", path.display());
+            }
+        }
+    }
+
+    #[test]
+    fn renders_every_placeholder_and_refuses_unknown_ones() {
+        let text = render_leaf(&LeafParams {
+            region: RegionId::parse("eu-west").unwrap(),
+            server_name: "leaf-eu-west".into(),
+            host: "127.0.0.1".into(),
+            client_port: 4223,
+            http_port: 8223,
+            store_dir: PathBuf::from("/var/lib/nats"),
+            hub_leaf_url: "nats-leaf://127.0.0.1:7422".into(),
+        })
+        .unwrap();
+        assert!(!text.contains("{{"), "{text}");
+        assert!(text.contains("domain: eu-west"));
+        assert!(text.contains("url: \"nats-leaf://127.0.0.1:7422\""));
+        let err = render("a {{missing}} b", &BTreeMap::new()).unwrap_err();
+        assert_eq!(
+            leaf_identity(br#"CONNECT {"domain":"eu-west","name":"leaf-eu-west"}"#).as_deref(),
+            Some("eu-west")
+        );
+        assert_eq!(leaf_identity(br#"CONNECT {"name":"leaf-x"}"#).as_deref(), Some("leaf-x"));
+        assert_eq!(leaf_identity(b"PING"), None);
+        assert_eq!(err.to_string(), "no value for placeholder missing");
+    }
+}
