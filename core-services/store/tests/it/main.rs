@@ -2,6 +2,8 @@
 //! the embedded store across handles and processes, through crashes.
 
 mod embedded;
+#[cfg(feature = "fdb")]
+mod fdb;
 
 use tessera_store::embedded::{EmbeddedOptions, EmbeddedStore};
 use tessera_store::memory::MemoryStore;
