@@ -276,7 +276,7 @@ mod tests {
     #[test]
     fn pre_open_fans_go_first_in_lottery_order() {
         let mut c = controller();
-        let ids: Vec<QueueTicketId> = (0..20).map(|i| QueueTicketId::from_random(i)).collect();
+        let ids: Vec<QueueTicketId> = (0..20).map(QueueTicketId::from_random).collect();
         let order = c.reveal(&"11".repeat(32), &ids).unwrap();
         c.tick(&input(0, 5, 1000), rank);
         let w = c.tick(&input(1000, 5, 1000), rank);

@@ -8,5 +8,6 @@ mod support;
 mod catalog;
 mod consistency;
 mod nats;
+mod ops;
 mod queue;
 mod validation;

@@ -83,6 +83,8 @@ pub struct Upstream {
     pub next_seq: AtomicU64,
     pub holds: Mutex<Vec<HeaderMap>>,
     pub registrations: AtomicUsize,
+    /// Delay for seat reads (ms), to keep requests in flight.
+    pub slow_ms: AtomicU64,
 }
 
 async fn seats(
@@ -91,6 +93,10 @@ async fn seats(
 ) -> Result<Json<SectionSeats>, StatusCode> {
     if up.down.load(Ordering::SeqCst) {
         return Err(StatusCode::SERVICE_UNAVAILABLE);
+    }
+    let slow = up.slow_ms.load(Ordering::SeqCst);
+    if slow > 0 {
+        tokio::time::sleep(std::time::Duration::from_millis(slow)).await;
     }
     let n = up.seat_reads.fetch_add(1, Ordering::SeqCst);
     Ok(Json(SectionSeats {
