@@ -22,7 +22,9 @@ pub enum ReleaseReason {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum BusEventBody {
-    EventChanged { state: SaleState },
+    EventChanged {
+        state: SaleState,
+    },
     SeatsHeld {
         hold_id: HoldId,
         customer_id: CustomerId,
@@ -41,7 +43,11 @@ pub enum BusEventBody {
         quantity: u32,
         reason: ReleaseReason,
     },
-    HoldExpiring { hold_id: HoldId, customer_id: CustomerId, expires_at_ms: u64 },
+    HoldExpiring {
+        hold_id: HoldId,
+        customer_id: CustomerId,
+        expires_at_ms: u64,
+    },
     SeatsSold {
         order_id: OrderId,
         hold_id: HoldId,
@@ -58,9 +64,23 @@ pub enum BusEventBody {
         pool: Option<PoolId>,
         quantity: u32,
     },
-    OrderCompleted { order_id: OrderId, customer_id: CustomerId, amount_minor: u64, currency: String },
-    OrderFailed { order_id: OrderId, customer_id: CustomerId, code: String },
-    OrderRefunded { order_id: OrderId, customer_id: CustomerId, amount_minor: u64, currency: String },
+    OrderCompleted {
+        order_id: OrderId,
+        customer_id: CustomerId,
+        amount_minor: u64,
+        currency: String,
+    },
+    OrderFailed {
+        order_id: OrderId,
+        customer_id: CustomerId,
+        code: String,
+    },
+    OrderRefunded {
+        order_id: OrderId,
+        customer_id: CustomerId,
+        amount_minor: u64,
+        currency: String,
+    },
 }
 
 impl BusEventBody {

@@ -93,13 +93,21 @@ impl ErrorCode {
             RateLimited => 429,
             ChallengeRequired | ChallengeFailed => 428,
             Unauthenticated | InvalidToken | TokenExpired => 401,
-            Forbidden | HoldForeign | AdmissionRequired | QueueTicketInvalid
-            | QueueTokenWrongEvent | QueueTokenWrongDevice | NotAdmittedYet | TicketInvalid => 403,
+            Forbidden
+            | HoldForeign
+            | AdmissionRequired
+            | QueueTicketInvalid
+            | QueueTokenWrongEvent
+            | QueueTokenWrongDevice
+            | NotAdmittedYet
+            | TicketInvalid => 403,
             UnknownSeat | UnknownPool | UnknownSection | DuplicateSeat | InvalidQuantity
             | LimitExceeded | InvalidSeatMap => 422,
             SeatHeld | SeatSold | NotEnoughAdjacent | SoldOut | EventNotOnSale | EventExists
             | HoldNotActive | HoldPaymentInFlight | IdempotencyConflict | QueueClosed
-            | CheckoutInProgress | OrderNotRefundable | TicketAlreadyUsed | LastHealthyRegion => 409,
+            | CheckoutInProgress | OrderNotRefundable | TicketAlreadyUsed | LastHealthyRegion => {
+                409
+            }
             HoldExpired => 410,
             PaymentDeclined => 402,
             PaymentFailed => 502,

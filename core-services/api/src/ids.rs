@@ -273,7 +273,9 @@ mod tests {
 
     fn check(input: &str, expect: Expect) {
         let got = match SeatId::parse(input) {
-            Ok(id) => format!("ok {id} section={} row={} number={}", id.section(), id.row(), id.number()),
+            Ok(id) => {
+                format!("ok {id} section={} row={} number={}", id.section(), id.row(), id.number())
+            }
             Err(e) => format!("err {e}"),
         };
         expect.assert_eq(&got);

@@ -253,10 +253,15 @@ pub const HOLD_SEATS_MAX: u32 = 20;
 
 impl HoldRequest {
     pub fn validate(&self) -> Result<HoldSpec, HoldRequestError> {
-        let given = [self.seats.is_some(), self.section.is_some(), self.tier.is_some(), self.pool.is_some()]
-            .iter()
-            .filter(|b| **b)
-            .count();
+        let given = [
+            self.seats.is_some(),
+            self.section.is_some(),
+            self.tier.is_some(),
+            self.pool.is_some(),
+        ]
+        .iter()
+        .filter(|b| **b)
+        .count();
         if given != 1 {
             return Err(HoldRequestError::Shape);
         }
@@ -302,7 +307,10 @@ impl HoldRequest {
             if self.adjacent.is_some() || self.accessible.is_some() {
                 return Err(HoldRequestError::Shape);
             }
-            return Ok(HoldSpec::General { pool: pool.clone(), quantity: quantity(self.quantity)? });
+            return Ok(HoldSpec::General {
+                pool: pool.clone(),
+                quantity: quantity(self.quantity)?,
+            });
         }
         Err(HoldRequestError::Shape)
     }
@@ -353,20 +361,30 @@ mod tests {
 
     #[test]
     fn validates_hold_requests() {
-        assert!(matches!(req(r#"{"seats":["A-1-1","A-1-2"]}"#), Ok(HoldSpec::Seats(s)) if s.len() == 2));
+        assert!(
+            matches!(req(r#"{"seats":["A-1-1","A-1-2"]}"#), Ok(HoldSpec::Seats(s)) if s.len() == 2)
+        );
         assert_eq!(
             req(r#"{"seats":["A-1-1","A-1-1"]}"#),
             Err("seat A-1-1 appears twice".to_owned())
         );
-        assert_eq!(req(r#"{"pool":"FLOOR","quantity":0}"#), Err("`quantity` must be between 1 and 20".into()));
-        assert_eq!(req(r#"{"pool":"FLOOR","quantity":-3}"#), Err("`quantity` must be between 1 and 20".into()));
+        assert_eq!(
+            req(r#"{"pool":"FLOOR","quantity":0}"#),
+            Err("`quantity` must be between 1 and 20".into())
+        );
+        assert_eq!(
+            req(r#"{"pool":"FLOOR","quantity":-3}"#),
+            Err("`quantity` must be between 1 and 20".into())
+        );
         assert_eq!(req(r#"{"pool":"FLOOR"}"#), Err("`quantity` must be between 1 and 20".into()));
         assert_eq!(
             req(r#"{"pool":"FLOOR","section":"A","quantity":2}"#),
             Err("give exactly one of `seats`, `section`, `tier` or `pool`".into())
         );
         assert!(req(r#"{"seats":[]}"#).is_err());
-        assert!(req(r#"{"seats":["A-1-1"],"bogus":1}"#).unwrap_err().starts_with("json: unknown field"));
+        assert!(
+            req(r#"{"seats":["A-1-1"],"bogus":1}"#).unwrap_err().starts_with("json: unknown field")
+        );
         assert!(matches!(
             req(r#"{"section":"A","quantity":3}"#),
             Ok(HoldSpec::BestInSection { quantity: 3, adjacent: true, accessible: false, .. })

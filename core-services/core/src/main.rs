@@ -15,6 +15,9 @@ use tessera_core::{App, Config};
 use tessera_payments::stripe::{StripeClient, StripeConfig};
 use tessera_store::Store;
 
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Debug, Parser)]
 #[command(name = "tessera-core", about = "One region's core services")]
 struct Args {

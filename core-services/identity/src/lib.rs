@@ -134,8 +134,11 @@ impl Keyset {
     }
     /// `kid:base64,...`, sorted by kid.
     pub fn to_config_string(&self) -> String {
-        let mut v: Vec<_> =
-            self.keys.iter().map(|(kid, k)| format!("{kid}:{}", B64.encode(k.as_bytes()))).collect();
+        let mut v: Vec<_> = self
+            .keys
+            .iter()
+            .map(|(kid, k)| format!("{kid}:{}", B64.encode(k.as_bytes())))
+            .collect();
         v.sort();
         v.join(",")
     }

@@ -14,9 +14,10 @@ use crate::{Inventory, InventoryError, fail, outbox};
 
 /// Largest venue one event may describe.
 pub const EVENT_CAPACITY_MAX: u64 = 2_000_000;
-/// Shards of a general-admission pool: enough to spread contention, few enough that a
-/// sold-out check stays a short range read.
-const GA_SHARDS_MAX: u32 = 64;
+/// Shards of a general-admission pool. Two holds conflict only when they take from the same
+/// shard in the same commit batch, so large pools get many shards; small ones keep at least
+/// `GA_PLACES_PER_SHARD_MIN` places per shard so that they do not fragment.
+const GA_SHARDS_MAX: u32 = 1024;
 const GA_PLACES_PER_SHARD_MIN: u32 = 32;
 
 fn validate(spec: &CreateEvent) -> Result<u64, InventoryError> {

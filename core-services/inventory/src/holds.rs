@@ -40,7 +40,8 @@ pub(crate) async fn read_event<T: Transaction>(
         return fail(InventoryError::UnknownEvent(event_id.clone()));
     };
     if let Some((b, rec)) = cache().events.read().get(event_id) {
-        if *b == bytes {
+        // The store hands out shared buffers: the same value is usually the same buffer.
+        if (b.as_ptr() == bytes.as_ptr() && b.len() == bytes.len()) || *b == bytes {
             return Ok(rec.clone());
         }
     }
@@ -455,7 +456,10 @@ impl<S: Store> Inventory<S> {
         }
     }
 
-    /// Takes `quantity` places of a general-admission pool, from shards with room.
+    /// Takes `quantity` places of a general-admission pool, from shards with room. Usually
+    /// one point read: each process walks the shards round-robin, so holds committed in one
+    /// batch rarely touch the same shard; only when the chosen shards are full does it read
+    /// them all (which also tells how much is left).
     async fn take_general<T: Transaction>(
         &self,
         trx: &T,
@@ -463,43 +467,51 @@ impl<S: Store> Inventory<S> {
         pool_id: &PoolId,
         quantity: u32,
     ) -> TrxResult<Taken> {
+        static NEXT_SHARD: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
         let pool = read_pool(trx, &self.keys, &event.event_id, pool_id).await?;
-        let (b, e) = self.keys.ga_shards(&event.event_id, pool_id);
-        let rows = trx.get_range(&RangeRequest::new(b, e), true).await?;
-        let mut taken_by_shard = vec![0u32; pool.shard_capacity.len()];
-        for (k, v) in &rows {
-            let shard = match self.keys.ga_shard_of_key(k) {
-                Ok(s) => usize::from(s),
-                Err(e) => return corrupt(e),
-            };
-            if let Some(slot) = taken_by_shard.get_mut(shard) {
-                *slot = decode_i64(v).max(0) as u32;
+        let n = pool.shard_capacity.len();
+        let taken_in = |v: Option<Bytes>| v.map_or(0, |b| decode_i64(&b)).max(0) as u32;
+        let mut plan: Vec<(usize, u32)> = Vec::new();
+        // Fast path: a few shards in turn, by snapshot reads.
+        let first = NEXT_SHARD.fetch_add(1, std::sync::atomic::Ordering::Relaxed) as usize;
+        for probe in 0..4.min(n) {
+            let i = (first + probe * 7919) % n;
+            let taken = taken_in(
+                trx.get(&self.keys.ga_shard(&event.event_id, pool_id, i as u16), true).await?,
+            );
+            if pool.shard_capacity[i].saturating_sub(taken) >= quantity {
+                plan.push((i, quantity));
+                break;
             }
         }
-        let room = |i: usize, taken: &[u32]| pool.shard_capacity[i].saturating_sub(taken[i]);
-        let total: u64 =
-            (0..taken_by_shard.len()).map(|i| u64::from(room(i, &taken_by_shard))).sum();
-        if total < u64::from(quantity) {
-            return fail(InventoryError::SoldOut { remaining: total });
-        }
-        let n = taken_by_shard.len();
-        let start = self.rng.below(n as u64) as usize;
-        // Prefer one shard that fits the whole request; otherwise spread over several.
-        let single =
-            (0..n).map(|j| (start + j) % n).find(|&i| room(i, &taken_by_shard) >= quantity);
-        let mut plan: Vec<(usize, u32)> = Vec::new();
-        match single {
-            Some(i) => plan.push((i, quantity)),
-            None => {
-                let mut left = quantity;
-                for j in 0..n {
-                    let i = (start + j) % n;
-                    let r = room(i, &taken_by_shard);
-                    if r > 0 && left > 0 {
-                        let t = r.min(left);
-                        plan.push((i, t));
-                        left -= t;
-                    }
+        if plan.is_empty() {
+            // Slow path: read every shard, then fit the request over several if need be.
+            let (b, e) = self.keys.ga_shards(&event.event_id, pool_id);
+            let rows = trx.get_range(&RangeRequest::new(b, e), true).await?;
+            let mut taken_by_shard = vec![0u32; n];
+            for (k, v) in &rows {
+                let shard = match self.keys.ga_shard_of_key(k) {
+                    Ok(s) => usize::from(s),
+                    Err(e) => return corrupt(e),
+                };
+                if let Some(slot) = taken_by_shard.get_mut(shard) {
+                    *slot = decode_i64(v).max(0) as u32;
+                }
+            }
+            let room = |i: usize| pool.shard_capacity[i].saturating_sub(taken_by_shard[i]);
+            let total: u64 = (0..n).map(|i| u64::from(room(i))).sum();
+            if total < u64::from(quantity) {
+                return fail(InventoryError::SoldOut { remaining: total });
+            }
+            let start = self.rng.below(n as u64) as usize;
+            let mut left = quantity;
+            for j in 0..n {
+                let i = (start + j) % n;
+                let r = room(i);
+                if r > 0 && left > 0 {
+                    let t = r.min(left);
+                    plan.push((i, t));
+                    left -= t;
                 }
             }
         }

@@ -60,12 +60,14 @@ pub async fn reads_its_own_writes<S: Store>(store: &S, prefix: &[u8]) {
     assert_eq!(t.get(&k(prefix, "a"), false).await.unwrap().as_deref(), Some(&b"0"[..]));
     assert_eq!(t.get(&k(prefix, "c"), false).await.unwrap(), None);
     assert_eq!(decode_i64(&t.get(&k(prefix, "n"), false).await.unwrap().unwrap()), 15);
-    let rows = t.get_range(&RangeRequest::new(k(prefix, "a"), k(prefix, "f")), false).await.unwrap();
+    let rows =
+        t.get_range(&RangeRequest::new(k(prefix, "a"), k(prefix, "f")), false).await.unwrap();
     let keys: Vec<_> = rows.iter().map(|(key, _)| key[prefix.len()..].to_vec()).collect();
     assert_eq!(keys, vec![b"a".to_vec(), b"b".to_vec(), b"d".to_vec(), b"e".to_vec()]);
     t.clear_range(&k(prefix, "a"), &k(prefix, "c"));
     t.set(&k(prefix, "b"), b"again");
-    let rows = t.get_range(&RangeRequest::new(k(prefix, "a"), k(prefix, "f")), false).await.unwrap();
+    let rows =
+        t.get_range(&RangeRequest::new(k(prefix, "a"), k(prefix, "f")), false).await.unwrap();
     let keys: Vec<_> = rows.iter().map(|(key, _)| key[prefix.len()..].to_vec()).collect();
     assert_eq!(keys, vec![b"b".to_vec(), b"d".to_vec(), b"e".to_vec()]);
     let rows = t
@@ -95,10 +97,14 @@ pub async fn range_reads_are_ordered<S: Store>(store: &S, prefix: &[u8]) {
     let first = t.get_range(&RangeRequest::prefix(&k(prefix, "r")).limit(3), true).await.unwrap();
     assert_eq!(first.len(), 3);
     assert_eq!(&first[0].0[prefix.len()..], b"r000");
-    let last = t.get_range(&RangeRequest::prefix(&k(prefix, "r")).limit(2).reverse(true), true).await.unwrap();
+    let last = t
+        .get_range(&RangeRequest::prefix(&k(prefix, "r")).limit(2).reverse(true), true)
+        .await
+        .unwrap();
     assert_eq!(&last[0].0[prefix.len()..], b"r049");
     assert_eq!(&last[1].0[prefix.len()..], b"r048");
-    let mid = t.get_range(&RangeRequest::new(k(prefix, "r010"), k(prefix, "r013")), true).await.unwrap();
+    let mid =
+        t.get_range(&RangeRequest::new(k(prefix, "r010"), k(prefix, "r013")), true).await.unwrap();
     assert_eq!(mid.len(), 3);
 }
 
@@ -133,14 +139,18 @@ pub async fn range_reads_catch_phantoms<S: Store>(store: &S, prefix: &[u8]) {
     put(store, &k(prefix, "p1"), b"").await;
     put(store, &k(prefix, "p5"), b"").await;
     let t = store.create_trx().unwrap();
-    let rows = t.get_range(&RangeRequest::new(k(prefix, "p0"), k(prefix, "p9")), false).await.unwrap();
+    let rows =
+        t.get_range(&RangeRequest::new(k(prefix, "p0"), k(prefix, "p9")), false).await.unwrap();
     assert_eq!(rows.len(), 2);
     put(store, &k(prefix, "p3"), b"phantom").await;
     t.set(&k(prefix, "q"), b"");
     assert!(matches!(t.commit().await, Err(StoreError::Conflict)), "phantom insert not detected");
 
     let t = store.create_trx().unwrap();
-    let rows = t.get_range(&RangeRequest::new(k(prefix, "p0"), k(prefix, "p9")).limit(1), false).await.unwrap();
+    let rows = t
+        .get_range(&RangeRequest::new(k(prefix, "p0"), k(prefix, "p9")).limit(1), false)
+        .await
+        .unwrap();
     assert_eq!(&rows[0].0[prefix.len()..], b"p1");
     put(store, &k(prefix, "p7"), b"beyond the limit").await;
     t.set(&k(prefix, "q"), b"");
@@ -258,7 +268,11 @@ pub async fn versionstamps_order_commits<S: Store>(store: &S, prefix: &[u8]) {
     assert_eq!(rows.len(), 5);
     let start = prefix.len() + 4;
     for (i, (key, value)) in rows.iter().enumerate() {
-        assert_eq!(&key[start..start + 10], &stamps[i][..], "key carries the commit's versionstamp");
+        assert_eq!(
+            &key[start..start + 10],
+            &stamps[i][..],
+            "key carries the commit's versionstamp"
+        );
         assert_eq!(value.as_ref(), &[i as u8]);
     }
     assert!(stamps.windows(2).all(|w| w[0] < w[1]), "versionstamps must increase");

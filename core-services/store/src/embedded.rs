@@ -121,7 +121,13 @@ impl EmbeddedStore {
     pub fn open_with(dir: impl AsRef<Path>, opts: EmbeddedOptions) -> Result<Self, StoreError> {
         let dir = dir.as_ref().to_path_buf();
         std::fs::create_dir_all(&dir).map_err(io)?;
-        let lock = OpenOptions::new().create(true).truncate(false).read(true).write(true).open(dir.join("LOCK")).map_err(io)?;
+        let lock = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .read(true)
+            .write(true)
+            .open(dir.join("LOCK"))
+            .map_err(io)?;
         lock.lock().map_err(io)?;
         let result = Self::open_locked(&dir, opts, lock);
         match result {
@@ -136,7 +142,13 @@ impl EmbeddedStore {
     fn open_locked(dir: &Path, opts: EmbeddedOptions, lock: File) -> Result<Self, StoreError> {
         let head_path = dir.join("HEAD");
         let fresh = !head_path.exists();
-        let head_file = OpenOptions::new().create(true).truncate(false).read(true).write(true).open(&head_path).map_err(io)?;
+        let head_file = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .read(true)
+            .write(true)
+            .open(&head_path)
+            .map_err(io)?;
         if fresh {
             File::create(segment_path(dir, 1)).map_err(io)?.sync_all().map_err(io)?;
             let head = Head { segment: 1, committed_len: 0, version: 0, prev_segment_len: 0 };
@@ -154,7 +166,11 @@ impl EmbeddedStore {
             let (version, entries) = wal::decode_snapshot(Bytes::from(data)).map_err(io)?;
             engine.load(version, entries);
         }
-        let log = OpenOptions::new().read(true).write(true).open(segment_path(dir, head.segment)).map_err(io)?;
+        let log = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(segment_path(dir, head.segment))
+            .map_err(io)?;
         let host = Arc::new(EmbeddedHost {
             dir: dir.to_path_buf(),
             opts,
@@ -185,7 +201,11 @@ impl EmbeddedStore {
     /// This process's view: the newest version it applied and where the log ends.
     pub fn stats(&self) -> Result<EmbeddedStats, StoreError> {
         let head = self.host.read_head()?;
-        Ok(EmbeddedStats { version: head.version, segment: head.segment, committed_len: head.committed_len })
+        Ok(EmbeddedStats {
+            version: head.version,
+            segment: head.segment,
+            committed_len: head.committed_len,
+        })
     }
 
     pub fn dir(&self) -> &Path {
@@ -248,7 +268,11 @@ impl EmbeddedHost {
             self.apply_log(rep, head.committed_len)?;
         } else if head.segment == rep.segment + 1 {
             self.apply_log(rep, head.prev_segment_len)?;
-            match OpenOptions::new().read(true).write(true).open(segment_path(&self.dir, head.segment)) {
+            match OpenOptions::new()
+                .read(true)
+                .write(true)
+                .open(segment_path(&self.dir, head.segment))
+            {
                 Ok(log) => {
                     *rep = Replica { segment: head.segment, applied_len: 0, log };
                     self.apply_log(rep, head.committed_len)?;
@@ -268,7 +292,11 @@ impl EmbeddedHost {
         let data = std::fs::read(snapshot_path(&self.dir, head.segment)).map_err(io)?;
         let (version, entries) = wal::decode_snapshot(Bytes::from(data)).map_err(io)?;
         self.engine.load(version, entries);
-        let log = OpenOptions::new().read(true).write(true).open(segment_path(&self.dir, head.segment)).map_err(io)?;
+        let log = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(segment_path(&self.dir, head.segment))
+            .map_err(io)?;
         *rep = Replica { segment: head.segment, applied_len: 0, log };
         self.apply_log(rep, head.committed_len)
     }
@@ -327,7 +355,8 @@ impl EmbeddedHost {
                         Err(StoreError::TooOld) => "too_old",
                         Err(_) => "error",
                     };
-                    metrics::counter!("tessera_store_commits_total", "outcome" => label).increment(1);
+                    metrics::counter!("tessera_store_commits_total", "outcome" => label)
+                        .increment(1);
                     let _ = w.reply.send(outcome);
                 }
             }
@@ -341,7 +370,10 @@ impl EmbeddedHost {
         }
     }
 
-    fn commit_batch_inner(&self, batch: &[Waiting]) -> Result<Vec<Result<CommitInfo, StoreError>>, StoreError> {
+    fn commit_batch_inner(
+        &self,
+        batch: &[Waiting],
+    ) -> Result<Vec<Result<CommitInfo, StoreError>>, StoreError> {
         self.lock.lock().map_err(io)?;
         let _unlock = Unlock(&self.lock);
         let mut rep = self.replica.lock();
@@ -354,12 +386,16 @@ impl EmbeddedHost {
         let mut writes = Vec::new();
         let mut outcomes = Vec::with_capacity(batch.len());
         let mut any_committed = false;
-        for (i, w) in batch.iter().enumerate() {
-            match self.engine.resolve_and_apply(&w.req, version, i as u16, now) {
+        let resolved = self.engine.resolve_batch(batch.iter().map(|w| &w.req), version, now);
+        for (i, r) in resolved.into_iter().enumerate() {
+            match r {
                 Ok(mut resolved) => {
                     writes.append(&mut resolved);
                     any_committed = true;
-                    outcomes.push(Ok(CommitInfo { version, versionstamp: versionstamp(version, i as u16) }));
+                    outcomes.push(Ok(CommitInfo {
+                        version,
+                        versionstamp: versionstamp(version, i as u16),
+                    }));
                 }
                 Err(e) => outcomes.push(Err(e)),
             }
@@ -401,11 +437,22 @@ impl EmbeddedHost {
             f.sync_all().map_err(io)?;
         }
         std::fs::rename(&tmp, snapshot_path(&self.dir, next)).map_err(io)?;
-        let log = OpenOptions::new().create(true).truncate(true).read(true).write(true).open(segment_path(&self.dir, next)).map_err(io)?;
+        let log = OpenOptions::new()
+            .create(true)
+            .truncate(true)
+            .read(true)
+            .write(true)
+            .open(segment_path(&self.dir, next))
+            .map_err(io)?;
         log.sync_all().map_err(io)?;
         sync_dir(&self.dir)?;
         let old = head.segment;
-        *head = Head { segment: next, committed_len: 0, version: head.version, prev_segment_len: head.committed_len };
+        *head = Head {
+            segment: next,
+            committed_len: 0,
+            version: head.version,
+            prev_segment_len: head.committed_len,
+        };
         self.write_head(head, true)?;
         *rep = Replica { segment: next, applied_len: 0, log };
         let _ = std::fs::remove_file(segment_path(&self.dir, old));

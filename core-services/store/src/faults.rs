@@ -31,7 +31,12 @@ pub struct FaultyStore<S> {
 
 impl<S: Store> FaultyStore<S> {
     pub fn new(inner: S, plan: FaultPlan, seed: u64) -> Self {
-        FaultyStore { inner, plan, state: Arc::new(AtomicU64::new(seed | 1)), injected: Arc::new(AtomicU64::new(0)) }
+        FaultyStore {
+            inner,
+            plan,
+            state: Arc::new(AtomicU64::new(seed | 1)),
+            injected: Arc::new(AtomicU64::new(0)),
+        }
     }
     /// How many faults were injected so far.
     pub fn injected(&self) -> u64 {
@@ -44,7 +49,9 @@ impl<S: Store> FaultyStore<S> {
 
 fn next_ppm(state: &AtomicU64) -> u32 {
     // splitmix64: deterministic for a seed, no locking.
-    let mut z = state.fetch_add(0x9e37_79b9_7f4a_7c15, Ordering::Relaxed).wrapping_add(0x9e37_79b9_7f4a_7c15);
+    let mut z = state
+        .fetch_add(0x9e37_79b9_7f4a_7c15, Ordering::Relaxed)
+        .wrapping_add(0x9e37_79b9_7f4a_7c15);
     z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
     z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
     z ^= z >> 31;
@@ -81,7 +88,11 @@ impl<T: Transaction> Transaction for FaultyTrx<T> {
     async fn get(&self, key: &[u8], snapshot: bool) -> Result<Option<Bytes>, StoreError> {
         self.inner.get(key, snapshot).await
     }
-    async fn get_range(&self, range: &RangeRequest, snapshot: bool) -> Result<Vec<KeyValue>, StoreError> {
+    async fn get_range(
+        &self,
+        range: &RangeRequest,
+        snapshot: bool,
+    ) -> Result<Vec<KeyValue>, StoreError> {
         self.inner.get_range(range, snapshot).await
     }
     fn set(&self, key: &[u8], value: &[u8]) {

@@ -29,9 +29,9 @@ pub use bytes::Bytes;
 pub mod conformance;
 pub mod embedded;
 pub mod faults;
-mod local;
 #[cfg(feature = "fdb")]
 pub mod fdb;
+mod local;
 pub mod memory;
 mod mvcc;
 mod wal;
@@ -278,7 +278,11 @@ pub enum RunError<E> {
     #[error("transaction aborted")]
     Abort(E),
     #[error("transaction retried {attempts} times without committing")]
-    RetriesExhausted { attempts: u32, #[source] last: StoreError },
+    RetriesExhausted {
+        attempts: u32,
+        #[source]
+        last: StoreError,
+    },
 }
 
 /// Retry policy for [`run`].
@@ -338,6 +342,12 @@ where
             Err(TrxError::Store(e)) => e,
         };
         if !err.is_retryable() {
+            if maybe_committed {
+                // An earlier attempt may have committed; the caller must not take this
+                // failure as "nothing happened".
+                tracing::warn!("transaction failed after an unknown commit outcome: {err}");
+                return Err(RunError::Store(StoreError::CommitUnknown));
+            }
             return Err(RunError::Store(err));
         }
         metrics::counter!("tessera_store_retries_total", "reason" => retry_reason(&err))

@@ -127,10 +127,7 @@ impl<H: Host> Transaction for LocalTrx<H> {
     fn commit(self) -> impl Future<Output = Result<CommitInfo, StoreError>> + Send {
         let req = {
             let mut buf = self.buf.lock();
-            match buf.check_usable(Instant::now()).and_then(|()| buf.into_request()) {
-                Ok(r) => Ok(r),
-                Err(e) => Err(e),
-            }
+            buf.check_usable(Instant::now()).and_then(|()| buf.take_request())
         };
         let host = self.host.clone();
         async move {

@@ -14,7 +14,9 @@ use tessera_store::embedded::EmbeddedStore;
 use tessera_store::{MutationType, RangeRequest, Store, Transaction, encode_i64};
 
 fn usage() -> ExitCode {
-    eprintln!("usage: tessera-store stat <dir> | dump <dir> [hex-prefix] | stress <dir> <writer-id> <count>");
+    eprintln!(
+        "usage: tessera-store stat <dir> | dump <dir> [hex-prefix] | stress <dir> <writer-id> <count>"
+    );
     ExitCode::from(2)
 }
 
@@ -24,7 +26,9 @@ fn hex(b: &[u8]) -> String {
 
 fn printable(b: &[u8]) -> String {
     b.iter()
-        .map(|&c| if c.is_ascii_graphic() { (c as char).to_string() } else { format!("\\x{c:02x}") })
+        .map(
+            |&c| if c.is_ascii_graphic() { (c as char).to_string() } else { format!("\\x{c:02x}") },
+        )
         .collect()
 }
 
@@ -55,7 +59,10 @@ async fn stat(dir: &str) -> Result<(), Box<dyn std::error::Error>> {
     let s = store.stats()?;
     let t = store.create_trx()?;
     let keys = t.get_range(&RangeRequest::new(vec![], vec![0xff]), true).await?.len();
-    println!("version={} segment={} committed_len={} keys={keys}", s.version, s.segment, s.committed_len);
+    println!(
+        "version={} segment={} committed_len={} keys={keys}",
+        s.version, s.segment, s.committed_len
+    );
     Ok(())
 }
 
@@ -65,7 +72,11 @@ async fn dump(dir: &str, prefix_hex: &str) -> Result<(), Box<dyn std::error::Err
         .collect::<Result<_, _>>()?;
     let store = EmbeddedStore::open(dir)?;
     let t = store.create_trx()?;
-    let range = if prefix.is_empty() { RangeRequest::new(vec![], vec![0xff]) } else { RangeRequest::prefix(&prefix) };
+    let range = if prefix.is_empty() {
+        RangeRequest::new(vec![], vec![0xff])
+    } else {
+        RangeRequest::prefix(&prefix)
+    };
     let mut out = std::io::stdout().lock();
     for (k, v) in t.get_range(&range, true).await? {
         writeln!(out, "{} = {} ({} bytes)", printable(&k), hex(&v[..v.len().min(32)]), v.len())?;

@@ -44,15 +44,66 @@ impl Chain {
         }
         self.older.push(prev);
         // Keep the newest version at or below the horizon; drop everything older.
-        if let Some(keep_from) = self.older.iter().rposition(|(v, _)| *v <= horizon) {
-            if keep_from > 0 {
-                self.older.drain(..keep_from);
-            }
+        if let Some(keep_from) = self.older.iter().rposition(|(v, _)| *v <= horizon)
+            && keep_from > 0
+        {
+            self.older.drain(..keep_from);
         }
         // A deleted value at or below the horizon is unreadable history.
         if self.older.first().is_some_and(|(v, val)| *v <= horizon && val.is_none()) {
             self.older.remove(0);
         }
+    }
+}
+
+/// The keys of the engine: a hash map for point access (most operations), and an ordered
+/// set of the same keys for range reads. Updating an existing key touches only the hash
+/// map; only new and forgotten keys change the order.
+#[derive(Debug, Default)]
+struct Table {
+    chains: hashbrown::HashMap<Bytes, Chain>,
+    order: std::collections::BTreeSet<Bytes>,
+}
+
+impl Table {
+    fn get(&self, key: &[u8]) -> Option<&Chain> {
+        self.chains.get(key)
+    }
+    fn get_mut(&mut self, key: &[u8]) -> Option<&mut Chain> {
+        self.chains.get_mut(key)
+    }
+    fn insert(&mut self, key: Bytes, chain: Chain) {
+        if self.chains.insert(key.clone(), chain).is_none() {
+            self.order.insert(key);
+        }
+    }
+    fn remove(&mut self, key: &[u8]) {
+        if self.chains.remove(key).is_some() {
+            self.order.remove(key);
+        }
+    }
+    fn clear(&mut self) {
+        self.chains.clear();
+        self.order.clear();
+    }
+    #[cfg(test)]
+    fn len(&self) -> usize {
+        self.chains.len()
+    }
+    fn range<'a>(
+        &'a self,
+        begin: &[u8],
+        end: &[u8],
+    ) -> impl DoubleEndedIterator<Item = (&'a Bytes, &'a Chain)> + 'a {
+        let range = if begin < end {
+            Some(self.order.range::<[u8], _>((Bound::Included(begin), Bound::Excluded(end))))
+        } else {
+            None
+        };
+        range.into_iter().flatten().filter_map(move |k| self.chains.get(k.as_ref()).map(|c| (k, c)))
+    }
+    fn iter(&self) -> impl Iterator<Item = (&Bytes, &Chain)> {
+        self.order.iter().filter_map(move |k| self.chains.get(k.as_ref()).map(|c| (k, c)))
     }
 }
 
@@ -67,7 +118,7 @@ pub(crate) enum Resolved {
 #[derive(Debug)]
 #[allow(unreachable_pub, reason = "sealed: reachable only through the Host trait")]
 pub struct Engine {
-    map: RwLock<BTreeMap<Bytes, Chain>>,
+    map: RwLock<Table>,
     /// Newest version readers may use (everything at or below it is committed and durable).
     visible: AtomicU64,
     /// Oldest version still readable.
@@ -81,7 +132,7 @@ pub struct Engine {
 impl Engine {
     pub(crate) fn new() -> Self {
         Engine {
-            map: RwLock::new(BTreeMap::new()),
+            map: RwLock::new(Table::default()),
             visible: AtomicU64::new(0),
             horizon: AtomicU64::new(0),
             history: Mutex::new(VecDeque::new()),
@@ -143,7 +194,7 @@ impl Engine {
             return Ok(());
         }
         let map = self.map.read();
-        let range = map.range::<[u8], _>((Bound::Included(begin), Bound::Excluded(end)));
+        let range = map.range(begin, end);
         let mut visit = |(k, c): (&Bytes, &Chain)| match c.at(version) {
             Some(Some(v)) => f(k, v),
             _ => true,
@@ -165,7 +216,7 @@ impl Engine {
     }
 
     /// Whether anything in `ranges` changed after `read_version`.
-    fn conflicts(map: &BTreeMap<Bytes, Chain>, read_version: u64, ranges: &[(Vec<u8>, Vec<u8>)]) -> bool {
+    fn conflicts(map: &Table, read_version: u64, ranges: &[(Vec<u8>, Vec<u8>)]) -> bool {
         for (begin, end) in ranges {
             // Point ranges are the common case: `key .. key\0`.
             if end.len() == begin.len() + 1 && end.starts_with(begin) && end.last() == Some(&0) {
@@ -177,8 +228,7 @@ impl Engine {
             if begin >= end {
                 continue;
             }
-            let mut range =
-                map.range::<[u8], _>((Bound::Included(begin.as_slice()), Bound::Excluded(end.as_slice())));
+            let mut range = map.range(begin, end);
             if range.any(|(_, c)| c.latest.0 > read_version) {
                 return true;
             }
@@ -195,43 +245,84 @@ impl Engine {
         batch_index: u16,
         now: Instant,
     ) -> Result<Vec<Resolved>, StoreError> {
+        let mut map = self.map.write();
+        let mut tombstones = Vec::new();
+        let out = self.resolve_locked(&mut map, req, version, batch_index, now, &mut tombstones);
+        drop(map);
+        self.remember_tombstones(version, tombstones);
+        out
+    }
+
+    /// Resolves and applies a whole batch under one write lock (readers wait once per
+    /// batch instead of once per transaction). Outcomes are in batch order.
+    pub(crate) fn resolve_batch<'a>(
+        &self,
+        reqs: impl Iterator<Item = &'a CommitRequest>,
+        version: u64,
+        now: Instant,
+    ) -> Vec<Result<Vec<Resolved>, StoreError>> {
+        let mut map = self.map.write();
+        let mut tombstones = Vec::new();
+        let out = reqs
+            .enumerate()
+            .map(|(i, r)| self.resolve_locked(&mut map, r, version, i as u16, now, &mut tombstones))
+            .collect();
+        drop(map);
+        self.remember_tombstones(version, tombstones);
+        out
+    }
+
+    fn remember_tombstones(&self, version: u64, tombstones: Vec<Bytes>) {
+        if !tombstones.is_empty() {
+            let mut t = self.tombstones.lock();
+            t.extend(tombstones.into_iter().map(|k| (version, k)));
+        }
+    }
+
+    fn resolve_locked(
+        &self,
+        map: &mut Table,
+        req: &CommitRequest,
+        version: u64,
+        batch_index: u16,
+        now: Instant,
+        tombstones: &mut Vec<Bytes>,
+    ) -> Result<Vec<Resolved>, StoreError> {
         let horizon = self.horizon();
         if now.duration_since(req.created) > MVCC_WINDOW {
             return Err(StoreError::TooOld);
         }
-        let mut map = self.map.write();
         if let Some(rv) = req.read_version {
             if rv < horizon {
                 return Err(StoreError::TooOld);
             }
-            if Self::conflicts(&map, rv, &req.conflicts) {
+            if Self::conflicts(map, rv, &req.conflicts) {
                 return Err(StoreError::Conflict);
             }
         }
         let stamp = versionstamp(version, batch_index);
         let mut out = Vec::with_capacity(req.mutations.len());
-        let mut tombstones = Vec::new();
         for m in &req.mutations {
             match m {
                 Mutation::Set(k, v) => {
-                    put(&mut map, k.clone(), Some(v.clone()), version, horizon);
+                    put(map, k.clone(), Some(v.clone()), version, horizon);
                     out.push(Resolved::Set(k.clone(), v.clone()));
                 }
                 Mutation::Clear(k) => {
                     if map.get(k.as_ref()).is_some_and(|c| c.latest.1.is_some()) {
-                        put(&mut map, k.clone(), None, version, horizon);
+                        put(map, k.clone(), None, version, horizon);
                         tombstones.push(k.clone());
                         out.push(Resolved::Clear(k.clone()));
                     }
                 }
                 Mutation::ClearRange(b, e) => {
                     let keys: Vec<Bytes> = map
-                        .range::<[u8], _>((Bound::Included(b.as_slice()), Bound::Excluded(e.as_slice())))
+                        .range(b, e)
                         .filter(|(_, c)| c.latest.1.is_some())
                         .map(|(k, _)| k.clone())
                         .collect();
                     for k in keys {
-                        put(&mut map, k.clone(), None, version, horizon);
+                        put(map, k.clone(), None, version, horizon);
                         tombstones.push(k.clone());
                         out.push(Resolved::Clear(k));
                     }
@@ -242,23 +333,23 @@ impl Engine {
                         MutationType::SetVersionstampedKey => {
                             let key = fill_versionstamp(k, &stamp)?;
                             let key = Bytes::from(key);
-                            put(&mut map, key.clone(), Some(param.clone()), version, horizon);
+                            put(map, key.clone(), Some(param.clone()), version, horizon);
                             out.push(Resolved::Set(key, param.clone()));
                         }
                         MutationType::SetVersionstampedValue => {
                             let value = Bytes::from(fill_versionstamp(param, &stamp)?);
-                            put(&mut map, k.clone(), Some(value.clone()), version, horizon);
+                            put(map, k.clone(), Some(value.clone()), version, horizon);
                             out.push(Resolved::Set(k.clone(), value));
                         }
                         _ => match apply_atomic(*op, current.as_deref(), param) {
                             Some(v) => {
                                 let v = Bytes::from(v);
-                                put(&mut map, k.clone(), Some(v.clone()), version, horizon);
+                                put(map, k.clone(), Some(v.clone()), version, horizon);
                                 out.push(Resolved::Set(k.clone(), v));
                             }
                             None => {
                                 if current.is_some() {
-                                    put(&mut map, k.clone(), None, version, horizon);
+                                    put(map, k.clone(), None, version, horizon);
                                     tombstones.push(k.clone());
                                     out.push(Resolved::Clear(k.clone()));
                                 }
@@ -267,11 +358,6 @@ impl Engine {
                     }
                 }
             }
-        }
-        drop(map);
-        if !tombstones.is_empty() {
-            let mut t = self.tombstones.lock();
-            t.extend(tombstones.into_iter().map(|k| (version, k)));
         }
         Ok(out)
     }
@@ -330,9 +416,8 @@ impl Engine {
                 break;
             }
             let Some((_, k)) = t.pop_front() else { break };
-            let remove = map
-                .get(k.as_ref())
-                .is_some_and(|c| c.latest.1.is_none() && c.latest.0 <= horizon);
+            let remove =
+                map.get(k.as_ref()).is_some_and(|c| c.latest.1.is_none() && c.latest.0 <= horizon);
             if remove {
                 map.remove(k.as_ref());
             }
@@ -345,7 +430,7 @@ impl Engine {
     }
 }
 
-fn put(map: &mut BTreeMap<Bytes, Chain>, key: Bytes, value: Option<Bytes>, version: u64, horizon: u64) {
+fn put(map: &mut Table, key: Bytes, value: Option<Bytes>, version: u64, horizon: u64) {
     match map.get_mut(key.as_ref()) {
         Some(chain) => chain.push(version, value, horizon),
         None => {
@@ -387,7 +472,11 @@ fn versionstamp_offset(param: &[u8]) -> Result<usize, StoreError> {
 }
 
 /// Applies an atomic operation to the current value. `None` means "clear the key".
-pub(crate) fn apply_atomic(op: MutationType, current: Option<&[u8]>, param: &[u8]) -> Option<Vec<u8>> {
+pub(crate) fn apply_atomic(
+    op: MutationType,
+    current: Option<&[u8]>,
+    param: &[u8],
+) -> Option<Vec<u8>> {
     let width = param.len();
     let cur = |c: Option<&[u8]>| -> Vec<u8> {
         let mut v = c.unwrap_or(&[]).to_vec();
@@ -672,21 +761,28 @@ impl TrxBuffer {
     ) -> Result<(Vec<KeyValue>, Option<Vec<u8>>), StoreError> {
         let limit = if req.limit == 0 { usize::MAX } else { req.limit };
         let overlay: Vec<(&Vec<u8>, &Pending)> = {
-            let r = self
-                .pending
-                .range::<[u8], _>((Bound::Included(req.begin.as_slice()), Bound::Excluded(req.end.as_slice())));
+            let r = self.pending.range::<[u8], _>((
+                Bound::Included(req.begin.as_slice()),
+                Bound::Excluded(req.end.as_slice()),
+            ));
             if req.reverse { r.rev().collect() } else { r.collect() }
         };
         let mut out: Vec<KeyValue> = Vec::new();
         let mut oi = 0;
         let before = |a: &[u8], b: &[u8]| if req.reverse { a > b } else { a < b };
         let mut error = None;
-        let emit_overlay = |out: &mut Vec<KeyValue>, k: &Vec<u8>, p: &Pending, base: Option<&Bytes>| -> Result<(), StoreError> {
+        let emit_overlay = |out: &mut Vec<KeyValue>,
+                            k: &Vec<u8>,
+                            p: &Pending,
+                            base: Option<&Bytes>|
+         -> Result<(), StoreError> {
             let v = match p {
                 Pending::Set(v) => Some(v.clone()),
                 Pending::Clear => None,
                 Pending::Unreadable => {
-                    return Err(StoreError::InvalidMutation("read of a key written with a versionstamp"));
+                    return Err(StoreError::InvalidMutation(
+                        "read of a key written with a versionstamp",
+                    ));
                 }
                 Pending::Atomic(ops) => {
                     let mut v = if self.in_cleared(k) { None } else { base.cloned() };
@@ -735,7 +831,8 @@ impl TrxBuffer {
             emit_overlay(&mut out, ok, p, None)?;
             oi += 1;
         }
-        let stopped_at = (out.len() >= limit).then(|| out.last().map(|(k, _)| k.to_vec())).flatten();
+        let stopped_at =
+            (out.len() >= limit).then(|| out.last().map(|(k, _)| k.to_vec())).flatten();
         Ok((out, stopped_at))
     }
 
@@ -749,7 +846,7 @@ impl TrxBuffer {
     }
 
     /// Finishes the buffer into a commit request, or the first error a write recorded.
-    pub(crate) fn into_request(&mut self) -> Result<Option<CommitRequest>, StoreError> {
+    pub(crate) fn take_request(&mut self) -> Result<Option<CommitRequest>, StoreError> {
         self.committed = true;
         if let Some(e) = self.error.take() {
             return Err(e);
@@ -773,7 +870,11 @@ impl TrxBuffer {
 mod tests {
     use super::*;
 
-    fn req(rv: Option<u64>, conflicts: Vec<(Vec<u8>, Vec<u8>)>, mutations: Vec<Mutation>) -> CommitRequest {
+    fn req(
+        rv: Option<u64>,
+        conflicts: Vec<(Vec<u8>, Vec<u8>)>,
+        mutations: Vec<Mutation>,
+    ) -> CommitRequest {
         CommitRequest { read_version: rv, conflicts, mutations, created: Instant::now() }
     }
     fn set(k: &str, v: &str) -> Mutation {
@@ -814,7 +915,10 @@ mod tests {
         assert_eq!(apply_atomic(MutationType::Max, Some(&[1, 2]), &[9, 1]), Some(vec![1, 2]));
         assert_eq!(apply_atomic(MutationType::Min, Some(&[1, 2]), &[9, 1]), Some(vec![9, 1]));
         assert_eq!(apply_atomic(MutationType::CompareAndClear, Some(b"x"), b"x"), None);
-        assert_eq!(apply_atomic(MutationType::CompareAndClear, Some(b"y"), b"x"), Some(b"y".to_vec()));
+        assert_eq!(
+            apply_atomic(MutationType::CompareAndClear, Some(b"y"), b"x"),
+            Some(b"y".to_vec())
+        );
     }
 
     #[test]

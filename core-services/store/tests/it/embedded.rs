@@ -8,7 +8,8 @@ use std::time::Duration;
 
 use tessera_store::embedded::{EmbeddedOptions, EmbeddedStore};
 use tessera_store::{
-    MutationType, RangeRequest, Store, StoreError, Transaction, TrxError, decode_i64, encode_i64, run,
+    MutationType, RangeRequest, Store, StoreError, Transaction, TrxError, decode_i64, encode_i64,
+    run,
 };
 
 async fn get(store: &EmbeddedStore, key: &[u8]) -> Option<Vec<u8>> {
@@ -53,7 +54,8 @@ async fn conflicts_are_detected_across_processes() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn racing_takers_never_take_a_seat_twice() {
     let dir = tempfile::tempdir().unwrap();
-    let stores = [EmbeddedStore::open(dir.path()).unwrap(), EmbeddedStore::open(dir.path()).unwrap()];
+    let stores =
+        [EmbeddedStore::open(dir.path()).unwrap(), EmbeddedStore::open(dir.path()).unwrap()];
     let mut handles = Vec::new();
     for task in 0..32u32 {
         let store = stores[(task % 2) as usize].clone();
@@ -201,5 +203,9 @@ async fn acknowledged_commits_survive_kill_9_of_writer_processes() {
     // Each transaction wrote its key and bumped the counter together.
     let counter = decode_i64(&t.get(b"counter", true).await.unwrap().unwrap());
     assert_eq!(counter as usize, present.len(), "a commit was applied partially");
-    eprintln!("acked={} present={} (present may exceed acked: unacknowledged commits that landed)", acked.len(), present.len());
+    eprintln!(
+        "acked={} present={} (present may exceed acked: unacknowledged commits that landed)",
+        acked.len(),
+        present.len()
+    );
 }

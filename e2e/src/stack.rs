@@ -1,0 +1,556 @@
+//! The whole local multi-region stack as real processes: a NATS hub and one leaf per
+//! region, the payment simulator, the mail sink, one core per region over one shared
+//! embedded store, the region router and the edge host running the WASM components.
+//!
+//! `cargo xtask up` runs it on fixed ports for people; tests run it on free ports, as many
+//! at once as they like. Everything it starts is stopped when the [`Stack`] is dropped.
+
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, bail};
+use tessera_api::RegionId;
+use tessera_bus::topology::{LocalNats, LocalNatsOptions, free_port};
+use tessera_identity::{Keyset, SigningKeyPair};
+
+/// How to start a stack.
+#[derive(Debug, Clone)]
+pub struct StackOptions {
+    /// Where configs, logs and data go (created; reused data survives restarts).
+    pub run_dir: PathBuf,
+    pub regions: Vec<String>,
+    /// Fixed ports from this base (`up`), or free ports (`None`, tests).
+    pub base_port: Option<u16>,
+    /// The fan-facing edge port (8080 for `up`).
+    pub edge_port: Option<u16>,
+    /// Where the service binaries are.
+    pub bin_dir: PathBuf,
+    /// The repository root (for `edge-components/spin.toml` and seat maps).
+    pub repo_root: PathBuf,
+    pub with_edge: bool,
+    /// Put cuttable proxies between each leaf and the hub (partition tests).
+    pub cuttable_links: bool,
+    /// Extra `TESSERA_PAYSIM__...`-style settings for the simulator, as TOML lines.
+    pub paysim_toml: String,
+    /// Extra core settings, as TOML lines appended to every core's file.
+    pub core_toml: String,
+    /// `tracing` filter for the services.
+    pub log_filter: String,
+}
+
+impl StackOptions {
+    pub fn for_tests(name: &str) -> anyhow::Result<Self> {
+        let repo_root = repo_root()?;
+        let run_dir =
+            repo_root.join("target").join("e2e").join(format!("{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&run_dir);
+        Ok(StackOptions {
+            run_dir,
+            regions: vec!["us-east".into(), "eu-west".into()],
+            base_port: None,
+            edge_port: None,
+            bin_dir: bin_dir()?,
+            repo_root,
+            with_edge: true,
+            cuttable_links: false,
+            paysim_toml: String::new(),
+            core_toml: String::new(),
+            log_filter: "info".into(),
+        })
+    }
+}
+
+/// The repository root: where the workspace `Cargo.toml` with `[workspace]` is.
+pub fn repo_root() -> anyhow::Result<PathBuf> {
+    let mut dir = std::env::current_dir()?;
+    loop {
+        let manifest = dir.join("Cargo.toml");
+        if manifest.is_file()
+            && std::fs::read_to_string(&manifest)?.contains("[workspace]")
+            && dir.join("e2e").is_dir()
+        {
+            return Ok(dir);
+        }
+        if !dir.pop() {
+            bail!("run this inside the Tessera repository");
+        }
+    }
+}
+
+/// Where the service binaries are: `TESSERA_BIN_DIR`, else next to this executable
+/// (`target/<profile>`, also for test executables under `target/<profile>/deps`).
+pub fn bin_dir() -> anyhow::Result<PathBuf> {
+    if let Some(d) = std::env::var_os("TESSERA_BIN_DIR") {
+        return Ok(PathBuf::from(d));
+    }
+    let exe = std::env::current_exe()?;
+    let mut dir = exe.parent().context("executable has no directory")?.to_path_buf();
+    if dir.ends_with("deps") {
+        dir.pop();
+    }
+    Ok(dir)
+}
+
+/// The keys and secrets of a local stack. Derived from fixed phrases: development only.
+#[derive(Debug, Clone)]
+pub struct DevKeys {
+    pub identity: SigningKeyPair,
+    pub edge: SigningKeyPair,
+    pub tickets: SigningKeyPair,
+    pub shadow_secret: String,
+    pub pow_secret: String,
+    pub webhook_secret: String,
+    pub payments_secret: String,
+}
+
+impl DevKeys {
+    pub fn local() -> Self {
+        DevKeys {
+            identity: SigningKeyPair::derive_for_development("dev-1", "tessera-local-identity"),
+            edge: SigningKeyPair::derive_for_development("edge-1", "tessera-local-edge"),
+            tickets: SigningKeyPair::derive_for_development("tickets-1", "tessera-local-tickets"),
+            shadow_secret: "tessera-local-shadow-secret".into(),
+            pow_secret: "tessera-local-pow-secret".into(),
+            webhook_secret: "whsec_tessera_local".into(),
+            payments_secret: "sk_test_tessera".into(),
+        }
+    }
+}
+
+/// One child process of the stack.
+#[derive(Debug)]
+pub struct Service {
+    pub name: String,
+    program: PathBuf,
+    args: Vec<String>,
+    env: Vec<(String, String)>,
+    log_path: PathBuf,
+    /// `http://127.0.0.1:<port>/healthz`-style readiness URL.
+    health_url: String,
+    child: Option<Child>,
+}
+
+impl Service {
+    fn spawn(&mut self) -> anyhow::Result<()> {
+        let log = File::options()
+            .create(true)
+            .append(true)
+            .open(&self.log_path)
+            .with_context(|| format!("open {}", self.log_path.display()))?;
+        let mut cmd = Command::new(&self.program);
+        cmd.args(&self.args).stdin(Stdio::null()).stdout(log.try_clone()?).stderr(log);
+        for (k, v) in &self.env {
+            cmd.env(k, v);
+        }
+        let child = cmd.spawn().with_context(|| {
+            format!(
+                "start {} ({}); build it with `cargo build --bins`",
+                self.name,
+                self.program.display()
+            )
+        })?;
+        self.child = Some(child);
+        Ok(())
+    }
+
+    /// Kills the process at once (SIGKILL), as a crash would.
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Asks the process to stop (SIGTERM) and waits up to `grace`, then kills it.
+    pub fn stop(&mut self, grace: Duration) {
+        let Some(mut c) = self.child.take() else { return };
+        let _ = Command::new("kill").args(["-TERM", &c.id().to_string()]).status();
+        let deadline = Instant::now() + grace;
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = c.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = c.kill();
+        let _ = c.wait();
+    }
+
+    pub fn is_running(&mut self) -> bool {
+        match self.child.as_mut() {
+            Some(c) => matches!(c.try_wait(), Ok(None)),
+            None => false,
+        }
+    }
+
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    pub fn log_path(&self) -> &Path {
+        &self.log_path
+    }
+
+    async fn wait_ready(
+        &mut self,
+        http: &reqwest::Client,
+        timeout: Duration,
+    ) -> anyhow::Result<()> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(c) = self.child.as_mut() {
+                if let Ok(Some(status)) = c.try_wait() {
+                    bail!(
+                        "{} exited with {status}; last log lines:\n{}",
+                        self.name,
+                        tail(&self.log_path, 20)
+                    );
+                }
+            }
+            if let Ok(r) = http.get(&self.health_url).send().await {
+                if r.status().is_success() {
+                    return Ok(());
+                }
+            }
+            if Instant::now() > deadline {
+                bail!(
+                    "{} was not ready within {timeout:?}; last log lines:\n{}",
+                    self.name,
+                    tail(&self.log_path, 20)
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+/// The last `n` lines of a log file.
+pub fn tail(path: &Path, n: usize) -> String {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(n)..].join("\n")
+}
+
+/// Addresses of a running stack.
+#[derive(Debug, Clone)]
+pub struct Urls {
+    pub edge: Option<String>,
+    pub edge_admin: Option<String>,
+    pub router: String,
+    pub cores: BTreeMap<String, String>,
+    pub paysim: String,
+    pub mailsink: String,
+    pub smtp: String,
+    pub nats_hub: String,
+    pub nats_leaves: BTreeMap<String, String>,
+}
+
+/// A running stack.
+#[derive(Debug)]
+pub struct Stack {
+    pub options: StackOptions,
+    pub urls: Urls,
+    pub keys: DevKeys,
+    pub nats: LocalNats,
+    services: Vec<Service>,
+    pub http: reqwest::Client,
+}
+
+struct Ports {
+    next: Option<u16>,
+}
+
+impl Ports {
+    fn take(&mut self) -> anyhow::Result<u16> {
+        match &mut self.next {
+            Some(p) => {
+                let port = *p;
+                *p += 1;
+                Ok(port)
+            }
+            None => free_port(),
+        }
+    }
+}
+
+fn toml_str(s: &str) -> String {
+    serde_json::to_string(s).unwrap_or_default()
+}
+
+impl Stack {
+    /// Starts everything and waits until every service is ready. `progress` hears about each
+    /// step.
+    pub async fn start(options: StackOptions, progress: &dyn Fn(&str)) -> anyhow::Result<Stack> {
+        let run = &options.run_dir;
+        std::fs::create_dir_all(run.join("logs"))?;
+        let keys = DevKeys::local();
+        let regions: Vec<RegionId> =
+            options.regions.iter().map(|r| RegionId::parse(r)).collect::<Result<_, _>>()?;
+        progress(&format!("starting NATS: hub + {} leaf nodes", regions.len()));
+        let nats = LocalNats::start(
+            &run.join("nats"),
+            &regions,
+            LocalNatsOptions { cuttable_links: options.cuttable_links },
+        )
+        .await
+        .context("start NATS")?;
+
+        let mut ports = Ports { next: options.base_port };
+        let router_port = ports.take()?;
+        let paysim_port = ports.take()?;
+        let mail_http_port = ports.take()?;
+        let smtp_port = ports.take()?;
+        let edge_admin_port = ports.take()?;
+        let mut core_ports = BTreeMap::new();
+        for r in &options.regions {
+            core_ports.insert(r.clone(), ports.take()?);
+        }
+        let edge_port = match options.edge_port {
+            Some(p) => p,
+            None => ports.take()?,
+        };
+        let router = format!("http://127.0.0.1:{router_port}");
+        let urls = Urls {
+            edge: options.with_edge.then(|| format!("http://127.0.0.1:{edge_port}")),
+            edge_admin: options.with_edge.then(|| format!("http://127.0.0.1:{edge_admin_port}")),
+            router: router.clone(),
+            cores: core_ports
+                .iter()
+                .map(|(r, p)| (r.clone(), format!("http://127.0.0.1:{p}")))
+                .collect(),
+            paysim: format!("http://127.0.0.1:{paysim_port}"),
+            mailsink: format!("http://127.0.0.1:{mail_http_port}"),
+            smtp: format!("127.0.0.1:{smtp_port}"),
+            nats_hub: nats.hub_url(),
+            nats_leaves: regions
+                .iter()
+                .filter_map(|r| nats.leaf_url(r).map(|u| (r.to_string(), u)))
+                .collect(),
+        };
+        let bin = |name: &str| options.bin_dir.join(name);
+        let log = |name: &str| run.join("logs").join(format!("{name}.log"));
+        let telemetry = format!("[telemetry]\nlog_filter = {}\n", toml_str(&options.log_filter));
+        let mut services = Vec::new();
+
+        // Payment simulator, sending its webhooks through the router to any region.
+        let paysim_cfg = run.join("paysim.toml");
+        std::fs::write(
+            &paysim_cfg,
+            format!(
+                "listen = \"127.0.0.1:{paysim_port}\"\nsecret_key = {}\njournal_path = {}\n{}\n[[webhooks]]\nurl = {}\nsecret = {}\n{telemetry}",
+                toml_str(&keys.payments_secret),
+                toml_str(&run.join("paysim").join("journal.jsonl").display().to_string()),
+                options.paysim_toml,
+                toml_str(&format!("{router}/v1/webhooks/payments")),
+                toml_str(&keys.webhook_secret),
+            ),
+        )?;
+        services.push(Service {
+            name: "paysim".into(),
+            program: bin("tessera-paysim"),
+            args: vec!["--config".into(), paysim_cfg.display().to_string()],
+            env: vec![],
+            log_path: log("paysim"),
+            health_url: format!("{}/healthz", urls.paysim),
+            child: None,
+        });
+
+        let mail_cfg = run.join("mailsink.toml");
+        std::fs::write(
+            &mail_cfg,
+            format!(
+                "smtp_listen = \"127.0.0.1:{smtp_port}\"\nhttp_listen = \"127.0.0.1:{mail_http_port}\"\ndir = {}\n{telemetry}",
+                toml_str(&run.join("mail").display().to_string())
+            ),
+        )?;
+        services.push(Service {
+            name: "mailsink".into(),
+            program: bin("tessera-mailsink"),
+            args: vec!["--config".into(), mail_cfg.display().to_string()],
+            env: vec![],
+            log_path: log("mailsink"),
+            health_url: format!("{}/healthz", urls.mailsink),
+            child: None,
+        });
+
+        let identity_keys = Keyset::new([keys.identity.public()]).to_config_string();
+        let edge_keys = Keyset::new([keys.edge.public()]).to_config_string();
+        let store_dir = run.join("store");
+        let regions_toml = format!(
+            "[{}]",
+            options.regions.iter().map(|r| toml_str(r)).collect::<Vec<_>>().join(", ")
+        );
+        for (region, port) in &core_ports {
+            let cfg = run.join(format!("core-{region}.toml"));
+            std::fs::write(
+                &cfg,
+                format!(
+                    "region = {region_s}\nregions = {regions_toml}\nlisten = \"127.0.0.1:{port}\"\npublic_url = \"http://127.0.0.1:{port}\"\n\
+                     [store]\npath = {store}\n\
+                     [nats]\nurl = {nats}\n\
+                     [identity]\nkeys = {identity_keys}\ndev_issuer_seed = {dev_seed}\ndev_issuer_kid = {dev_kid}\n\
+                     [queue]\nedge_keys = {edge_keys}\n\
+                     [payments]\nbase_url = {paysim}\nsecret_key = {psk}\nwebhook_secret = {whsec}\nrequest_timeout_ms = 2000\n\
+                     [tickets]\nsigning_seed = {tseed}\nkid = {tkid}\n\
+                     [notifications.smtp]\nhost = \"127.0.0.1\"\nport = {smtp_port}\n\
+                     {telemetry}{extra}\n",
+                    region_s = toml_str(region),
+                    store = toml_str(&store_dir.display().to_string()),
+                    nats = toml_str(
+                        urls.nats_leaves.get(region).map(String::as_str).unwrap_or_default()
+                    ),
+                    identity_keys = toml_str(&identity_keys),
+                    dev_seed = toml_str(&keys.identity.seed_base64()),
+                    dev_kid = toml_str(&keys.identity.kid),
+                    edge_keys = toml_str(&edge_keys),
+                    paysim = toml_str(&urls.paysim),
+                    psk = toml_str(&keys.payments_secret),
+                    whsec = toml_str(&keys.webhook_secret),
+                    tseed = toml_str(&keys.tickets.seed_base64()),
+                    tkid = toml_str(&keys.tickets.kid),
+                    extra = options.core_toml,
+                ),
+            )?;
+            services.push(Service {
+                name: format!("core-{region}"),
+                program: bin("tessera-core"),
+                args: vec!["--config".into(), cfg.display().to_string()],
+                env: vec![],
+                log_path: log(&format!("core-{region}")),
+                health_url: format!("http://127.0.0.1:{port}/healthz"),
+                child: None,
+            });
+        }
+
+        let router_cfg = run.join("router.toml");
+        let mut regions_cfg = String::new();
+        for (region, url) in &urls.cores {
+            regions_cfg.push_str(&format!(
+                "[[regions]]\nid = {}\nurl = {}\n",
+                toml_str(region),
+                toml_str(url)
+            ));
+        }
+        std::fs::write(
+            &router_cfg,
+            format!(
+                "listen = \"127.0.0.1:{router_port}\"\npop = \"local\"\nnats_url = {}\nstate_file = {}\n\
+                 [identity]\nissuer = \"https://id.tessera.local\"\nkeys = {}\n{regions_cfg}{telemetry}",
+                toml_str(urls.nats_leaves.values().next().map(String::as_str).unwrap_or_default()),
+                toml_str(&run.join("router-state.json").display().to_string()),
+                toml_str(&identity_keys),
+            ),
+        )?;
+        services.push(Service {
+            name: "router".into(),
+            program: bin("tessera-router"),
+            args: vec!["--config".into(), router_cfg.display().to_string()],
+            env: vec![],
+            log_path: log("router"),
+            health_url: format!("{router}/healthz"),
+            child: None,
+        });
+
+        if options.with_edge {
+            let edge_cfg = run.join("edge.toml");
+            let manifest = options.repo_root.join("edge-components").join("spin.toml");
+            std::fs::write(
+                &edge_cfg,
+                format!(
+                    "listen = \"127.0.0.1:{edge_port}\"\nadmin_listen = \"127.0.0.1:{edge_admin_port}\"\nmanifest = {}\npop = \"local\"\nnats_url = {}\n\
+                     [variables]\nrouter_url = {}\nidentity_keys = {}\nqueue_signing_key = {}\nqueue_keys = {}\nshadow_secret = {}\npow_secret = {}\n{telemetry}",
+                    toml_str(&manifest.display().to_string()),
+                    toml_str(
+                        urls.nats_leaves.values().next().map(String::as_str).unwrap_or_default()
+                    ),
+                    toml_str(&router),
+                    toml_str(&identity_keys),
+                    toml_str(&format!("{}:{}", keys.edge.kid, keys.edge.seed_base64())),
+                    toml_str(&edge_keys),
+                    toml_str(&keys.shadow_secret),
+                    toml_str(&keys.pow_secret),
+                ),
+            )?;
+            services.push(Service {
+                name: "edge".into(),
+                program: bin("tessera-edge"),
+                args: vec!["--config".into(), edge_cfg.display().to_string()],
+                env: vec![],
+                log_path: log("edge"),
+                health_url: format!("http://127.0.0.1:{edge_admin_port}/healthz"),
+                child: None,
+            });
+        }
+
+        let http = reqwest::Client::builder().timeout(Duration::from_secs(30)).build()?;
+        let mut stack = Stack { options, urls, keys, nats, services, http };
+        for i in 0..stack.services.len() {
+            let name = stack.services[i].name.clone();
+            progress(&format!("starting {name}"));
+            stack.services[i].spawn()?;
+            let http = stack.http.clone();
+            stack.services[i].wait_ready(&http, Duration::from_secs(60)).await?;
+        }
+        Ok(stack)
+    }
+
+    pub fn service(&mut self, name: &str) -> anyhow::Result<&mut Service> {
+        self.services
+            .iter_mut()
+            .find(|s| s.name == name)
+            .with_context(|| format!("no service {name}"))
+    }
+
+    pub fn service_names(&self) -> Vec<String> {
+        self.services.iter().map(|s| s.name.clone()).collect()
+    }
+
+    /// Kills a service with SIGKILL.
+    pub fn kill(&mut self, name: &str) -> anyhow::Result<()> {
+        self.service(name)?.kill();
+        Ok(())
+    }
+
+    /// Starts a stopped or killed service again and waits until it is ready.
+    pub async fn restart(&mut self, name: &str) -> anyhow::Result<()> {
+        let http = self.http.clone();
+        let s = self.service(name)?;
+        s.kill();
+        s.spawn()?;
+        s.wait_ready(&http, Duration::from_secs(60)).await
+    }
+
+    /// Stops every service gracefully (reverse start order), then NATS.
+    pub fn stop(&mut self) {
+        for s in self.services.iter_mut().rev() {
+            s.stop(Duration::from_secs(5));
+        }
+    }
+
+    /// Log lines at WARN or ERROR from every service, minus the ones `expected` matches.
+    pub fn unexpected_warnings(&self, expected: &[&str]) -> Vec<String> {
+        let mut out = Vec::new();
+        for s in &self.services {
+            let text = std::fs::read_to_string(&s.log_path).unwrap_or_default();
+            for line in text.lines() {
+                let bad =
+                    line.contains("\"level\":\"WARN\"") || line.contains("\"level\":\"ERROR\"");
+                if bad && !expected.iter().any(|e| line.contains(e)) {
+                    out.push(format!("{}: {line}", s.name));
+                }
+            }
+        }
+        out
+    }
+}
+
+impl Drop for Stack {
+    fn drop(&mut self) {
+        for s in self.services.iter_mut().rev() {
+            s.kill();
+        }
+    }
+}

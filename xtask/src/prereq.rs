@@ -1,0 +1,87 @@
+//! Locating (or installing) what the stack and the tests need outside cargo: `nats-server`
+//! and, for the FoundationDB backend's compile check, `libclang`.
+
+use std::path::Path;
+use std::process::Command;
+
+use anyhow::bail;
+
+pub(crate) fn step(msg: &str) {
+    eprintln!("==> {msg}");
+}
+
+fn is_root() -> bool {
+    Command::new("id")
+        .arg("-u")
+        .output()
+        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
+}
+
+fn on_path(bin: &str) -> bool {
+    std::env::var_os("PATH")
+        .is_some_and(|p| std::env::split_paths(&p).any(|d| d.join(bin).is_file()))
+}
+
+/// Installs Debian packages when running as root, or says exactly what to run.
+pub(crate) fn apt(packages: &[&str], why: &str) -> anyhow::Result<()> {
+    let list = packages.join(" ");
+    if !is_root() {
+        bail!(
+            "{why} needs Debian packages that are missing.\n    run: sudo apt-get update && sudo apt-get install -y {list}"
+        );
+    }
+    step(&format!("installing {list} ({why})"));
+    let install = || {
+        Command::new("apt-get")
+            .args(["install", "-y", "-q", "--no-install-recommends"])
+            .args(packages)
+            .env("DEBIAN_FRONTEND", "noninteractive")
+            .status()
+            .is_ok_and(|s| s.success())
+    };
+    if install() {
+        return Ok(());
+    }
+    step("package lookup failed; running apt-get update first");
+    if !Command::new("apt-get").args(["update", "-q"]).status().is_ok_and(|s| s.success()) {
+        bail!("apt-get update failed; check the machine's access to Debian's package mirror");
+    }
+    if !install() {
+        bail!("apt-get install -y {list} failed");
+    }
+    Ok(())
+}
+
+/// `nats-server` on PATH or in /usr/sbin.
+pub(crate) fn nats_server() -> anyhow::Result<()> {
+    if on_path("nats-server") || Path::new("/usr/sbin/nats-server").is_file() {
+        return Ok(());
+    }
+    apt(&["nats-server"], "the NATS hub and leaf nodes")?;
+    if !(on_path("nats-server") || Path::new("/usr/sbin/nats-server").is_file()) {
+        bail!("nats-server is still missing after installing the nats-server package");
+    }
+    Ok(())
+}
+
+/// libclang (bindgen) for compiling the FoundationDB client bindings.
+pub(crate) fn libclang() -> anyhow::Result<()> {
+    let found = std::fs::read_dir("/usr/lib").ok().is_some_and(|dirs| {
+        dirs.flatten().any(|d| {
+            let p = d.path();
+            p.file_name().is_some_and(|n| n.to_string_lossy().starts_with("llvm-"))
+                && p.join("lib").read_dir().ok().is_some_and(|mut r| {
+                    r.any(|f| {
+                        f.ok().is_some_and(|f| {
+                            f.file_name().to_string_lossy().starts_with("libclang")
+                        })
+                    })
+                })
+        })
+    }) || Path::new("/usr/lib/x86_64-linux-gnu/libclang.so").exists()
+        || Path::new("/usr/lib/x86_64-linux-gnu/libclang-14.so").exists();
+    if found {
+        return Ok(());
+    }
+    apt(&["libclang-dev"], "compiling the FoundationDB backend (bindgen)")
+}
