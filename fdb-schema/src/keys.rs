@@ -331,6 +331,12 @@ impl Keyspace {
         self.key(&("qadm", event.as_str()))
     }
 
+    /// `("contact", customer_id)` → the customer's email (UTF-8), from their identity
+    /// token, for notifications. Never logged.
+    pub fn contact(&self, customer: &CustomerId) -> Vec<u8> {
+        self.key(&("contact", customer.as_str()))
+    }
+
     /// `("lease", name)` → `LeaseRecord`: single-driver background work across regions
     /// (`admission`).
     pub fn lease(&self, name: &str) -> Vec<u8> {

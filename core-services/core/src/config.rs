@@ -30,6 +30,8 @@ pub struct Config {
     pub payments: PaymentsConfig,
     pub tickets: TicketsConfig,
     pub inventory: InventoryConfig,
+    pub bus: BusConfig,
+    pub notifications: tessera_notifications::NotifierConfig,
     pub telemetry: TelemetryConfig,
 }
 
@@ -48,6 +50,8 @@ impl Default for Config {
             payments: PaymentsConfig::default(),
             tickets: TicketsConfig::default(),
             inventory: InventoryConfig::default(),
+            bus: BusConfig::default(),
+            notifications: tessera_notifications::NotifierConfig::default(),
             telemetry: TelemetryConfig::default(),
         }
     }
@@ -192,6 +196,23 @@ impl Default for InventoryConfig {
             sweep_interval_ms: 250,
             reconcile_interval_ms: 1_000,
         }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct BusConfig {
+    /// The region-local store of the projections this region builds from events.
+    pub projection_dir: PathBuf,
+    /// How often the core tells routers it is alive.
+    pub heartbeat_ms: u64,
+    /// Keep-alive interval of server-sent-event streams.
+    pub sse_keep_alive_s: u64,
+}
+
+impl Default for BusConfig {
+    fn default() -> Self {
+        BusConfig { projection_dir: PathBuf::from(".tessera/projection"), heartbeat_ms: 250, sse_keep_alive_s: 15 }
     }
 }
 

@@ -13,6 +13,7 @@
 //! `tessera-orders`), nor the bus (`tessera-bus`).
 
 pub mod admission;
+pub mod bus;
 pub mod config;
 pub mod http;
 pub mod lease;

@@ -239,6 +239,9 @@ pub struct IdentityClaims {
     pub iat: u64,
     #[serde(default)]
     pub roles: Vec<String>,
+    /// The OIDC `email` claim, when the issuer shares it (for notifications only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub email: Option<String>,
 }
 
 impl IdentityClaims {
@@ -303,6 +306,18 @@ pub struct IdentityIssuer {
 
 impl IdentityIssuer {
     pub fn mint(&self, sub: CustomerId, roles: Vec<String>, now_ms: u64, ttl_s: u64) -> String {
+        self.mint_with_email(sub, roles, None, now_ms, ttl_s)
+    }
+
+    /// [`Self::mint`] with the `email` claim.
+    pub fn mint_with_email(
+        &self,
+        sub: CustomerId,
+        roles: Vec<String>,
+        email: Option<String>,
+        now_ms: u64,
+        ttl_s: u64,
+    ) -> String {
         let iat = now_ms / 1000;
         let claims = IdentityClaims {
             iss: self.issuer.clone(),
@@ -311,6 +326,7 @@ impl IdentityIssuer {
             exp: iat + ttl_s,
             iat,
             roles,
+            email,
         };
         sign(&self.key, &claims)
     }
@@ -372,6 +388,7 @@ mod tests {
             exp: NOW / 1000 + 60,
             iat: NOW / 1000,
             roles: vec![ROLE_OPERATOR.into()],
+            email: None,
         })
         .unwrap();
         parts[1] = B64.encode(edited);

@@ -92,7 +92,10 @@ pub(crate) async fn dev_token<S: Store>(
         roles.push(tessera_identity::ROLE_GATE.to_owned());
     }
     let now = app.clock.now_ms();
-    let token = issuer.mint(req.customer_id, roles, now, ttl_s);
+    if req.email.as_ref().is_some_and(|e| e.len() > 254 || !e.contains('@')) {
+        return Err(ApiError::new(ErrorCode::InvalidRequest, "email is not an address"));
+    }
+    let token = issuer.mint_with_email(req.customer_id, roles, req.email, now, ttl_s);
     Ok(Json(DevTokenResponse { token, expires_at_ms: now + ttl_s * 1000 }))
 }
 

@@ -34,7 +34,8 @@ pub(crate) async fn hold<S: Store>(
     h: HeaderMap,
     Json(req): Json<HoldRequest>,
 ) -> Result<(StatusCode, Json<Hold>), ApiError> {
-    let customer = fan(&app, &h)?;
+    let claims = super::authenticate(&app, &h)?;
+    let customer = claims.sub.clone();
     let event_id = path_id(&event_id, EventId::parse, ErrorCode::UnknownEvent, "event")?;
     let spec = req.validate().map_err(|e| {
         let code = match &e {
@@ -74,6 +75,12 @@ pub(crate) async fn hold<S: Store>(
         .await
         .map_err(inventory_error)?;
     app.outbox_written.notify_one();
+    if let Some(email) = claims.email {
+        // Where "your hold is about to expire" goes; off the request's path.
+        let app = app.clone();
+        let customer = customer.clone();
+        tokio::spawn(async move { crate::bus::remember_contact(&app, &customer, &email).await });
+    }
     Ok((StatusCode::CREATED, Json(hold)))
 }
 
