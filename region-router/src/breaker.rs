@@ -4,7 +4,8 @@
 //!   refused connection opens it at once ([`Breaker::trip`]).
 //! - **Open**: no traffic until `open_ms` has passed.
 //! - **Half-open**: one trial at a time (the next health probe, or one request). Success
-//!   closes the breaker; failure opens it again for twice as long, up to `open_ms_max`.
+//!   closes the breaker. A failed trial request opens it again for twice as long, up to
+//!   `open_ms_max`; a failed probe opens it again for as long as before.
 
 use crate::config::BreakerConfig;
 
@@ -134,11 +135,13 @@ impl Breaker {
     /// as failures through the health view, not here.
     pub fn on_probe(&mut self, ok: bool, now_ms: u64) {
         self.advance(now_ms);
-        if let Inner::HalfOpen { .. } = self.inner {
+        if let Inner::HalfOpen { open_ms, .. } = self.inner {
             if ok {
                 self.inner = Inner::Closed { failures: 0 };
             } else {
-                self.on_failure(now_ms);
+                // A failed probe reopens for the same time: probes cost no fan anything, so
+                // a long outage must not push the region's return further out.
+                self.open(now_ms, open_ms);
             }
         }
     }
@@ -231,25 +234,25 @@ mod tests {
                 (0, "trip"),
                 (500, "probe-ok"),
                 (1_000, "probe-fail"),
-                (2_999, "acquire"),
-                (3_000, "acquire"),
-                (3_010, "fail"),
-                (7_009, "acquire"),
-                (7_010, "probe-fail"),
-                (11_010, "probe-ok"),
-                (11_020, "acquire"),
+                (1_999, "acquire"),
+                (2_000, "acquire"),
+                (2_010, "fail"),
+                (4_009, "acquire"),
+                (4_010, "probe-fail"),
+                (6_010, "probe-ok"),
+                (6_020, "acquire"),
             ],
             expect_test::expect![[r#"
                     0 trip                open
                   500 probe-ok            open
                  1000 probe-fail          open
-                 2999 acquire    -> false open
-                 3000 acquire    -> true  half_open
-                 3010 fail                open
-                 7009 acquire    -> false open
-                 7010 probe-fail          open
-                11010 probe-ok            closed
-                11020 acquire    -> true  closed
+                 1999 acquire    -> false open
+                 2000 acquire    -> true  half_open
+                 2010 fail                open
+                 4009 acquire    -> false open
+                 4010 probe-fail          open
+                 6010 probe-ok            closed
+                 6020 acquire    -> true  closed
             "#]],
         );
     }

@@ -214,6 +214,9 @@ impl Shared {
         if let Some(s) = self.slot(id) {
             {
                 let mut h = s.health.lock();
+                if h.probe_ok != Some(false) {
+                    tracing::info!(region = %id, reason = "connection failed", "router.region.down");
+                }
                 h.probe_ok = Some(false);
                 h.probe_failures = h.probe_failures.max(self.cfg.probe.failures_to_down);
                 h.breaker.trip(now);

@@ -122,8 +122,16 @@ fn upstream_app(region: String, stats: Arc<UpstreamStats>) -> Router {
         });
         Sse::new(stream)
     }
+    async fn slow(
+        State((region, stats)): State<(String, Arc<UpstreamStats>)>,
+    ) -> axum::Json<Value> {
+        stats.hits.fetch_add(1, Ordering::SeqCst);
+        tokio::time::sleep(Duration::from_millis(800)).await;
+        axum::Json(serde_json::json!({"region": region}))
+    }
     Router::new()
         .route("/healthz", get(|| async { "ok" }))
+        .route("/v1/slow", post(slow))
         .route("/v1/echo", any(echo))
         .route("/v1/things", post(create))
         .route("/v1/hang", any(hang))
@@ -642,6 +650,32 @@ async fn draining_the_last_healthy_region_is_refused_unless_forced() {
     assert_eq!(status, 200);
     assert_eq!(mode_of(&list, "eu-west"), "active");
     assert_eq!(get_json(&echo, &[]).await.1.as_deref(), Some("eu-west"));
+}
+
+#[tokio::test]
+async fn a_drain_moves_new_traffic_at_once_while_requests_in_flight_complete() {
+    let eu = Upstream::start("eu-west").await;
+    let us = Upstream::start("us-east").await;
+    let router = start_router(config(&[&us, &eu])).await;
+    let checkout = tokio::spawn({
+        let url = format!("{}/v1/slow", router.url);
+        async move { http().post(url).header("idempotency-key", "k-slow").send().await.unwrap() }
+    });
+    wait_until("the checkout reaches eu-west", Duration::from_secs(5), async || eu.hits() == 1)
+        .await;
+    let op = token(&["operator"]);
+    let drained = Instant::now();
+    assert_eq!(
+        ops(&router.url, "POST", "/v1/ops/regions/eu-west/drain", Some(&op), None).await.0,
+        200
+    );
+    let (status, served, _) = get_json(&format!("{}/v1/echo", router.url), &[]).await;
+    assert_eq!((status, served.as_deref()), (200, Some("us-east")));
+    assert!(drained.elapsed() < Duration::from_secs(1));
+    let done = checkout.await.unwrap();
+    assert_eq!(done.status(), 200, "the request in flight finished where it was");
+    assert_eq!(done.headers()["x-tessera-region-served"], "eu-west");
+    assert_eq!(us.hits(), 1, "only the echo reached us-east: the checkout was not repeated there");
 }
 
 #[tokio::test]

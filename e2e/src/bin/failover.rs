@@ -1,0 +1,369 @@
+//! `cargo xtask e2e failover`: lose a whole region in the middle of an on-sale.
+//!
+//! The real stack (edge host, router, a core per region, NATS hub and leaves) sells an
+//! event to a steady stream of fans through the edge. Then:
+//! 1. the core of the region serving the traffic is killed with SIGKILL; traffic must move
+//!    to a healthy region, fans keep their waiting-room places and their holds;
+//! 2. the region is restarted and traffic must return to it;
+//! 3. an operator drains it through the router: new traffic must leave within a second
+//!    while checkouts in flight there complete; then it is restored.
+//!
+//! Afterwards every acknowledged order must still be there and no seat may be sold twice.
+//! The last line is `key=value` pairs; the process fails when a floor is missed
+//! (`failover_ms` <= 2000, `drain_ms` <= 1000, nothing lost, nothing oversold).
+//!
+//! Flags: `--regions <n>` (2 or 3), `--workers <n>`, `--down-s <seconds>`,
+//! `--payment-latency-ms <min>-<max>` (the payment simulator's latency), `--ci`.
+
+#[path = "support/traffic.rs"]
+mod traffic;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use serde_json::json;
+use tessera_e2e::fan::{Api, Operator};
+use tessera_e2e::stack::{Stack, StackOptions};
+use traffic::{
+    Call, Crowd, SharedFans, Traffic, TrafficPlan, admitted_fan, check_availability, check_orders,
+    ms, open_event,
+};
+
+struct Args {
+    regions: usize,
+    workers: usize,
+    down: Duration,
+    payment_latency_ms: (u64, u64),
+}
+
+fn args() -> anyhow::Result<Args> {
+    let mut a = Args {
+        regions: 2,
+        workers: 12,
+        down: Duration::from_secs(8),
+        payment_latency_ms: (50, 250),
+    };
+    let mut it = std::env::args().skip(1);
+    while let Some(flag) = it.next() {
+        let mut value = || it.next().with_context(|| format!("{flag} needs a value"));
+        match flag.as_str() {
+            "--regions" => a.regions = value()?.parse()?,
+            "--workers" => a.workers = value()?.parse()?,
+            "--down-s" => a.down = Duration::from_secs(value()?.parse()?),
+            "--payment-latency-ms" => {
+                let v = value()?;
+                let (lo, hi) =
+                    v.split_once('-').context("--payment-latency-ms takes <min>-<max>")?;
+                a.payment_latency_ms = (lo.parse()?, hi.parse()?);
+            }
+            "--ci" => {}
+            other => anyhow::bail!("unknown flag {other}"),
+        }
+    }
+    anyhow::ensure!((2..=3).contains(&a.regions), "--regions must be 2 or 3");
+    Ok(a)
+}
+
+fn say(s: &str) {
+    eprintln!("[failover] {s}");
+}
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 4)]
+async fn main() {
+    match run().await {
+        Ok(true) => {}
+        Ok(false) => std::process::exit(1),
+        Err(e) => {
+            eprintln!("[failover] failed: {e:#}");
+            std::process::exit(2);
+        }
+    }
+}
+
+async fn run() -> anyhow::Result<bool> {
+    let args = args()?;
+    let mut options = StackOptions::for_tests("failover")?;
+    options.regions =
+        ["eu-west", "us-east", "ap-south"][..args.regions].iter().map(|s| s.to_string()).collect();
+    // Payments take a little while, so checkouts are in flight when things happen.
+    options.paysim_toml = format!(
+        "[latency]\nmin_ms = {}\nmax_ms = {}\n",
+        args.payment_latency_ms.0, args.payment_latency_ms.1
+    );
+    let mut stack = Stack::start(options, &|s| say(s)).await?;
+    let router = Api::new(stack.http.clone(), stack.urls.router.clone());
+    let crowd = Arc::new(Crowd::new(
+        router.clone(),
+        stack.urls.edge.clone().context("the stack has no edge")?,
+    ));
+    let op = Operator::new(router.clone()).await?;
+    let root = stack.options.repo_root.clone();
+
+    let event = format!("failover-{}", std::process::id());
+    open_event(&op, &root, &event, 1_000.0).await?;
+    // A second sale that admits nobody: its fans wait in line through everything, so we
+    // can see that their places survive.
+    let line_event = format!("{event}-line");
+    open_event(&op, &root, &line_event, 0.0).await?;
+    let mut line = Vec::new();
+    for i in 0..12 {
+        let mut fan = crowd.fan(&format!("line-{i}"), None).await?;
+        let joined = fan.join(&line_event).await?;
+        anyhow::ensure!(joined.ok(), "join the line: {} {}", joined.status, joined.body);
+        let mut status = fan.status(&line_event).await?;
+        for _ in 0..100 {
+            if status.ok() {
+                break;
+            }
+            // The first watermark of a new sale takes a moment to arrive.
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            status = fan.status(&line_event).await?;
+        }
+        anyhow::ensure!(status.ok(), "line status: {} {}", status.status, status.body);
+        line.push((fan, status.body["ahead"].as_u64(), status.body["ticket_id"].clone()));
+    }
+
+    say("admitting the first fans");
+    let mut fans = Vec::new();
+    for i in 0..args.workers * 2 {
+        fans.push(
+            admitted_fan(&crowd, &event, &format!("fan-{i}"), None, Duration::from_secs(30))
+                .await?,
+        );
+    }
+    let plan = TrafficPlan {
+        event: event.clone(),
+        workers: args.workers,
+        // An admission is good for one hold: each purchase is a new fan.
+        cycles_per_fan: 1,
+        think: Duration::from_millis(300),
+        pin_region: None,
+        sections: ["A", "B", "C", "D", "E", "F", "FLOOR"].iter().map(|s| s.to_string()).collect(),
+        name: "buyer".into(),
+    };
+    let traffic = Traffic::start(plan, crowd.clone(), Arc::new(SharedFans::new(fans)));
+    tokio::time::sleep(Duration::from_secs(4)).await;
+
+    // The region carrying the traffic.
+    let served = served_counts(&traffic.record.calls(), None);
+    let victim = served
+        .iter()
+        .max_by_key(|(_, n)| **n)
+        .map(|(r, _)| r.clone())
+        .context("no traffic was served")?;
+    say(&format!("traffic so far by region: {served:?}; killing core-{victim}"));
+    stack.kill(&format!("core-{victim}"))?;
+    let t_kill = Instant::now();
+    tokio::time::sleep(args.down).await;
+
+    say("checking the waiting line while the region is down");
+    let mut places_kept = 0;
+    for (fan, ahead_before, ticket_before) in &mut line {
+        let r = fan.status(&line_event).await?;
+        let ahead_now = r.body["ahead"].as_u64();
+        let kept = r.ok()
+            && r.body["ticket_id"] == *ticket_before
+            && match (*ahead_before, ahead_now) {
+                (Some(b), Some(n)) => n <= b,
+                (None, None) => true,
+                _ => false,
+            };
+        if kept {
+            places_kept += 1;
+        } else {
+            say(&format!(
+                "{} lost its place: before {ahead_before:?}, now {} {}",
+                fan.customer, r.status, r.body
+            ));
+        }
+    }
+
+    say(&format!("restarting core-{victim}"));
+    stack.restart(&format!("core-{victim}")).await?;
+    let t_back = Instant::now();
+    let restore_ms = wait_for_traffic(&traffic, &victim, t_back, Duration::from_secs(15)).await;
+
+    say(&format!("draining {victim} through the router"));
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let auth = format!("Bearer {}", op.token);
+    let t_drain = Instant::now();
+    let r = router
+        .post(&format!("/v1/ops/regions/{victim}/drain"), &[("authorization", &auth)], &json!({}))
+        .await?;
+    anyhow::ensure!(r.ok(), "drain: {} {}", r.status, r.body);
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let t_restore = Instant::now();
+    let r = router
+        .post(&format!("/v1/ops/regions/{victim}/restore"), &[("authorization", &auth)], &json!({}))
+        .await?;
+    anyhow::ensure!(r.ok(), "restore: {} {}", r.status, r.body);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+
+    say("stopping the traffic");
+    let record = traffic.stop().await;
+    let calls = record.calls();
+
+    // Failover: how long until the healthy region answers successfully again, counting
+    // requests in flight at the kill and those started after it; and the worst wait of a
+    // fan who was buying at that moment (a checkout caught mid-payment may wait longer,
+    // for the payment's outcome).
+    let recovered_after =
+        |c: &Call| c.ok() && c.ended >= t_kill && c.served_by.as_deref() != Some(victim.as_str());
+    let first_success = calls.iter().filter(|c| recovered_after(c)).map(|c| c.ended - t_kill).min();
+    let mut worst_wait = Duration::ZERO;
+    let workers: std::collections::BTreeSet<usize> = calls.iter().map(|c| c.worker).collect();
+    for w in workers {
+        let mine: Vec<&Call> = calls.iter().filter(|c| c.worker == w).collect();
+        let active = mine.iter().any(|c| {
+            (c.started <= t_kill && c.ended >= t_kill)
+                || (c.started >= t_kill && c.started <= t_kill + Duration::from_secs(1))
+        });
+        let recovered = mine.iter().filter(|c| recovered_after(c)).map(|c| c.ended - t_kill).min();
+        if active && let Some(d) = recovered {
+            worst_wait = worst_wait.max(d);
+        }
+    }
+    let failover_ms = first_success.map_or(u128::MAX, ms);
+    let window_end = t_kill + args.down;
+    let errors_during_failover =
+        calls.iter().filter(|c| c.is_error() && c.ended >= t_kill && c.ended <= window_end).count();
+
+    // Holds taken in the dead region and paid for after it died.
+    let holds = record.holds.lock().clone();
+    let carried: Vec<_> = holds
+        .iter()
+        .filter(|h| h.created < t_kill && h.served_by.as_deref() == Some(victim.as_str()))
+        .filter(|h| h.settled.as_ref().is_some_and(|(at, _, _)| *at > t_kill))
+        .collect();
+    let holds_lost =
+        carried.iter().filter(|h| h.settled.as_ref().is_some_and(|(_, ok, _)| !ok)).count();
+
+    // Drain: nothing new may start in the drained region a second after the call.
+    let after_drain: Vec<&Call> =
+        calls.iter().filter(|c| c.started >= t_drain && c.started < t_restore).collect();
+    let drain_ms = after_drain
+        .iter()
+        .filter(|c| c.served_by.as_deref() == Some(victim.as_str()))
+        .map(|c| ms(c.started - t_drain))
+        .max()
+        .unwrap_or(0);
+    let inflight: Vec<&Call> = calls
+        .iter()
+        .filter(|c| {
+            c.started < t_drain
+                && c.ended > t_drain
+                && c.served_by.as_deref() == Some(victim.as_str())
+        })
+        .collect();
+    let inflight_failed = inflight.iter().filter(|c| !c.ok()).count();
+
+    // Invariants.
+    say("checking every acknowledged order and the counts");
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let acked = record.acked();
+    let (lost, oversold_seats, mut problems) = check_orders(&router, &acked).await;
+    let (inconsistent, more) = check_availability(&router, &event, &acked).await?;
+    problems.extend(more);
+    let oversold = oversold_seats + inconsistent;
+    for p in problems.iter().take(20) {
+        say(p);
+    }
+    for (what, n) in record.notes.lock().iter() {
+        say(&format!("{n} × {what}"));
+    }
+    let expected_warnings = [
+        "took over the outbox",
+        "connection",
+        "Connection",
+        "refused",
+        "retrying",
+        "unreachable",
+        "stalled stream source",
+    ];
+    let warnings = stack.unexpected_warnings(&expected_warnings);
+    for (line, n) in group_log_lines(&warnings).iter().take(15) {
+        say(&format!("{n} × unexpected log line: {line}"));
+    }
+    stack.stop();
+
+    let served_after = served_counts(&calls, Some(t_kill));
+    say(&format!("served after the kill: {served_after:?}"));
+    let errors: Vec<&String> =
+        warnings.iter().filter(|w| w.contains("\"level\":\"ERROR\"")).collect();
+    let ok = failover_ms <= 2_000
+        && lost == 0
+        && oversold == 0
+        && drain_ms <= 1_000
+        && inflight_failed == 0
+        && holds_lost == 0
+        && places_kept == line.len()
+        && restore_ms.is_some()
+        && !acked.is_empty()
+        && errors.is_empty();
+    println!(
+        "victim={victim} orders={} worst_fan_wait_ms={} restore_ms={} drain_ms={drain_ms} inflight_at_drain={} inflight_failed={inflight_failed} holds_carried={} holds_lost={holds_lost} queue_places_kept={places_kept}/{} unexpected_warnings={} failover_ms={failover_ms} errors_during_failover={errors_during_failover} lost_acknowledged={lost} oversold={oversold}",
+        acked.len(),
+        ms(worst_wait),
+        restore_ms.map_or(-1, |d| d as i64),
+        inflight.len(),
+        carried.len(),
+        line.len(),
+        warnings.len(),
+    );
+    Ok(ok)
+}
+
+/// Unexpected log lines grouped by service, level and message, most frequent first.
+fn group_log_lines(lines: &[String]) -> Vec<(String, usize)> {
+    let mut groups: BTreeMap<String, usize> = BTreeMap::new();
+    for l in lines {
+        let (service, json) = l.split_once(": ").unwrap_or(("?", l));
+        let v: serde_json::Value = serde_json::from_str(json).unwrap_or_default();
+        let key = format!(
+            "{service} {} {}",
+            v["level"].as_str().unwrap_or("?"),
+            v["message"].as_str().unwrap_or(json).chars().take(120).collect::<String>()
+        );
+        *groups.entry(key).or_default() += 1;
+    }
+    let mut out: Vec<(String, usize)> = groups.into_iter().collect();
+    out.sort_by_key(|g| std::cmp::Reverse(g.1));
+    out
+}
+
+/// Successful calls per serving region (since `since`, if given).
+fn served_counts(calls: &[Call], since: Option<Instant>) -> BTreeMap<String, usize> {
+    let mut out = BTreeMap::new();
+    for c in calls {
+        if c.ok() && since.is_none_or(|s| c.started >= s) {
+            *out.entry(c.served_by.clone().unwrap_or_else(|| "?".into())).or_default() += 1;
+        }
+    }
+    out
+}
+
+/// Milliseconds from `since` until a call started after it was served by `region`.
+async fn wait_for_traffic(
+    traffic: &Traffic,
+    region: &str,
+    since: Instant,
+    timeout: Duration,
+) -> Option<u128> {
+    let deadline = since + timeout;
+    while Instant::now() < deadline {
+        let first = traffic
+            .record
+            .calls()
+            .iter()
+            .filter(|c| c.ok() && c.started >= since && c.served_by.as_deref() == Some(region))
+            .map(|c| c.ended - since)
+            .min();
+        if let Some(d) = first {
+            return Some(ms(d));
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    None
+}
