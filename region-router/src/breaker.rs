@@ -188,7 +188,7 @@ mod tests {
                 "acquire" => format!(" -> {}", b.try_acquire(*at)),
                 other => panic!("unknown action {other}"),
             };
-            out.push_str(&format!("{at:>5} {action:<10}{result:<9} {}\n", b.state(*at).as_str()));
+            out.push_str(&format!("{at:05} {action:<10}{result:<9} {}\n", b.state(*at).as_str()));
         }
         expect.assert_eq(&out);
     }
@@ -211,18 +211,18 @@ mod tests {
                 (1_070, "acquire"),
             ],
             expect_test::expect![[r#"
-                    0 fail                closed
-                   10 ok                  closed
-                   20 fail                closed
-                   30 fail                closed
-                   40 acquire    -> true  closed
-                   50 fail                open
-                   60 acquire    -> false open
-                 1049 acquire    -> false open
-                 1050 acquire    -> true  half_open
-                 1051 acquire    -> false half_open
-                 1060 ok                  closed
-                 1070 acquire    -> true  closed
+                00000 fail                closed
+                00010 ok                  closed
+                00020 fail                closed
+                00030 fail                closed
+                00040 acquire    -> true  closed
+                00050 fail                open
+                00060 acquire    -> false open
+                01049 acquire    -> false open
+                01050 acquire    -> true  half_open
+                01051 acquire    -> false half_open
+                01060 ok                  closed
+                01070 acquire    -> true  closed
             "#]],
         );
     }
@@ -243,16 +243,16 @@ mod tests {
                 (6_020, "acquire"),
             ],
             expect_test::expect![[r#"
-                    0 trip                open
-                  500 probe-ok            open
-                 1000 probe-fail          open
-                 1999 acquire    -> false open
-                 2000 acquire    -> true  half_open
-                 2010 fail                open
-                 4009 acquire    -> false open
-                 4010 probe-fail          open
-                 6010 probe-ok            closed
-                 6020 acquire    -> true  closed
+                00000 trip                open
+                00500 probe-ok            open
+                01000 probe-fail          open
+                01999 acquire    -> false open
+                02000 acquire    -> true  half_open
+                02010 fail                open
+                04009 acquire    -> false open
+                04010 probe-fail          open
+                06010 probe-ok            closed
+                06020 acquire    -> true  closed
             "#]],
         );
     }
