@@ -143,6 +143,7 @@ async fn p99_at(
 ) -> anyhow::Result<f64> {
     let hist = Arc::new(std::sync::Mutex::new(hdrhistogram::Histogram::<u64>::new(3)?));
     let errors = Arc::new(AtomicU64::new(0));
+    let last_error = Arc::new(std::sync::Mutex::new(String::new()));
     let interval = Duration::from_secs_f64(1.0 / rate.max(1.0));
     let started = Instant::now();
     let mut n: u64 = 0;
@@ -155,7 +156,7 @@ async fn p99_at(
         tokio::time::sleep_until(due.into()).await;
         let (c, url, h) =
             (c.clone(), url.to_owned(), headers[(n as usize) % headers.len()].clone());
-        let (hist, errors) = (hist.clone(), errors.clone());
+        let (hist, errors, last_error) = (hist.clone(), errors.clone(), last_error.clone());
         tasks.push(tokio::spawn(async move {
             match once(&c, &url, &h).await {
                 Ok((200, _)) => {
@@ -164,8 +165,14 @@ async fn p99_at(
                         let _ = h.record(us.max(1));
                     }
                 }
-                _ => {
+                other => {
                     errors.fetch_add(1, Ordering::Relaxed);
+                    if let Ok(mut e) = last_error.lock() {
+                        *e = match other {
+                            Ok((s, b)) => format!("{s} {}", String::from_utf8_lossy(&b)),
+                            Err(err) => format!("{err:#}"),
+                        };
+                    }
                 }
             }
         }));
@@ -176,7 +183,8 @@ async fn p99_at(
     }
     let e = errors.load(Ordering::Relaxed);
     if e > 0 {
-        bail!("{e} requests to {url} failed during the latency run");
+        let last = last_error.lock().map(|e| e.clone()).unwrap_or_default();
+        bail!("{e} requests to {url} failed during the latency run (last: {last})");
     }
     let p99 = hist.lock().map(|h| h.value_at_quantile(0.99)).unwrap_or(0);
     Ok(p99 as f64 / 1000.0)
@@ -390,7 +398,7 @@ async fn run() -> anyhow::Result<()> {
     if !ok {
         bail!("cargo xtask build-wasm failed");
     }
-    let wasmtime = wasmtime_cli()?;
+    let skip_serve = std::env::args().any(|a| a == "--skip-wasmtime-serve");
 
     let router = upstream().await?;
     let identity = IdentityIssuer {
@@ -507,13 +515,19 @@ async fn run() -> anyhow::Result<()> {
     // is measured with instance reuse off (`--max-instance-reuse-count 1`); its default
     // (reusing a P3 instance for up to 128 requests) is reported beside it.
     let mut serve_rps = Vec::new();
+    let wasmtime = if skip_serve { None } else { Some(wasmtime_cli()?) };
     for reuse in [Some("1"), None] {
+        let Some(wasmtime) = &wasmtime else {
+            step("`wasmtime serve` skipped (--skip-wasmtime-serve)");
+            serve_rps.push(f64::NAN);
+            continue;
+        };
         let port = free_port()?;
         step(&format!(
             "validation component on `wasmtime serve` {WASMTIME_VERSION} (instance reuse {}): peak",
             reuse.map_or("default", |_| "off")
         ));
-        let mut cmd = Command::new(&wasmtime);
+        let mut cmd = Command::new(wasmtime);
         cmd.args(["serve", "-Scli", "-Sp3", "-Wcomponent-model-async", "--addr"])
             .arg(format!("127.0.0.1:{port}"));
         if let Some(n) = reuse {
@@ -540,7 +554,7 @@ async fn run() -> anyhow::Result<()> {
     let (cold, warm) = tokio::task::spawn_blocking(verify_rates).await?;
     step(&format!("  cold (signature) {cold:.0}/s, warm (verified-token cache) {warm:.0}/s"));
 
-    let ratio = host_rps / serve_fresh_rps.max(1.0);
+    let ratio = if serve_fresh_rps > 0.0 { host_rps / serve_fresh_rps } else { f64::NAN };
     println!(
         "edge seatmap_rps={seat_rps:.0} seatmap_p99_ms_at_half={seat_p99:.2} queue_poll_rps={poll_rps:.0} queue_poll_p99_ms_at_half={poll_p99:.2} validation_host_rps={host_rps:.0} validation_wasmtime_serve_rps={serve_fresh_rps:.0} validation_wasmtime_serve_reuse_rps={serve_reuse_rps:.0} host_over_wasmtime_serve={ratio:.2} token_verify_cold_per_s_core={cold:.0} token_verify_warm_per_s_core={warm:.0}"
     );

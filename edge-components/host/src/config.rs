@@ -42,7 +42,12 @@ pub struct Limits {
     pub request_timeout: Duration,
     /// Linear memory one component instance may grow to.
     pub memory_max_bytes: usize,
-    /// Component instances alive at once (pooling allocator slots).
+    /// Bytes of each pooled linear memory kept resident between instances (reset with
+    /// memset instead of being returned to the kernel).
+    pub memory_keep_resident_bytes: usize,
+    /// Component instances alive at once (pooling allocator slots). A request through
+    /// the chain holds up to four at once, so keep this at least four times
+    /// `concurrent_requests_max`.
     pub instances_max: u32,
     /// Requests served at once; more wait for a slot.
     pub concurrent_requests_max: usize,
@@ -57,7 +62,8 @@ impl Default for Limits {
         Limits {
             request_timeout: Duration::from_secs(15),
             memory_max_bytes: 64 << 20,
-            instances_max: 512,
+            memory_keep_resident_bytes: 2 << 20,
+            instances_max: 1024,
             concurrent_requests_max: 256,
             kv_entries_max: 200_000,
             chain_depth_max: 8,

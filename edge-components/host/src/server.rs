@@ -386,6 +386,10 @@ fn engine(limits: &Limits, cache_dir: &Path) -> anyhow::Result<Engine> {
     let mut config = Config::new();
     config.wasm_component_model_async(true);
     config.epoch_interruption(true);
+    // Errors inside guests are reported by message; capturing wasm backtraces for every
+    // error a component handles (a closed body stream, a missing key) costs more than it
+    // tells.
+    config.wasm_backtrace_max_frames(None);
     let mut pool = PoolingAllocationConfig::default();
     let n = limits.instances_max;
     pool.total_component_instances(n)
@@ -396,7 +400,12 @@ fn engine(limits: &Limits, cache_dir: &Path) -> anyhow::Result<Engine> {
         .max_core_instances_per_component(16)
         .max_memories_per_component(8)
         .max_tables_per_component(16)
-        .max_memory_size(limits.memory_max_bytes);
+        .max_memory_size(limits.memory_max_bytes)
+        // A fresh instance per request: resetting a few MiB with memset is cheaper than
+        // handing pages back to the kernel and faulting them in again on the next request.
+        .linear_memory_keep_resident(limits.memory_keep_resident_bytes)
+        .table_keep_resident(64 << 10)
+        .async_stack_keep_resident(64 << 10);
     config.allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
     config.memory_reservation(limits.memory_max_bytes as u64);
     config.memory_guard_size(64 << 10);
@@ -422,6 +431,13 @@ impl Edge {
                 .and_then(|c| c.source.parent().map(|p| p.join(".cache")))
                 .unwrap_or_else(|| PathBuf::from(".cache"))
         });
+        if opts.limits.concurrent_requests_max.saturating_mul(4) > opts.limits.instances_max as usize {
+            tracing::warn!(
+                instances_max = opts.limits.instances_max,
+                concurrent_requests_max = opts.limits.concurrent_requests_max,
+                "instances_max is below four instances per concurrent request; bursts may fail to instantiate"
+            );
+        }
         let engine = engine(&opts.limits, &cache_dir)?;
         let mut linker = Linker::<Host>::new(&engine);
         wasmtime_wasi::p2::add_to_linker_async(&mut linker).map_err(|e| anyhow!("{e}"))?;

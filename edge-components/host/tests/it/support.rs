@@ -218,7 +218,7 @@ pub async fn start_edge(vars: BTreeMap<String, String>) -> RunningEdge {
         manifest: workspace_root().join("edge-components/spin.toml"),
         spin_env: BTreeMap::new(),
         variables: vars,
-        limits: Limits { instances_max: 64, ..Limits::default() },
+        limits: Limits { instances_max: 256, concurrent_requests_max: 64, ..Limits::default() },
         pop: "test".into(),
         compile_cache_dir: None,
     })
