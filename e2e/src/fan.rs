@@ -49,7 +49,27 @@ impl Api {
         if let Some(b) = body {
             req = req.json(b);
         }
-        let resp = req.send().await.with_context(|| format!("call {path}"))?;
+        let retry = req.try_clone();
+        let mut resp = req.send().await.with_context(|| format!("call {path}"))?;
+        // A challenged request is solved and sent again, as a fan's page does.
+        if resp.status().as_u16() == 428 {
+            let challenge = resp
+                .headers()
+                .get("x-tessera-pow-challenge")
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_owned);
+            if let (Some(challenge), Some(retry)) = (challenge, retry) {
+                let solved = tokio::task::spawn_blocking({
+                    let c = challenge.clone();
+                    move || tessera_edge_logic::pow::solve(&c)
+                })
+                .await?;
+                if let Some(nonce) = solved {
+                    let answer = format!("{challenge}:{nonce}");
+                    resp = retry.header(tessera_api::headers::POW, answer).send().await?;
+                }
+            }
+        }
         let status = resp.status().as_u16();
         let served_by = resp
             .headers()
@@ -164,7 +184,8 @@ impl Fan {
             if std::time::Instant::now() > deadline {
                 bail!("{} not admitted within {timeout:?}: {} {}", self.customer, r.status, r.body);
             }
-            tokio::time::sleep(Duration::from_millis(100)).await;
+            // Poll like a fan's page does: about once a second.
+            tokio::time::sleep(Duration::from_millis(700)).await;
         }
     }
 

@@ -7,6 +7,7 @@
 //! It is test and developer tooling: `cargo xtask up` uses the same [`stack::Stack`].
 
 pub mod fan;
+pub mod scenarios;
 pub mod stack;
 
 /// The demo seat map that `cargo xtask up` seeds.

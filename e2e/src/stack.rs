@@ -39,6 +39,8 @@ pub struct StackOptions {
     pub core_toml: String,
     /// `tracing` filter for the services.
     pub log_filter: String,
+    /// The edge's bot policy (JSON, `tessera_edge_logic::bot::Policy`); empty = defaults.
+    pub bot_policy: String,
 }
 
 impl StackOptions {
@@ -59,6 +61,7 @@ impl StackOptions {
             paysim_toml: String::new(),
             core_toml: String::new(),
             log_filter: "info".into(),
+            bot_policy: String::new(),
         })
     }
 }
@@ -75,7 +78,11 @@ pub fn repo_root() -> anyhow::Result<PathBuf> {
             return Ok(dir);
         }
         if !dir.pop() {
-            bail!("run this inside the Tessera repository");
+            // Not inside the repository: use the one this crate was built from.
+            let built_in = Path::new(env!("CARGO_MANIFEST_DIR")).parent().map(Path::to_path_buf);
+            return built_in
+                .filter(|d| d.join("e2e").is_dir())
+                .context("run this inside the Tessera repository");
         }
     }
 }
@@ -461,7 +468,7 @@ impl Stack {
                 &edge_cfg,
                 format!(
                     "listen = \"127.0.0.1:{edge_port}\"\nadmin_listen = \"127.0.0.1:{edge_admin_port}\"\nmanifest = {}\npop = \"local\"\nnats_url = {}\n\
-                     [variables]\nrouter_url = {}\nidentity_keys = {}\nqueue_signing_key = {}\nqueue_keys = {}\nshadow_secret = {}\npow_secret = {}\n{telemetry}",
+                     [variables]\nrouter_url = {}\nidentity_keys = {}\nqueue_signing_key = {}\nqueue_keys = {}\nshadow_secret = {}\npow_secret = {}\nbot_policy = {}\n{telemetry}",
                     toml_str(&manifest.display().to_string()),
                     toml_str(
                         urls.nats_leaves.values().next().map(String::as_str).unwrap_or_default()
@@ -472,6 +479,7 @@ impl Stack {
                     toml_str(&edge_keys),
                     toml_str(&keys.shadow_secret),
                     toml_str(&keys.pow_secret),
+                    toml_str(&options.bot_policy),
                 ),
             )?;
             services.push(Service {
@@ -485,7 +493,21 @@ impl Stack {
             });
         }
 
-        let http = reqwest::Client::builder().timeout(Duration::from_secs(30)).build()?;
+        // Clients of the stack look like a browser, as fans' do (the edge scores clients).
+        let mut headers = reqwest::header::HeaderMap::new();
+        headers.insert(
+            reqwest::header::ACCEPT,
+            reqwest::header::HeaderValue::from_static("application/json"),
+        );
+        headers.insert(
+            reqwest::header::ACCEPT_LANGUAGE,
+            reqwest::header::HeaderValue::from_static("en-GB,en;q=0.8"),
+        );
+        let http = reqwest::Client::builder()
+            .timeout(Duration::from_secs(30))
+            .user_agent("Mozilla/5.0 (X11; Linux x86_64) tessera-e2e")
+            .default_headers(headers)
+            .build()?;
         let mut stack = Stack { options, urls, keys, nats, services, http };
         for i in 0..stack.services.len() {
             let name = stack.services[i].name.clone();

@@ -162,6 +162,9 @@ fn up(
         paysim_toml: String::new(),
         core_toml: String::new(),
         log_filter: "info".into(),
+        // Local development: a bot policy that lets curl through (curl's user agent alone
+        // scores as automation); `deploy/production` keeps the defaults.
+        bot_policy: r#"{"challenge_at": 75, "shadow_at": 95}"#.into(),
     };
     let rt = tokio::runtime::Runtime::new()?;
     rt.block_on(async move {

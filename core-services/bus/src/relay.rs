@@ -256,29 +256,39 @@ impl<S: Store, C: Clock> OutboxRelay<S, C> {
         let me = self.holder.clone();
         let my_region = self.cfg.region.clone();
         let until = now + self.cfg.lease_ttl.as_millis() as u64;
+        let region_s = region.to_string();
         let claimed = tessera_store::run(&self.store, |trx, _| {
             let key = key.clone();
             let me = me.clone();
             let my_region = my_region.clone();
+            let region_s = region_s.clone();
             async move {
                 let current = match trx.get(&key, false).await? {
                     Some(bytes) => decode::<LeaseRecord>(&bytes).ok(),
                     None => None,
                 };
                 if !may_claim(current.as_ref(), &me, &my_region, role, now) {
-                    return Ok::<_, TrxError<()>>(false);
+                    return Ok::<_, TrxError<()>>((false, false));
                 }
                 let record = LeaseRecord { v: 1, holder: me, expires_at_ms: until };
                 trx.set(&key, &encode(&record));
-                Ok(true)
+                // Whether a relay of the region itself held it before (and stopped).
+                let had_owner = current.is_some_and(|l| l.holder.split('/').next() == Some(region_s.as_str()));
+                Ok((true, had_owner))
             }
         })
         .await?;
+        let (claimed, had_owner) = claimed;
         let was_held = self.held.contains_key(region);
         if claimed {
             self.held.insert(region.clone(), until);
             if !was_held && role == LeaseRole::Standby {
-                tracing::warn!(holder = %self.holder, region = %region, "took over the outbox of a region whose relay stopped renewing its lease");
+                if had_owner {
+                    tracing::warn!(holder = %self.holder, region = %region, "took over the outbox of a region whose relay stopped renewing its lease");
+                } else {
+                    // The region's relay never ran (yet): cover for it until it does.
+                    tracing::info!(holder = %self.holder, region = %region, "publishing the outbox of a region whose relay has not started");
+                }
             }
         } else {
             self.held.remove(region);

@@ -30,7 +30,9 @@ struct StoreContacts<S: Store> {
 impl<S: Store> Contacts for StoreContacts<S> {
     async fn email_for_order(&self, order_id: &OrderId) -> anyhow::Result<Option<String>> {
         let trx = self.app.store().create_trx()?;
-        let Some(b) = trx.get(&self.app.keys().order(order_id), true).await? else { return Ok(None) };
+        let Some(b) = trx.get(&self.app.keys().order(order_id), true).await? else {
+            return Ok(None);
+        };
         let order: OrderRecord = values::decode(&b)?;
         match order.email {
             Some(e) => Ok(Some(e)),
@@ -65,7 +67,10 @@ pub async fn remember_contact<S: Store>(app: &App<S>, customer: &CustomerId, ema
 
 /// Starts everything bus-related. Returns the task handles and the routes to mount
 /// (projection reads, SSE). Without NATS only the notifier's SSE routes exist.
-pub async fn start<S: Store>(app: Arc<App<S>>, shutdown: Shutdown) -> anyhow::Result<(Vec<JoinHandle<()>>, Router)> {
+pub async fn start<S: Store>(
+    app: Arc<App<S>>,
+    shutdown: Shutdown,
+) -> anyhow::Result<(Vec<JoinHandle<()>>, Router)> {
     let mut handles = Vec::new();
     let hub = SseHub::new(64);
     let mailer = Arc::new(SmtpMailer::new(&app.config.notifications.smtp)?);
@@ -88,7 +93,9 @@ pub async fn start<S: Store>(app: Arc<App<S>>, shutdown: Shutdown) -> anyhow::Re
     handles.push(tokio::spawn(queue_updates(app.clone(), hub.clone(), shutdown.clone())));
 
     let Some(client) = app.nats.clone() else {
-        tracing::warn!("no NATS configured: events are not published and other regions hear nothing");
+        tracing::warn!(
+            "no NATS configured: events are not published and other regions hear nothing"
+        );
         return Ok((handles, router));
     };
     let region = app.region.clone();
@@ -144,11 +151,12 @@ pub async fn start<S: Store>(app: Arc<App<S>>, shutdown: Shutdown) -> anyhow::Re
         || tessera_bus::heartbeat::HeartbeatLoad::default(),
     ));
 
-    let projection = tessera_bus::projection::start(&client, &region, &app.config.bus.projection_dir, {
-        let shutdown = shutdown.clone();
-        async move { shutdown.wait().await }
-    })
-    .await?;
+    let projection =
+        tessera_bus::projection::start(&client, &region, &app.config.bus.projection_dir, {
+            let shutdown = shutdown.clone();
+            async move { shutdown.wait().await }
+        })
+        .await?;
     router = router.merge(projection.router);
     handles.push(projection.task);
 
@@ -199,7 +207,9 @@ async fn notify_loop<S: Store>(
                         let _ = msg.ack().await;
                     }
                     // Not acknowledged: JetStream delivers it again after its ack wait.
-                    Err(e) => tracing::warn!(bus_event_id = %event.id, "notifications: handling failed, will retry: {e:#}"),
+                    Err(e) => {
+                        tracing::warn!(bus_event_id = %event.id, "notifications: handling failed, will retry: {e:#}")
+                    }
                 },
                 Err(e) => {
                     tracing::error!("notifications: dropping an undecodable event: {e}");
@@ -231,7 +241,11 @@ async fn queue_updates<S: Store>(app: Arc<App<S>>, hub: SseHub, shutdown: Shutdo
             };
             for customer in watchers {
                 let Ok(trx) = app.store().create_trx() else { continue };
-                let Ok(Some(b)) = trx.get(&app.keys().queue_customer(&e.event_id, &customer), true).await else { continue };
+                let Ok(Some(b)) =
+                    trx.get(&app.keys().queue_customer(&e.event_id, &customer), true).await
+                else {
+                    continue;
+                };
                 let Ok((stamp, rec)) = queue_place::decode_place(&b) else { continue };
                 let rank = (stamp != [0u8; 12]).then(|| hex::encode(stamp));
                 let claims = QueueTicketClaims {

@@ -212,7 +212,11 @@ pub struct BusConfig {
 
 impl Default for BusConfig {
     fn default() -> Self {
-        BusConfig { projection_dir: PathBuf::from(".tessera/projection"), heartbeat_ms: 250, sse_keep_alive_s: 15 }
+        BusConfig {
+            projection_dir: PathBuf::from(".tessera/projection"),
+            heartbeat_ms: 250,
+            sse_keep_alive_s: 15,
+        }
     }
 }
 

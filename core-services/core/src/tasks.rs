@@ -76,7 +76,8 @@ impl Tasks {
     }
 }
 
-/// Starts the sweeper, the reconciler and the admission controller.
+/// Starts the sweeper, the reconciler, the admission controller, and the bus and
+/// notification tasks ([`crate::bus::start`]).
 pub async fn spawn_all<S: Store>(app: Arc<App<S>>, shutdown: Shutdown) -> anyhow::Result<Tasks> {
     let mut tasks = Tasks::default();
     tasks.handles.push(tokio::spawn(run_sweeper(app.clone(), shutdown.clone())));
@@ -84,5 +85,8 @@ pub async fn spawn_all<S: Store>(app: Arc<App<S>>, shutdown: Shutdown) -> anyhow
     tasks
         .handles
         .push(tokio::spawn(crate::admission::run_controller(app.clone(), shutdown.clone())));
+    let (handles, routes) = crate::bus::start(app, shutdown).await?;
+    tasks.handles.extend(handles);
+    tasks.routes = Some(routes);
     Ok(tasks)
 }

@@ -729,31 +729,14 @@ impl<S: Store> Orders<S> {
         for (k, _) in pending {
             report.examined += 1;
             let order_id = self.inv.keys().order_of_pending_key(&k)?;
-            let now = self.clock.now_ms();
-            let r = match self.order_record(&order_id).await {
-                Ok(r) => r,
-                Err(OrderError::UnknownOrder(_)) => continue,
-                Err(e) => return Err(e),
-            };
-            let mine = r.lease_holder.as_deref() == Some(self.config.driver.as_str());
-            if r.lease_until_ms > now && !mine {
-                continue;
-            }
-            // Take the lease, so that other reconcilers leave this order alone for a while.
-            let step = r.step;
-            let took = self
-                .transition(&order_id, step, |_, mut o| async move {
-                    o.attempts += 1;
-                    Ok(o)
-                })
-                .await?;
-            if took.lease_holder.as_deref() != Some(self.config.driver.as_str()) {
-                continue;
-            }
-            report.driven += 1;
-            match self.drive(&order_id).await {
-                Ok(done) if done.step == SagaStep::Done => report.settled += 1,
-                Ok(_) => {}
+            match self.settle(&order_id).await {
+                Ok(Some(done)) => {
+                    report.driven += 1;
+                    if done.step == SagaStep::Done {
+                        report.settled += 1;
+                    }
+                }
+                Ok(None) => {}
                 Err(e) => tracing::warn!(%order_id, "reconciling failed, will retry: {e}"),
             }
         }
@@ -761,6 +744,36 @@ impl<S: Store> Orders<S> {
             metrics::counter!("tessera_orders_reconciled_total").increment(report.settled);
         }
         Ok(report)
+    }
+
+    /// Drives an order if nobody else is driving it (its lease lapsed or is ours): what the
+    /// reconciler does for each pending order, and what a provider webhook triggers.
+    /// Returns the order after driving, or `None` when another driver owns it.
+    pub async fn settle(&self, order_id: &OrderId) -> Result<Option<OrderRecord>, OrderError> {
+        let now = self.clock.now_ms();
+        let r = match self.order_record(order_id).await {
+            Ok(r) => r,
+            Err(OrderError::UnknownOrder(_)) => return Ok(None),
+            Err(e) => return Err(e),
+        };
+        if r.step == SagaStep::Done {
+            return Ok(None);
+        }
+        if r.lease_until_ms > now {
+            return Ok(None);
+        }
+        // Take the lease, so that other drivers leave this order alone for a while.
+        let step = r.step;
+        let took = self
+            .transition(order_id, step, |_, mut o| async move {
+                o.attempts += 1;
+                Ok(o)
+            })
+            .await?;
+        if took.lease_holder.as_deref() != Some(self.config.driver.as_str()) || took.step != step {
+            return Ok(None);
+        }
+        self.drive(order_id).await.map(Some)
     }
 
     fn outbox<T: Transaction>(&self, trx: &T, o: &OrderRecord, body: BusEventBody) {

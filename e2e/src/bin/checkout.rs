@@ -18,10 +18,16 @@ fn main() -> anyhow::Result<()> {
     let rt = tokio::runtime::Runtime::new()?;
     let kv = rt.block_on(checkout::run(opts))?;
     println!("{}", kv_line(&kv));
-    let bad = ["charged_without_ticket", "ticket_without_charge", "duplicate_charges", "oversold", "unexpected_warnings"]
-        .iter()
-        .filter(|k| kv.get(**k).is_some_and(|v| v != "0"))
-        .count();
+    let bad = [
+        "charged_without_ticket",
+        "ticket_without_charge",
+        "duplicate_charges",
+        "oversold",
+        "unexpected_warnings",
+    ]
+    .iter()
+    .filter(|k| kv.get(**k).is_some_and(|v| v != "0"))
+    .count();
     if bad > 0 {
         anyhow::bail!("checkout scenario broke an invariant");
     }

@@ -124,7 +124,9 @@ pub(crate) async fn payment_webhook<S: Store>(
     if let Some(order_id) = order.and_then(|o| OrderId::parse(&o).ok()) {
         let app = app.clone();
         tokio::spawn(async move {
-            if let Err(e) = app.orders.drive(&order_id).await {
+            // Only orders nobody is driving (a crashed region's): the live saga goes on by
+            // itself.
+            if let Err(e) = app.orders.settle(&order_id).await {
                 tracing::debug!(%order_id, "webhook-triggered drive did not finish: {e}");
             }
         });
