@@ -208,10 +208,10 @@ impl http_body::Body for DoneOnEnd {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<http_body::Frame<Bytes>, Self::Error>>> {
         let poll = Pin::new(&mut self.inner).poll_frame(cx);
-        if matches!(poll, Poll::Ready(None) | Poll::Ready(Some(Err(_)))) {
-            if let Some(done) = self.done.take() {
-                let _ = done.send(());
-            }
+        if matches!(poll, Poll::Ready(None) | Poll::Ready(Some(Err(_))))
+            && let Some(done) = self.done.take()
+        {
+            let _ = done.send(());
         }
         poll
     }
@@ -431,7 +431,9 @@ impl Edge {
                 .and_then(|c| c.source.parent().map(|p| p.join(".cache")))
                 .unwrap_or_else(|| PathBuf::from(".cache"))
         });
-        if opts.limits.concurrent_requests_max.saturating_mul(4) > opts.limits.instances_max as usize {
+        if opts.limits.concurrent_requests_max.saturating_mul(4)
+            > opts.limits.instances_max as usize
+        {
             tracing::warn!(
                 instances_max = opts.limits.instances_max,
                 concurrent_requests_max = opts.limits.concurrent_requests_max,
@@ -503,7 +505,7 @@ impl Edge {
                 environment: c.environment.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
             });
         }
-        routes.sort_by(|a, b| b.0.specificity().cmp(&a.0.specificity()));
+        routes.sort_by_key(|r| std::cmp::Reverse(r.0.specificity()));
         labels.sort();
         labels.dedup();
         if !labels.contains(&"default".to_owned()) {

@@ -21,7 +21,7 @@ async fn serves_seat_maps_from_the_cache_and_stale_when_the_region_is_down() {
     // Invalidate, take the region down: the edge serves what it has, marked stale.
     edge.edge
         .kv()
-        .set("default", &format!("inv:counts:show-1"), (now_ms() + 1).to_string().into_bytes())
+        .set("default", "inv:counts:show-1", (now_ms() + 1).to_string().into_bytes())
         .unwrap();
     std::thread::sleep(std::time::Duration::from_millis(5));
     up.down.store(true, Ordering::SeqCst);

@@ -16,7 +16,8 @@ async fn metrics_count_bot_verdicts_cache_outcomes_and_requests() {
     let admin_addr = admin.local_addr().unwrap();
     let (_stop, rx) = tokio::sync::watch::channel(false);
     tokio::spawn(tessera_edge_host::serve::serve_admin(admin, rx));
-    let text = c.get(format!("http://{admin_addr}/metrics")).send().await.unwrap().text().await.unwrap();
+    let text =
+        c.get(format!("http://{admin_addr}/metrics")).send().await.unwrap().text().await.unwrap();
     for needle in [
         "tessera_edge_bot_verdicts_total{outcome=\"allow\"}",
         "tessera_edge_catalog_cache_total{outcome=\"hit\"}",
