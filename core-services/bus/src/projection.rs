@@ -38,12 +38,14 @@ use crate::consumer::{ConsumerConfig, Handler, StoreConsumer, ensure_consumer};
 /// The durable consumer name (and dedup namespace) of the projection.
 pub const CONSUMER: &str = "availability-projection";
 
-/// The key space root of projection stores.
+/// The key space root of projection stores; each region's projection lives under
+/// `tsrproj-<region>`, so that two regions' projections never mix even if they were
+/// pointed at one directory.
 pub const ROOT: &str = "tsrproj";
 
-/// The key space of a projection store.
-pub fn keyspace() -> Keyspace {
-    Keyspace::with_root(ROOT)
+/// The key space of `region`'s projection.
+pub fn keyspace(region: &RegionId) -> Keyspace {
+    Keyspace::with_root(&format!("{ROOT}-{region}"))
 }
 
 /// Applies one event to the tallies.
@@ -278,7 +280,7 @@ pub async fn start(
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<RunningProjection, BusError> {
     let store = EmbeddedStore::open(dir)?;
-    let projection = Projection::new(store.clone(), keyspace(), region.clone());
+    let projection = Projection::new(store.clone(), keyspace(region), region.clone());
     let consumer = projection.consumer();
     let pull = ensure_consumer(client, region, &ConsumerConfig::new(CONSUMER)).await?;
     let task = tokio::spawn(consumer.run(pull, shutdown));
@@ -305,7 +307,11 @@ mod tests {
     #[tokio::test]
     async fn tallies_follow_holds_sales_and_releases_and_ignore_duplicates() {
         let store = MemoryStore::new();
-        let projection = Projection::new(store, keyspace(), RegionId::parse("eu-west").unwrap());
+        let eu = RegionId::parse("eu-west").unwrap();
+        let projection = Projection::new(store.clone(), keyspace(&eu), eu.clone());
+        // Another region's projection in the same store stays apart.
+        let other_region = RegionId::parse("us-east").unwrap();
+        let other = Projection::new(store, keyspace(&other_region), other_region);
         let consumer = projection.consumer();
         let seats: Vec<SeatId> =
             ["A-1-1", "A-1-2", "B-3-4"].iter().map(|s| s.parse().unwrap()).collect();
@@ -359,6 +365,7 @@ mod tests {
         let outcomes = consumer.apply_batch(&[held.clone(), sold, ga]).await.unwrap();
         assert_eq!(outcomes, vec![Outcome::Applied; 3]);
         // A redelivery, and a duplicate inside one batch.
+        let held_again = held.clone();
         let outcomes =
             consumer.apply_batch(&[held, ga_released.clone(), ga_released]).await.unwrap();
         assert_eq!(outcomes, vec![Outcome::Duplicate, Outcome::Applied, Outcome::Duplicate]);
@@ -373,5 +380,9 @@ mod tests {
         let page = projection.applied(Some("03"), 3).await.unwrap();
         assert_eq!(page.ids, vec!["04"]);
         assert_eq!(page.next, None);
+        let untouched = other.view(&EventId::parse("e1").unwrap()).await.unwrap();
+        assert_eq!((untouched.held, untouched.sold, untouched.events_applied), (0, 0, 0));
+        let outcomes = other.consumer().apply_batch(&[held_again]).await.unwrap();
+        assert_eq!(outcomes, vec![Outcome::Applied], "its dedup marks are its own");
     }
 }

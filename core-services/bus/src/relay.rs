@@ -273,7 +273,8 @@ impl<S: Store, C: Clock> OutboxRelay<S, C> {
                 let record = LeaseRecord { v: 1, holder: me, expires_at_ms: until };
                 trx.set(&key, &encode(&record));
                 // Whether a relay of the region itself held it before (and stopped).
-                let had_owner = current.is_some_and(|l| l.holder.split('/').next() == Some(region_s.as_str()));
+                let had_owner =
+                    current.is_some_and(|l| l.holder.split('/').next() == Some(region_s.as_str()));
                 Ok((true, had_owner))
             }
         })

@@ -439,7 +439,7 @@ async fn projections_in_both_regions_converge_and_ignore_duplicates() {
 
     let want = r#"{"A":{"held":1,"sold":1}}"#;
     for r in [us(), eu()] {
-        let p = Projection::new(running[&r].store.clone(), projection::keyspace(), r.clone());
+        let p = Projection::new(running[&r].store.clone(), projection::keyspace(&r), r.clone());
         wait_for("the projection to converge", Duration::from_secs(10), async || {
             let v = p.view(&"e1".parse().unwrap()).await.unwrap();
             v.events_applied == 3 && serde_json::to_string(&v.sections).unwrap() == want
