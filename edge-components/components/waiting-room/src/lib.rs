@@ -30,7 +30,7 @@ use tessera_api::{CustomerId, ErrorCode, EventId, headers};
 use tessera_edge_guest as guest;
 use tessera_edge_logic::kv;
 use tessera_edge_logic::routes::{Route, classify};
-use tessera_identity::{IdentityClaims, IdentityVerifier, Keyset, SigningKeyPair};
+use tessera_identity::{IdentityClaims, Keyset, SigningKeyPair, TokenError};
 use tessera_queue::token::{self, QueueTokenError, TYP_ADMISSION, TYP_TICKET};
 use tessera_queue::{admission, lottery};
 
@@ -55,6 +55,8 @@ struct Cached<C> {
     claims: C,
 }
 
+/// Clock skew tolerated on identity tokens.
+const IDENTITY_LEEWAY_S: u64 = 30;
 /// How long a signature check is trusted for the same token string.
 const VERIFIED_CACHE_MS: u64 = 60_000;
 /// How old a watermark may get before the component asks the region itself.
@@ -102,22 +104,17 @@ impl Ctx {
         else {
             return Err(fail(ErrorCode::Unauthenticated, "send `authorization: Bearer <token>`"));
         };
-        let keys = Keyset::parse(&var("identity_keys").await)
-            .map_err(|_| fail(ErrorCode::Internal, "edge misconfigured: identity_keys"))?;
-        let verifier =
-            IdentityVerifier { issuer: var("identity_issuer").await, keys, leeway_s: 30 };
+        // The keyset is parsed (point decompression per key) only when the cache misses.
+        let keys_spec = var("identity_keys").await;
+        let issuer = var("identity_issuer").await;
         let claims: IdentityClaims = verified(&self.store, "id", token, self.now_ms, || {
-            tessera_identity::verify(&verifier.keys, token)
+            let keys = Keyset::parse(&keys_spec).map_err(|_| TokenError::UnknownKey)?;
+            tessera_identity::verify(&keys, token)
         })
         .await
         .map_err(identity_error)?;
-        claims.check(&verifier.issuer, self.now_ms, verifier.leeway_s).map_err(identity_error)?;
+        claims.check(&issuer, self.now_ms, IDENTITY_LEEWAY_S).map_err(identity_error)?;
         Ok(claims.sub)
-    }
-
-    async fn queue_keys(&self) -> Result<Keyset, guest::Reply> {
-        Keyset::parse(&var("queue_keys").await)
-            .map_err(|_| fail(ErrorCode::Internal, "edge misconfigured: queue_keys"))
     }
 
     async fn queue_claims(
@@ -127,8 +124,10 @@ impl Ctx {
         event_id: &EventId,
         device_hash: &str,
     ) -> Result<QueueTicketClaims, guest::Reply> {
-        let keys = self.queue_keys().await?;
+        // The keyset is parsed (point decompression per key) only when the cache misses.
+        let keys_spec = var("queue_keys").await;
         let claims: QueueTicketClaims = verified(&self.store, "q", token, self.now_ms, || {
+            let keys = Keyset::parse(&keys_spec).map_err(|_| TokenError::UnknownKey)?;
             tessera_identity::verify(&keys, token)
         })
         .await
