@@ -18,6 +18,35 @@ pub struct CacheEntry {
     pub body: String,
 }
 
+impl CacheEntry {
+    /// The stored form: one header line (`v1 <stored_at_ms> <status> <content_type>`) and
+    /// the body as is, so a cache hit neither escapes nor unescapes the body.
+    pub fn encode(&self) -> Vec<u8> {
+        let mut out = format!("v1 {} {} {}\n", self.stored_at_ms, self.status, self.content_type)
+            .into_bytes();
+        out.extend_from_slice(self.body.as_bytes());
+        out
+    }
+
+    /// Reads the stored form; `None` for anything else (treated as a miss).
+    pub fn decode(raw: &[u8]) -> Option<CacheEntry> {
+        let nl = raw.iter().position(|b| *b == b'\n')?;
+        let header = std::str::from_utf8(&raw[..nl]).ok()?;
+        let mut parts = header.splitn(4, ' ');
+        let (Some("v1"), Some(at), Some(status), Some(ct)) =
+            (parts.next(), parts.next(), parts.next(), parts.next())
+        else {
+            return None;
+        };
+        Some(CacheEntry {
+            stored_at_ms: at.parse().ok()?,
+            status: status.parse().ok()?,
+            content_type: ct.to_owned(),
+            body: String::from_utf8(raw[nl + 1..].to_vec()).ok()?,
+        })
+    }
+}
+
 /// TTLs of cached catalog data.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct CacheTtls {
@@ -101,6 +130,18 @@ mod tests {
             content_type: "application/json".into(),
             body: "{}".into(),
         }
+    }
+
+    #[test]
+    fn entries_round_trip_through_the_stored_form() {
+        let e = CacheEntry {
+            stored_at_ms: 42,
+            status: 200,
+            content_type: "application/json; charset=utf-8".into(),
+            body: "{\"a\":\"line\nbreak\"}".into(),
+        };
+        assert_eq!(CacheEntry::decode(&e.encode()), Some(e));
+        assert_eq!(CacheEntry::decode(b"{}"), None);
     }
 
     #[test]

@@ -70,7 +70,7 @@ async fn handle(req: Request) -> Result<guest::Reply, spin_sdk::http::Error> {
         _ => kv::INVALIDATED_EVENT_LIST.to_owned(),
     };
     let entry: Option<CacheEntry> = match store.get(&key).await {
-        Ok(Some(raw)) => serde_json::from_slice(&raw).ok(),
+        Ok(Some(raw)) => CacheEntry::decode(&raw),
         _ => None,
     };
     let pushed = read_u64(&store, kv::BUS_ALIVE)
@@ -117,9 +117,7 @@ async fn handle(req: Request) -> Result<guest::Reply, spin_sdk::http::Error> {
             content_type,
             body: String::from_utf8_lossy(&rbody).into_owned(),
         };
-        if let Ok(v) = serde_json::to_vec(&entry) {
-            let _ = store.set(&key, v).await;
-        }
+        let _ = store.set(&key, entry.encode()).await;
     }
     Ok(with_cache(guest::from_parts(rparts, rbody), "miss"))
 }
