@@ -6,6 +6,11 @@
 //!
 //! It imports only WASI: no Spin key-value or variables.
 
+#![allow(
+    clippy::result_large_err,
+    reason = "the error side is the HTTP response to send; boxing it only adds an allocation"
+)]
+
 use spin_sdk::http::Request;
 use spin_sdk::http_service;
 use tessera_edge_guest as guest;
