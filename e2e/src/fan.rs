@@ -120,14 +120,19 @@ pub struct Fan {
 impl Fan {
     pub async fn new(api: Api, customer: &str) -> anyhow::Result<Self> {
         let token = api.dev_token(customer, false).await?;
-        Ok(Fan {
+        Ok(Self::with_token(api, customer, token))
+    }
+
+    /// A fan whose identity token came from elsewhere (an identity provider).
+    pub fn with_token(api: Api, customer: &str, token: String) -> Self {
+        Fan {
             api,
             customer: customer.to_owned(),
             device: format!("device-of-{customer}"),
             token,
             ticket: None,
             admission: None,
-        })
+        }
     }
 
     fn auth(&self) -> String {

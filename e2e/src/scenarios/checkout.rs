@@ -42,6 +42,8 @@ fn card(i: usize) -> &'static str {
 
 #[derive(Debug, Default)]
 struct Outcome {
+    /// The fan's identity token (to read the order afterwards).
+    token: String,
     order_id: Option<String>,
     status: u16,
     latency: Duration,
@@ -50,11 +52,25 @@ struct Outcome {
 
 /// One fan: join, wait for admission, hold, check out (retrying the same request with the
 /// same idempotency key when the connection fails, as a real client does).
-async fn one(edge: Api, i: usize, event: String) -> anyhow::Result<Outcome> {
-    let mut fan = Fan::new(edge, &format!("buyer-{i}")).await?;
-    let r = fan.join(&event).await?;
-    if !r.ok() {
-        bail!("join: {} {}", r.status, r.body);
+async fn one(edge: Api, issuer: Api, i: usize, event: String) -> anyhow::Result<Outcome> {
+    // Fans get their identity from the identity provider, not through the edge.
+    let customer = format!("buyer-{i}");
+    let token = issuer.dev_token(&customer, false).await?;
+    let mut fan = Fan::with_token(edge, &customer, token);
+    // Joining again returns the place already recorded, so a failed join is repeated.
+    let mut joined = false;
+    for _ in 0..20 {
+        match fan.join(&event).await {
+            Ok(r) if r.ok() => {
+                joined = true;
+                break;
+            }
+            Ok(r) if r.status < 500 => bail!("join: {} {}", r.status, r.body),
+            _ => tokio::time::sleep(Duration::from_millis(250)).await,
+        }
+    }
+    if !joined {
+        bail!("join never succeeded");
     }
     fan.wait_admitted(&event, Duration::from_secs(60)).await?;
     let quantity = 1 + (i % 2);
@@ -80,7 +96,7 @@ async fn one(edge: Api, i: usize, event: String) -> anyhow::Result<Outcome> {
     }
     let hold = hold.context("hold never succeeded")?;
     let started = Instant::now();
-    let mut out = Outcome::default();
+    let mut out = Outcome { token: fan.token.clone(), ..Outcome::default() };
     for attempt in 0..20 {
         match fan.checkout(&hold, card(i), &key).await {
             Ok(r) if r.status < 500 || r.code() == Some("payment_failed") => {
@@ -127,6 +143,9 @@ pub async fn run(opts: CheckoutOptions) -> anyhow::Result<BTreeMap<String, Strin
         bail!("create event: {} {}", r.status, r.body);
     }
     op.admission_rate(&event, 2000.0).await?;
+    // Kill the region that is serving the traffic.
+    let probe = router.get("/v1/events", &[]).await?;
+    let victim = format!("core-{}", probe.served_by.clone().context("router names no region")?);
 
     let started = Arc::new(AtomicUsize::new(0));
     let sem = Arc::new(tokio::sync::Semaphore::new(opts.concurrency));
@@ -135,19 +154,22 @@ pub async fn run(opts: CheckoutOptions) -> anyhow::Result<BTreeMap<String, Strin
     for i in 0..opts.checkouts {
         let permit = sem.clone().acquire_owned().await?;
         started.fetch_add(1, Ordering::Relaxed);
-        let (edge, event) = (edge.clone(), event.clone());
+        let (edge, issuer, event) = (edge.clone(), router.clone(), event.clone());
         tasks.push(tokio::spawn(async move {
-            let r = one(edge, i, event).await;
+            let r = one(edge, issuer, i, event).await;
             drop(permit);
             (i, r)
         }));
         if i + 1 == opts.kill_after {
-            eprintln!("[checkout] {} checkouts started: kill -9 core-us-east", i + 1);
-            stack.kill("core-us-east")?;
+            eprintln!(
+                "[checkout] {} checkouts started: kill -9 {victim} (the region serving them)",
+                i + 1
+            );
+            stack.kill(&victim)?;
         }
         if i + 1 == opts.kill_after + opts.concurrency * 2 {
-            eprintln!("[checkout] restarting core-us-east");
-            stack.restart("core-us-east").await?;
+            eprintln!("[checkout] restarting {victim}");
+            stack.restart(&victim).await?;
         }
         if (i + 1) % 100 == 0 {
             eprintln!("[checkout] {} / {} started ({:.0?})", i + 1, opts.checkouts, t0.elapsed());
@@ -176,10 +198,12 @@ pub async fn run(opts: CheckoutOptions) -> anyhow::Result<BTreeMap<String, Strin
     loop {
         states.clear();
         let mut pending = 0;
-        for (i, o) in &outcomes {
+        for (_, o) in &outcomes {
             let Some(order_id) = &o.order_id else { continue };
-            let fan = Fan::new(edge.clone(), &format!("buyer-{i}")).await?;
-            let r = fan.order(order_id).await?;
+            // Audit reads go to the router: they are not fan traffic.
+            let auth = format!("Bearer {}", o.token);
+            let r =
+                router.get(&format!("/v1/orders/{order_id}"), &[("authorization", &auth)]).await?;
             if r.body["state"] == "payment_pending" {
                 pending += 1;
             }
@@ -239,7 +263,7 @@ pub async fn run(opts: CheckoutOptions) -> anyhow::Result<BTreeMap<String, Strin
         }
     }
     let duplicate_charges = ledger["summary"]["duplicate_charges"].as_u64().unwrap_or(u64::MAX);
-    let avail = edge.get(&format!("/v1/events/{event}/availability"), &[]).await?;
+    let avail = router.get(&format!("/v1/events/{event}/availability"), &[]).await?;
     let pool = &avail.body["pools"][0];
     let oversold = u64::from(
         pool["sold"].as_u64().unwrap_or(0) != places_sold
