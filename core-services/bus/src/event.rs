@@ -22,6 +22,9 @@ pub const ORIGIN_HEADER: &str = "Tessera-Origin";
 pub struct OutgoingEvent {
     /// The bus event id: hex of the outbox key's 12-byte versionstamp.
     pub id: String,
+    /// The `Nats-Msg-Id`: the event id when a region publishes its own outbox,
+    /// `<id>@<publisher>` when it publishes a peer's (see [`msg_id`]).
+    pub msg_id: String,
     /// `tessera.<publishing region>.<kind>.<event_id>`.
     pub subject: String,
     /// The JSON of a [`BusEvent`].
@@ -34,13 +37,26 @@ impl OutgoingEvent {
     /// `Nats-Msg-Id`, `traceparent` and the origin header.
     pub fn headers(&self, origin: &RegionId) -> HeaderMap {
         let mut h = HeaderMap::new();
-        h.insert(async_nats::header::NATS_MESSAGE_ID, self.id.as_str());
+        h.insert(async_nats::header::NATS_MESSAGE_ID, self.msg_id.as_str());
         h.insert(ORIGIN_HEADER, origin.as_str());
         if let Some(tp) = &self.traceparent {
             h.insert("traceparent", tp.as_str());
         }
         h
     }
+}
+
+/// The `Nats-Msg-Id` of event `id` from `origin`'s outbox published by `publisher`.
+///
+/// A region's own events carry their id, so a relay that republishes after a crash is
+/// dropped by its own stream. A peer covering for a dead region uses `<id>@<publisher>`:
+/// the dead region may have published the same event just before it died, and the two
+/// copies then live in different streams. Had they the same message id, each region's
+/// stream would meet a duplicate id when it sources the other's, which nats-server 2.9
+/// treats as an error and retries for ever, stalling that source. With distinct ids both
+/// copies flow and the consumers apply the event once, by its id.
+pub fn msg_id(id: &str, origin: &RegionId, publisher: &RegionId) -> String {
+    if origin == publisher { id.to_owned() } else { format!("{id}@{publisher}") }
 }
 
 /// The subject segment of a body type: `seats_held` → `seats.held` (the same names as
@@ -97,7 +113,8 @@ pub fn encode_outbox_entry(
     let subject = format!("tessera.{publisher}.{}.{event_id}", kind_of_type(body_type));
     let payload = serde_json::to_vec(&Value::Object(event))
         .map_err(|e| BusError::Malformed(format!("encode event {id}: {e}")))?;
-    Ok(OutgoingEvent { id, subject, payload, traceparent })
+    let msg_id = msg_id(&id, origin, publisher);
+    Ok(OutgoingEvent { id, msg_id, subject, payload, traceparent })
 }
 
 /// Decodes a bus message's payload.
@@ -142,7 +159,13 @@ mod tests {
         assert_eq!(event.body, record.body);
         assert_eq!(event.subject(), "tessera.us-east.event.changed.e1");
         let h = out.headers(&us);
-        assert_eq!(h.get(async_nats::header::NATS_MESSAGE_ID).unwrap().as_str(), out.id);
+        assert_eq!(
+            h.get(async_nats::header::NATS_MESSAGE_ID).unwrap().as_str(),
+            "000000000000000700020001@eu-west",
+            "a peer's copy has a message id of its own"
+        );
+        let own = encode_outbox_entry(&ks, &us, &us, &key, &encode(&record)).unwrap();
+        assert_eq!(own.msg_id, own.id);
         assert!(h.get("traceparent").is_some());
     }
 
