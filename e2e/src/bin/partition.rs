@@ -21,7 +21,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
-use serde_json::Value;
 use tessera_api::RegionId;
 use tessera_api::bus::BusEvent;
 use tessera_bus::projection::{AppliedPage, ProjectionView};
@@ -29,8 +28,8 @@ use tessera_bus::streams::{region_context, stream_name};
 use tessera_e2e::fan::{Api, Operator};
 use tessera_e2e::stack::{Stack, StackOptions};
 use traffic::{
-    Crowd, SharedFans, Traffic, TrafficPlan, admitted_fan, check_availability, check_orders, ms,
-    open_event,
+    Crowd, SharedFans, Traffic, TrafficPlan, admitted_fan, availability, check_availability,
+    check_orders, matches_truth, ms, open_event, projection, stream_events,
 };
 
 struct Args {
@@ -78,6 +77,12 @@ async fn run() -> anyhow::Result<bool> {
     let mut options = StackOptions::for_tests("partition")?;
     options.regions = vec![CUT.into(), OTHER.into()];
     options.cuttable_links = true;
+    // The regions' projections live with this run (each region under its own key space
+    // root): dedup marks from an earlier run's store would hide this run's events.
+    options.core_toml.push_str(&format!(
+        "\n[bus]\nprojection_dir = {:?}\n",
+        options.run_dir.join("projection").display().to_string()
+    ));
     let mut stack = Stack::start(options, &|s| say(s)).await?;
     let router = Api::new(stack.http.clone(), stack.urls.router.clone());
     let crowd = Arc::new(Crowd::new(
@@ -108,7 +113,8 @@ async fn run() -> anyhow::Result<bool> {
         let plan = TrafficPlan {
             event: event.clone(),
             workers: args.workers,
-            cycles_per_fan: 3,
+            // An admission is good for one hold: each purchase is a new fan.
+            cycles_per_fan: 1,
             think: Duration::from_millis(100),
             pin_region: Some(region.into()),
             sections: ["A", "B", "C", "D", "E", "F", "FLOOR"]
@@ -177,12 +183,39 @@ async fn run() -> anyhow::Result<bool> {
         tokio::time::sleep(Duration::from_millis(25)).await;
     }
     say(&format!("caught up after {catchup_ms:?} ms"));
+    if catchup_ms.is_none() {
+        say(&format!("truth: {truth:?}"));
+        for (region, url) in &cores {
+            say(&format!("{region}: {:?}", projection(&stack.http, url, &event).await));
+        }
+        for (region, url) in &stack.urls.nats_leaves {
+            let client = async_nats::connect(url.as_str()).await?;
+            let js = region_context(&client, &RegionId::parse(region)?);
+            match js.get_stream(stream_name(&RegionId::parse(region)?)).await {
+                Ok(mut st) => {
+                    let info = st.info().await?;
+                    say(&format!(
+                        "{region} stream: {} messages, sources {:?}",
+                        info.state.messages,
+                        info.sources
+                            .iter()
+                            .map(|s| (s.name.clone(), s.lag, s.active))
+                            .collect::<Vec<_>>()
+                    ));
+                }
+                Err(e) => say(&format!("{region} stream: {e}")),
+            }
+        }
+    }
 
     // Every event in both regions' streams, and in both projections.
     let mut streams = BTreeMap::new();
     for (region, url) in &stack.urls.nats_leaves {
         let client = async_nats::connect(url.as_str()).await?;
-        streams.insert(region.clone(), stream_events(&client, &RegionId::parse(region)?).await?);
+        let events = stream_events(&client, &RegionId::parse(region)?)
+            .await
+            .with_context(|| format!("read {region}'s stream at {url}"))?;
+        streams.insert(region.clone(), events);
     }
     let all: BTreeSet<String> = streams.values().flat_map(|s| s.keys().cloned()).collect();
     let mut lost_events = 0;
@@ -261,16 +294,9 @@ async fn run() -> anyhow::Result<bool> {
     for p in problems.iter().take(20) {
         say(p);
     }
-    let warnings = stack.unexpected_warnings(&[
-        "connection",
-        "Connection",
-        "unreachable",
-        "stalled stream source",
-        "retrying",
-        "timed out",
-    ]);
-    for w in warnings.iter().take(20) {
-        say(&format!("unexpected log line: {w}"));
+    let warnings = stack.unexpected_warnings(&traffic::EXPECTED_WARNINGS);
+    for (line, n) in traffic::group_log_lines(&warnings).iter().take(15) {
+        say(&format!("{n} × unexpected log line: {line}"));
     }
     stack.stop();
 
@@ -296,38 +322,6 @@ async fn run() -> anyhow::Result<bool> {
         warnings.len(),
     );
     Ok(ok)
-}
-
-/// Held and sold per section and pool, from the inventory.
-async fn availability(router: &Api, event: &str) -> anyhow::Result<BTreeMap<String, (i64, i64)>> {
-    let r = router.get(&format!("/v1/events/{event}/availability"), &[]).await?;
-    anyhow::ensure!(r.ok(), "availability: {} {}", r.status, r.body);
-    let mut out = BTreeMap::new();
-    for (list, id) in [("sections", "section_id"), ("pools", "pool_id")] {
-        for x in r.body[list].as_array().context("availability lists")? {
-            let n = |k: &str| x[k].as_i64().unwrap_or(0);
-            out.insert(x[id].as_str().unwrap_or_default().to_owned(), (n("held"), n("sold")));
-        }
-    }
-    Ok(out)
-}
-
-fn matches_truth(view: &ProjectionView, truth: &BTreeMap<String, (i64, i64)>) -> bool {
-    truth.iter().all(|(place, (held, sold))| {
-        let c =
-            view.sections.get(place).or_else(|| view.pools.get(place)).copied().unwrap_or_default();
-        c.held == *held && c.sold == *sold
-    })
-}
-
-async fn projection(
-    http: &reqwest::Client,
-    core: &str,
-    event: &str,
-) -> anyhow::Result<ProjectionView> {
-    let r = http.get(format!("{core}/v1/internal/projection/{event}")).send().await?;
-    anyhow::ensure!(r.status().is_success(), "projection: {}", r.status());
-    Ok(r.json().await?)
 }
 
 async fn snapshot(
@@ -377,28 +371,6 @@ async fn applied_ids(http: &reqwest::Client, core: &str) -> anyhow::Result<BTree
             None => return Ok(out),
         }
     }
-}
-
-/// Every message of a region's stream: bus event id → (subject, payload).
-async fn stream_events(
-    client: &async_nats::Client,
-    region: &RegionId,
-) -> anyhow::Result<BTreeMap<String, (String, Vec<u8>)>> {
-    let js = region_context(client, region);
-    let mut stream = js.get_stream(stream_name(region)).await?;
-    let state = stream.info().await?.state.clone();
-    let mut out = BTreeMap::new();
-    if state.messages == 0 {
-        return Ok(out);
-    }
-    for seq in state.first_sequence..=state.last_sequence {
-        let Ok(m) = stream.get_raw_message(seq).await else { continue };
-        let v: Value = serde_json::from_slice(&m.payload).unwrap_or(Value::Null);
-        if let Some(id) = v["id"].as_str() {
-            out.entry(id.to_owned()).or_insert((m.subject.to_string(), m.payload.to_vec()));
-        }
-    }
-    Ok(out)
 }
 
 /// Waits until the projection consumer of every region has nothing pending.

@@ -12,6 +12,9 @@ use std::time::{Duration, Instant};
 use anyhow::{Context as _, bail};
 use parking::Mutex;
 use serde_json::{Value, json};
+use tessera_api::RegionId;
+use tessera_bus::projection::ProjectionView;
+use tessera_bus::streams::{region_context, stream_name};
 use tessera_e2e::fan::{Api, Fan, Reply};
 
 /// `std::sync::Mutex` that shrugs off poisoning (a panicking worker must not hide the
@@ -166,6 +169,47 @@ impl SharedFans {
     fn pop(&self) -> Option<Fan> {
         self.0.lock().pop()
     }
+}
+
+/// WARN lines the scenarios provoke on purpose (a killed core, a cut link) and that so do
+/// not fail them; any other WARN or ERROR line does. The first group is the checkout
+/// path's own, for payments whose answer was lost with the core that asked.
+pub(crate) const EXPECTED_WARNINGS: [&str; 14] = [
+    "payment call outcome unknown",
+    "outcome unknown; the reconciler will settle it",
+    "transaction failed after an unknown commit outcome",
+    "reconciling failed, will retry",
+    "store.recover: an earlier writer stopped mid-commit",
+    "notifications: handling failed, will retry",
+    "admission: tick failed",
+    // Regions: a peer's relay covering for the killed core, a router that cannot reach
+    // the hub's region-state bucket through a cut leaf, a relay or source retrying.
+    "took over the outbox of a region",
+    "region state bucket unreachable",
+    "outbox relay pass failed, retrying",
+    "failed to restart a stalled stream source",
+    "failed to start pulling, retrying",
+    // The edge reports the 503 a fan got while no region could be reached.
+    "request answered with a server error",
+    "region unreachable",
+];
+
+/// Unexpected log lines grouped by service, level and message, most frequent first.
+pub(crate) fn group_log_lines(lines: &[String]) -> Vec<(String, usize)> {
+    let mut groups: BTreeMap<String, usize> = BTreeMap::new();
+    for l in lines {
+        let (service, json) = l.split_once(": ").unwrap_or(("?", l));
+        let v: Value = serde_json::from_str(json).unwrap_or_default();
+        let key = format!(
+            "{service} {} {}",
+            v["level"].as_str().unwrap_or("?"),
+            v["message"].as_str().unwrap_or(json).chars().take(120).collect::<String>()
+        );
+        *groups.entry(key).or_default() += 1;
+    }
+    let mut out: Vec<(String, usize)> = groups.into_iter().collect();
+    out.sort_by_key(|g| std::cmp::Reverse(g.1));
+    out
 }
 
 /// Traffic settings.
@@ -544,7 +588,106 @@ pub(crate) async fn open_event(
     Ok(map)
 }
 
+/// Waits until every region's projection equals the inventory's counts for `event`
+/// (at most `timeout`); returns how long that took.
+pub(crate) async fn projections_converge(
+    http: &reqwest::Client,
+    router: &Api,
+    cores: &BTreeMap<String, String>,
+    event: &str,
+    timeout: Duration,
+) -> anyhow::Result<Option<Duration>> {
+    let truth = availability(router, event).await?;
+    let started = Instant::now();
+    while started.elapsed() < timeout {
+        let mut all = true;
+        for url in cores.values() {
+            all &= projection(http, url, event).await.is_ok_and(|v| matches_truth(&v, &truth));
+        }
+        if all {
+            return Ok(Some(started.elapsed()));
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    Ok(None)
+}
+
 /// Milliseconds of a duration, for the result line.
 pub(crate) fn ms(d: Duration) -> u128 {
     d.as_millis()
+}
+
+/// Held and sold per section and pool, from the inventory.
+pub(crate) async fn availability(
+    router: &Api,
+    event: &str,
+) -> anyhow::Result<BTreeMap<String, (i64, i64)>> {
+    let r = router.get(&format!("/v1/events/{event}/availability"), &[]).await?;
+    anyhow::ensure!(r.ok(), "availability: {} {}", r.status, r.body);
+    let mut out = BTreeMap::new();
+    for (list, id) in [("sections", "section_id"), ("pools", "pool_id")] {
+        for x in r.body[list].as_array().context("availability lists")? {
+            let n = |k: &str| x[k].as_i64().unwrap_or(0);
+            out.insert(x[id].as_str().unwrap_or_default().to_owned(), (n("held"), n("sold")));
+        }
+    }
+    Ok(out)
+}
+
+pub(crate) fn matches_truth(view: &ProjectionView, truth: &BTreeMap<String, (i64, i64)>) -> bool {
+    truth.iter().all(|(place, (held, sold))| {
+        let c =
+            view.sections.get(place).or_else(|| view.pools.get(place)).copied().unwrap_or_default();
+        c.held == *held && c.sold == *sold
+    })
+}
+
+pub(crate) async fn projection(
+    http: &reqwest::Client,
+    core: &str,
+    event: &str,
+) -> anyhow::Result<ProjectionView> {
+    let r = http.get(format!("{core}/v1/internal/projection/{event}")).send().await?;
+    anyhow::ensure!(r.status().is_success(), "projection: {}", r.status());
+    Ok(r.json().await?)
+}
+
+/// Every message of a region's stream: bus event id → (subject, payload).
+pub(crate) async fn stream_events(
+    client: &async_nats::Client,
+    region: &RegionId,
+) -> anyhow::Result<BTreeMap<String, (String, Vec<u8>)>> {
+    let js = region_context(client, region);
+    let mut stream = js.get_stream(stream_name(region)).await?;
+    let state = stream.info().await?.state.clone();
+    let mut out = BTreeMap::new();
+    if state.messages == 0 {
+        return Ok(out);
+    }
+    for seq in state.first_sequence..=state.last_sequence {
+        let Ok(m) = stream.get_raw_message(seq).await else { continue };
+        let v: Value = serde_json::from_slice(&m.payload).unwrap_or(Value::Null);
+        if let Some(id) = v["id"].as_str() {
+            out.entry(id.to_owned()).or_insert((m.subject.to_string(), m.payload.to_vec()));
+        }
+    }
+    Ok(out)
+}
+
+/// Per event kind in a region's stream: (events, places) for `event`.
+pub(crate) fn kinds(
+    events: &BTreeMap<String, (String, Vec<u8>)>,
+    event: &str,
+) -> BTreeMap<String, (usize, u64)> {
+    let mut out: BTreeMap<String, (usize, u64)> = BTreeMap::new();
+    for (_, payload) in events.values() {
+        let v: Value = serde_json::from_slice(payload).unwrap_or(Value::Null);
+        if v["event_id"] != event {
+            continue;
+        }
+        let e = out.entry(v["type"].as_str().unwrap_or("?").to_owned()).or_default();
+        e.0 += 1;
+        e.1 += v["quantity"].as_u64().unwrap_or(0);
+    }
+    out
 }
