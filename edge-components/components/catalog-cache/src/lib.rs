@@ -22,6 +22,9 @@ use tessera_edge_logic::catalog::{self, CacheEntry, CacheTtls, Kind};
 use tessera_edge_logic::kv;
 use tessera_edge_logic::routes::{Route, classify};
 
+/// How long one request may take to refresh an entry before another one tries.
+const REFRESH_LOCK_MS: u64 = 2_000;
+
 async fn read_u64(store: &Store, key: &str) -> Option<u64> {
     let v = store.get(key).await.ok()??;
     std::str::from_utf8(&v).ok()?.parse().ok()
@@ -87,6 +90,20 @@ async fn handle(req: Request) -> Result<guest::Reply, spin_sdk::http::Error> {
         if catalog::is_fresh(e, invalidated, ttl, now) {
             return Ok(cached_reply(e, "hit", false));
         }
+        // Only aged out (nothing changed that we know of): one request refreshes it while
+        // the others keep getting the entry, so a popular key does not send a burst of
+        // identical reads to the region every TTL.
+        let invalidated_since = invalidated.is_some_and(|inv| inv >= e.stored_at_ms);
+        let lock_key = format!("{key}#refresh");
+        if !invalidated_since && now.saturating_sub(e.stored_at_ms) < ttl.saturating_mul(10) {
+            let refreshing = read_u64(&store, &lock_key)
+                .await
+                .is_some_and(|t| now.saturating_sub(t) < REFRESH_LOCK_MS);
+            if refreshing {
+                return Ok(cached_reply(e, "revalidating", false));
+            }
+            let _ = store.set(&lock_key, now.to_string()).await;
+        }
     }
 
     let upstream = match guest::outbound(&parts, body, &router_url) {
@@ -123,6 +140,7 @@ async fn handle(req: Request) -> Result<guest::Reply, spin_sdk::http::Error> {
             body: String::from_utf8_lossy(&rbody).into_owned(),
         };
         let _ = store.set(&key, entry.encode()).await;
+        let _ = store.delete(format!("{key}#refresh")).await;
     }
     Ok(with_cache(guest::from_parts(rparts, rbody), "miss"))
 }
