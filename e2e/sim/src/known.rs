@@ -51,6 +51,15 @@ pub const KNOWN_ISSUES: &[KnownIssue] = &[
         invariant: "no authorization is left open",
         telltale: "payment_not_created",
     },
+    // FIXME(orders/checkin.rs, checkin): after a commit_unknown_result the retry takes any
+    // check-in at the same gate for its own earlier write (it compares only the gate name).
+    // Two scanners at one gate scanning the same ticket at once (a copied QR code) are then
+    // both told "admitted" when one of them had its commit dropped.
+    KnownIssue {
+        name: "two scans at one gate both admit a ticket after an unknown commit",
+        invariant: "a ticket is checked in at most once",
+        telltale: "at one gate, all answered with one stored check-in",
+    },
     // FIXME(inventory/events.rs, create_event): the transaction that writes the event record
     // ignores MaybeCommitted; after a commit_unknown_result that did commit, the retry finds
     // the event and answers EventExists to the operator who just created it.

@@ -42,7 +42,7 @@ pub use check::{Snapshot, check_all};
 pub use faults::{ClockJumps, KillRegion, ProviderFaults, SlowProvider, UnknownCommit};
 pub use known::{KNOWN_ISSUES, KnownIssue, known_issue};
 pub use provider::{LedgerView, PaymentRecord, ProviderPlan, SimProvider, SimProviderHandle};
-pub use scenario::{Fault, Plan, Report, Scenario, SimError, T0_MS, Workload};
+pub use scenario::{Fault, Plan, Report, Scenario, SimError, T0_MS, Tamper, Workload};
 pub use sched::{Sched, SimStore};
 pub use util::{millis, secs};
 pub use venue::{Venue, VenueSection};
@@ -50,10 +50,12 @@ pub use workloads::{BuyersRace, Checkins, Refunds};
 pub use world::{CallError, Journal, SimOrders, SimStoreT, Violation, World, pick_region};
 
 /// The scenario the CLI and the fixed-seed tests run: every workload, and a seeded choice
-/// of faults and intensities (swarm testing: each seed turns different faults on).
+/// of faults and intensities (swarm testing: each seed turns different faults on, and one
+/// seed in five turns them up hard).
 pub fn standard(seed: u64) -> Scenario {
     let mut d = util::Dice::new(seed, "standard");
-    let buyers = d.range(60, 180) as u32;
+    let hard = d.chance(20);
+    let buyers = if hard { d.range(150, 320) } else { d.range(60, 180) } as u32;
     let mut s = Scenario::new(seed)
         .regions(d.range(2, 3) as usize)
         .workload(BuyersRace { buyers })
@@ -62,24 +64,29 @@ pub fn standard(seed: u64) -> Scenario {
     if d.chance(60) {
         s = s.fault(KillRegion { at: secs(d.range(5, 90)) });
     }
-    if d.chance(25) {
+    if d.chance(if hard { 50 } else { 25 }) {
         s = s.fault(KillRegion { at: secs(d.range(60, 240)) });
     }
     if d.chance(70) {
-        s = s.fault(UnknownCommit { p: *d.pick(&[0.002, 0.01, 0.03, 0.08]) });
+        let p =
+            if hard { *d.pick(&[0.05, 0.1, 0.15]) } else { *d.pick(&[0.002, 0.01, 0.03, 0.08]) };
+        s = s.fault(UnknownCommit { p });
     }
     if d.chance(70) {
-        s = s.fault(ProviderFaults {
-            decline: *d.pick(&[0.0, 0.02, 0.1]),
-            unknown: *d.pick(&[0.01, 0.05, 0.15]),
-        });
+        let (decline, unknown) = if hard {
+            (*d.pick(&[0.1, 0.3]), *d.pick(&[0.15, 0.3]))
+        } else {
+            (*d.pick(&[0.0, 0.02, 0.1]), *d.pick(&[0.01, 0.05, 0.15]))
+        };
+        s = s.fault(ProviderFaults { decline, unknown });
     }
     if d.chance(35) {
-        s = s.fault(SlowProvider { p: *d.pick(&[0.01, 0.05]), max: secs(d.range(20, 60)) });
+        let p = if hard { *d.pick(&[0.1, 0.2]) } else { *d.pick(&[0.01, 0.05]) };
+        s = s.fault(SlowProvider { p, max: secs(d.range(20, 60)) });
     }
     if d.chance(40) {
-        s = s
-            .fault(ClockJumps { jumps: d.range(1, 4) as u32, max: secs(*d.pick(&[60, 300, 900])) });
+        let jumps = if hard { d.range(4, 12) } else { d.range(1, 4) } as u32;
+        s = s.fault(ClockJumps { jumps, max: secs(*d.pick(&[60, 300, 900])) });
     }
     s
 }

@@ -605,3 +605,99 @@ impl PaymentProvider for SimProviderHandle {
             .await
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tessera_api::CustomerId;
+
+    fn provider() -> SimProviderHandle {
+        SimProviderHandle(Arc::new(SimProvider::new(
+            ProviderPlan::default(),
+            7,
+            ManualClock::new(crate::scenario::T0_MS),
+            Arc::new(std::sync::atomic::AtomicU64::new(1)),
+        )))
+    }
+
+    fn req(order: u128, card: &str, amount_minor: u64) -> AuthorizeRequest {
+        AuthorizeRequest {
+            order_id: OrderId::from_random(order),
+            customer_id: CustomerId::parse("fan-1").unwrap(),
+            amount_minor,
+            currency: "EUR".into(),
+            payment_method: card.into(),
+            description: None,
+        }
+    }
+
+    fn key(k: &str) -> IdempotencyKey {
+        IdempotencyKey::new(k).unwrap()
+    }
+
+    fn block_on<F: std::future::Future>(f: F) -> F::Output {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .start_paused(true)
+            .build()
+            .unwrap()
+            .block_on(f)
+    }
+
+    #[test]
+    fn a_repeated_key_replays_the_first_answer_and_a_reused_one_is_refused() {
+        block_on(async {
+            let p = provider();
+            let a = p.authorize(&req(1, "pm_card_visa", 500), &key("k1")).await.unwrap();
+            let b = p.authorize(&req(1, "pm_card_visa", 500), &key("k1")).await.unwrap();
+            assert_eq!(a, b);
+            assert_eq!(a.status, PaymentStatus::RequiresCapture);
+            let e = p.authorize(&req(1, "pm_card_visa", 600), &key("k1")).await.unwrap_err();
+            assert_eq!(e, PaymentError::IdempotencyConflict);
+            assert_eq!(p.0.ledger().payments.len(), 1);
+        });
+    }
+
+    #[test]
+    fn manual_capture_moves_money_once_and_refunds_give_it_back() {
+        block_on(async {
+            let p = provider();
+            let a = p.authorize(&req(2, "pm_card_visa", 900), &key("a")).await.unwrap();
+            let c = p.capture(&a.id, None, &key("c1")).await.unwrap();
+            assert_eq!((c.status, c.net_charged_minor()), (PaymentStatus::Succeeded, 900));
+            let again = p.capture(&a.id, None, &key("c2")).await.unwrap_err();
+            assert!(matches!(again, PaymentError::WrongState { .. }), "{again:?}");
+            let void = p.cancel(&a.id, &key("v1")).await.unwrap_err();
+            assert!(matches!(void, PaymentError::WrongState { .. }), "{void:?}");
+            let r = p.refund(&a.id, None, &key("r1")).await.unwrap();
+            assert_eq!(r.amount_minor, 900);
+            assert!(matches!(
+                p.refund(&a.id, None, &key("r2")).await,
+                Err(PaymentError::WrongState { .. })
+            ));
+            let now = p.retrieve(&a.id).await.unwrap();
+            assert_eq!(now.net_charged_minor(), 0);
+            assert_eq!(p.0.ledger().payments[&a.id].captures, 1);
+        });
+    }
+
+    #[test]
+    fn a_declined_card_records_a_payment_that_holds_nothing() {
+        block_on(async {
+            let p = provider();
+            let e = p.authorize(&req(3, "pm_card_chargeDeclined", 100), &key("d")).await;
+            let Err(PaymentError::Declined { payment_id: Some(id), .. }) = e else {
+                panic!("{e:?}")
+            };
+            let got = p.find_by_order(&OrderId::from_random(3)).await.unwrap();
+            assert_eq!(got.len(), 1);
+            assert_eq!(
+                (got[0].id.as_str(), got[0].status),
+                (id.as_str(), PaymentStatus::RequiresPaymentMethod)
+            );
+            assert!(!p.0.ledger().payments[&id].ever_held_funds);
+            let c = p.cancel(&id, &key("v")).await.unwrap();
+            assert_eq!(c.status, PaymentStatus::Canceled);
+        });
+    }
+}

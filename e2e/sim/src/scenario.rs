@@ -139,6 +139,16 @@ impl std::fmt::Display for SimError {
 
 impl std::error::Error for SimError {}
 
+/// A change made to the raw store after quiescence, before the checks: how tests show that
+/// the checks catch a broken invariant.
+pub type Tamper = Box<
+    dyn FnOnce(
+            MemoryStore,
+            Keyspace,
+        ) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>
+        + Send,
+>;
+
 /// One seeded run: workloads and faults over a fresh world.
 pub struct Scenario {
     seed: u64,
@@ -147,6 +157,7 @@ pub struct Scenario {
     faults: Vec<Box<dyn Fault>>,
     yield_ppm: u64,
     strict: bool,
+    tamper: Option<Tamper>,
 }
 
 impl std::fmt::Debug for Scenario {
@@ -173,7 +184,14 @@ impl Scenario {
             faults: Vec::new(),
             yield_ppm: 400_000,
             strict: false,
+            tamper: None,
         }
+    }
+
+    /// Breaks the raw store on purpose after quiescence (to test the checks).
+    pub fn tamper(mut self, f: Tamper) -> Self {
+        self.tamper = Some(f);
+        self
     }
 
     /// Fails the run on known issues too.
@@ -239,7 +257,7 @@ impl Scenario {
         }
     }
 
-    async fn run_inner(self) -> anyhow::Result<Report> {
+    async fn run_inner(mut self) -> anyhow::Result<Report> {
         align_ga_shard_rotation().await?;
         let seed = self.seed;
         let mut plan = Plan::default();
@@ -354,6 +372,9 @@ impl Scenario {
         tokio::time::sleep(secs(60)).await;
         world.reap_watched().await;
         ticker.abort();
+        if let Some(tamper) = self.tamper.take() {
+            tamper(world.raw.clone(), world.keys.clone()).await;
+        }
 
         let (snapshot, mut violations) = Snapshot::read(&world.raw).await;
         violations.extend(world.take_violations());

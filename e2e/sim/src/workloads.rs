@@ -527,6 +527,14 @@ impl Checkins {
         .await;
         match got {
             Some(Ok(r)) => {
+                tracing::info!(
+                    target: "sim.gate",
+                    at_ms = w.sched.elapsed_ms(),
+                    "{} admitted at {gate} (recorded at {} {})",
+                    r.ticket_id,
+                    r.gate,
+                    r.admitted_at_ms
+                );
                 w.journal.lock().admissions.push((r.ticket_id, r.gate, r.admitted_at_ms))
             }
             Some(Err(e)) => w.journal.lock().refused(format!("checkin:{}", code_of(&e))),
@@ -567,9 +575,22 @@ impl Workload for Checkins {
         }
         for (ticket, n) in seen {
             if n > 1 {
+                let answers: std::collections::BTreeSet<(&String, u64)> = j
+                    .admissions
+                    .iter()
+                    .filter(|(t, _, _)| t == ticket)
+                    .map(|(_, gate, at)| (gate, *at))
+                    .collect();
+                let how = if answers.len() == 1 {
+                    // Every scan was answered with the one stored check-in: the later scans
+                    // took another scanner's write at the same gate for their own.
+                    "at one gate, all answered with one stored check-in"
+                } else {
+                    "with different check-ins"
+                };
                 out.push(Violation {
                     invariant: "a ticket is checked in at most once",
-                    detail: format!("ticket {ticket} was admitted {n} times"),
+                    detail: format!("ticket {ticket} was admitted {n} times {how}: {answers:?}"),
                 });
             }
         }

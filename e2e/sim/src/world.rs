@@ -300,7 +300,8 @@ impl World {
             self.tickets.clone(),
             clock,
             SeededRng::new(derive(self.seed, "orders", i as u64, st.incarnation)),
-            OrdersConfig::new(region.as_str()),
+            // Like the core process: one driver name per process instance.
+            OrdersConfig::new(format!("{region}-{:04}", st.incarnation)),
         );
         let timers = self.timers;
         let o = orders.clone();
