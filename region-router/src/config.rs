@@ -228,6 +228,17 @@ mod tests {
     use super::*;
 
     #[test]
+    fn the_shipped_production_config_has_no_unknown_keys() {
+        let file = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../deploy/production/router.toml");
+        let (cfg, ignored): (RouterConfig, _) =
+            tessera_runtime::config::load("router-shipped", Some(&file)).unwrap();
+        assert!(ignored.is_empty(), "{ignored:?}");
+        assert!(cfg.regions.len() >= 2);
+        assert!(cfg.nats_url.is_some() && cfg.state_file.is_some());
+    }
+
+    #[test]
     fn loads_the_documented_example_and_checks_it() {
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("router.toml");
