@@ -208,19 +208,19 @@ impl Service {
     ) -> anyhow::Result<()> {
         let deadline = Instant::now() + timeout;
         loop {
-            if let Some(c) = self.child.as_mut() {
-                if let Ok(Some(status)) = c.try_wait() {
-                    bail!(
-                        "{} exited with {status}; last log lines:\n{}",
-                        self.name,
-                        tail(&self.log_path, 20)
-                    );
-                }
+            if let Some(c) = self.child.as_mut()
+                && let Ok(Some(status)) = c.try_wait()
+            {
+                bail!(
+                    "{} exited with {status}; last log lines:\n{}",
+                    self.name,
+                    tail(&self.log_path, 20)
+                );
             }
-            if let Ok(r) = http.get(&self.health_url).send().await {
-                if r.status().is_success() {
-                    return Ok(());
-                }
+            if let Ok(r) = http.get(&self.health_url).send().await
+                && r.status().is_success()
+            {
+                return Ok(());
             }
             if Instant::now() > deadline {
                 bail!(
@@ -398,6 +398,7 @@ impl Stack {
                     "region = {region_s}\nregions = {regions_toml}\nlisten = \"127.0.0.1:{port}\"\npublic_url = \"http://127.0.0.1:{port}\"\n\
                      [store]\npath = {store}\n\
                      [nats]\nurl = {nats}\n\
+                     [bus]\nprojection_dir = {projection}\n\
                      [identity]\nkeys = {identity_keys}\ndev_issuer_seed = {dev_seed}\ndev_issuer_kid = {dev_kid}\n\
                      [queue]\nedge_keys = {edge_keys}\n\
                      [payments]\nbase_url = {paysim}\nsecret_key = {psk}\nwebhook_secret = {whsec}\nrequest_timeout_ms = 2000\n\
@@ -406,6 +407,8 @@ impl Stack {
                      {telemetry}{extra}\n",
                     region_s = toml_str(region),
                     store = toml_str(&store_dir.display().to_string()),
+                    projection =
+                        toml_str(&run.join(format!("projection-{region}")).display().to_string()),
                     nats = toml_str(
                         urls.nats_leaves.get(region).map(String::as_str).unwrap_or_default()
                     ),

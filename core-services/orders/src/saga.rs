@@ -489,14 +489,16 @@ impl<S: Store> Orders<S> {
         let ckey = key.derive(&format!("capture-{}", r.attempts));
         let mut result =
             self.with_retries("capture", || self.provider.capture(&payment_id, None, &ckey)).await;
-        if matches!(&result, Err(e) if e.is_retryable()) {
-            // Ask the provider what happened.
-            if let Ok(p) = self.provider.retrieve(&payment_id).await {
-                if p.status == PaymentStatus::Succeeded
-                    || p.status != PaymentStatus::RequiresCapture
-                {
-                    result = Ok(p);
-                }
+        if let Err(e) = &result {
+            // Whatever the call said (an unknown outcome; "wrong state" because an earlier
+            // attempt already captured), the provider's record is the truth.
+            let unknown = e.is_retryable();
+            match self.provider.retrieve(&payment_id).await {
+                Ok(p) if p.status == PaymentStatus::Succeeded => result = Ok(p),
+                // Not captured yet: try again later with a fresh key.
+                Ok(p) if p.status == PaymentStatus::RequiresCapture => {}
+                Ok(p) if !unknown => result = Ok(p),
+                _ => {}
             }
         }
         match result {

@@ -71,10 +71,18 @@ pub fn init(service: &'static str, config: &TelemetryConfig) -> anyhow::Result<T
     let filter = EnvFilter::try_new(&config.log_filter)
         .or_else(|_| EnvFilter::try_new("info"))
         .map_err(|e| anyhow::anyhow!("bad log filter: {e}"))?;
-    let otel = tracing_opentelemetry::layer().with_tracer(tracer);
-    let registry = tracing_subscriber::registry().with(filter).with(otel);
+    // Spans feed trace context whatever the log level: the OpenTelemetry layer has its own
+    // filter (every `tessera` span, and warnings from elsewhere); the log filter applies to
+    // log lines only.
+    use tracing_subscriber::Layer as _;
+    let otel_filter = EnvFilter::try_new("warn,tessera=info,tessera_runtime=info")
+        .map_err(|e| anyhow::anyhow!("bad span filter: {e}"))?;
+    let otel = tracing_opentelemetry::layer().with_tracer(tracer).with_filter(otel_filter);
+    let registry = tracing_subscriber::registry().with(otel);
     if config.log_format == "pretty" {
-        registry.with(tracing_subscriber::fmt::layer().with_writer(std::io::stderr)).try_init()?;
+        registry
+            .with(tracing_subscriber::fmt::layer().with_writer(std::io::stderr).with_filter(filter))
+            .try_init()?;
     } else {
         registry
             .with(
@@ -83,7 +91,8 @@ pub fn init(service: &'static str, config: &TelemetryConfig) -> anyhow::Result<T
                     .flatten_event(true)
                     .with_current_span(false)
                     .with_span_list(false)
-                    .with_writer(std::io::stderr),
+                    .with_writer(std::io::stderr)
+                    .with_filter(filter),
             )
             .try_init()?;
     }

@@ -92,12 +92,6 @@ async fn run() -> anyhow::Result<bool> {
         "[latency]\nmin_ms = {}\nmax_ms = {}\n",
         args.payment_latency_ms.0, args.payment_latency_ms.1
     );
-    // The regions' projections live with this run (each region under its own key space
-    // root): dedup marks from an earlier run's store would hide this run's events.
-    options.core_toml.push_str(&format!(
-        "\n[bus]\nprojection_dir = {:?}\n",
-        options.run_dir.join("projection").display().to_string()
-    ));
     let mut stack = Stack::start(options, &|s| say(s)).await?;
     let router = Api::new(stack.http.clone(), stack.urls.router.clone());
     let crowd = Arc::new(Crowd::new(

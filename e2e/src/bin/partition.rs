@@ -77,12 +77,6 @@ async fn run() -> anyhow::Result<bool> {
     let mut options = StackOptions::for_tests("partition")?;
     options.regions = vec![CUT.into(), OTHER.into()];
     options.cuttable_links = true;
-    // The regions' projections live with this run (each region under its own key space
-    // root): dedup marks from an earlier run's store would hide this run's events.
-    options.core_toml.push_str(&format!(
-        "\n[bus]\nprojection_dir = {:?}\n",
-        options.run_dir.join("projection").display().to_string()
-    ));
     let mut stack = Stack::start(options, &|s| say(s)).await?;
     let router = Api::new(stack.http.clone(), stack.urls.router.clone());
     let crowd = Arc::new(Crowd::new(
