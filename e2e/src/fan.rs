@@ -95,14 +95,24 @@ impl Api {
     }
 
     /// An identity token from the development issuer.
+    /// Minting is safe to repeat, so a failed region is simply asked again.
     pub async fn dev_token(&self, customer: &str, operator: bool) -> anyhow::Result<String> {
-        let r = self
-            .post("/v1/dev/token", &[], &json!({"customer_id": customer, "operator": operator}))
-            .await?;
-        if !r.ok() {
-            bail!("dev token for {customer}: {} {}", r.status, r.body);
+        let body = json!({"customer_id": customer, "operator": operator});
+        let mut last = None;
+        for _ in 0..10 {
+            match self.post("/v1/dev/token", &[], &body).await {
+                Ok(r) if r.ok() => {
+                    return Ok(r.body["token"].as_str().context("token")?.to_owned());
+                }
+                Ok(r) if r.status < 500 => {
+                    bail!("dev token for {customer}: {} {}", r.status, r.body)
+                }
+                Ok(r) => last = Some(format!("{} {}", r.status, r.body)),
+                Err(e) => last = Some(format!("{e:#}")),
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
         }
-        Ok(r.body["token"].as_str().context("token")?.to_owned())
+        bail!("dev token for {customer}: {}", last.unwrap_or_default())
     }
 }
 
