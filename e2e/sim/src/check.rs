@@ -671,7 +671,7 @@ fn orders_and_money(s: &Snapshot, ledger: &LedgerView, out: &mut Out<'_>) {
         if scope == "hold" {
             let id = rec.response.get("hold_id").and_then(|v| v.as_str()).unwrap_or_default();
             let found = HoldId::parse(id).ok().and_then(|id| s.holds.get(&id));
-            if !found.is_some_and(|h| h.customer_id.as_str() == customer) {
+            if found.is_none_or(|h| h.customer_id.as_str() != customer) {
                 out.fail(
                     "one idempotency key, one hold",
                     format!("hold key {key} of {customer} answers {id}, which is not its hold"),

@@ -83,7 +83,7 @@ fn shows(seed: u64, issue: &str) {
 
 #[test]
 fn a_fan_is_charged_for_a_failed_order_when_a_capture_answer_is_lost() {
-    shows(1914, "charged for a failed order after a lost capture answer");
+    shows(1770, "charged for a failed order after a lost capture answer");
 }
 
 #[test]
