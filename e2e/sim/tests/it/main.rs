@@ -40,6 +40,25 @@ fn the_same_seed_gives_the_same_run() {
 }
 
 #[test]
+fn a_replay_from_the_command_line_gives_the_same_run_as_in_process() {
+    let replay = || {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_tessera-sim"))
+            .args(["--seed", "6"])
+            .output()
+            .expect("run tessera-sim");
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        text.lines()
+            .find_map(|l| l.strip_prefix("digest="))
+            .and_then(|l| l.split_whitespace().next())
+            .map(str::to_owned)
+            .unwrap_or_else(|| panic!("no digest in:\n{text}"))
+    };
+    let (a, b) = (replay(), replay());
+    assert_eq!(a, b);
+    assert_eq!(a, run(6).digest);
+}
+
+#[test]
 fn a_calm_sale_breaks_no_invariant_even_counting_known_issues() {
     let r = Scenario::new(99)
         .regions(2)
