@@ -322,7 +322,22 @@ async fn status(ctx: &Ctx, parts: &http::request::Parts, event_id: EventId) -> O
         .ok_or_else(|| fail(ErrorCode::QueueTicketInvalid, "send your queue ticket"))?;
     let claims = ctx.queue_claims(ticket, TYP_TICKET, &event_id, &device).await?;
     let Some(wm) = ctx.watermark(&event_id).await else {
-        return Err(fail(ErrorCode::Unavailable, "no admission watermark yet; retry shortly"));
+        // The controller has not published for this event yet (it just opened, or this
+        // edge just started): the fan's place is recorded; they wait without an estimate.
+        let waiting = QueueStatus {
+            event_id: event_id.clone(),
+            ticket_id: claims.ticket_id.clone(),
+            state: match claims.phase {
+                tessera_api::queue::QueuePhase::PreOpen => QueueStatusState::PreOpen,
+                tessera_api::queue::QueuePhase::Open => QueueStatusState::Waiting,
+            },
+            ahead: None,
+            estimated_wait_s: None,
+            admission_token: None,
+            admission_expires_at_ms: None,
+            lottery: None,
+        };
+        return Ok(with_outcome(json_reply(200, &waiting), "waiting"));
     };
     let secret = var("shadow_secret").await;
     let shadow = lottery::is_shadow(secret.as_bytes(), &claims.ticket_id);
