@@ -610,7 +610,7 @@ fn outbox(s: &Snapshot, out: &mut Out<'_>) {
         if !ok {
             out.fail(
                 "every hold change is published exactly once",
-                format!("hold {id} is {:?} and published {e:?}", h.state),
+                format!("hold {id} is {:?} and published {e:?}; {}", h.state, describe_hold(s, h)),
             );
         }
     }
@@ -818,6 +818,26 @@ fn orders_and_money(s: &Snapshot, ledger: &LedgerView, out: &mut Out<'_>) {
             OrderState::PaymentPending => {}
         }
     }
+}
+
+/// One line about a hold and the orders made from it, for violation reports.
+fn describe_hold(s: &Snapshot, h: &HoldRecord) -> String {
+    let orders: Vec<String> = s
+        .orders
+        .values()
+        .filter(|o| o.hold_id == h.hold_id)
+        .map(|o| {
+            format!("{} {:?} {:?} via {}", o.order_id, o.state, o.failure_code, o.payment_method)
+        })
+        .collect();
+    format!(
+        "{} seat(s), pool {:?}, created at {} s, expires at {} s; orders [{}]",
+        h.seats.len(),
+        h.pool,
+        h.created_at_ms / 1000,
+        h.expires_at_ms / 1000,
+        orders.join("; ")
+    )
 }
 
 /// One line about an order and its payments, for violation reports.

@@ -60,6 +60,15 @@ pub const KNOWN_ISSUES: &[KnownIssue] = &[
         invariant: "a ticket is checked in at most once",
         telltale: "at one gate, all answered with one stored check-in",
     },
+    // FIXME(inventory/sale.rs, unfreeze_trx): when a payment fails after the hold's payment
+    // window ran out and one of its seats went to someone else, the hold is ended (Expired)
+    // and its other seats freed without a HoldReleased event in the outbox: other regions'
+    // projections and notifications never learn that the hold ended.
+    KnownIssue {
+        name: "a hold ended by a late payment failure is never published",
+        invariant: "every hold change is published exactly once",
+        telltale: "is Expired and published HoldEvents { held: 1, released: 0, sold: 0, returned: 0 }",
+    },
     // FIXME(inventory/events.rs, create_event): the transaction that writes the event record
     // ignores MaybeCommitted; after a commit_unknown_result that did commit, the retry finds
     // the event and answers EventExists to the operator who just created it.

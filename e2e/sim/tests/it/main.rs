@@ -183,3 +183,8 @@ fn the_checks_catch_an_acknowledged_hold_that_was_lost() {
     })));
     assert!(broken.contains(&"an acknowledged write is never lost"), "{broken:?}");
 }
+
+#[test]
+fn a_hold_ended_by_a_late_payment_failure_is_never_published() {
+    shows(20445, "a hold ended by a late payment failure is never published");
+}
