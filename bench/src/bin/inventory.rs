@@ -38,7 +38,8 @@ struct Args {
 }
 
 fn args() -> anyhow::Result<Args> {
-    let mut a = Args { seconds: 5, sections: 200, clients: 256, pg_clients: vec![16, 64], skip_pg: false };
+    let mut a =
+        Args { seconds: 5, sections: 200, clients: 256, pg_clients: vec![16, 64], skip_pg: false };
     let mut it = std::env::args().skip(1);
     while let Some(arg) = it.next() {
         let mut val = || it.next().with_context(|| format!("{arg} needs a value"));
@@ -46,10 +47,14 @@ fn args() -> anyhow::Result<Args> {
             "--seconds" => a.seconds = val()?.parse()?,
             "--sections" => a.sections = val()?.parse()?,
             "--clients" => a.clients = val()?.parse()?,
-            "--pg-clients" => a.pg_clients = val()?.split(',').map(str::parse).collect::<Result<_, _>>()?,
+            "--pg-clients" => {
+                a.pg_clients = val()?.split(',').map(str::parse).collect::<Result<_, _>>()?
+            }
             "--skip-pg" => a.skip_pg = true,
             "--help" | "-h" => {
-                println!("inventory [--seconds N] [--sections N (x1000 seats)] [--clients N] [--pg-clients a,b] [--skip-pg]");
+                println!(
+                    "inventory [--seconds N] [--sections N (x1000 seats)] [--clients N] [--pg-clients a,b] [--skip-pg]"
+                );
                 std::process::exit(0);
             }
             other => bail!("unknown argument {other}"),
@@ -78,12 +83,23 @@ fn seat_map(sections: u16) -> CreateEvent {
                 section_id: SectionId::parse(&format!("S{i}")).unwrap(),
                 name: format!("S{i}"),
                 tier: "T".into(),
-                rows: (1..=ROWS).map(|r| RowSpec { row: r.to_string(), seats: SEATS_PER_ROW, accessible: vec![] }).collect(),
+                rows: (1..=ROWS)
+                    .map(|r| RowSpec {
+                        row: r.to_string(),
+                        seats: SEATS_PER_ROW,
+                        accessible: vec![],
+                    })
+                    .collect(),
                 row_count: None,
                 seats_per_row: None,
             })
             .collect(),
-        ga_pools: vec![GaPoolSpec { pool_id: PoolId::parse("FLOOR").unwrap(), name: "Floor".into(), tier: "T".into(), capacity: GA_CAPACITY }],
+        ga_pools: vec![GaPoolSpec {
+            pool_id: PoolId::parse("FLOOR").unwrap(),
+            name: "Floor".into(),
+            tier: "T".into(),
+            capacity: GA_CAPACITY,
+        }],
         open_now: true,
     }
 }
@@ -93,7 +109,11 @@ fn seat(n: u32) -> (u16, u16, u16) {
     let per_section = u32::from(ROWS) * u32::from(SEATS_PER_ROW);
     let section = (n / per_section) as u16;
     let rest = n % per_section;
-    (section, (rest / u32::from(SEATS_PER_ROW)) as u16 + 1, (rest % u32::from(SEATS_PER_ROW)) as u16 + 1)
+    (
+        section,
+        (rest / u32::from(SEATS_PER_ROW)) as u16 + 1,
+        (rest % u32::from(SEATS_PER_ROW)) as u16 + 1,
+    )
 }
 
 /// A permutation of `0..n` (seeded), dealt to `clients` so nobody contends.
@@ -127,7 +147,13 @@ impl Result_ {
     }
 }
 
-fn summarize(hist: &Histogram<u64>, holds: u64, refused: u64, elapsed: Duration, clients: usize) -> Result_ {
+fn summarize(
+    hist: &Histogram<u64>,
+    holds: u64,
+    refused: u64,
+    elapsed: Duration,
+    clients: usize,
+) -> Result_ {
     Result_ {
         holds,
         refused,
@@ -164,14 +190,19 @@ async fn embedded(args: &Args, dir: &Path) -> anyhow::Result<(Result_, Result_, 
     let started = Instant::now();
     inv.create_event(seat_map(args.sections)).await?;
     let seats = u32::from(args.sections) * u32::from(ROWS) * u32::from(SEATS_PER_ROW);
-    eprintln!("    created {seats} seats and a {GA_CAPACITY}-place pool in {:.1?}", started.elapsed());
+    eprintln!(
+        "    created {seats} seats and a {GA_CAPACITY}-place pool in {:.1?}",
+        started.elapsed()
+    );
     let event = EventId::parse("bench-arena")?;
 
     // Uniform seats.
     let dealt = deal(seats, args.clients);
-    let uniform = run_embedded(&inv, &event, args, dealt.into_iter().map(Work::Seats).collect()).await?;
+    let uniform =
+        run_embedded(&inv, &event, args, dealt.into_iter().map(Work::Seats).collect()).await?;
     // Hot pool.
-    let ga = run_embedded(&inv, &event, args, (0..args.clients).map(|_| Work::Pool).collect()).await?;
+    let ga =
+        run_embedded(&inv, &event, args, (0..args.clients).map(|_| Work::Pool).collect()).await?;
 
     // Invariants after the run: no seat owned twice, the pool not oversold.
     let oversold = check_embedded(&inv, &event, uniform.holds, &ga).await?;
@@ -183,7 +214,12 @@ enum Work {
     Pool,
 }
 
-async fn run_embedded(inv: &Inventory<EmbeddedStore>, event: &EventId, args: &Args, work: Vec<Work>) -> anyhow::Result<Result_> {
+async fn run_embedded(
+    inv: &Inventory<EmbeddedStore>,
+    event: &EventId,
+    args: &Args,
+    work: Vec<Work>,
+) -> anyhow::Result<Result_> {
     let clients = work.len();
     let stop = Arc::new(AtomicBool::new(false));
     let holds = Arc::new(AtomicU64::new(0));
@@ -195,7 +231,8 @@ async fn run_embedded(inv: &Inventory<EmbeddedStore>, event: &EventId, args: &Ar
     for (c, w) in work.into_iter().enumerate() {
         let inv = inv.clone();
         let event = event.clone();
-        let (stop, holds, refused, ga_places) = (stop.clone(), holds.clone(), refused.clone(), ga_places.clone());
+        let (stop, holds, refused, ga_places) =
+            (stop.clone(), holds.clone(), refused.clone(), ga_places.clone());
         tasks.push(tokio::spawn(async move {
             let mut hist = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).unwrap();
             let mut i = 0u64;
@@ -215,7 +252,10 @@ async fn run_embedded(inv: &Inventory<EmbeddedStore>, event: &EventId, args: &Ar
                         }
                         None => break,
                     },
-                    None => HoldSpec::General { pool: PoolId::parse("FLOOR").unwrap(), quantity: 1 + (i % 2) as u32 },
+                    None => HoldSpec::General {
+                        pool: PoolId::parse("FLOOR").unwrap(),
+                        quantity: 1 + (i % 2) as u32,
+                    },
                 };
                 let who = CustomerId::parse(&format!("c{c}-{i}")).unwrap();
                 i += 1;
@@ -245,7 +285,13 @@ async fn run_embedded(inv: &Inventory<EmbeddedStore>, event: &EventId, args: &Ar
         hist.add(t.await?)?;
     }
     let elapsed = started.elapsed();
-    let mut r = summarize(&hist, holds.load(Ordering::Relaxed), refused.load(Ordering::Relaxed), elapsed, clients);
+    let mut r = summarize(
+        &hist,
+        holds.load(Ordering::Relaxed),
+        refused.load(Ordering::Relaxed),
+        elapsed,
+        clients,
+    );
     if ga_places.load(Ordering::Relaxed) > 0 {
         r.refused = r.refused.max(0);
         GA_TAKEN.store(ga_places.load(Ordering::Relaxed), Ordering::Relaxed);
@@ -255,7 +301,12 @@ async fn run_embedded(inv: &Inventory<EmbeddedStore>, event: &EventId, args: &Ar
 
 static GA_TAKEN: AtomicU64 = AtomicU64::new(0);
 
-async fn check_embedded(inv: &Inventory<EmbeddedStore>, event: &EventId, seat_holds: u64, _ga: &Result_) -> anyhow::Result<u64> {
+async fn check_embedded(
+    inv: &Inventory<EmbeddedStore>,
+    event: &EventId,
+    seat_holds: u64,
+    _ga: &Result_,
+) -> anyhow::Result<u64> {
     let a = inv.availability(event).await?;
     let held_seats: u64 = a.sections.iter().map(|s| s.held + s.sold).sum();
     let pool = &a.pools[0];
@@ -265,7 +316,12 @@ async fn check_embedded(inv: &Inventory<EmbeddedStore>, event: &EventId, seat_ho
         oversold += held_seats.abs_diff(seat_holds);
     }
     if pool.held + pool.sold > pool.capacity || pool.held != GA_TAKEN.load(Ordering::Relaxed) {
-        eprintln!("    MISMATCH: pool held {} of {}, {} places acknowledged", pool.held, pool.capacity, GA_TAKEN.load(Ordering::Relaxed));
+        eprintln!(
+            "    MISMATCH: pool held {} of {}, {} places acknowledged",
+            pool.held,
+            pool.capacity,
+            GA_TAKEN.load(Ordering::Relaxed)
+        );
         oversold += 1;
     }
     Ok(oversold)
@@ -282,7 +338,11 @@ struct Postgres {
 
 fn pg_bin_dir() -> anyhow::Result<PathBuf> {
     if let Ok(entries) = std::fs::read_dir("/usr/lib/postgresql") {
-        let mut versions: Vec<PathBuf> = entries.flatten().map(|e| e.path().join("bin")).filter(|p| p.join("initdb").is_file()).collect();
+        let mut versions: Vec<PathBuf> = entries
+            .flatten()
+            .map(|e| e.path().join("bin"))
+            .filter(|p| p.join("initdb").is_file())
+            .collect();
         versions.sort();
         if let Some(v) = versions.pop() {
             return Ok(v);
@@ -292,7 +352,10 @@ fn pg_bin_dir() -> anyhow::Result<PathBuf> {
 }
 
 fn is_root() -> bool {
-    Command::new("id").arg("-u").output().is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
+    Command::new("id")
+        .arg("-u")
+        .output()
+        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
 }
 
 impl Postgres {
@@ -312,7 +375,11 @@ impl Postgres {
             Ok(b) => b,
             Err(_) if is_root() => {
                 eprintln!("    installing PostgreSQL (apt-get install -y postgresql)");
-                let ok = Command::new("apt-get").args(["install", "-y", "-q", "postgresql"]).env("DEBIAN_FRONTEND", "noninteractive").status()?.success();
+                let ok = Command::new("apt-get")
+                    .args(["install", "-y", "-q", "postgresql"])
+                    .env("DEBIAN_FRONTEND", "noninteractive")
+                    .status()?
+                    .success();
                 if !ok {
                     bail!("apt-get install -y postgresql failed");
                 }
@@ -325,14 +392,22 @@ impl Postgres {
         let as_postgres = is_root();
         if as_postgres {
             // PostgreSQL refuses to run as root: hand the directory to the postgres user.
-            let ok = Command::new("chown").args(["-R", "postgres:postgres"]).arg(dir).status()?.success();
+            let ok = Command::new("chown")
+                .args(["-R", "postgres:postgres"])
+                .arg(dir)
+                .status()?
+                .success();
             if !ok {
                 bail!("chown postgres {}", dir.display());
             }
         }
         let port = tessera_bench::free_port()?;
         let pg = Postgres { data, bin, port, as_postgres };
-        let out = pg.command("initdb").args(["-A", "trust", "-U", "postgres", "--no-sync", "-D"]).arg(&pg.data).output()?;
+        let out = pg
+            .command("initdb")
+            .args(["-A", "trust", "-U", "postgres", "--no-sync", "-D"])
+            .arg(&pg.data)
+            .output()?;
         if !out.status.success() {
             bail!("initdb failed: {}", String::from_utf8_lossy(&out.stderr));
         }
@@ -341,15 +416,30 @@ impl Postgres {
             pg.data.display()
         );
         let log = pg.data.join("server.log");
-        let out = pg.command("pg_ctl").arg("-D").arg(&pg.data).args(["-o", &opts, "-l"]).arg(&log).args(["-w", "start"]).output()?;
+        let out = pg
+            .command("pg_ctl")
+            .arg("-D")
+            .arg(&pg.data)
+            .args(["-o", &opts, "-l"])
+            .arg(&log)
+            .args(["-w", "start"])
+            .output()?;
         if !out.status.success() {
-            bail!("pg_ctl start failed: {}\n{}", String::from_utf8_lossy(&out.stderr), std::fs::read_to_string(&log).unwrap_or_default());
+            bail!(
+                "pg_ctl start failed: {}\n{}",
+                String::from_utf8_lossy(&out.stderr),
+                std::fs::read_to_string(&log).unwrap_or_default()
+            );
         }
         Ok(pg)
     }
 
     async fn connect(&self) -> anyhow::Result<tokio_postgres::Client> {
-        let (client, conn) = tokio_postgres::connect(&format!("host=127.0.0.1 port={} user=postgres dbname=postgres", self.port), tokio_postgres::NoTls).await?;
+        let (client, conn) = tokio_postgres::connect(
+            &format!("host=127.0.0.1 port={} user=postgres dbname=postgres", self.port),
+            tokio_postgres::NoTls,
+        )
+        .await?;
         tokio::spawn(async move {
             let _ = conn.await;
         });
@@ -359,7 +449,12 @@ impl Postgres {
 
 impl Drop for Postgres {
     fn drop(&mut self) {
-        let _ = self.command("pg_ctl").arg("-D").arg(&self.data).args(["-m", "immediate", "stop"]).output();
+        let _ = self
+            .command("pg_ctl")
+            .arg("-D")
+            .arg(&self.data)
+            .args(["-m", "immediate", "stop"])
+            .output();
     }
 }
 
@@ -391,7 +486,16 @@ async fn postgres(args: &Args, dir: &Path) -> anyhow::Result<(Result_, Result_, 
     for &clients in &args.pg_clients {
         // Fresh seats for each run: deal from the part of the map not used yet.
         let dealt = deal(seats, clients);
-        let r = run_pg(&pg, args, dealt.into_iter().map(|v| Work::Seats(v.into_iter().skip(next_seat_offset).collect())).collect(), clients).await?;
+        let r = run_pg(
+            &pg,
+            args,
+            dealt
+                .into_iter()
+                .map(|v| Work::Seats(v.into_iter().skip(next_seat_offset).collect()))
+                .collect(),
+            clients,
+        )
+        .await?;
         next_seat_offset += (r.holds as usize) / clients + 1;
         print_row("postgres skip-locked", "uniform", &r);
         if r.per_s() > best_uniform.per_s() {
@@ -412,7 +516,12 @@ async fn postgres(args: &Args, dir: &Path) -> anyhow::Result<(Result_, Result_, 
     Ok((best_uniform, best_ga, oversold))
 }
 
-async fn run_pg(pg: &Postgres, args: &Args, work: Vec<Work>, clients: usize) -> anyhow::Result<Result_> {
+async fn run_pg(
+    pg: &Postgres,
+    args: &Args,
+    work: Vec<Work>,
+    clients: usize,
+) -> anyhow::Result<Result_> {
     let holds = Arc::new(AtomicU64::new(0));
     let refused = Arc::new(AtomicU64::new(0));
     let deadline = Instant::now() + Duration::from_secs(args.seconds);
@@ -489,13 +598,20 @@ async fn run_pg(pg: &Postgres, args: &Args, work: Vec<Work>, clients: usize) -> 
     for t in tasks {
         hist.add(t.await?)?;
     }
-    Ok(summarize(&hist, holds.load(Ordering::Relaxed), refused.load(Ordering::Relaxed), started.elapsed(), clients))
+    Ok(summarize(
+        &hist,
+        holds.load(Ordering::Relaxed),
+        refused.load(Ordering::Relaxed),
+        started.elapsed(),
+        clients,
+    ))
 }
 
 fn main() -> anyhow::Result<()> {
     let args = args()?;
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(cores).enable_all().build()?;
+    let rt =
+        tokio::runtime::Builder::new_multi_thread().worker_threads(cores).enable_all().build()?;
     rt.block_on(async move {
         let dir = tempfile::Builder::new().prefix("tessera-bench-inventory").tempdir_in(bench_dir()?)?;
         let seats = u32::from(args.sections) * 1000;
