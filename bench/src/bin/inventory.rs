@@ -285,7 +285,7 @@ async fn run_embedded(
         hist.add(t.await?)?;
     }
     let elapsed = started.elapsed();
-    let mut r = summarize(
+    let r = summarize(
         &hist,
         holds.load(Ordering::Relaxed),
         refused.load(Ordering::Relaxed),
@@ -293,7 +293,6 @@ async fn run_embedded(
         clients,
     );
     if ga_places.load(Ordering::Relaxed) > 0 {
-        r.refused = r.refused.max(0);
         GA_TAKEN.store(ga_places.load(Ordering::Relaxed), Ordering::Relaxed);
     }
     Ok(r)

@@ -340,15 +340,13 @@ async fn persist<S: Store>(
         let rec = rec.clone();
         async move {
             // Never move backwards, even if a stale leader ticks once more.
-            if let Some(b) = trx.get(&key, false).await? {
-                if let Ok(old) = values::decode::<AdmissionRecord>(&b) {
-                    if old.version > rec.version
-                        || old.open_admitted > rec.open_admitted
-                        || old.pre_open_admitted > rec.pre_open_admitted
-                    {
-                        return Ok(());
-                    }
-                }
+            if let Some(b) = trx.get(&key, false).await?
+                && let Ok(old) = values::decode::<AdmissionRecord>(&b)
+                && (old.version > rec.version
+                    || old.open_admitted > rec.open_admitted
+                    || old.pre_open_admitted > rec.pre_open_admitted)
+            {
+                return Ok(());
             }
             trx.set(&key, &values::encode(&rec));
             Ok::<_, TrxError<std::convert::Infallible>>(())

@@ -148,7 +148,7 @@ pub async fn start<S: Store>(
         app.config.public_url.clone(),
         Duration::from_millis(app.config.bus.heartbeat_ms.max(50)),
         SystemClock,
-        || tessera_bus::heartbeat::HeartbeatLoad::default(),
+        tessera_bus::heartbeat::HeartbeatLoad::default,
     ));
 
     let projection =

@@ -38,10 +38,10 @@ pub async fn acquire<S: Store>(
 /// Gives the lease up (on shutdown), if `holder` has it.
 pub async fn release<S: Store>(store: &S, key: &[u8], holder: &str) -> anyhow::Result<()> {
     run(store, |trx, _| async move {
-        if let Some(b) = trx.get(key, false).await? {
-            if values::decode::<LeaseRecord>(&b).is_ok_and(|l| l.holder == holder) {
-                trx.clear(key);
-            }
+        if let Some(b) = trx.get(key, false).await?
+            && values::decode::<LeaseRecord>(&b).is_ok_and(|l| l.holder == holder)
+        {
+            trx.clear(key);
         }
         Ok::<_, TrxError<std::convert::Infallible>>(())
     })

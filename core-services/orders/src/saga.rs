@@ -582,11 +582,10 @@ impl<S: Store> Orders<S> {
                 Ok(_) | Err(PaymentError::WrongState { .. }) => {
                     // Voided now, or already not capturable. A payment that was captured
                     // after all must be refunded instead.
-                    if let Ok(p) = self.provider.retrieve(&payment_id).await {
-                        if p.net_charged_minor() > 0 {
+                    if let Ok(p) = self.provider.retrieve(&payment_id).await
+                        && p.net_charged_minor() > 0 {
                             return self.to_refund(r, "captured_without_seats").await;
                         }
-                    }
                 }
                 Err(e) if e.is_retryable() => match self.provider.retrieve(&payment_id).await {
                     Ok(p) if p.status == PaymentStatus::Canceled => {}

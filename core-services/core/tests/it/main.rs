@@ -25,8 +25,10 @@ struct Core {
 async fn core() -> Core {
     let store_dir = tempfile::tempdir().unwrap();
     let sim_dir = tempfile::tempdir().unwrap();
-    let mut sim_cfg = tessera_payments::sim::SimConfig::default();
-    sim_cfg.journal_path = sim_dir.path().join("journal");
+    let sim_cfg = tessera_payments::sim::SimConfig {
+        journal_path: sim_dir.path().join("journal"),
+        ..Default::default()
+    };
     let (addr, _sim) =
         tessera_payments::sim::spawn_local(sim_cfg, Arc::new(SystemClock), SeededRng::new(1))
             .await
@@ -215,6 +217,10 @@ async fn a_fan_buys_two_seats_and_nobody_can_hold_them_again() {
     assert_eq!(avail["sections"][0]["sold"], 2);
 }
 
+/// method, path, token, headers, body, expected status, expected code.
+type Case<'a> =
+    (&'a str, &'a str, Option<&'a str>, Vec<(&'a str, &'a str)>, Option<Value>, u16, &'a str);
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_input_gets_a_4xx_code_and_changes_nothing() {
     let c = core().await;
@@ -224,7 +230,7 @@ async fn bad_input_gets_a_4xx_code_and_changes_nothing() {
     let adm = c.admission("demo-night", "fan-1", "d1");
     let h = [("x-tessera-admission", adm.as_str()), ("x-tessera-device", "d1")];
     let hold_uri = "/v1/events/demo-night/holds";
-    let cases: Vec<(&str, &str, Option<&str>, Vec<(&str, &str)>, Option<Value>, u16, &str)> = vec![
+    let cases: Vec<Case<'_>> = vec![
         ("GET", "/v1/nope", None, vec![], None, 404, "not_found"),
         ("DELETE", "/v1/events", None, vec![], None, 405, "method_not_allowed"),
         ("GET", "/v1/events/no-such-event", None, vec![], None, 404, "unknown_event"),
