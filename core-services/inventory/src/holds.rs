@@ -160,19 +160,20 @@ impl<S: Store> Inventory<S> {
                 let now = self.clock.now_ms();
                 let idem_key = idempotency_key.map(|k| self.keys.idempotency("hold", customer, k));
                 if let (Some(ik), Some(hash)) = (&idem_key, &req_hash)
-                    && let Some(bytes) = trx.get(ik, false).await? {
-                        let rec: IdempotencyRecord = match values::decode(&bytes) {
-                            Ok(r) => r,
-                            Err(e) => return corrupt(e),
-                        };
-                        if rec.request_hash != *hash {
-                            return fail(InventoryError::IdempotencyConflict);
-                        }
-                        return match serde_json::from_value::<Hold>(rec.response) {
-                            Ok(h) => Ok(h),
-                            Err(e) => corrupt(e),
-                        };
+                    && let Some(bytes) = trx.get(ik, false).await?
+                {
+                    let rec: IdempotencyRecord = match values::decode(&bytes) {
+                        Ok(r) => r,
+                        Err(e) => return corrupt(e),
+                    };
+                    if rec.request_hash != *hash {
+                        return fail(InventoryError::IdempotencyConflict);
                     }
+                    return match serde_json::from_value::<Hold>(rec.response) {
+                        Ok(h) => Ok(h),
+                        Err(e) => corrupt(e),
+                    };
+                }
                 if maybe_committed.0 {
                     // The previous attempt may have committed this very hold.
                     if let Some(bytes) = trx.get(&self.keys.hold(&hold_id), false).await? {
@@ -422,9 +423,7 @@ impl<S: Store> Inventory<S> {
                 }
                 let to_ids = |nums: &[u16]| -> TrxResult<Vec<SeatId>> {
                     nums.iter()
-                        .map(|n| {
-                            SeatId::new(section_id.clone(), &row.row, *n).or_else(corrupt)
-                        })
+                        .map(|n| SeatId::new(section_id.clone(), &row.row, *n).or_else(corrupt))
                         .collect()
                 };
                 if adjacent {

@@ -583,9 +583,10 @@ impl<S: Store> Orders<S> {
                     // Voided now, or already not capturable. A payment that was captured
                     // after all must be refunded instead.
                     if let Ok(p) = self.provider.retrieve(&payment_id).await
-                        && p.net_charged_minor() > 0 {
-                            return self.to_refund(r, "captured_without_seats").await;
-                        }
+                        && p.net_charged_minor() > 0
+                    {
+                        return self.to_refund(r, "captured_without_seats").await;
+                    }
                 }
                 Err(e) if e.is_retryable() => match self.provider.retrieve(&payment_id).await {
                     Ok(p) if p.status == PaymentStatus::Canceled => {}

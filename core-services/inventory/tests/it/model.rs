@@ -190,9 +190,10 @@ async fn apply(f: &Fixture<MemoryStore>, holds: &mut Vec<(HoldId, u32)>, op: Op,
         Op::Return { pick: p } => {
             if let Some((h, _)) = pick(p, holds)
                 && let Ok(r) = f.inv.hold_record(&h).await
-                    && let Some(o) = r.order_id {
-                        f.inv.return_seats(&h, &o).await.unwrap();
-                    }
+                && let Some(o) = r.order_id
+            {
+                f.inv.return_seats(&h, &o).await.unwrap();
+            }
         }
         Op::Advance { s } => f.clock.advance_ms(u64::from(s) * 1000),
         Op::Sweep => {
