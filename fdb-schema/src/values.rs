@@ -449,6 +449,10 @@ pub struct TicketRecord {
     pub checked_in_at_ms: Option<u64>,
     #[serde(default)]
     pub gate: Option<String>,
+    /// The scan that admitted it (unique per scan), so a retried scan recognises its own
+    /// admission after an unknown commit outcome.
+    #[serde(default)]
+    pub scan_id: Option<String>,
 }
 
 #[cfg(test)]

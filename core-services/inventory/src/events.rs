@@ -202,11 +202,19 @@ impl<S: Store> Inventory<S> {
             .collect();
         let keys = self.keys.clone();
         let region = self.config.region.clone();
-        run(&self.store, |trx, _| {
+        run(&self.store, |trx, maybe_committed| {
             let (record, sections, pools, keys, region) =
                 (record.clone(), sections.clone(), pools.clone(), keys.clone(), region.clone());
             async move {
-                if trx.get(&keys.event(&record.event_id), false).await?.is_some() {
+                if let Some(existing) = trx.get(&keys.event(&record.event_id), false).await? {
+                    // After an unknown commit outcome, the event found may be this very one
+                    // (its seed commitment is unique to this creation).
+                    let ours = maybe_committed.0
+                        && values::decode::<EventRecord>(&existing)
+                            .is_ok_and(|e| e.shuffle_commitment == record.shuffle_commitment);
+                    if ours {
+                        return Ok(());
+                    }
                     return fail(InventoryError::EventExists(record.event_id.clone()));
                 }
                 for s in &sections {

@@ -235,6 +235,11 @@ impl<S: Store> Inventory<S> {
     pub fn now_ms(&self) -> u64 {
         self.clock.now_ms()
     }
+
+    /// How long a hold stays frozen while its payment is in flight.
+    pub fn payment_window_ms(&self) -> u64 {
+        self.config.payment_window_ms
+    }
 }
 
 /// Writes one bus event to the region's outbox inside `trx`. `n` orders several entries of

@@ -284,6 +284,22 @@ impl<S: Store> Inventory<S> {
             // rest and end the hold.
             self.free_held(trx, &r).await?;
             r.state = HoldState::Expired;
+            outbox(
+                trx,
+                &self.keys,
+                &self.config.region,
+                0,
+                &r.event_id,
+                now,
+                BusEventBody::HoldReleased {
+                    hold_id: hold_id.clone(),
+                    customer_id: r.customer_id.clone(),
+                    seats: r.seats.clone(),
+                    pool: r.pool.clone(),
+                    quantity: r.quantity,
+                    reason: ReleaseReason::Expired,
+                },
+            );
         } else {
             r.expires_at_ms = deadline;
             r.state = HoldState::Active;

@@ -13,8 +13,11 @@ impl<S: Store> Orders<S> {
     pub async fn checkin(&self, qr: &str, gate: &str) -> Result<CheckinResponse, OrderError> {
         let claims =
             verify_ticket(&self.tickets.verifying, qr).map_err(|_| OrderError::TicketInvalid)?;
+        // Names this scan across the retries of its transaction.
+        let scan_id = format!("{:032x}", self.rng.next_u128());
         let out = run(self.inv.store(), |trx, maybe_committed| {
             let claims = claims.clone();
+            let scan_id = scan_id.clone();
             async move {
                 let key = self.inv.keys().ticket(&claims.ticket_id);
                 let Some(bytes) = trx.get(&key, false).await? else {
@@ -31,7 +34,7 @@ impl<S: Store> Orders<S> {
                 if let Some(at) = rec.checked_in_at_ms {
                     let used_gate = rec.gate.clone().unwrap_or_default();
                     // Our own earlier attempt may have committed before its outcome was lost.
-                    if maybe_committed.0 && used_gate == gate {
+                    if maybe_committed.0 && rec.scan_id.as_deref() == Some(scan_id.as_str()) {
                         return Ok(CheckinResponse {
                             ticket_id: rec.ticket_id,
                             event_id: rec.event_id,
@@ -45,6 +48,7 @@ impl<S: Store> Orders<S> {
                 let now = self.clock.now_ms();
                 rec.checked_in_at_ms = Some(now);
                 rec.gate = Some(gate.to_owned());
+                rec.scan_id = Some(scan_id);
                 trx.set(&key, &values::encode(&rec));
                 Ok(CheckinResponse {
                     ticket_id: rec.ticket_id,

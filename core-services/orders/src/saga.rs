@@ -48,9 +48,9 @@ enum Truth {
     Unknown,
 }
 
-/// How long after an order was created an authorization the provider has no record of is
-/// taken as never made (no request of ours can still be on its way by then).
-const AUTHORIZE_GRACE_MS: u64 = 30_000;
+/// How long past the payment window an authorization the provider has no record of is taken
+/// as never made (no request of ours can still be on its way by then).
+const AUTHORIZE_GRACE_MS: u64 = 5 * 60_000;
 
 /// The outcome of one provider step that the saga records.
 enum StepOutcome {
@@ -400,6 +400,12 @@ impl<S: Store> Orders<S> {
         };
         // A definitive "no": nothing was charged. The hold's timer resumes.
         let (payment_id, code) = failure;
+        if let Some(pid) = &payment_id
+            && code.contains("requires_action")
+        {
+            // Nothing is held in that state; void it so it cannot be completed later.
+            let _ = self.provider.cancel(pid, &key.derive("void-unfinished")).await;
+        }
         self.transition(&r.order_id, SagaStep::Authorizing, |trx, mut o| {
             let (payment_id, code) = (payment_id.clone(), code.clone());
             async move {
@@ -436,16 +442,27 @@ impl<S: Store> Orders<S> {
             return Truth::Authorized(p.id.clone());
         }
         if let Some(p) = payments.first() {
-            if matches!(p.status, PaymentStatus::RequiresPaymentMethod | PaymentStatus::Canceled) {
-                let code = p
-                    .last_error_code
-                    .clone()
-                    .unwrap_or_else(|| format!("payment_{}", p.status.as_str()));
-                return Truth::Refused(Some(p.id.clone()), code);
-            }
-            return Truth::Unknown;
+            return match p.status {
+                PaymentStatus::RequiresPaymentMethod | PaymentStatus::Canceled => {
+                    let code = p
+                        .last_error_code
+                        .clone()
+                        .unwrap_or_else(|| format!("payment_{}", p.status.as_str()));
+                    Truth::Refused(Some(p.id.clone()), code)
+                }
+                // The card wants a step this checkout cannot take (3-D Secure): nothing is
+                // held; the payment is voided on the way out.
+                PaymentStatus::RequiresAction | PaymentStatus::RequiresConfirmation => {
+                    Truth::Refused(Some(p.id.clone()), "payment_requires_action".into())
+                }
+                _ => Truth::Unknown,
+            };
         }
-        if self.clock.now_ms() > r.created_at_ms + AUTHORIZE_GRACE_MS {
+        // No payment exists. Every attempt used the same idempotency key, so a request still
+        // on its way would land as the payment a retry returns; only once the hold's payment
+        // window (and then some) is over is "never made" the only explanation left.
+        let horizon = r.created_at_ms + self.inv.payment_window_ms() + AUTHORIZE_GRACE_MS;
+        if self.clock.now_ms() > horizon {
             return Truth::Refused(None, "payment_not_created".into());
         }
         Truth::Unknown
@@ -521,6 +538,7 @@ impl<S: Store> Orders<S> {
                             issued_at_ms: now,
                             checked_in_at_ms: None,
                             gate: None,
+                            scan_id: None,
                         };
                         trx.set(&self.inv.keys().ticket(&id), &values::encode(&rec));
                         tickets.push(id);
@@ -544,17 +562,15 @@ impl<S: Store> Orders<S> {
                 metrics::counter!("tessera_orders_completed_total").increment(1);
                 Ok(StepOutcome::Advanced)
             }
-            Err(e) if e.is_retryable() => {
-                tracing::warn!(order_id = %r.order_id, "capture outcome unknown; the reconciler will settle it: {e}");
-                Ok(StepOutcome::Pending)
-            }
-            other => {
-                // The authorization can no longer be captured (expired or voided at the
-                // provider): no money moved, so the seats go back.
-                let code = match other {
-                    Ok(p) => format!("capture_{}", p.status.as_str()),
-                    Err(e) => format!("capture_{}", e.label()),
-                };
+            Ok(p)
+                if matches!(
+                    p.status,
+                    PaymentStatus::Canceled | PaymentStatus::RequiresPaymentMethod
+                ) =>
+            {
+                // The provider says the authorization can no longer be captured (it expired
+                // or was voided): no money moved, so the seats go back.
+                let code = format!("capture_{}", p.status.as_str());
                 tracing::warn!(order_id = %r.order_id, code, "capture failed definitively, returning the seats");
                 self.transition(&r.order_id, SagaStep::Capturing, |trx, mut o| {
                     let code = code.clone();
@@ -568,6 +584,20 @@ impl<S: Store> Orders<S> {
                 .await?;
                 Ok(StepOutcome::Advanced)
             }
+            other => {
+                // No positive evidence either way (the answer was lost, the provider could
+                // not be asked): try again later, never assume.
+                let why = match &other {
+                    Ok(p) => format!("payment is {}", p.status.as_str()),
+                    Err(e) => e.to_string(),
+                };
+                if r.attempts >= 20 {
+                    tracing::error!(order_id = %r.order_id, attempts = r.attempts, "capture still unsettled: {why}");
+                } else {
+                    tracing::warn!(order_id = %r.order_id, "capture outcome unknown; the reconciler will settle it: {why}");
+                }
+                Ok(StepOutcome::Pending)
+            }
         }
     }
 
@@ -578,27 +608,27 @@ impl<S: Store> Orders<S> {
     ) -> Result<StepOutcome, OrderError> {
         if let Some(payment_id) = r.payment_id.clone() {
             let vkey = key.derive(&format!("void-{}", r.attempts));
-            match self.with_retries("void", || self.provider.cancel(&payment_id, &vkey)).await {
-                Ok(_) | Err(PaymentError::WrongState { .. }) => {
-                    // Voided now, or already not capturable. A payment that was captured
-                    // after all must be refunded instead.
-                    if let Ok(p) = self.provider.retrieve(&payment_id).await
-                        && p.net_charged_minor() > 0
-                    {
-                        return self.to_refund(r, "captured_without_seats").await;
-                    }
+            let answer =
+                self.with_retries("void", || self.provider.cancel(&payment_id, &vkey)).await;
+            // The order fails only on positive evidence that nothing is held or taken.
+            let truth = match answer {
+                Ok(p) => Some(p),
+                Err(_) => self.provider.retrieve(&payment_id).await.ok(),
+            };
+            match truth {
+                Some(p) if p.net_charged_minor() > 0 => {
+                    return self.to_refund(r, "captured_without_seats").await;
                 }
-                Err(e) if e.is_retryable() => match self.provider.retrieve(&payment_id).await {
-                    Ok(p) if p.status == PaymentStatus::Canceled => {}
-                    Ok(p) if p.net_charged_minor() > 0 => {
-                        return self.to_refund(r, "captured_without_seats").await;
-                    }
-                    _ => return Ok(StepOutcome::Pending),
-                },
-                Err(e) => {
-                    tracing::error!(order_id = %r.order_id, "void failed definitively: {e}");
+                Some(p)
+                    if matches!(
+                        p.status,
+                        PaymentStatus::Canceled | PaymentStatus::RequiresPaymentMethod
+                    ) => {}
+                Some(p) => {
+                    tracing::warn!(order_id = %r.order_id, status = p.status.as_str(), "void not settled yet");
                     return Ok(StepOutcome::Pending);
                 }
+                None => return Ok(StepOutcome::Pending),
             }
         }
         self.transition(&r.order_id, SagaStep::Voiding, |trx, mut o| async move {
@@ -643,6 +673,16 @@ impl<S: Store> Orders<S> {
         };
         let rkey = key.derive(&format!("refund-{}", r.attempts));
         match self.with_retries("refund", || self.provider.refund(&payment_id, None, &rkey)).await {
+            Ok(refund)
+                if matches!(
+                    refund.status,
+                    tessera_payments::RefundStatus::Failed
+                        | tessera_payments::RefundStatus::Canceled
+                ) =>
+            {
+                tracing::warn!(order_id = %r.order_id, "refund did not go through; retrying");
+                return Ok(StepOutcome::Pending);
+            }
             Ok(_) => {}
             Err(PaymentError::WrongState { .. }) => {
                 // Nothing left to refund (refunded before) or never captured.
@@ -764,15 +804,29 @@ impl<S: Store> Orders<S> {
         if r.lease_until_ms > now {
             return Ok(None);
         }
-        // Take the lease, so that other drivers leave this order alone for a while.
-        let step = r.step;
-        let took = self
-            .transition(order_id, step, |_, mut o| async move {
+        // Take the lease in a transaction that reads it, so that of several reconcilers
+        // (one per region) exactly one wins and the others leave the order alone.
+        let me = self.config.driver.clone();
+        let lease_ms = self.config.lease_ms;
+        let took = tessera_store::run(self.inv.store(), |trx, _| {
+            let me = me.clone();
+            async move {
+                let mut o = self.read_order_trx(&trx, order_id).await?;
+                let now = self.clock.now_ms();
+                if o.step == SagaStep::Done
+                    || (o.lease_until_ms > now && o.lease_holder.as_deref() != Some(me.as_str()))
+                {
+                    return Ok(false);
+                }
                 o.attempts += 1;
-                Ok(o)
-            })
-            .await?;
-        if took.lease_holder.as_deref() != Some(self.config.driver.as_str()) || took.step != step {
+                o.lease_holder = Some(me);
+                o.lease_until_ms = now + lease_ms;
+                trx.set(&self.inv.keys().order(order_id), &values::encode(&o));
+                Ok::<_, TrxError<OrderError>>(true)
+            }
+        })
+        .await?;
+        if !took {
             return Ok(None);
         }
         self.drive(order_id).await.map(Some)
