@@ -48,10 +48,6 @@ enum Truth {
     Unknown,
 }
 
-/// How long past the payment window an authorization the provider has no record of is taken
-/// as never made (no request of ours can still be on its way by then).
-const AUTHORIZE_GRACE_MS: u64 = 5 * 60_000;
-
 /// The outcome of one provider step that the saga records.
 enum StepOutcome {
     /// Go on to the next step.
@@ -458,13 +454,11 @@ impl<S: Store> Orders<S> {
                 _ => Truth::Unknown,
             };
         }
-        // No payment exists. Every attempt used the same idempotency key, so a request still
-        // on its way would land as the payment a retry returns; only once the hold's payment
-        // window (and then some) is over is "never made" the only explanation left.
-        let horizon = r.created_at_ms + self.inv.payment_window_ms() + AUTHORIZE_GRACE_MS;
-        if self.clock.now_ms() > horizon {
-            return Truth::Refused(None, "payment_not_created".into());
-        }
+        // No payment exists yet. Nothing is concluded from time: a request of ours may still
+        // be on its way and land later. Every attempt repeats the authorization under the
+        // same idempotency key, so the next one that gets an answer either finds that
+        // request's payment or makes it now; either way the order then settles normally
+        // (and a payment that arrives after the hold ran out is voided).
         Truth::Unknown
     }
 

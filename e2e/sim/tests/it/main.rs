@@ -187,3 +187,8 @@ fn the_checks_catch_an_acknowledged_hold_that_was_lost() {
 fn a_hold_ended_by_a_late_payment_failure_is_published() {
     clean(20445, "a hold ended by a late payment failure was never published");
 }
+
+#[test]
+fn an_authorization_landing_after_a_clock_jump_is_never_left_open() {
+    clean(780690, "an authorization landing after a deadline was left open on the card");
+}
