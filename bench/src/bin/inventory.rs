@@ -39,7 +39,7 @@ struct Args {
 
 fn args() -> anyhow::Result<Args> {
     let mut a =
-        Args { seconds: 5, sections: 200, clients: 256, pg_clients: vec![16, 64], skip_pg: false };
+        Args { seconds: 5, sections: 400, clients: 64, pg_clients: vec![16, 64], skip_pg: false };
     let mut it = std::env::args().skip(1);
     while let Some(arg) = it.next() {
         let mut val = || it.next().with_context(|| format!("{arg} needs a value"));
@@ -280,10 +280,12 @@ async fn run_embedded(
             hist
         }));
     }
+    let ticker = progress(holds.clone(), started);
     let mut hist = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?;
     for t in tasks {
         hist.add(t.await?)?;
     }
+    ticker.abort();
     let elapsed = started.elapsed();
     let r = summarize(
         &hist,
@@ -299,6 +301,25 @@ async fn run_embedded(
 }
 
 static GA_TAKEN: AtomicU64 = AtomicU64::new(0);
+
+/// Prints the rate of each second while a workload runs.
+fn progress(count: Arc<AtomicU64>, started: Instant) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut last = 0;
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        tick.tick().await;
+        loop {
+            tick.tick().await;
+            let now = count.load(Ordering::Relaxed);
+            eprintln!(
+                "    {:>4.1} s: {:>7} holds/s, {now} in all",
+                started.elapsed().as_secs_f64(),
+                now - last
+            );
+            last = now;
+        }
+    })
+}
 
 async fn check_embedded(
     inv: &Inventory<EmbeddedStore>,
@@ -593,10 +614,12 @@ async fn run_pg(
             hist
         }));
     }
+    let ticker = progress(holds.clone(), started);
     let mut hist = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?;
     for t in tasks {
         hist.add(t.await?)?;
     }
+    ticker.abort();
     Ok(summarize(
         &hist,
         holds.load(Ordering::Relaxed),

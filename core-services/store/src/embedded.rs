@@ -16,14 +16,17 @@
 //!   on disk; a process killed at any point loses only unacknowledged work.
 //! - **Recovery**: the next writer adopts complete, checksummed records past `HEAD` (their
 //!   outcome was unknown to their client) and cuts off a torn tail.
-//! - **Rotation**: when a segment grows past `segment_bytes_max`, the writer snapshots the
-//!   state, starts the next segment and deletes the old files; followers that still read the
-//!   old segment keep its file open.
+//! - **Rotation**: when a segment grows past `segment_bytes_max`, the writer starts the
+//!   next segment and a background thread writes the snapshot it starts from, reading a
+//!   pinned version from memory a chunk at a time while commits go on. Once the snapshot
+//!   is on disk, files older than the previous snapshot and segment are deleted. Recovery
+//!   uses the newest usable snapshot and replays every segment after it; followers that
+//!   still read an old segment keep its file open.
 
 use std::fs::{File, OpenOptions};
-use std::io::Write as _;
 use std::os::unix::fs::FileExt as _;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{Receiver, Sender, TryRecvError};
 use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
@@ -87,6 +90,11 @@ pub struct EmbeddedHost {
     lock: File,
     replica: Mutex<Replica>,
     queue: Mutex<Option<Sender<Waiting>>>,
+    /// A snapshot of this process is being written in the background.
+    snapshotting: AtomicBool,
+    /// Size of the last snapshot this process wrote: a segment may grow to twice that
+    /// before the next, so writing snapshots costs at most half as much as the log.
+    last_snapshot_bytes: AtomicU64,
 }
 
 impl std::fmt::Debug for EmbeddedHost {
@@ -161,28 +169,20 @@ impl EmbeddedStore {
         let head = Head::decode(&head_buf)
             .ok_or_else(|| StoreError::Corrupt(format!("{} is unreadable", head_path.display())))?;
         let engine = Engine::new();
-        if head.segment > 1 {
-            let data = std::fs::read(snapshot_path(dir, head.segment)).map_err(io)?;
-            let (version, entries) = wal::decode_snapshot(Bytes::from(data)).map_err(io)?;
-            engine.load(version, entries);
-        }
-        let log = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .open(segment_path(dir, head.segment))
-            .map_err(io)?;
+        let rep = load_state(dir, &engine, &head)?;
         let host = Arc::new(EmbeddedHost {
             dir: dir.to_path_buf(),
             opts,
             engine,
             head: head_file,
             lock,
-            replica: Mutex::new(Replica { segment: head.segment, applied_len: 0, log }),
+            replica: Mutex::new(rep),
             queue: Mutex::new(None),
+            snapshotting: AtomicBool::new(false),
+            last_snapshot_bytes: AtomicU64::new(0),
         });
         {
             let mut rep = host.replica.lock();
-            host.apply_log(&mut rep, head.committed_len)?;
             host.engine.set_visible(head.version);
             let mut head = head;
             host.recover_tail(&mut rep, &mut head)?;
@@ -235,31 +235,8 @@ impl EmbeddedHost {
         Ok(())
     }
 
-    /// Applies the log of the replica's segment from `applied_len` up to `end`.
     fn apply_log(&self, rep: &mut Replica, end: u64) -> Result<(), StoreError> {
-        if end <= rep.applied_len {
-            return Ok(());
-        }
-        let len = (end - rep.applied_len) as usize;
-        let mut buf = vec![0u8; len];
-        rep.log.read_exact_at(&mut buf, rep.applied_len).map_err(io)?;
-        let buf = Bytes::from(buf);
-        let mut at = 0usize;
-        let now = Instant::now();
-        while at < len {
-            let rec = wal::decode_record(&buf.slice(at..)).ok_or_else(|| {
-                StoreError::Corrupt(format!(
-                    "log segment {} has a bad record at offset {}",
-                    rep.segment,
-                    rep.applied_len as usize + at
-                ))
-            })?;
-            self.engine.apply_resolved(rec.version, &rec.writes);
-            self.engine.note_applied(rec.version, now);
-            at += rec.len;
-        }
-        rep.applied_len = end;
-        Ok(())
+        apply_log(&self.engine, rep, end)
     }
 
     /// Brings this process up to `head`.
@@ -286,19 +263,11 @@ impl EmbeddedHost {
         Ok(())
     }
 
-    /// Starts over from the snapshot of `head.segment` (this process fell more than a
-    /// segment behind). Transactions in flight here get `TooOld` and retry.
+    /// Starts over from the newest snapshot (this process fell more than a segment
+    /// behind). Transactions in flight here get `TooOld` and retry.
     fn reload(&self, rep: &mut Replica, head: &Head) -> Result<(), StoreError> {
-        let data = std::fs::read(snapshot_path(&self.dir, head.segment)).map_err(io)?;
-        let (version, entries) = wal::decode_snapshot(Bytes::from(data)).map_err(io)?;
-        self.engine.load(version, entries);
-        let log = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .open(segment_path(&self.dir, head.segment))
-            .map_err(io)?;
-        *rep = Replica { segment: head.segment, applied_len: 0, log };
-        self.apply_log(rep, head.committed_len)
+        *rep = load_state(&self.dir, &self.engine, head)?;
+        Ok(())
     }
 
     /// Under the lock: adopts complete records a crashed writer left past `HEAD`, cuts off
@@ -340,7 +309,7 @@ impl EmbeddedHost {
     }
 
     /// Commits one batch. Called by the committer thread only.
-    fn commit_batch(&self, batch: Vec<Waiting>) {
+    fn commit_batch(self: &Arc<Self>, batch: Vec<Waiting>) {
         let started = Instant::now();
         let result = self.commit_batch_inner(&batch);
         let elapsed = started.elapsed();
@@ -371,7 +340,7 @@ impl EmbeddedHost {
     }
 
     fn commit_batch_inner(
-        &self,
+        self: &Arc<Self>,
         batch: &[Waiting],
     ) -> Result<Vec<Result<CommitInfo, StoreError>>, StoreError> {
         self.lock.lock().map_err(io)?;
@@ -418,25 +387,21 @@ impl EmbeddedHost {
         self.engine.set_visible(version);
         self.engine.note_applied(version, now);
         metrics::counter!("tessera_store_log_bytes_total").increment(record.len() as u64);
-        if head.committed_len >= self.opts.segment_bytes_max {
+        let rotate_at =
+            self.opts.segment_bytes_max.max(2 * self.last_snapshot_bytes.load(Ordering::Acquire));
+        if head.committed_len >= rotate_at && !self.snapshotting.swap(true, Ordering::AcqRel) {
             self.rotate(&mut rep, &mut head)?;
         }
         Ok(outcomes)
     }
 
-    /// Snapshots the state and starts the next segment. Under the lock.
-    fn rotate(&self, rep: &mut Replica, head: &mut Head) -> Result<(), StoreError> {
-        let started = Instant::now();
+    /// Starts the next segment, under the lock, and has a background thread write the
+    /// snapshot it starts from. Commits go on meanwhile: the snapshot reads the pinned
+    /// version from memory a chunk at a time. Until the snapshot is on disk, recovery
+    /// starts from an older snapshot and replays the segments since (see [`load_state`]).
+    fn rotate(self: &Arc<Self>, rep: &mut Replica, head: &mut Head) -> Result<(), StoreError> {
         let next = head.segment + 1;
-        let entries = self.engine.dump_latest();
-        let snap = wal::encode_snapshot(head.version, &entries);
-        let tmp = self.dir.join(format!("snap-{next:016x}.tmp"));
-        {
-            let mut f = File::create(&tmp).map_err(io)?;
-            f.write_all(&snap).map_err(io)?;
-            f.sync_all().map_err(io)?;
-        }
-        std::fs::rename(&tmp, snapshot_path(&self.dir, next)).map_err(io)?;
+        let version = head.version;
         let log = OpenOptions::new()
             .create(true)
             .truncate(true)
@@ -446,26 +411,172 @@ impl EmbeddedHost {
             .map_err(io)?;
         log.sync_all().map_err(io)?;
         sync_dir(&self.dir)?;
-        let old = head.segment;
-        *head = Head {
-            segment: next,
-            committed_len: 0,
-            version: head.version,
-            prev_segment_len: head.committed_len,
-        };
+        *head =
+            Head { segment: next, committed_len: 0, version, prev_segment_len: head.committed_len };
         self.write_head(head, true)?;
         *rep = Replica { segment: next, applied_len: 0, log };
-        let _ = std::fs::remove_file(segment_path(&self.dir, old));
-        let _ = std::fs::remove_file(snapshot_path(&self.dir, old));
-        tracing::info!(
-            segment = next,
-            keys = entries.len(),
-            snapshot_bytes = snap.len(),
-            elapsed_ms = started.elapsed().as_millis() as u64,
-            "store.rotate"
-        );
+        self.engine.pin(version);
+        let host = Arc::clone(self);
+        let spawned =
+            std::thread::Builder::new().name("tessera-store-snapshot".into()).spawn(move || {
+                // Commits come first: on a busy machine the snapshot takes the idle time.
+                // SAFETY: setpriority on this thread's own id only changes its nice value.
+                #[allow(
+                    unsafe_code,
+                    reason = "lowers this thread's priority; no memory is involved"
+                )]
+                unsafe {
+                    libc::setpriority(libc::PRIO_PROCESS, libc::gettid() as libc::id_t, 10);
+                }
+                let started = Instant::now();
+                match host.write_snapshot(next, version) {
+                    Ok((keys, bytes)) => tracing::info!(
+                        segment = next,
+                        version,
+                        keys,
+                        snapshot_bytes = bytes,
+                        elapsed_ms = started.elapsed().as_millis() as u64,
+                        "store.rotate"
+                    ),
+                    // Recovery keeps using the older snapshot and segments; the next
+                    // rotation tries again.
+                    Err(e) => {
+                        tracing::error!(segment = next, "store.rotate: snapshot failed: {e:#}")
+                    }
+                }
+                host.engine.unpin();
+                host.snapshotting.store(false, Ordering::Release);
+            });
+        if spawned.is_err() {
+            self.engine.unpin();
+            self.snapshotting.store(false, Ordering::Release);
+        }
         Ok(())
     }
+
+    /// Writes `snap-<segment>` with the state at `version`, then deletes every older
+    /// segment and snapshot. Returns the number of keys and bytes written.
+    fn write_snapshot(&self, segment: u64, version: u64) -> Result<(usize, u64), StoreError> {
+        let mut entries = Vec::new();
+        let mut after = None;
+        while let Some(last) =
+            self.engine.dump_chunk(after.as_ref(), version, 4096, &mut entries)?
+        {
+            after = Some(last);
+        }
+        let tmp = self.dir.join(format!("snap-{segment:016x}.tmp"));
+        let bytes = {
+            let f = File::create(&tmp).map_err(io)?;
+            let mut w = std::io::BufWriter::with_capacity(1 << 20, f);
+            let bytes = wal::write_snapshot(&mut w, version, &entries).map_err(io)?;
+            let f = w.into_inner().map_err(|e| io(e.into_error()))?;
+            f.sync_all().map_err(io)?;
+            bytes
+        };
+        std::fs::rename(&tmp, snapshot_path(&self.dir, segment)).map_err(io)?;
+        sync_dir(&self.dir)?;
+        // Keep the previous snapshot and segment too, so a damaged newest snapshot is not
+        // fatal. Followers still reading an older segment keep their open file.
+        for old in 1..segment.saturating_sub(1) {
+            let _ = std::fs::remove_file(segment_path(&self.dir, old));
+            let _ = std::fs::remove_file(snapshot_path(&self.dir, old));
+        }
+        self.last_snapshot_bytes.store(bytes, Ordering::Release);
+        Ok((entries.len(), bytes))
+    }
+}
+
+/// Applies the log of the replica's segment from `applied_len` up to `end`.
+fn apply_log(engine: &Engine, rep: &mut Replica, end: u64) -> Result<(), StoreError> {
+    if end <= rep.applied_len {
+        return Ok(());
+    }
+    let len = (end - rep.applied_len) as usize;
+    let mut buf = vec![0u8; len];
+    rep.log.read_exact_at(&mut buf, rep.applied_len).map_err(io)?;
+    let buf = Bytes::from(buf);
+    let mut at = 0usize;
+    let now = Instant::now();
+    while at < len {
+        let rec = wal::decode_record(&buf.slice(at..)).ok_or_else(|| {
+            StoreError::Corrupt(format!(
+                "log segment {} has a bad record at offset {}",
+                rep.segment,
+                rep.applied_len as usize + at
+            ))
+        })?;
+        engine.apply_resolved(rec.version, &rec.writes);
+        engine.note_applied(rec.version, now);
+        at += rec.len;
+    }
+    rep.applied_len = end;
+    Ok(())
+}
+
+/// Loads the state `head` names into `engine`: the newest usable snapshot on disk at or
+/// below `head.segment` (none for segment 1), then every segment from there on. The
+/// snapshot of the current segment may still be being written (or its writer died, or it
+/// is damaged); then an older one and the segments after it serve. Files deleted under us by a writer that just finished
+/// a newer snapshot make us start over.
+fn load_state(dir: &Path, engine: &Engine, head: &Head) -> Result<Replica, StoreError> {
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        match load_state_once(dir, engine, head) {
+            Err(StoreError::Io(e)) if e.kind() == std::io::ErrorKind::NotFound && attempt < 5 => {
+                tracing::debug!("store.load: a file went away while loading ({e}); again");
+            }
+            other => return other,
+        }
+    }
+}
+
+fn load_state_once(dir: &Path, engine: &Engine, head: &Head) -> Result<Replica, StoreError> {
+    let mut base = head.segment;
+    let mut loaded = false;
+    while base > 1 {
+        match std::fs::read(snapshot_path(dir, base)) {
+            Ok(data) => match wal::decode_snapshot(Bytes::from(data)) {
+                Ok((version, entries)) => {
+                    engine.load(version, entries);
+                    loaded = true;
+                    break;
+                }
+                Err(e) => {
+                    tracing::warn!(
+                        segment = base,
+                        "store.load: snapshot unusable ({e}); trying the one before"
+                    );
+                    base -= 1;
+                }
+            },
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => base -= 1,
+            Err(e) => return Err(io(e)),
+        }
+    }
+    if !loaded {
+        engine.load(0, Vec::<(Bytes, Bytes)>::new());
+    }
+    for segment in base..=head.segment {
+        let log = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(segment_path(dir, segment))
+            .map_err(io)?;
+        let mut rep = Replica { segment, applied_len: 0, log };
+        if segment == head.segment {
+            apply_log(engine, &mut rep, head.committed_len)?;
+            return Ok(rep);
+        }
+        // A finished segment ends where its last committed record ends.
+        let end = if segment + 1 == head.segment {
+            head.prev_segment_len
+        } else {
+            rep.log.metadata().map_err(io)?.len()
+        };
+        apply_log(engine, &mut rep, end)?;
+    }
+    unreachable!("the loop returns at head.segment")
 }
 
 struct Unlock<'a>(&'a File);

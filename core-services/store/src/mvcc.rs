@@ -8,6 +8,7 @@
 //! single committer at a time, in batches that share one commit version.
 
 use std::collections::{BTreeMap, VecDeque};
+use std::hash::BuildHasher as _;
 use std::ops::Bound;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -56,39 +57,76 @@ impl Chain {
     }
 }
 
-/// The keys of the engine: a hash map for point access (most operations), and an ordered
+/// The keys of the engine: hash tables for point access (most operations), and an ordered
 /// set of the same keys for range reads. Updating an existing key touches only the hash
-/// map; only new and forgotten keys change the order.
-#[derive(Debug, Default)]
+/// tables; only new and forgotten keys change the order.
+///
+/// The hash index is split into [`SHARDS`] tables by a slice of each key's hash, so that
+/// growing it rehashes one small table at a time instead of stopping every commit while
+/// millions of keys move.
+#[derive(Debug)]
 struct Table {
-    chains: hashbrown::HashMap<Bytes, Chain>,
+    hasher: hashbrown::DefaultHashBuilder,
+    chains: Box<[hashbrown::HashTable<(Bytes, Chain)>]>,
     order: std::collections::BTreeSet<Bytes>,
 }
 
+const SHARDS: usize = 64;
+
+impl Default for Table {
+    fn default() -> Self {
+        Table {
+            hasher: hashbrown::DefaultHashBuilder::default(),
+            chains: (0..SHARDS).map(|_| hashbrown::HashTable::new()).collect(),
+            order: std::collections::BTreeSet::new(),
+        }
+    }
+}
+
 impl Table {
+    /// The key's hash and its shard. The shard comes from middle bits: the tables use the
+    /// low bits for the bucket and the top seven for the control tag.
+    fn slot(&self, key: &[u8]) -> (u64, usize) {
+        let hash = self.hasher.hash_one(key);
+        (hash, (hash >> 40) as usize % SHARDS)
+    }
     fn get(&self, key: &[u8]) -> Option<&Chain> {
-        self.chains.get(key)
+        let (hash, shard) = self.slot(key);
+        self.chains[shard].find(hash, |(k, _)| k.as_ref() == key).map(|(_, c)| c)
     }
     fn get_mut(&mut self, key: &[u8]) -> Option<&mut Chain> {
-        self.chains.get_mut(key)
+        let (hash, shard) = self.slot(key);
+        self.chains[shard].find_mut(hash, |(k, _)| k.as_ref() == key).map(|(_, c)| c)
     }
     fn insert(&mut self, key: Bytes, chain: Chain) {
-        if self.chains.insert(key.clone(), chain).is_none() {
-            self.order.insert(key);
+        let (hash, shard) = self.slot(&key);
+        let hasher = &self.hasher;
+        match self.chains[shard].entry(
+            hash,
+            |(k, _)| *k == key,
+            |(k, _)| hasher.hash_one(k.as_ref() as &[u8]),
+        ) {
+            hashbrown::hash_table::Entry::Occupied(mut e) => e.get_mut().1 = chain,
+            hashbrown::hash_table::Entry::Vacant(e) => {
+                e.insert((key.clone(), chain));
+                self.order.insert(key);
+            }
         }
     }
     fn remove(&mut self, key: &[u8]) {
-        if self.chains.remove(key).is_some() {
+        let (hash, shard) = self.slot(key);
+        if let Ok(e) = self.chains[shard].find_entry(hash, |(k, _)| k.as_ref() == key) {
+            e.remove();
             self.order.remove(key);
         }
     }
     fn clear(&mut self) {
-        self.chains.clear();
+        self.chains.iter_mut().for_each(hashbrown::HashTable::clear);
         self.order.clear();
     }
     #[cfg(test)]
     fn len(&self) -> usize {
-        self.chains.len()
+        self.chains.iter().map(hashbrown::HashTable::len).sum()
     }
     fn range<'a>(
         &'a self,
@@ -100,10 +138,7 @@ impl Table {
         } else {
             None
         };
-        range.into_iter().flatten().filter_map(move |k| self.chains.get(k.as_ref()).map(|c| (k, c)))
-    }
-    fn iter(&self) -> impl Iterator<Item = (&Bytes, &Chain)> {
-        self.order.iter().filter_map(move |k| self.chains.get(k.as_ref()).map(|c| (k, c)))
+        range.into_iter().flatten().filter_map(move |k| self.get(k.as_ref()).map(|c| (k, c)))
     }
 }
 
@@ -123,6 +158,9 @@ pub struct Engine {
     visible: AtomicU64,
     /// Oldest version still readable.
     horizon: AtomicU64,
+    /// While a snapshot is being written, the horizon stays at or below this version so
+    /// that the snapshot can read it (`u64::MAX`: nothing pinned).
+    pinned: AtomicU64,
     /// When each recent version was applied, to advance `horizon`.
     history: Mutex<VecDeque<(u64, Instant)>>,
     /// Keys whose latest entry is a deletion, to forget once it is below the horizon.
@@ -135,6 +173,7 @@ impl Engine {
             map: RwLock::new(Table::default()),
             visible: AtomicU64::new(0),
             horizon: AtomicU64::new(0),
+            pinned: AtomicU64::new(u64::MAX),
             history: Mutex::new(VecDeque::new()),
             tombstones: Mutex::new(VecDeque::new()),
         }
@@ -163,10 +202,41 @@ impl Engine {
         self.horizon.store(version, Ordering::Release);
     }
 
-    /// Every live key and value at the newest version (for snapshots).
-    pub(crate) fn dump_latest(&self) -> Vec<(Bytes, Bytes)> {
+    /// Keeps `version` readable until [`Engine::unpin`], however long that takes.
+    pub(crate) fn pin(&self, version: u64) {
+        self.pinned.store(version, Ordering::Release);
+    }
+
+    pub(crate) fn unpin(&self) {
+        self.pinned.store(u64::MAX, Ordering::Release);
+    }
+
+    /// Appends up to `limit` live keys after `after` (from the start when `None`) with
+    /// their values at `version`, in order. Returns the last key looked at, or `None` at
+    /// the end. Holds the read lock for one chunk only, so commits go on between chunks.
+    pub(crate) fn dump_chunk(
+        &self,
+        after: Option<&Bytes>,
+        version: u64,
+        limit: usize,
+        out: &mut Vec<(Bytes, Bytes)>,
+    ) -> Result<Option<Bytes>, StoreError> {
+        if version < self.horizon() {
+            return Err(StoreError::TooOld);
+        }
         let map = self.map.read();
-        map.iter().filter_map(|(k, c)| c.latest.1.clone().map(|v| (k.clone(), v))).collect()
+        let lower = match after {
+            Some(k) => Bound::Excluded(k.as_ref()),
+            None => Bound::Unbounded,
+        };
+        let mut last = None;
+        for k in map.order.range::<[u8], _>((lower, Bound::Unbounded)).take(limit) {
+            if let Some(Some(v)) = map.get(k.as_ref()).and_then(|c| c.at(version)) {
+                out.push((k.clone(), v.clone()));
+            }
+            last = Some(k.clone());
+        }
+        Ok(last)
     }
 
     pub(crate) fn get(&self, key: &[u8], version: u64) -> Result<Option<Bytes>, StoreError> {
@@ -399,6 +469,7 @@ impl Engine {
         }
         drop(history);
         if let Some(v) = newest_old {
+            let v = v.min(self.pinned.load(Ordering::Acquire));
             self.horizon.fetch_max(v, Ordering::AcqRel);
             self.forget_tombstones();
         }

@@ -160,21 +160,37 @@ pub(crate) fn decode_record(buf: &Bytes) -> Option<Record> {
 }
 
 /// Encodes a snapshot of `entries` (sorted) at `version`.
+#[cfg(test)]
 pub(crate) fn encode_snapshot(version: u64, entries: &[(Bytes, Bytes)]) -> Vec<u8> {
-    let size: usize = entries.iter().map(|(k, v)| k.len() + v.len() + 8).sum();
-    let mut out = Vec::with_capacity(size + 28);
-    out.extend_from_slice(SNAP_MAGIC);
-    out.extend_from_slice(&version.to_le_bytes());
-    out.extend_from_slice(&(entries.len() as u64).to_le_bytes());
-    for (k, v) in entries {
-        out.extend_from_slice(&(k.len() as u32).to_le_bytes());
-        out.extend_from_slice(k);
-        out.extend_from_slice(&(v.len() as u32).to_le_bytes());
-        out.extend_from_slice(v);
-    }
-    let crc = crc32c::crc32c(&out);
-    out.extend_from_slice(&crc.to_le_bytes());
+    let mut out = Vec::new();
+    write_snapshot(&mut out, version, entries).unwrap_or_default();
     out
+}
+
+/// Streams a snapshot of `entries` (sorted) at `version` into `w`; returns its length.
+pub(crate) fn write_snapshot(
+    w: &mut impl io::Write,
+    version: u64,
+    entries: &[(Bytes, Bytes)],
+) -> io::Result<u64> {
+    let mut crc = 0u32;
+    let mut len = 0u64;
+    let mut put = |w: &mut dyn io::Write, b: &[u8]| -> io::Result<()> {
+        crc = crc32c::crc32c_append(crc, b);
+        len += b.len() as u64;
+        w.write_all(b)
+    };
+    put(w, SNAP_MAGIC)?;
+    put(w, &version.to_le_bytes())?;
+    put(w, &(entries.len() as u64).to_le_bytes())?;
+    for (k, v) in entries {
+        put(w, &(k.len() as u32).to_le_bytes())?;
+        put(w, k)?;
+        put(w, &(v.len() as u32).to_le_bytes())?;
+        put(w, v)?;
+    }
+    w.write_all(&crc.to_le_bytes())?;
+    Ok(len + 4)
 }
 
 /// Decodes a snapshot into its version and entries.
