@@ -29,8 +29,10 @@ use tessera_store::embedded::EmbeddedStore;
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+#[derive(Clone)]
 struct Args {
     seconds: u64,
+    warmup_seconds: u64,
     sections: u16,
     clients: usize,
     pg_clients: Vec<usize>,
@@ -38,13 +40,20 @@ struct Args {
 }
 
 fn args() -> anyhow::Result<Args> {
-    let mut a =
-        Args { seconds: 5, sections: 400, clients: 64, pg_clients: vec![16, 64], skip_pg: false };
+    let mut a = Args {
+        seconds: 5,
+        warmup_seconds: 2,
+        sections: 400,
+        clients: 64,
+        pg_clients: vec![16, 64],
+        skip_pg: false,
+    };
     let mut it = std::env::args().skip(1);
     while let Some(arg) = it.next() {
         let mut val = || it.next().with_context(|| format!("{arg} needs a value"));
         match arg.as_str() {
             "--seconds" => a.seconds = val()?.parse()?,
+            "--warmup-seconds" => a.warmup_seconds = val()?.parse()?,
             "--sections" => a.sections = val()?.parse()?,
             "--clients" => a.clients = val()?.parse()?,
             "--pg-clients" => {
@@ -53,7 +62,7 @@ fn args() -> anyhow::Result<Args> {
             "--skip-pg" => a.skip_pg = true,
             "--help" | "-h" => {
                 println!(
-                    "inventory [--seconds N] [--sections N (x1000 seats)] [--clients N] [--pg-clients a,b] [--skip-pg]"
+                    "inventory [--seconds N] [--warmup-seconds N] [--sections N (x1000 seats)] [--clients N] [--pg-clients a,b] [--skip-pg]"
                 );
                 std::process::exit(0);
             }
@@ -195,6 +204,7 @@ async fn embedded(args: &Args, dir: &Path) -> anyhow::Result<(Result_, Result_, 
         started.elapsed()
     );
     let event = EventId::parse("bench-arena")?;
+    settle_disk();
 
     // Uniform seats.
     let dealt = deal(seats, args.clients);
@@ -301,6 +311,19 @@ async fn run_embedded(
 }
 
 static GA_TAKEN: AtomicU64 = AtomicU64::new(0);
+
+/// Flushes every dirty page of the machine to disk (`sync`) before a measurement.
+fn settle_disk() {
+    let started = Instant::now();
+    match Command::new("sync").status() {
+        Ok(s) if s.success() => {
+            eprintln!("    flushed pending disk writes in {:.1?}", started.elapsed())
+        }
+        _ => {
+            eprintln!("    warning: `sync` failed; pending disk writes may slow the first seconds")
+        }
+    }
+}
 
 /// Prints the rate of each second while a workload runs.
 fn progress(count: Arc<AtomicU64>, started: Instant) -> tokio::task::JoinHandle<()> {
@@ -638,6 +661,18 @@ fn main() -> anyhow::Result<()> {
         let dir = tempfile::Builder::new().prefix("tessera-bench-inventory").tempdir_in(bench_dir()?)?;
         let seats = u32::from(args.sections) * 1000;
         println!("inventory benchmark: {seats} seats, {GA_CAPACITY}-place pool, {} s per workload, {cores} cores", args.seconds);
+        // Start from a quiet disk: the build that precedes a benchmark leaves hundreds of
+        // megabytes being written back, which would slow the first fsyncs measured.
+        settle_disk();
+        if args.warmup_seconds > 0 {
+            // A short unmeasured run in a scratch store first: a freshly built machine
+            // (page cache, memory compaction, CPU clocks) runs the first seconds slower.
+            eprintln!("==> warm-up ({} s, not counted)", args.warmup_seconds);
+            let scratch = tempfile::Builder::new().prefix("warmup").tempdir_in(dir.path())?;
+            let warm = Args { seconds: args.warmup_seconds, sections: 50, ..args.clone() };
+            let (wu, _, _) = embedded(&warm, scratch.path()).await?;
+            eprintln!("    warm-up: {:.0} holds/s", wu.per_s());
+        }
         eprintln!("==> embedded store (durable, group commit)");
         let (eu, eg, e_over) = embedded(&args, dir.path()).await?;
         print_row("tessera embedded", "uniform", &eu);
@@ -653,6 +688,7 @@ fn main() -> anyhow::Result<()> {
         ];
         let mut oversold = e_over;
         if !args.skip_pg {
+            settle_disk();
             eprintln!("==> PostgreSQL, SELECT ... FOR UPDATE SKIP LOCKED (durable)");
             let (pu, pg_ga, p_over) = postgres(&args, dir.path()).await?;
             oversold += p_over;

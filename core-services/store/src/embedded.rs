@@ -419,15 +419,6 @@ impl EmbeddedHost {
         let host = Arc::clone(self);
         let spawned =
             std::thread::Builder::new().name("tessera-store-snapshot".into()).spawn(move || {
-                // Commits come first: on a busy machine the snapshot takes the idle time.
-                // SAFETY: setpriority on this thread's own id only changes its nice value.
-                #[allow(
-                    unsafe_code,
-                    reason = "lowers this thread's priority; no memory is involved"
-                )]
-                unsafe {
-                    libc::setpriority(libc::PRIO_PROCESS, libc::gettid() as libc::id_t, 10);
-                }
                 let started = Instant::now();
                 match host.write_snapshot(next, version) {
                     Ok((keys, bytes)) => tracing::info!(
@@ -459,18 +450,20 @@ impl EmbeddedHost {
     fn write_snapshot(&self, segment: u64, version: u64) -> Result<(usize, u64), StoreError> {
         let mut entries = Vec::new();
         let mut after = None;
-        while let Some(last) =
-            self.engine.dump_chunk(after.as_ref(), version, 4096, &mut entries)?
-        {
+        while let Some(last) = self.engine.dump_chunk(after.as_ref(), version, 512, &mut entries)? {
             after = Some(last);
         }
+        // Copying the references above takes the map's read lock a chunk at a time, so it
+        // runs at normal priority (a descheduled lock holder would stall commits). Encoding
+        // and writing need no lock: commits come first, the snapshot takes idle time.
+        lower_thread_priority();
         let tmp = self.dir.join(format!("snap-{segment:016x}.tmp"));
         let bytes = {
-            let f = File::create(&tmp).map_err(io)?;
+            let f = Paced { file: File::create(&tmp).map_err(io)?, unsynced: 0 };
             let mut w = std::io::BufWriter::with_capacity(1 << 20, f);
             let bytes = wal::write_snapshot(&mut w, version, &entries).map_err(io)?;
             let f = w.into_inner().map_err(|e| io(e.into_error()))?;
-            f.sync_all().map_err(io)?;
+            f.file.sync_all().map_err(io)?;
             bytes
         };
         std::fs::rename(&tmp, snapshot_path(&self.dir, segment)).map_err(io)?;
@@ -577,6 +570,37 @@ fn load_state_once(dir: &Path, engine: &Engine, head: &Head) -> Result<Replica, 
         apply_log(engine, &mut rep, end)?;
     }
     unreachable!("the loop returns at head.segment")
+}
+
+fn lower_thread_priority() {
+    // SAFETY: setpriority on this thread's own id only changes its nice value.
+    #[allow(unsafe_code, reason = "lowers this thread's priority; no memory is involved")]
+    let rc = unsafe { libc::setpriority(libc::PRIO_PROCESS, libc::gettid() as libc::id_t, 10) };
+    if rc != 0 {
+        tracing::debug!("store: could not lower the snapshot thread's priority");
+    }
+}
+
+/// A snapshot file that is synced every few megabytes, so the disk never has a large
+/// backlog of snapshot pages queued ahead of the log's next `fdatasync`.
+struct Paced {
+    file: File,
+    unsynced: usize,
+}
+
+impl std::io::Write for Paced {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let n = self.file.write(buf)?;
+        self.unsynced += n;
+        if self.unsynced >= 8 << 20 {
+            self.file.sync_data()?;
+            self.unsynced = 0;
+        }
+        Ok(n)
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
 }
 
 struct Unlock<'a>(&'a File);

@@ -34,7 +34,8 @@ impl Chain {
         if self.latest.0 <= version {
             return Some(&self.latest.1);
         }
-        self.older.iter().rev().find(|(v, _)| *v <= version).map(|(_, val)| val)
+        let i = self.older.partition_point(|(v, _)| *v <= version);
+        i.checked_sub(1).map(|i| &self.older[i].1)
     }
 
     fn push(&mut self, version: u64, value: Option<Bytes>, horizon: u64) {
@@ -44,10 +45,11 @@ impl Chain {
             return;
         }
         self.older.push(prev);
-        // Keep the newest version at or below the horizon; drop everything older.
-        if let Some(keep_from) = self.older.iter().rposition(|(v, _)| *v <= horizon)
-            && keep_from > 0
-        {
+        // Keep the newest version at or below the horizon; drop everything older. Versions
+        // ascend, so a binary search finds it: a hot key (a pool's tally) can gather many
+        // versions while a snapshot pins the horizon.
+        let keep_from = self.older.partition_point(|(v, _)| *v <= horizon).saturating_sub(1);
+        if keep_from > 0 {
             self.older.drain(..keep_from);
         }
         // A deleted value at or below the horizon is unreadable history.
