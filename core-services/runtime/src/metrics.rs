@@ -16,12 +16,19 @@ pub const LATENCY_BUCKETS_S: &[f64] = &[
     2.5, 5.0, 10.0,
 ];
 
+/// Size buckets (transactions in a commit batch, and the like), from 1 to 16384.
+pub const COUNT_BUCKETS: &[f64] =
+    &[1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0, 1024.0, 4096.0, 16384.0];
+
 /// Installs the global recorder (once per process) and returns its render handle.
 pub fn install() -> PrometheusHandle {
     HANDLE
         .get_or_init(|| {
             let builder = PrometheusBuilder::new()
                 .set_buckets_for_metric(Matcher::Suffix("_seconds".to_owned()), LATENCY_BUCKETS_S)
+                .and_then(|b| {
+                    b.set_buckets_for_metric(Matcher::Suffix("_txns".to_owned()), COUNT_BUCKETS)
+                })
                 .unwrap_or_else(|_| PrometheusBuilder::new());
             match builder.install_recorder() {
                 Ok(handle) => handle,

@@ -171,28 +171,7 @@ impl SharedFans {
     }
 }
 
-/// WARN lines the scenarios provoke on purpose (a killed core, a cut link) and that so do
-/// not fail them; any other WARN or ERROR line does. The first group is the checkout
-/// path's own, for payments whose answer was lost with the core that asked.
-pub(crate) const EXPECTED_WARNINGS: [&str; 14] = [
-    "payment call outcome unknown",
-    "outcome unknown; the reconciler will settle it",
-    "transaction failed after an unknown commit outcome",
-    "reconciling failed, will retry",
-    "store.recover: an earlier writer stopped mid-commit",
-    "notifications: handling failed, will retry",
-    "admission: tick failed",
-    // Regions: a peer's relay covering for the killed core, a router that cannot reach
-    // the hub's region-state bucket through a cut leaf, a relay or source retrying.
-    "took over the outbox of a region",
-    "region state bucket unreachable",
-    "outbox relay pass failed, retrying",
-    "failed to restart a stalled stream source",
-    "failed to start pulling, retrying",
-    // The edge reports the 503 a fan got while no region could be reached.
-    "request answered with a server error",
-    "region unreachable",
-];
+pub(crate) use tessera_e2e::scenarios::EXPECTED_WARNINGS;
 
 /// Unexpected log lines grouped by service, level and message, most frequent first.
 pub(crate) fn group_log_lines(lines: &[String]) -> Vec<(String, usize)> {
