@@ -9,7 +9,10 @@
 //!
 //! Both systems are durable: the embedded store fsyncs before acknowledging (group commit),
 //! PostgreSQL runs with `fsync=on` and `synchronous_commit=on`. Both record the hold row
-//! and an outbox row per hold. The last line is `key=value` pairs.
+//! and an outbox row per hold. Defaults: 400,000 seats, 64 clients (the store's throughput
+//! is flat from 32 to 256 clients; more clients only lengthen the queue), 5 s per workload
+//! after an unmeasured 2 s warm-up and a `sync` of the disk. Each second's rate is printed
+//! while a workload runs; the last line is `key=value` pairs.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
