@@ -509,8 +509,8 @@ fn apply_log(engine: &Engine, rep: &mut Replica, end: u64) -> Result<(), StoreEr
 /// Loads the state `head` names into `engine`: the newest usable snapshot on disk at or
 /// below `head.segment` (none for segment 1), then every segment from there on. The
 /// snapshot of the current segment may still be being written (or its writer died, or it
-/// is damaged); then an older one and the segments after it serve. Files deleted under us by a writer that just finished
-/// a newer snapshot make us start over.
+/// is damaged); then an older one and the segments after it serve. Files deleted under us
+/// by a writer that just finished a newer snapshot make us start over.
 fn load_state(dir: &Path, engine: &Engine, head: &Head) -> Result<Replica, StoreError> {
     let mut attempt = 0;
     loop {
@@ -550,17 +550,16 @@ fn load_state_once(dir: &Path, engine: &Engine, head: &Head) -> Result<Replica, 
     if !loaded {
         engine.load(0, Vec::<(Bytes, Bytes)>::new());
     }
-    for segment in base..=head.segment {
+    let open = |segment: u64| -> Result<Replica, StoreError> {
         let log = OpenOptions::new()
             .read(true)
             .write(true)
             .open(segment_path(dir, segment))
             .map_err(io)?;
-        let mut rep = Replica { segment, applied_len: 0, log };
-        if segment == head.segment {
-            apply_log(engine, &mut rep, head.committed_len)?;
-            return Ok(rep);
-        }
+        Ok(Replica { segment, applied_len: 0, log })
+    };
+    for segment in base..head.segment {
+        let mut rep = open(segment)?;
         // A finished segment ends where its last committed record ends.
         let end = if segment + 1 == head.segment {
             head.prev_segment_len
@@ -569,7 +568,9 @@ fn load_state_once(dir: &Path, engine: &Engine, head: &Head) -> Result<Replica, 
         };
         apply_log(engine, &mut rep, end)?;
     }
-    unreachable!("the loop returns at head.segment")
+    let mut rep = open(head.segment)?;
+    apply_log(engine, &mut rep, head.committed_len)?;
+    Ok(rep)
 }
 
 fn lower_thread_priority() {

@@ -4,18 +4,19 @@
 //! ```text
 //! tessera-store stat <dir>
 //! tessera-store dump <dir> [<hex prefix>]
-//! tessera-store stress <dir> <writer-id> <count>   # prints "ack <n>" after each durable commit
+//! tessera-store stress <dir> <writer-id> <count> [segment-bytes]
+//!                                                 # prints "ack <n>" after each durable commit
 //! ```
 
 use std::io::Write as _;
 use std::process::ExitCode;
 
-use tessera_store::embedded::EmbeddedStore;
+use tessera_store::embedded::{EmbeddedOptions, EmbeddedStore};
 use tessera_store::{MutationType, RangeRequest, Store, Transaction, encode_i64};
 
 fn usage() -> ExitCode {
     eprintln!(
-        "usage: tessera-store stat <dir> | dump <dir> [hex-prefix] | stress <dir> <writer-id> <count>"
+        "usage: tessera-store stat <dir> | dump <dir> [hex-prefix] | stress <dir> <writer-id> <count> [segment-bytes]"
     );
     ExitCode::from(2)
 }
@@ -40,7 +41,11 @@ async fn main() -> ExitCode {
         ["dump", dir] => dump(dir, "").await,
         ["dump", dir, prefix] => dump(dir, prefix).await,
         ["stress", dir, id, count] => match (id.parse(), count.parse()) {
-            (Ok(id), Ok(count)) => stress(dir, id, count).await,
+            (Ok(id), Ok(count)) => stress(dir, id, count, None).await,
+            _ => return usage(),
+        },
+        ["stress", dir, id, count, segment] => match (id.parse(), count.parse(), segment.parse()) {
+            (Ok(id), Ok(count), Ok(segment)) => stress(dir, id, count, Some(segment)).await,
             _ => return usage(),
         },
         _ => return usage(),
@@ -85,9 +90,19 @@ async fn dump(dir: &str, prefix_hex: &str) -> Result<(), Box<dyn std::error::Err
 }
 
 /// Commits `count` transactions, each writing key `w<id>/<n>` and adding 1 to a shared
-/// counter, with 16 in flight at once; prints `ack <n>` once each is durable.
-async fn stress(dir: &str, id: u32, count: u64) -> Result<(), Box<dyn std::error::Error>> {
-    let store = EmbeddedStore::open(dir)?;
+/// counter, with 16 in flight at once; prints `ack <n>` once each is durable. Small
+/// `segment_bytes` make the log rotate (and snapshots run) all the time.
+async fn stress(
+    dir: &str,
+    id: u32,
+    count: u64,
+    segment_bytes: Option<u64>,
+) -> Result<(), Box<dyn std::error::Error>> {
+    let mut opts = EmbeddedOptions::default();
+    if let Some(b) = segment_bytes {
+        opts.segment_bytes_max = b;
+    }
+    let store = EmbeddedStore::open_with(dir, opts)?;
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
     let next = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
     let mut tasks = Vec::new();

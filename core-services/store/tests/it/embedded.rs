@@ -216,12 +216,30 @@ async fn a_torn_log_tail_is_cut_off_and_committed_data_kept() {
 /// commit they acknowledged is there after reopening, and each commit is all or nothing.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn acknowledged_commits_survive_kill_9_of_writer_processes() {
+    kill_9_writers(None).await;
+}
+
+/// The same with 32 KiB log segments: both processes rotate and write snapshots in the
+/// background all the time, so the kill lands mid-snapshot, mid-rotation or mid-commit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn acknowledged_commits_survive_kill_9_while_segments_rotate() {
+    kill_9_writers(Some(32 * 1024)).await;
+}
+
+async fn kill_9_writers(segment_bytes: Option<u64>) {
     let dir = tempfile::tempdir().unwrap();
     let bin = env!("CARGO_BIN_EXE_tessera-store");
     let mut children = Vec::new();
     for id in 0..2 {
+        let mut args = vec![
+            "stress".to_owned(),
+            dir.path().display().to_string(),
+            id.to_string(),
+            "1000000".into(),
+        ];
+        args.extend(segment_bytes.map(|b| b.to_string()));
         let child = Command::new(bin)
-            .args(["stress", dir.path().to_str().unwrap(), &id.to_string(), "1000000"])
+            .args(&args)
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
             .spawn()
@@ -255,6 +273,13 @@ async fn acknowledged_commits_survive_kill_9_of_writer_processes() {
     }
     assert!(acked.len() > 100, "writers made too little progress: {}", acked.len());
 
+    if segment_bytes.is_some() {
+        let segments = std::fs::read_dir(dir.path())
+            .unwrap()
+            .filter(|e| e.as_ref().unwrap().file_name().to_string_lossy().starts_with("snap-"))
+            .count();
+        assert!(segments > 0, "the writers never rotated the log");
+    }
     let s = EmbeddedStore::open(dir.path()).unwrap();
     let t = s.create_trx().unwrap();
     let rows = t.get_range(&RangeRequest::prefix(b"w"), true).await.unwrap();
