@@ -52,7 +52,14 @@ async fn main() -> anyhow::Result<()> {
     if cli.nats_url.is_some() {
         config.nats_url = cli.nats_url;
     }
-    let _telemetry = tessera_runtime::telemetry::init("tessera-edge", &config.telemetry)?;
+    let mut telemetry = config.telemetry.clone();
+    if !telemetry.log_filter.contains("wasmtime_internal_cache") {
+        // Edges sharing a compile cache race to write the same entry, and the loser warns
+        // although the entry is there. A cache that truly fails only costs compile time,
+        // which the "component ready" line reports per component.
+        telemetry.log_filter.push_str(",wasmtime_internal_cache=error");
+    }
+    let _telemetry = tessera_runtime::telemetry::init("tessera-edge", &telemetry)?;
     for key in ignored {
         tracing::warn!(key = %key, "unknown configuration key ignored");
     }
