@@ -273,6 +273,21 @@ pub(crate) fn outbox<T: Transaction>(
     );
 }
 
+/// The `HoldReleased` event for a hold that gives its seats back.
+pub(crate) fn hold_released(
+    r: &values::HoldRecord,
+    reason: tessera_api::bus::ReleaseReason,
+) -> BusEventBody {
+    BusEventBody::HoldReleased {
+        hold_id: r.hold_id.clone(),
+        customer_id: r.customer_id.clone(),
+        seats: r.seats.clone(),
+        pool: r.pool.clone(),
+        quantity: r.quantity,
+        reason,
+    }
+}
+
 pub(crate) fn add_i64<T: Transaction>(trx: &T, key: &[u8], delta: i64) {
     trx.atomic_op(key, &delta.to_le_bytes(), MutationType::Add);
 }

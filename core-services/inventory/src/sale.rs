@@ -12,7 +12,7 @@ use tessera_fdb_schema::{SeatState, SeatStatus};
 use tessera_store::{Store, Transaction, decode_i64, run};
 
 use crate::holds::{hold_view, read_pool};
-use crate::{Inventory, InventoryError, TrxResult, add_i64, corrupt, fail, outbox};
+use crate::{Inventory, InventoryError, TrxResult, add_i64, corrupt, fail, hold_released, outbox};
 
 pub(crate) async fn read_hold<T: Transaction>(
     trx: &T,
@@ -168,14 +168,7 @@ impl<S: Store> Inventory<S> {
             0,
             &r.event_id,
             now,
-            BusEventBody::HoldReleased {
-                hold_id: hold_id.clone(),
-                customer_id: r.customer_id.clone(),
-                seats: r.seats.clone(),
-                pool: r.pool.clone(),
-                quantity: r.quantity,
-                reason: ReleaseReason::Released,
-            },
+            hold_released(&r, ReleaseReason::Released),
         );
         Ok(hold_view(&r, now))
     }
@@ -291,14 +284,7 @@ impl<S: Store> Inventory<S> {
                 0,
                 &r.event_id,
                 now,
-                BusEventBody::HoldReleased {
-                    hold_id: hold_id.clone(),
-                    customer_id: r.customer_id.clone(),
-                    seats: r.seats.clone(),
-                    pool: r.pool.clone(),
-                    quantity: r.quantity,
-                    reason: ReleaseReason::Expired,
-                },
+                hold_released(&r, ReleaseReason::Expired),
             );
         } else {
             r.expires_at_ms = deadline;

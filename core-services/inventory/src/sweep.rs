@@ -9,7 +9,7 @@ use tessera_fdb_schema::values::{self, HoldRecord};
 use tessera_store::{RangeRequest, Store, Transaction, run};
 
 use crate::sale::read_hold;
-use crate::{Inventory, InventoryError, outbox};
+use crate::{Inventory, InventoryError, hold_released, outbox};
 
 /// What one sweep did.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -82,14 +82,7 @@ impl<S: Store> Inventory<S> {
                     n_out,
                     &r.event_id,
                     now,
-                    BusEventBody::HoldReleased {
-                        hold_id: hold_id.clone(),
-                        customer_id: r.customer_id.clone(),
-                        seats: r.seats.clone(),
-                        pool: r.pool.clone(),
-                        quantity: r.quantity,
-                        reason: ReleaseReason::Expired,
-                    },
+                    hold_released(&r, ReleaseReason::Expired),
                 );
                 n_out += 1;
                 expired += 1;

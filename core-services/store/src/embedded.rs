@@ -469,10 +469,19 @@ impl EmbeddedHost {
         std::fs::rename(&tmp, snapshot_path(&self.dir, segment)).map_err(io)?;
         sync_dir(&self.dir)?;
         // Keep the previous snapshot and segment too, so a damaged newest snapshot is not
-        // fatal. Followers still reading an older segment keep their open file.
-        for old in 1..segment.saturating_sub(1) {
-            let _ = std::fs::remove_file(segment_path(&self.dir, old));
-            let _ = std::fs::remove_file(snapshot_path(&self.dir, old));
+        // fatal; delete anything older (also what writers that died left behind). Followers
+        // still reading an older segment keep their open file.
+        for entry in std::fs::read_dir(&self.dir).map_err(io)?.flatten() {
+            let name = entry.file_name();
+            let older = name
+                .to_str()
+                .and_then(|n| n.strip_prefix("wal-").or_else(|| n.strip_prefix("snap-")))
+                .and_then(|n| n.split_once('.'))
+                .and_then(|(hex, _)| u64::from_str_radix(hex, 16).ok())
+                .is_some_and(|n| n + 1 < segment);
+            if older {
+                let _ = std::fs::remove_file(entry.path());
+            }
         }
         self.last_snapshot_bytes.store(bytes, Ordering::Release);
         Ok((entries.len(), bytes))

@@ -72,14 +72,7 @@ fn say(s: &str) {
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 4)]
 async fn main() {
-    match run().await {
-        Ok(true) => {}
-        Ok(false) => std::process::exit(1),
-        Err(e) => {
-            eprintln!("[failover] failed: {e:#}");
-            std::process::exit(2);
-        }
-    }
+    traffic::exit_with("failover", run().await);
 }
 
 async fn run() -> anyhow::Result<bool> {

@@ -59,14 +59,7 @@ fn say(s: &str) {
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 4)]
 async fn main() {
-    match run().await {
-        Ok(true) => {}
-        Ok(false) => std::process::exit(1),
-        Err(e) => {
-            eprintln!("[partition] failed: {e:#}");
-            std::process::exit(2);
-        }
-    }
+    traffic::exit_with("partition", run().await);
 }
 
 const CUT: &str = "eu-west";

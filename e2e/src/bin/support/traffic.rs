@@ -173,6 +173,19 @@ impl SharedFans {
 
 pub(crate) use tessera_e2e::scenarios::EXPECTED_WARNINGS;
 
+/// Ends a scenario binary: exit 0 when every check held, 1 when one failed, 2 when the
+/// scenario could not run.
+pub(crate) fn exit_with(scenario: &str, result: anyhow::Result<bool>) {
+    match result {
+        Ok(true) => {}
+        Ok(false) => std::process::exit(1),
+        Err(e) => {
+            eprintln!("[{scenario}] failed: {e:#}");
+            std::process::exit(2);
+        }
+    }
+}
+
 /// Unexpected log lines grouped by service, level and message, most frequent first.
 pub(crate) fn group_log_lines(lines: &[String]) -> Vec<(String, usize)> {
     let mut groups: BTreeMap<String, usize> = BTreeMap::new();
