@@ -238,9 +238,11 @@ async fn run() -> anyhow::Result<bool> {
     let holds_lost =
         carried.iter().filter(|h| h.settled.as_ref().is_some_and(|(_, ok, _)| !ok)).count();
 
-    // Drain: nothing new may start in the drained region a second after the call.
+    // Drain: nothing new may start in the drained region a second after the call. Only
+    // calls that also ended before the restore was sent count: one started a moment
+    // before it may reach the router after it, and then the victim rightly serves it.
     let after_drain: Vec<&Call> =
-        calls.iter().filter(|c| c.started >= t_drain && c.started < t_restore).collect();
+        calls.iter().filter(|c| c.started >= t_drain && c.ended < t_restore).collect();
     let drain_ms = after_drain
         .iter()
         .filter(|c| c.served_by.as_deref() == Some(victim.as_str()))
