@@ -657,6 +657,16 @@ async fn run_pg(
 
 fn main() -> anyhow::Result<()> {
     let args = args()?;
+    // The store's own lines (log rotation and snapshots) show what a dip in the rate was.
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "warn,tessera_store=info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .compact()
+        .init();
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     let rt =
         tokio::runtime::Builder::new_multi_thread().worker_threads(cores).enable_all().build()?;

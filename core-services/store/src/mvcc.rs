@@ -73,7 +73,7 @@ struct Table {
     order: std::collections::BTreeSet<Bytes>,
 }
 
-const SHARDS: usize = 64;
+const SHARDS: usize = 256;
 
 impl Default for Table {
     fn default() -> Self {
@@ -213,32 +213,28 @@ impl Engine {
         self.pinned.store(u64::MAX, Ordering::Release);
     }
 
-    /// Appends up to `limit` live keys after `after` (from the start when `None`) with
-    /// their values at `version`, in order. Returns the last key looked at, or `None` at
-    /// the end. Holds the read lock for one chunk only, so commits go on between chunks.
-    pub(crate) fn dump_chunk(
+    /// How many parts [`Engine::dump_part`] splits the keys into.
+    pub(crate) const DUMP_PARTS: usize = SHARDS;
+
+    /// Appends the live keys of one part of the index (`part < DUMP_PARTS`) with their
+    /// values at `version`, in no particular order. Walks one hash table in memory order
+    /// under the read lock, so commits wait for one part at most (a few thousand keys).
+    pub(crate) fn dump_part(
         &self,
-        after: Option<&Bytes>,
+        part: usize,
         version: u64,
-        limit: usize,
         out: &mut Vec<(Bytes, Bytes)>,
-    ) -> Result<Option<Bytes>, StoreError> {
+    ) -> Result<(), StoreError> {
         if version < self.horizon() {
             return Err(StoreError::TooOld);
         }
         let map = self.map.read();
-        let lower = match after {
-            Some(k) => Bound::Excluded(k.as_ref()),
-            None => Bound::Unbounded,
-        };
-        let mut last = None;
-        for k in map.order.range::<[u8], _>((lower, Bound::Unbounded)).take(limit) {
-            if let Some(Some(v)) = map.get(k.as_ref()).and_then(|c| c.at(version)) {
+        for (k, c) in map.chains[part].iter() {
+            if let Some(Some(v)) = c.at(version) {
                 out.push((k.clone(), v.clone()));
             }
-            last = Some(k.clone());
         }
-        Ok(last)
+        Ok(())
     }
 
     pub(crate) fn get(&self, key: &[u8], version: u64) -> Result<Option<Bytes>, StoreError> {
