@@ -9,16 +9,11 @@
 //!   (one `pread`); if another process committed since, this process first applies the new
 //!   log records. So every transaction sees every commit acknowledged before it began:
 //!   strict serializability across processes.
-//! - **Commits** flow through two threads. The committer gathers every transaction
-//!   waiting (group commit), takes the `LOCK` (`flock`, released by the kernel if the
-//!   process dies) and catches up with the log if it did not hold it already, resolves
-//!   conflicts and applies the batch in memory at the next version (not yet visible). The
-//!   syncer appends the records of every batch resolved so far, `fdatasync`s them, makes
-//!   them visible, updates `HEAD`, and only then acknowledges. So the next batch is
-//!   resolved while the last one is synced. The `LOCK` is held while batches are in
-//!   flight and let go when they are all synced, or sooner when another process asks for
-//!   it (a flag byte in `LOCK`). An acknowledged commit is on disk; a process killed at any
-//!   point loses only unacknowledged work.
+//! - **Commits** go to a committer thread that gathers every transaction waiting (group
+//!   commit), takes the `LOCK` (`flock`, released by the kernel if the process dies),
+//!   catches up with the log, resolves conflicts, appends one record for the batch,
+//!   `fdatasync`s it, updates `HEAD`, and only then acknowledges. An acknowledged commit is
+//!   on disk; a process killed at any point loses only unacknowledged work.
 //! - **Recovery**: the next writer adopts complete, checksummed records past `HEAD` (their
 //!   outcome was unknown to their client) and cuts off a torn tail.
 //! - **Rotation**: when a segment grows past `segment_bytes_max`, the writer starts the
@@ -37,7 +32,7 @@ use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use parking_lot::{Condvar, Mutex};
+use parking_lot::Mutex;
 
 use crate::local::{Host, LocalTrx};
 use crate::mvcc::{CommitRequest, Engine, versionstamp};
@@ -82,37 +77,10 @@ struct Replica {
     log: File,
 }
 
-type Reply = tokio::sync::oneshot::Sender<Result<CommitInfo, StoreError>>;
-
 struct Waiting {
     req: CommitRequest,
-    reply: Reply,
+    reply: tokio::sync::oneshot::Sender<Result<CommitInfo, StoreError>>,
 }
-
-/// A batch resolved and applied in memory, on its way to the log.
-struct Batch {
-    version: u64,
-    writes: Vec<crate::mvcc::Resolved>,
-    replies: Vec<(Reply, CommitInfo)>,
-    started: Instant,
-}
-
-/// Between the committer and the syncer.
-struct Pipeline {
-    /// This process holds the `LOCK`.
-    locked: bool,
-    locked_since: Instant,
-    /// Batches resolved but not yet synced; the `LOCK` is let go when none are left.
-    in_flight: usize,
-    /// Version of the last batch resolved.
-    version: u64,
-    /// The log's committed end, as the syncer last wrote it.
-    head: Head,
-}
-
-/// The longest this process keeps the `LOCK` while batches keep coming; a backstop for
-/// when another process's request to have it was overwritten.
-const LOCK_HOLD_MAX: Duration = Duration::from_millis(50);
 
 pub struct EmbeddedHost {
     dir: PathBuf,
@@ -122,9 +90,6 @@ pub struct EmbeddedHost {
     lock: File,
     replica: Mutex<Replica>,
     queue: Mutex<Option<Sender<Waiting>>>,
-    pipe: Mutex<Pipeline>,
-    /// Signalled when the last batch in flight is synced and the `LOCK` let go.
-    drained: Condvar,
     /// A snapshot of this process is being written in the background.
     snapshotting: AtomicBool,
     /// Size of the last snapshot this process wrote: a segment may grow to twice that
@@ -213,14 +178,6 @@ impl EmbeddedStore {
             lock,
             replica: Mutex::new(rep),
             queue: Mutex::new(None),
-            pipe: Mutex::new(Pipeline {
-                locked: false,
-                locked_since: Instant::now(),
-                in_flight: 0,
-                version: head.version,
-                head,
-            }),
-            drained: Condvar::new(),
             snapshotting: AtomicBool::new(false),
             last_snapshot_bytes: AtomicU64::new(0),
         });
@@ -231,17 +188,11 @@ impl EmbeddedStore {
             host.recover_tail(&mut rep, &mut head)?;
         }
         let (tx, rx) = std::sync::mpsc::channel();
-        let (sync_tx, sync_rx) = std::sync::mpsc::channel();
         *host.queue.lock() = Some(tx);
         let weak = Arc::downgrade(&host);
         std::thread::Builder::new()
             .name("tessera-store-committer".into())
-            .spawn(move || committer(weak, rx, sync_tx))
-            .map_err(io)?;
-        let weak = Arc::downgrade(&host);
-        std::thread::Builder::new()
-            .name("tessera-store-syncer".into())
-            .spawn(move || syncer(weak, sync_rx))
+            .spawn(move || committer(weak, rx))
             .map_err(io)?;
         tracing::info!(dir = %dir.display(), version = head.version, segment = head.segment, "store.open");
         Ok(EmbeddedStore { host })
@@ -357,199 +308,92 @@ impl EmbeddedHost {
         Ok(())
     }
 
-    /// Takes the `LOCK`. If another process holds it, first asks it to let go by writing
-    /// this process's id into the first bytes of the `LOCK` file, and clears the request
-    /// once the lock is ours (unless a later waiter replaced it with its own).
-    fn acquire_lock(&self) -> Result<(), StoreError> {
-        match self.lock.try_lock() {
-            Ok(()) => return Ok(()),
-            Err(std::fs::TryLockError::WouldBlock) => {}
-            Err(std::fs::TryLockError::Error(e)) => return Err(io(e)),
-        }
-        let me = std::process::id();
-        self.lock.write_all_at(&me.to_le_bytes(), 0).map_err(io)?;
-        self.lock.lock().map_err(io)?;
-        if self.lock_request() == Some(me) {
-            self.lock.write_all_at(&0u32.to_le_bytes(), 0).map_err(io)?;
-        }
-        Ok(())
-    }
-
-    /// The process waiting for the `LOCK`, if one asked and is alive.
-    fn lock_request(&self) -> Option<u32> {
-        let mut b = [0u8; 4];
-        match self.lock.read_at(&mut b, 0) {
-            Ok(4) => Some(u32::from_le_bytes(b)).filter(|pid| *pid != 0 && process_alive(*pid)),
-            _ => None,
-        }
-    }
-
-    /// Resolves one batch and hands it to the syncer. Called by the committer thread only.
-    fn resolve(self: &Arc<Self>, batch: Vec<Waiting>, syncer: &Sender<Batch>) {
+    /// Commits one batch. Called by the committer thread only.
+    fn commit_batch(self: &Arc<Self>, batch: Vec<Waiting>) {
         let started = Instant::now();
-        let txns = batch.len();
-        let version = match self.prepare() {
-            Ok(version) => version,
-            Err(e) => {
-                // Nothing was written: every transaction of the batch simply failed.
-                tracing::error!("store.commit: cannot catch up with the log: {e:#}");
-                for w in batch {
-                    let _ = w.reply.send(Err(StoreError::Unavailable(format!(
-                        "store cannot catch up with its log: {e}"
-                    ))));
-                }
-                return;
-            }
-        };
-        let now = Instant::now();
-        let resolved = self.engine.resolve_batch(batch.iter().map(|w| &w.req), version, now);
-        let mut writes = Vec::new();
-        let mut replies = Vec::new();
-        for (i, (w, r)) in batch.into_iter().zip(resolved).enumerate() {
-            match r {
-                Ok(mut resolved) => {
-                    writes.append(&mut resolved);
-                    let info =
-                        CommitInfo { version, versionstamp: versionstamp(version, i as u16) };
-                    replies.push((w.reply, info));
-                }
-                Err(e) => {
-                    let label = match &e {
-                        StoreError::Conflict => "conflict",
-                        StoreError::TooOld => "too_old",
-                        _ => "error",
+        let result = self.commit_batch_inner(&batch);
+        let elapsed = started.elapsed();
+        metrics::histogram!("tessera_store_commit_batch_seconds").record(elapsed.as_secs_f64());
+        metrics::histogram!("tessera_store_commit_batch_txns").record(batch.len() as f64);
+        match result {
+            Ok(outcomes) => {
+                for (w, outcome) in batch.into_iter().zip(outcomes) {
+                    let label = match &outcome {
+                        Ok(_) => "committed",
+                        Err(StoreError::Conflict) => "conflict",
+                        Err(StoreError::TooOld) => "too_old",
+                        Err(_) => "error",
                     };
                     metrics::counter!("tessera_store_commits_total", "outcome" => label)
                         .increment(1);
-                    // Final whatever happens to the batches before it.
-                    let _ = w.reply.send(Err(e));
+                    let _ = w.reply.send(outcome);
                 }
             }
-        }
-        metrics::histogram!("tessera_store_commit_batch_txns").record(txns as f64);
-        if replies.is_empty() {
-            self.finish(1);
-            return;
-        }
-        self.engine.note_applied(version, now);
-        self.pipe.lock().version = version;
-        if syncer.send(Batch { version, writes, replies, started }).is_err() {
-            fatal("the syncer thread is gone");
-        }
-    }
-
-    /// Makes sure this process holds the `LOCK` and is caught up, counts one more batch in
-    /// flight, and returns the version it commits at.
-    fn prepare(&self) -> Result<u64, StoreError> {
-        let mut pipe = self.pipe.lock();
-        if pipe.locked {
-            let asked = self.lock_request();
-            if asked.is_some() || pipe.locked_since.elapsed() > LOCK_HOLD_MAX {
-                // Let the other process in: the syncer lets go once the batches in flight
-                // are on disk. Then give the waiter a moment to take the lock (it clears
-                // its request when it has it) before asking for it again.
-                self.drained.wait_while(&mut pipe, |p| p.locked);
-                let deadline = Instant::now() + Duration::from_millis(5);
-                while asked.is_some() && self.lock_request() == asked && Instant::now() < deadline {
-                    std::thread::sleep(Duration::from_micros(200));
-                }
+            Err(e) => {
+                // The log could not be written or synced. What this process holds in
+                // memory may now differ from disk; carrying on could acknowledge writes
+                // that are not durable, so stop here.
+                tracing::error!("store.commit: log write failed, stopping the process: {e:#}");
+                eprintln!("tessera store: log write failed: {e:#}; stopping the process");
+                std::process::abort();
             }
         }
-        if !pipe.locked {
-            self.acquire_lock()?;
-            let caught_up = (|| {
-                let mut rep = self.replica.lock();
-                let mut head = self.read_head()?;
-                self.catch_up(&mut rep, &head)?;
-                self.recover_tail(&mut rep, &mut head)?;
-                Ok::<_, StoreError>(head)
-            })();
-            let head = match caught_up {
-                Ok(head) => head,
-                Err(e) => {
-                    let _ = self.lock.unlock();
-                    return Err(e);
-                }
-            };
-            pipe.locked = true;
-            pipe.locked_since = Instant::now();
-            pipe.version = head.version;
-            pipe.head = head;
-        }
-        pipe.in_flight += 1;
-        Ok(pipe.version + 1)
     }
 
-    /// `done` batches in flight are synced (or wrote nothing). Lets go of the `LOCK` when
-    /// none are left.
-    fn finish(&self, done: usize) {
-        let mut pipe = self.pipe.lock();
-        pipe.in_flight -= done;
-        if pipe.in_flight == 0 && pipe.locked {
-            let _ = self.lock.unlock();
-            pipe.locked = false;
-            self.drained.notify_all();
-        }
-    }
-
-    /// Appends, syncs and acknowledges resolved batches. Called by the syncer thread only.
-    fn sync(self: &Arc<Self>, jobs: Vec<Batch>, record: &mut Vec<u8>) {
-        if let Err(e) = self.sync_inner(&jobs, record) {
-            // The log could not be written or synced. What this process holds in memory
-            // may now differ from disk; carrying on could acknowledge writes that are not
-            // durable.
-            fatal(&format!("log write failed: {e:#}"));
-        }
-        let n = jobs.len();
-        for job in jobs {
-            metrics::histogram!("tessera_store_commit_batch_seconds")
-                .record(job.started.elapsed().as_secs_f64());
-            metrics::counter!("tessera_store_commits_total", "outcome" => "committed")
-                .increment(job.replies.len() as u64);
-            for (reply, info) in job.replies {
-                let _ = reply.send(Ok(info));
-            }
-        }
-        self.finish(n);
-    }
-
-    fn sync_inner(
+    fn commit_batch_inner(
         self: &Arc<Self>,
-        jobs: &[Batch],
-        record: &mut Vec<u8>,
-    ) -> Result<(), StoreError> {
-        let mut head = self.pipe.lock().head;
-        record.clear();
-        for job in jobs {
-            wal::encode_record(job.version, &job.writes, record);
-        }
+        batch: &[Waiting],
+    ) -> Result<Vec<Result<CommitInfo, StoreError>>, StoreError> {
+        self.lock.lock().map_err(io)?;
+        let _unlock = Unlock(&self.lock);
         let mut rep = self.replica.lock();
-        rep.log.write_all_at(record, head.committed_len).map_err(io)?;
+        let mut head = self.read_head()?;
+        self.catch_up(&mut rep, &head)?;
+        self.recover_tail(&mut rep, &mut head)?;
+
+        let version = head.version + 1;
+        let now = Instant::now();
+        let mut writes = Vec::new();
+        let mut outcomes = Vec::with_capacity(batch.len());
+        let mut any_committed = false;
+        let resolved = self.engine.resolve_batch(batch.iter().map(|w| &w.req), version, now);
+        for (i, r) in resolved.into_iter().enumerate() {
+            match r {
+                Ok(mut resolved) => {
+                    writes.append(&mut resolved);
+                    any_committed = true;
+                    outcomes.push(Ok(CommitInfo {
+                        version,
+                        versionstamp: versionstamp(version, i as u16),
+                    }));
+                }
+                Err(e) => outcomes.push(Err(e)),
+            }
+        }
+        if !any_committed {
+            return Ok(outcomes);
+        }
+        let mut record = Vec::with_capacity(64 + writes.len() * 64);
+        wal::encode_record(version, &writes, &mut record);
+        rep.log.write_all_at(&record, head.committed_len).map_err(io)?;
         if self.opts.sync {
             let t = Instant::now();
             rep.log.sync_data().map_err(io)?;
             metrics::histogram!("tessera_store_fsync_seconds").record(t.elapsed().as_secs_f64());
         }
         head.committed_len += record.len() as u64;
-        head.version = jobs.last().map_or(head.version, |j| j.version);
-        rep.applied_len = head.committed_len;
-        // Visible before `HEAD` says so: a reader of this process that sees the new `HEAD`
-        // finds the version already applied and visible, and does not replay it.
-        self.engine.set_visible(head.version);
+        head.version = version;
         self.write_head(&head, false)?;
+        rep.applied_len = head.committed_len;
+        self.engine.set_visible(version);
+        self.engine.note_applied(version, now);
         metrics::counter!("tessera_store_log_bytes_total").increment(record.len() as u64);
         let rotate_at =
             self.opts.segment_bytes_max.max(2 * self.last_snapshot_bytes.load(Ordering::Acquire));
         if head.committed_len >= rotate_at && !self.snapshotting.swap(true, Ordering::AcqRel) {
             self.rotate(&mut rep, &mut head)?;
         }
-        drop(rep);
-        self.pipe.lock().head = head;
-        // A batch can be a million writes; do not keep that much memory for the next one.
-        if record.capacity() > 16 << 20 {
-            *record = Vec::new();
-        }
-        Ok(())
+        Ok(outcomes)
     }
 
     /// Starts the next segment, under the lock, and has a background thread write the
@@ -616,10 +460,10 @@ impl EmbeddedHost {
         for part in 0..Engine::DUMP_PARTS {
             self.engine.dump_part(part, version, &mut entries)?;
         }
-        // Copying the references above takes the map's read lock a part at a time, so it
-        // runs at normal priority (a descheduled lock holder would stall commits). Sorting,
-        // encoding and writing need no lock: commits come first, the snapshot takes idle
-        // time.
+        // Copying the references above takes the map's read lock one hash table at a time,
+        // so it runs at normal priority (a descheduled lock holder would stall commits).
+        // Sorting, encoding and writing need no lock: commits come first, the snapshot
+        // takes idle time.
         let copied = started.elapsed();
         lower_thread_priority();
         entries.sort_unstable_by(|a, b| a.0.cmp(&b.0));
@@ -779,14 +623,14 @@ impl std::io::Write for Paced {
     }
 }
 
-fn process_alive(pid: u32) -> bool {
-    // SAFETY: signal 0 only checks that the process exists; nothing is sent.
-    #[allow(unsafe_code, reason = "kill(pid, 0) sends nothing; no memory is involved")]
-    let rc = unsafe { libc::kill(pid as libc::pid_t, 0) };
-    rc == 0 || std::io::Error::last_os_error().raw_os_error() == Some(libc::EPERM)
+struct Unlock<'a>(&'a File);
+impl Drop for Unlock<'_> {
+    fn drop(&mut self) {
+        let _ = self.0.unlock();
+    }
 }
 
-fn committer(host: Weak<EmbeddedHost>, rx: Receiver<Waiting>, syncer: Sender<Batch>) {
+fn committer(host: Weak<EmbeddedHost>, rx: Receiver<Waiting>) {
     loop {
         let Ok(first) = rx.recv() else { return };
         let Some(host) = host.upgrade() else { return };
@@ -797,30 +641,8 @@ fn committer(host: Weak<EmbeddedHost>, rx: Receiver<Waiting>, syncer: Sender<Bat
                 Err(TryRecvError::Empty | TryRecvError::Disconnected) => break,
             }
         }
-        host.resolve(batch, &syncer);
+        host.commit_batch(batch);
     }
-}
-
-fn syncer(host: Weak<EmbeddedHost>, rx: Receiver<Batch>) {
-    let mut record = Vec::new();
-    loop {
-        let Ok(first) = rx.recv() else { return };
-        let Some(host) = host.upgrade() else { return };
-        let mut jobs = vec![first];
-        while let Ok(job) = rx.try_recv() {
-            jobs.push(job);
-        }
-        host.sync(jobs, &mut record);
-    }
-}
-
-/// Stops the process: the log could not be written, so this process's memory may hold
-/// commits the disk does not. Its clients see the connection fail (outcome unknown); the
-/// next process to open the store recovers from the log.
-fn fatal(what: &str) -> ! {
-    tracing::error!("store: {what}; stopping the process");
-    eprintln!("tessera store: {what}; stopping the process");
-    std::process::abort()
 }
 
 impl Host for EmbeddedHost {

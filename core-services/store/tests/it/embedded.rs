@@ -93,9 +93,8 @@ async fn racing_takers_never_take_a_seat_twice() {
     assert_eq!(decode_i64(&get(&stores[0], b"sold").await.unwrap()), 40);
 }
 
-/// Two "processes" commit flat out at once. A writer keeps the lock while its batches are
-/// being synced, so the other must be able to ask for it: neither may starve, and every
-/// counter ends where its acknowledged commits put it.
+/// Two "processes" commit flat out at once through the one lock: neither may starve, and
+/// each counter ends exactly where its acknowledged commits put it, read from the other.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_busy_writers_both_get_the_lock() {
     let dir = tempfile::tempdir().unwrap();
