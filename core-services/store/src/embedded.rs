@@ -18,10 +18,10 @@
 //!   outcome was unknown to their client) and cuts off a torn tail.
 //! - **Rotation**: when a segment grows past `segment_bytes_max`, the writer starts the
 //!   next segment and a background thread writes the snapshot it starts from, reading a
-//!   pinned version from memory one hash table at a time while commits go on. Once the snapshot
-//!   is on disk, files older than the previous snapshot and segment are deleted. Recovery
-//!   uses the newest usable snapshot and replays every segment after it; followers that
-//!   still read an old segment keep its file open.
+//!   pinned version from memory one hash table at a time while commits go on. Once the
+//!   snapshot is on disk, files older than the previous snapshot and segment are deleted.
+//!   Recovery uses the newest usable snapshot and replays every segment after it;
+//!   followers that still read an old segment keep its file open.
 
 use std::fs::{File, OpenOptions};
 use std::os::unix::fs::FileExt as _;
@@ -398,8 +398,9 @@ impl EmbeddedHost {
 
     /// Starts the next segment, under the lock, and has a background thread write the
     /// snapshot it starts from. Commits go on meanwhile: the snapshot reads the pinned
-    /// version from memory one hash table at a time. Until the snapshot is on disk, recovery
-    /// starts from an older snapshot and replays the segments since (see [`load_state`]).
+    /// version from memory one hash table at a time. Until the snapshot is on disk,
+    /// recovery starts from an older snapshot and replays the segments since (see
+    /// [`load_state`]).
     fn rotate(self: &Arc<Self>, rep: &mut Replica, head: &mut Head) -> Result<(), StoreError> {
         let next = head.segment + 1;
         let version = head.version;
