@@ -235,16 +235,12 @@ impl EmbeddedHost {
         Ok(())
     }
 
-    fn apply_log(&self, rep: &mut Replica, end: u64) -> Result<(), StoreError> {
-        apply_log(&self.engine, rep, end)
-    }
-
     /// Brings this process up to `head`.
     fn catch_up(&self, rep: &mut Replica, head: &Head) -> Result<(), StoreError> {
         if head.segment == rep.segment {
-            self.apply_log(rep, head.committed_len)?;
+            apply_log(&self.engine, rep, head.committed_len)?;
         } else if head.segment == rep.segment + 1 {
-            self.apply_log(rep, head.prev_segment_len)?;
+            apply_log(&self.engine, rep, head.prev_segment_len)?;
             match OpenOptions::new()
                 .read(true)
                 .write(true)
@@ -252,7 +248,7 @@ impl EmbeddedHost {
             {
                 Ok(log) => {
                     *rep = Replica { segment: head.segment, applied_len: 0, log };
-                    self.apply_log(rep, head.committed_len)?;
+                    apply_log(&self.engine, rep, head.committed_len)?;
                 }
                 Err(_) => self.reload(rep, head)?,
             }

@@ -40,14 +40,12 @@ async fn main() -> ExitCode {
         ["stat", dir] => stat(dir).await,
         ["dump", dir] => dump(dir, "").await,
         ["dump", dir, prefix] => dump(dir, prefix).await,
-        ["stress", dir, id, count] => match (id.parse(), count.parse()) {
-            (Ok(id), Ok(count)) => stress(dir, id, count, None).await,
-            _ => return usage(),
-        },
-        ["stress", dir, id, count, segment] => match (id.parse(), count.parse(), segment.parse()) {
-            (Ok(id), Ok(count), Ok(segment)) => stress(dir, id, count, Some(segment)).await,
-            _ => return usage(),
-        },
+        ["stress", dir, id, count, segment @ ..] if segment.len() <= 1 => {
+            match (id.parse(), count.parse(), segment.first().map(|s| s.parse()).transpose()) {
+                (Ok(id), Ok(count), Ok(segment)) => stress(dir, id, count, segment).await,
+                _ => return usage(),
+            }
+        }
         _ => return usage(),
     };
     match result {
