@@ -27,7 +27,7 @@ use tessera_api::{CustomerId, EventId, PoolId, RegionId, SeatId, SectionId};
 use tessera_common::{OsRng, Rng as _, SystemClock};
 use tessera_fdb_schema::Keyspace;
 use tessera_inventory::{Inventory, InventoryConfig};
-use tessera_store::embedded::EmbeddedStore;
+use tessera_store::embedded::{EmbeddedOptions, EmbeddedStore};
 
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
@@ -40,6 +40,7 @@ struct Args {
     clients: usize,
     pg_clients: Vec<usize>,
     skip_pg: bool,
+    no_sync: bool,
 }
 
 fn args() -> anyhow::Result<Args> {
@@ -50,6 +51,7 @@ fn args() -> anyhow::Result<Args> {
         clients: 64,
         pg_clients: vec![16, 64],
         skip_pg: false,
+        no_sync: false,
     };
     let mut it = std::env::args().skip(1);
     while let Some(arg) = it.next() {
@@ -63,9 +65,11 @@ fn args() -> anyhow::Result<Args> {
                 a.pg_clients = val()?.split(',').map(str::parse).collect::<Result<_, _>>()?
             }
             "--skip-pg" => a.skip_pg = true,
+            // Not durable: shows what fsync costs. Never a figure to compare.
+            "--no-sync" => a.no_sync = true,
             "--help" | "-h" => {
                 println!(
-                    "inventory [--seconds N] [--warmup-seconds N] [--sections N (x1000 seats)] [--clients N] [--pg-clients a,b] [--skip-pg]"
+                    "inventory [--seconds N] [--warmup-seconds N] [--sections N (x1000 seats)] [--clients N] [--pg-clients a,b] [--skip-pg] [--no-sync]"
                 );
                 std::process::exit(0);
             }
@@ -191,7 +195,8 @@ fn print_row(system: &str, workload: &str, r: &Result_) {
 // ---- embedded -------------------------------------------------------------------------
 
 async fn embedded(args: &Args, dir: &Path) -> anyhow::Result<(Result_, Result_, u64)> {
-    let store = EmbeddedStore::open(dir.join("store"))?;
+    let opts = EmbeddedOptions { sync: !args.no_sync, ..EmbeddedOptions::default() };
+    let store = EmbeddedStore::open_with(dir.join("store"), opts)?;
     let inv = Inventory::new(
         store,
         Keyspace::production(),
@@ -240,6 +245,7 @@ async fn run_embedded(
     let refused = Arc::new(AtomicU64::new(0));
     let deadline = Instant::now() + Duration::from_secs(args.seconds);
     let started = Instant::now();
+    let cpu_before = tessera_bench::thread_cpu();
     let mut tasks = Vec::new();
     for (c, w) in work.into_iter().enumerate() {
         let inv = inv.clone();
@@ -300,6 +306,14 @@ async fn run_embedded(
     }
     ticker.abort();
     let elapsed = started.elapsed();
+    eprintln!(
+        "    CPU µs per hold by thread: {}",
+        tessera_bench::cpu_per_op(
+            &cpu_before,
+            &tessera_bench::thread_cpu(),
+            holds.load(Ordering::Relaxed)
+        )
+    );
     let r = summarize(
         &hist,
         holds.load(Ordering::Relaxed),

@@ -150,9 +150,8 @@ impl<S: Store> Inventory<S> {
     ) -> Result<Hold, InventoryError> {
         let started = std::time::Instant::now();
         let hold_id = HoldId::from_random(self.rng.next_u128());
-        let spec_text = format!("{spec:?}");
         let req_hash = idempotency_key
-            .map(|_| request_hash(&[event_id.as_str(), customer.as_str(), &spec_text]));
+            .map(|_| request_hash(&[event_id.as_str(), customer.as_str(), &format!("{spec:?}")]));
         let result = run(&self.store, |trx, maybe_committed| {
             let hold_id = hold_id.clone();
             let req_hash = req_hash.clone();

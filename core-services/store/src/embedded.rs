@@ -35,7 +35,7 @@ use bytes::Bytes;
 use parking_lot::Mutex;
 
 use crate::local::{Host, LocalTrx};
-use crate::mvcc::{CommitRequest, Engine, versionstamp};
+use crate::mvcc::{BatchScratch, CommitRequest, Engine, versionstamp};
 use crate::wal::{self, HEAD_LEN, Head};
 use crate::{CommitInfo, Store, StoreError};
 
@@ -73,8 +73,23 @@ pub struct EmbeddedStats {
 
 struct Replica {
     segment: u64,
+    /// Where this process applied the log up to: at least `HEAD`, and past it while
+    /// batches appended here (or by another writer, and adopted) wait for their sync.
     applied_len: u64,
-    log: File,
+    /// The version of the last record applied (of the snapshot if none).
+    version: u64,
+    log: Arc<File>,
+}
+
+/// A batch appended to the log, for the syncer to make durable and acknowledge.
+struct SyncJob {
+    segment: u64,
+    /// The log's end after this batch.
+    end: u64,
+    version: u64,
+    log: Arc<File>,
+    replies: Vec<(tokio::sync::oneshot::Sender<Result<CommitInfo, StoreError>>, CommitInfo)>,
+    started: Instant,
 }
 
 struct Waiting {
@@ -89,6 +104,11 @@ pub struct EmbeddedHost {
     head: File,
     lock: File,
     replica: Mutex<Replica>,
+    /// Held with the `LOCK`: `flock` excludes other processes, this mutex the other thread
+    /// of this one (a lock taken through one file description is shared by its threads).
+    writer: Mutex<()>,
+    /// `Replica::version`, readable without the replica's lock.
+    applied: AtomicU64,
     queue: Mutex<Option<Sender<Waiting>>>,
     /// A snapshot of this process is being written in the background.
     snapshotting: AtomicBool,
@@ -177,6 +197,8 @@ impl EmbeddedStore {
             head: head_file,
             lock,
             replica: Mutex::new(rep),
+            writer: Mutex::new(()),
+            applied: AtomicU64::new(0),
             queue: Mutex::new(None),
             snapshotting: AtomicBool::new(false),
             last_snapshot_bytes: AtomicU64::new(0),
@@ -186,13 +208,20 @@ impl EmbeddedStore {
             host.engine.set_visible(head.version);
             let mut head = head;
             host.recover_tail(&mut rep, &mut head)?;
+            host.applied.store(rep.version, Ordering::Release);
         }
         let (tx, rx) = std::sync::mpsc::channel();
+        let (sync_tx, sync_rx) = std::sync::mpsc::channel();
         *host.queue.lock() = Some(tx);
         let weak = Arc::downgrade(&host);
         std::thread::Builder::new()
             .name("tessera-store-committer".into())
-            .spawn(move || committer(weak, rx))
+            .spawn(move || committer(weak, rx, sync_tx))
+            .map_err(io)?;
+        let weak = Arc::downgrade(&host);
+        std::thread::Builder::new()
+            .name("tessera-syncer".into())
+            .spawn(move || syncer(weak, sync_rx))
             .map_err(io)?;
         tracing::info!(dir = %dir.display(), version = head.version, segment = head.segment, "store.open");
         Ok(EmbeddedStore { host })
@@ -247,7 +276,12 @@ impl EmbeddedHost {
                 .open(segment_path(&self.dir, head.segment))
             {
                 Ok(log) => {
-                    *rep = Replica { segment: head.segment, applied_len: 0, log };
+                    *rep = Replica {
+                        segment: head.segment,
+                        applied_len: 0,
+                        version: rep.version,
+                        log: Arc::new(log),
+                    };
                     apply_log(&self.engine, rep, head.committed_len)?;
                 }
                 Err(_) => self.reload(rep, head)?,
@@ -255,6 +289,7 @@ impl EmbeddedHost {
         } else {
             self.reload(rep, head)?;
         }
+        self.applied.fetch_max(rep.version, Ordering::AcqRel);
         self.engine.set_visible(head.version);
         Ok(())
     }
@@ -266,130 +301,215 @@ impl EmbeddedHost {
         Ok(())
     }
 
-    /// Under the lock: adopts complete records a crashed writer left past `HEAD`, cuts off
-    /// a torn tail, and makes `HEAD` say so.
-    fn recover_tail(&self, rep: &mut Replica, head: &mut Head) -> Result<(), StoreError> {
+    /// Under the lock: applies the complete records past what this process applied (those
+    /// of another writer still waiting for its sync, or left by one that died), and cuts
+    /// off a torn tail. Returns how many records it adopted.
+    fn adopt_tail(&self, rep: &mut Replica) -> Result<usize, StoreError> {
         let file_len = rep.log.metadata().map_err(io)?.len();
-        if file_len <= head.committed_len {
-            return Ok(());
+        if file_len <= rep.applied_len {
+            return Ok(0);
         }
-        let mut buf = vec![0u8; (file_len - head.committed_len) as usize];
-        rep.log.read_exact_at(&mut buf, head.committed_len).map_err(io)?;
+        let mut buf = vec![0u8; (file_len - rep.applied_len) as usize];
+        rep.log.read_exact_at(&mut buf, rep.applied_len).map_err(io)?;
         let buf = Bytes::from(buf);
         let mut at = 0usize;
         let mut adopted = 0;
         let now = Instant::now();
         while let Some(rec) = wal::decode_record(&buf.slice(at..)) {
-            if rec.version != head.version + 1 {
+            if rec.version != rep.version + 1 {
                 break;
             }
             self.engine.apply_resolved(rec.version, &rec.writes);
             self.engine.note_applied(rec.version, now);
-            head.version = rec.version;
+            rep.version = rec.version;
             at += rec.len;
             adopted += 1;
         }
-        head.committed_len += at as u64;
-        rep.log.set_len(head.committed_len).map_err(io)?;
+        rep.applied_len += at as u64;
+        self.applied.fetch_max(rep.version, Ordering::AcqRel);
+        if at < buf.len() {
+            // A writer died while appending: what follows its last whole record was never
+            // acknowledged.
+            rep.log.set_len(rep.applied_len).map_err(io)?;
+            tracing::warn!(
+                adopted,
+                dropped_bytes = buf.len() - at,
+                version = rep.version,
+                "store.recover: an earlier writer stopped mid-commit"
+            );
+        }
+        Ok(adopted)
+    }
+
+    /// At open, under the lock: adopts what writers left past `HEAD`, syncs it and makes
+    /// `HEAD` say so.
+    fn recover_tail(&self, rep: &mut Replica, head: &mut Head) -> Result<(), StoreError> {
+        let len_before = rep.applied_len;
+        let file_len = rep.log.metadata().map_err(io)?.len();
+        if file_len <= len_before {
+            return Ok(());
+        }
+        let adopted = self.adopt_tail(rep)?;
         rep.log.sync_data().map_err(io)?;
-        rep.applied_len = head.committed_len;
+        head.committed_len = rep.applied_len;
+        head.version = rep.version;
         self.write_head(head, true)?;
         self.engine.set_visible(head.version);
-        tracing::warn!(
-            adopted,
-            dropped_bytes = buf.len() - at,
-            version = head.version,
-            "store.recover: an earlier writer stopped mid-commit"
-        );
+        if adopted > 0 {
+            tracing::info!(
+                adopted,
+                version = head.version,
+                "store.recover: adopted records past HEAD"
+            );
+        }
         Ok(())
     }
 
-    /// Commits one batch. Called by the committer thread only.
-    fn commit_batch(self: &Arc<Self>, batch: Vec<Waiting>) {
+    /// Resolves one batch and appends it to the log, then hands it to the syncer, which
+    /// acknowledges it once it is on disk; meanwhile the next batch is resolved. Called by
+    /// the committer thread only, with buffers it keeps from one batch to the next (a fresh
+    /// multi-megabyte buffer per batch would be zeroed by the kernel each time).
+    fn commit_batch(
+        self: &Arc<Self>,
+        batch: Vec<Waiting>,
+        buffers: &mut CommitBuffers,
+        syncer: &Sender<SyncJob>,
+    ) {
         let started = Instant::now();
-        let result = self.commit_batch_inner(&batch);
-        let elapsed = started.elapsed();
-        metrics::histogram!("tessera_store_commit_batch_seconds").record(elapsed.as_secs_f64());
         metrics::histogram!("tessera_store_commit_batch_txns").record(batch.len() as f64);
-        match result {
-            Ok(outcomes) => {
-                for (w, outcome) in batch.into_iter().zip(outcomes) {
-                    let label = match &outcome {
-                        Ok(_) => "committed",
-                        Err(StoreError::Conflict) => "conflict",
-                        Err(StoreError::TooOld) => "too_old",
-                        Err(_) => "error",
-                    };
-                    metrics::counter!("tessera_store_commits_total", "outcome" => label)
-                        .increment(1);
-                    let _ = w.reply.send(outcome);
+        match self.commit_batch_inner(batch, buffers, started) {
+            Ok(Some(job)) => {
+                if syncer.send(job).is_err() {
+                    fatal("the syncer thread is gone");
                 }
             }
-            Err(e) => {
-                // The log could not be written or synced. What this process holds in
-                // memory may now differ from disk; carrying on could acknowledge writes
-                // that are not durable, so stop here.
-                tracing::error!("store.commit: log write failed, stopping the process: {e:#}");
-                eprintln!("tessera store: log write failed: {e:#}; stopping the process");
-                std::process::abort();
-            }
+            Ok(None) => {}
+            // The log could not be written. What this process holds in memory may now
+            // differ from disk; carrying on could acknowledge writes that are not durable.
+            Err(e) => fatal(&format!("log write failed: {e:#}")),
         }
     }
 
     fn commit_batch_inner(
         self: &Arc<Self>,
-        batch: &[Waiting],
-    ) -> Result<Vec<Result<CommitInfo, StoreError>>, StoreError> {
+        batch: Vec<Waiting>,
+        buffers: &mut CommitBuffers,
+        started: Instant,
+    ) -> Result<Option<SyncJob>, StoreError> {
+        let _writer = self.writer.lock();
         self.lock.lock().map_err(io)?;
         let _unlock = Unlock(&self.lock);
         let mut rep = self.replica.lock();
-        let mut head = self.read_head()?;
+        let head = self.read_head()?;
         self.catch_up(&mut rep, &head)?;
-        self.recover_tail(&mut rep, &mut head)?;
+        let adopted = self.adopt_tail(&mut rep)?;
 
-        let version = head.version + 1;
+        let version = rep.version + 1;
         let now = Instant::now();
-        let mut writes = Vec::new();
-        let mut outcomes = Vec::with_capacity(batch.len());
-        let mut any_committed = false;
-        let resolved = self.engine.resolve_batch(batch.iter().map(|w| &w.req), version, now);
-        for (i, r) in resolved.into_iter().enumerate() {
+        let record = &mut buffers.record;
+        record.clear();
+        let mut log = wal::RecordWriter::begin(record, version);
+        let resolved = self.engine.resolve_batch(
+            batch.iter().map(|w| &w.req),
+            version,
+            now,
+            &mut log,
+            &mut buffers.scratch,
+        );
+        let mut replies = Vec::with_capacity(batch.len());
+        for (i, (w, r)) in batch.into_iter().zip(resolved).enumerate() {
             match r {
-                Ok(mut resolved) => {
-                    writes.append(&mut resolved);
-                    any_committed = true;
-                    outcomes.push(Ok(CommitInfo {
-                        version,
-                        versionstamp: versionstamp(version, i as u16),
-                    }));
+                Ok(()) => replies.push((
+                    w.reply,
+                    CommitInfo { version, versionstamp: versionstamp(version, i as u16) },
+                )),
+                Err(e) => {
+                    let label = match &e {
+                        StoreError::Conflict => "conflict",
+                        StoreError::TooOld => "too_old",
+                        _ => "error",
+                    };
+                    metrics::counter!("tessera_store_commits_total", "outcome" => label)
+                        .increment(1);
+                    // Final, whatever happens to the batches before it.
+                    let _ = w.reply.send(Err(e));
                 }
-                Err(e) => outcomes.push(Err(e)),
             }
         }
-        if !any_committed {
-            return Ok(outcomes);
+        if replies.is_empty() {
+            log.discard();
+            // Records adopted from another writer become visible with the next sync; if
+            // their writer died, nobody else may be about to sync them.
+            return Ok((adopted > 0).then(|| SyncJob {
+                segment: rep.segment,
+                end: rep.applied_len,
+                version: rep.version,
+                log: rep.log.clone(),
+                replies: Vec::new(),
+                started,
+            }));
         }
-        let mut record = Vec::with_capacity(64 + writes.len() * 64);
-        wal::encode_record(version, &writes, &mut record);
-        rep.log.write_all_at(&record, head.committed_len).map_err(io)?;
-        if self.opts.sync {
-            let t = Instant::now();
-            rep.log.sync_data().map_err(io)?;
-            metrics::histogram!("tessera_store_fsync_seconds").record(t.elapsed().as_secs_f64());
-        }
-        head.committed_len += record.len() as u64;
-        head.version = version;
-        self.write_head(&head, false)?;
-        rep.applied_len = head.committed_len;
-        self.engine.set_visible(version);
+        let record_len = log.finish();
+        rep.log.write_all_at(record, rep.applied_len).map_err(io)?;
+        rep.applied_len += record_len as u64;
+        rep.version = version;
+        self.applied.fetch_max(version, Ordering::AcqRel);
         self.engine.note_applied(version, now);
-        metrics::counter!("tessera_store_log_bytes_total").increment(record.len() as u64);
+        metrics::counter!("tessera_store_log_bytes_total").increment(record_len as u64);
+        // Keep a buffer the size batches need, but do not hold on to a rare giant one.
+        if record.capacity() > 64 << 20 {
+            *record = Vec::new();
+        }
+        let job = SyncJob {
+            segment: rep.segment,
+            end: rep.applied_len,
+            version,
+            log: rep.log.clone(),
+            replies,
+            started,
+        };
         let rotate_at =
             self.opts.segment_bytes_max.max(2 * self.last_snapshot_bytes.load(Ordering::Acquire));
-        if head.committed_len >= rotate_at && !self.snapshotting.swap(true, Ordering::AcqRel) {
-            self.rotate(&mut rep, &mut head)?;
+        if rep.applied_len >= rotate_at && !self.snapshotting.swap(true, Ordering::AcqRel) {
+            self.rotate(&mut rep)?;
         }
-        Ok(outcomes)
+        Ok(Some(job))
+    }
+
+    /// Makes appended batches durable, moves `HEAD` past them (never backwards: another
+    /// writer may have moved it further), makes them visible and acknowledges them.
+    /// Called by the syncer thread only.
+    fn sync_jobs(&self, jobs: Vec<SyncJob>) -> Result<(), StoreError> {
+        let Some(last) = jobs.last() else { return Ok(()) };
+        if self.opts.sync {
+            let t = Instant::now();
+            // Jobs of an older segment were synced when it was rotated away.
+            last.log.sync_data().map_err(io)?;
+            metrics::histogram!("tessera_store_fsync_seconds").record(t.elapsed().as_secs_f64());
+        }
+        // `HEAD` first, then visible here: a version visible in one process must be visible
+        // to a transaction that starts later in any other (strict serializability).
+        {
+            let _writer = self.writer.lock();
+            self.lock.lock().map_err(io)?;
+            let _unlock = Unlock(&self.lock);
+            let head = self.read_head()?;
+            if head.segment == last.segment && last.end > head.committed_len {
+                let next = Head { committed_len: last.end, version: last.version, ..head };
+                self.write_head(&next, false)?;
+            }
+        }
+        self.engine.set_visible(last.version);
+        for job in jobs {
+            metrics::histogram!("tessera_store_commit_batch_seconds")
+                .record(job.started.elapsed().as_secs_f64());
+            metrics::counter!("tessera_store_commits_total", "outcome" => "committed")
+                .increment(job.replies.len() as u64);
+            for (reply, info) in job.replies {
+                let _ = reply.send(Ok(info));
+            }
+        }
+        Ok(())
     }
 
     /// Starts the next segment, under the lock, and has a background thread write the
@@ -397,9 +517,12 @@ impl EmbeddedHost {
     /// version from memory one hash table at a time. Until the snapshot is on disk,
     /// recovery starts from an older snapshot and replays the segments since (see
     /// [`load_state`]).
-    fn rotate(self: &Arc<Self>, rep: &mut Replica, head: &mut Head) -> Result<(), StoreError> {
-        let next = head.segment + 1;
-        let version = head.version;
+    fn rotate(self: &Arc<Self>, rep: &mut Replica) -> Result<(), StoreError> {
+        // Batches still waiting for the syncer must be on disk before `HEAD` names the
+        // next segment (it says they are committed).
+        rep.log.sync_data().map_err(io)?;
+        let next = rep.segment + 1;
+        let version = rep.version;
         let log = OpenOptions::new()
             .create(true)
             .truncate(true)
@@ -409,10 +532,11 @@ impl EmbeddedHost {
             .map_err(io)?;
         log.sync_all().map_err(io)?;
         sync_dir(&self.dir)?;
-        *head =
-            Head { segment: next, committed_len: 0, version, prev_segment_len: head.committed_len };
-        self.write_head(head, true)?;
-        *rep = Replica { segment: next, applied_len: 0, log };
+        let head =
+            Head { segment: next, committed_len: 0, version, prev_segment_len: rep.applied_len };
+        self.write_head(&head, true)?;
+        self.engine.set_visible(version);
+        *rep = Replica { segment: next, applied_len: 0, version, log: Arc::new(log) };
         self.engine.pin(version);
         let host = Arc::clone(self);
         let spawned =
@@ -516,6 +640,7 @@ fn apply_log(engine: &Engine, rep: &mut Replica, end: u64) -> Result<(), StoreEr
         })?;
         engine.apply_resolved(rec.version, &rec.writes);
         engine.note_applied(rec.version, now);
+        rep.version = rec.version;
         at += rec.len;
     }
     rep.applied_len = end;
@@ -566,16 +691,17 @@ fn load_state_once(dir: &Path, engine: &Engine, head: &Head) -> Result<Replica, 
     if !loaded {
         engine.load(0, Vec::<(Bytes, Bytes)>::new());
     }
-    let open = |segment: u64| -> Result<Replica, StoreError> {
+    let mut version = engine.visible_version();
+    let open = |segment: u64, version: u64| -> Result<Replica, StoreError> {
         let log = OpenOptions::new()
             .read(true)
             .write(true)
             .open(segment_path(dir, segment))
             .map_err(io)?;
-        Ok(Replica { segment, applied_len: 0, log })
+        Ok(Replica { segment, applied_len: 0, version, log: Arc::new(log) })
     };
     for segment in base..head.segment {
-        let mut rep = open(segment)?;
+        let mut rep = open(segment, version)?;
         // A finished segment ends where its last committed record ends.
         let end = if segment + 1 == head.segment {
             head.prev_segment_len
@@ -583,8 +709,9 @@ fn load_state_once(dir: &Path, engine: &Engine, head: &Head) -> Result<Replica, 
             rep.log.metadata().map_err(io)?.len()
         };
         apply_log(engine, &mut rep, end)?;
+        version = rep.version;
     }
-    let mut rep = open(head.segment)?;
+    let mut rep = open(head.segment, version)?;
     apply_log(engine, &mut rep, head.committed_len)?;
     Ok(rep)
 }
@@ -627,7 +754,14 @@ impl Drop for Unlock<'_> {
     }
 }
 
-fn committer(host: Weak<EmbeddedHost>, rx: Receiver<Waiting>) {
+/// Buffers the committer reuses from batch to batch.
+struct CommitBuffers {
+    record: Vec<u8>,
+    scratch: BatchScratch,
+}
+
+fn committer(host: Weak<EmbeddedHost>, rx: Receiver<Waiting>, syncer: Sender<SyncJob>) {
+    let mut buffers = CommitBuffers { record: Vec::new(), scratch: BatchScratch::new() };
     loop {
         let Ok(first) = rx.recv() else { return };
         let Some(host) = host.upgrade() else { return };
@@ -638,8 +772,32 @@ fn committer(host: Weak<EmbeddedHost>, rx: Receiver<Waiting>) {
                 Err(TryRecvError::Empty | TryRecvError::Disconnected) => break,
             }
         }
-        host.commit_batch(batch);
+        host.commit_batch(batch, &mut buffers, &syncer);
     }
+}
+
+/// Syncs what the committer appended, every batch waiting at once (group commit).
+fn syncer(host: Weak<EmbeddedHost>, rx: Receiver<SyncJob>) {
+    loop {
+        let Ok(first) = rx.recv() else { return };
+        let mut jobs = vec![first];
+        while let Ok(job) = rx.try_recv() {
+            jobs.push(job);
+        }
+        let Some(host) = host.upgrade() else { return };
+        if let Err(e) = host.sync_jobs(jobs) {
+            // Whether the batches reached the disk is unknown; acknowledging later ones
+            // could claim what is not durable.
+            fatal(&format!("log sync failed: {e:#}"));
+        }
+    }
+}
+
+/// Stops the process after a failure that leaves memory and disk possibly different.
+fn fatal(what: &str) -> ! {
+    tracing::error!("store.commit: {what}; stopping the process");
+    eprintln!("tessera store: {what}; stopping the process");
+    std::process::abort();
 }
 
 impl Host for EmbeddedHost {
@@ -650,6 +808,12 @@ impl Host for EmbeddedHost {
     fn read_version(&self) -> Result<u64, StoreError> {
         let head = self.read_head()?;
         if head.version <= self.engine.visible_version() {
+            return Ok(self.engine.visible_version());
+        }
+        if head.version <= self.applied.load(Ordering::Acquire) {
+            // Applied here already (this process's own batch, or one it adopted), and now
+            // durable: no need to wait for the committer to let go of the replica.
+            self.engine.set_visible(head.version);
             return Ok(self.engine.visible_version());
         }
         let mut rep = self.replica.lock();

@@ -64,9 +64,10 @@ impl<H: Host> LocalTrx<H> {
         let mut buf = self.buf.lock();
         let version = self.version(&mut buf)?;
         let engine = self.host.engine();
-        let v = buf.get_through(key, || engine.get(key, version))?;
+        let hash = crate::mvcc::key_hash(key);
+        let v = buf.get_through(key, || engine.get(key, hash, version))?;
         if !snapshot {
-            buf.add_conflict(key, &crate::key_after(key));
+            buf.add_point_conflict(hash, key);
         }
         Ok(v)
     }

@@ -9,6 +9,7 @@ use parking_lot::Mutex;
 
 use crate::local::{Host, LocalTrx};
 use crate::mvcc::{CommitRequest, Engine, versionstamp};
+use crate::wal::RecordWriter;
 use crate::{CommitInfo, Store, StoreError};
 
 /// A non-durable in-memory store.
@@ -46,7 +47,10 @@ impl Host for MemoryHost {
         let _guard = self.commit_lock.lock();
         let version = self.engine.visible_version() + 1;
         let now = Instant::now();
-        self.engine.resolve_and_apply(&req, version, 0, now)?;
+        // Nothing is logged; the record is only where resolution writes what it applied.
+        let mut scratch = Vec::new();
+        let mut log = RecordWriter::begin(&mut scratch, version);
+        self.engine.resolve_and_apply(&req, version, 0, now, &mut log)?;
         self.engine.set_visible(version);
         self.engine.note_applied(version, now);
         Ok(CommitInfo { version, versionstamp: versionstamp(version, 0) })

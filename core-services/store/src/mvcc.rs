@@ -6,10 +6,17 @@
 //! accepted only if no key in its read conflict set has a version newer than its read
 //! version (FoundationDB's optimistic concurrency). Commits are resolved and applied by a
 //! single committer at a time, in batches that share one commit version.
+//!
+//! Readers and the committer do not exclude each other: the hash index is split into
+//! shards with a lock each, and the ordered index has its own lock, each held for one
+//! key (or one range read). That is safe because of the versions, not the locks: the
+//! committer writes versions above the visible one, readers read at or below it, and a
+//! batch becomes readable all at once when `visible` moves.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::hash::BuildHasher as _;
 use std::ops::Bound;
+use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
@@ -17,10 +24,35 @@ use bytes::Bytes;
 use parking_lot::{Mutex, RwLock};
 
 use crate::limits::{KEY_SIZE_MAX, TRANSACTION_AGE_MAX_MS, TRANSACTION_SIZE_MAX, VALUE_SIZE_MAX};
+use crate::wal::RecordWriter;
 use crate::{KeyValue, MutationType, RangeRequest, StoreError};
 
 /// How long versions stay readable.
 pub(crate) const MVCC_WINDOW: Duration = Duration::from_millis(TRANSACTION_AGE_MAX_MS);
+
+/// The hash of a key, the same for every engine of the process, so a transaction can
+/// compute it once, when it writes, instead of the committer doing it under its locks.
+pub(crate) fn key_hash(key: &[u8]) -> u64 {
+    static HASHER: OnceLock<hashbrown::DefaultHashBuilder> = OnceLock::new();
+    HASHER.get_or_init(hashbrown::DefaultHashBuilder::default).hash_one(key)
+}
+
+/// A key and its [`key_hash`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Key {
+    pub(crate) bytes: Bytes,
+    pub(crate) hash: u64,
+}
+
+impl Key {
+    pub(crate) fn new(bytes: Bytes) -> Self {
+        let hash = key_hash(&bytes);
+        Key { bytes, hash }
+    }
+    pub(crate) fn copy(key: &[u8]) -> Self {
+        Key::new(Bytes::copy_from_slice(key))
+    }
+}
 
 /// The versions of one key, newest in `latest`.
 #[derive(Debug, Clone)]
@@ -59,18 +91,63 @@ impl Chain {
     }
 }
 
+/// A key in the ordered index. The first 32 bytes are kept inline as big-endian words, so
+/// most comparisons while descending the tree are two integer compares on memory the
+/// tree node already brought in, instead of a `memcmp` behind a pointer per level. Keys
+/// are zero-padded, which orders them as bytes do (a zero pad only ever ties with a zero
+/// byte, and ties fall back to the whole key).
+#[derive(Debug, Clone)]
+struct OrdKey {
+    head: [u128; 2],
+    key: Bytes,
+}
+
+impl OrdKey {
+    fn new(key: Bytes) -> Self {
+        let mut buf = [0u8; 32];
+        let n = key.len().min(32);
+        buf[..n].copy_from_slice(&key[..n]);
+        let mut a = [0u8; 16];
+        let mut b = [0u8; 16];
+        a.copy_from_slice(&buf[..16]);
+        b.copy_from_slice(&buf[16..]);
+        OrdKey { head: [u128::from_be_bytes(a), u128::from_be_bytes(b)], key }
+    }
+}
+
+impl PartialEq for OrdKey {
+    fn eq(&self, other: &Self) -> bool {
+        self.head == other.head && self.key == other.key
+    }
+}
+impl Eq for OrdKey {}
+impl PartialOrd for OrdKey {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+impl Ord for OrdKey {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        self.head.cmp(&other.head).then_with(|| self.key.as_ref().cmp(other.key.as_ref()))
+    }
+}
+
+/// A hash shard's entries: the key's hash (so that growing the table never re-reads keys,
+/// and a probe touches a key's bytes only when the whole hash matches), key, versions.
+type Shard = hashbrown::HashTable<(u64, Bytes, Chain)>;
+
 /// The keys of the engine: hash tables for point access (most operations), and an ordered
-/// set of the same keys for range reads. Updating an existing key touches only the hash
-/// tables; only new and forgotten keys change the order.
+/// set of the same keys for range reads. Updating an existing key touches only its hash
+/// shard; only new and forgotten keys change the order.
 ///
-/// The hash index is split into [`SHARDS`] tables by a slice of each key's hash, so that
-/// growing it rehashes one small table at a time instead of stopping every commit while
-/// millions of keys move.
+/// The hash index is split into [`SHARDS`] tables by a slice of each key's hash, each with
+/// its own lock, so that readers rarely wait for the committer and growing the index
+/// rehashes one small table at a time instead of stopping every commit while millions of
+/// keys move.
 #[derive(Debug)]
 struct Table {
-    hasher: hashbrown::DefaultHashBuilder,
-    chains: Box<[hashbrown::HashTable<(Bytes, Chain)>]>,
-    order: std::collections::BTreeSet<Bytes>,
+    shards: Box<[RwLock<Shard>]>,
+    order: RwLock<BTreeSet<OrdKey>>,
 }
 
 const SHARDS: usize = 256;
@@ -78,69 +155,137 @@ const SHARDS: usize = 256;
 impl Default for Table {
     fn default() -> Self {
         Table {
-            hasher: hashbrown::DefaultHashBuilder::default(),
-            chains: (0..SHARDS).map(|_| hashbrown::HashTable::new()).collect(),
-            order: std::collections::BTreeSet::new(),
+            shards: (0..SHARDS).map(|_| RwLock::new(Shard::new())).collect(),
+            order: RwLock::new(BTreeSet::new()),
         }
     }
 }
 
+/// The shard of a hash. It comes from middle bits: the tables use the low bits for the
+/// bucket and the top seven for the control tag.
+fn shard_of(hash: u64) -> usize {
+    (hash >> 40) as usize % SHARDS
+}
+
+fn find<'a>(shard: &'a Shard, hash: u64, key: &[u8]) -> Option<&'a Chain> {
+    shard.find(hash, |(h, k, _)| *h == hash && k.as_ref() == key).map(|(_, _, c)| c)
+}
+
 impl Table {
-    /// The key's hash and its shard. The shard comes from middle bits: the tables use the
-    /// low bits for the bucket and the top seven for the control tag.
-    fn slot(&self, key: &[u8]) -> (u64, usize) {
-        let hash = self.hasher.hash_one(key);
-        (hash, (hash >> 40) as usize % SHARDS)
+    fn shard(&self, hash: u64) -> &RwLock<Shard> {
+        &self.shards[shard_of(hash)]
     }
-    fn get(&self, key: &[u8]) -> Option<&Chain> {
-        let (hash, shard) = self.slot(key);
-        self.chains[shard].find(hash, |(k, _)| k.as_ref() == key).map(|(_, c)| c)
+
+    /// The newest version of a key, if the key exists.
+    fn latest_version(&self, hash: u64, key: &[u8]) -> Option<u64> {
+        find(&self.shard(hash).read(), hash, key).map(|c| c.latest.0)
     }
-    fn get_mut(&mut self, key: &[u8]) -> Option<&mut Chain> {
-        let (hash, shard) = self.slot(key);
-        self.chains[shard].find_mut(hash, |(k, _)| k.as_ref() == key).map(|(_, c)| c)
+
+    /// The key's value at `version`: `None` if the key has no entry, `Some(None)` if it is
+    /// deleted at that version.
+    fn value_at(&self, hash: u64, key: &[u8], version: u64) -> Option<Option<Bytes>> {
+        find(&self.shard(hash).read(), hash, key).and_then(|c| c.at(version).cloned())
     }
-    fn insert(&mut self, key: Bytes, chain: Chain) {
-        let (hash, shard) = self.slot(&key);
-        let hasher = &self.hasher;
-        match self.chains[shard].entry(
-            hash,
-            |(k, _)| *k == key,
-            |(k, _)| hasher.hash_one(k.as_ref() as &[u8]),
-        ) {
-            hashbrown::hash_table::Entry::Occupied(mut e) => e.get_mut().1 = chain,
-            hashbrown::hash_table::Entry::Vacant(e) => {
-                e.insert((key.clone(), chain));
-                self.order.insert(key);
+
+    /// The key's newest value.
+    fn latest_value(&self, hash: u64, key: &[u8]) -> Option<Bytes> {
+        find(&self.shard(hash).read(), hash, key).and_then(|c| c.latest.1.clone())
+    }
+
+    /// Writes a version of a key. Returns whether the key is new (and so must join the
+    /// ordered index, which the caller does).
+    fn put(&self, key: &Key, value: Option<Bytes>, version: u64, horizon: u64) -> bool {
+        let mut shard = self.shard(key.hash).write();
+        let entry =
+            shard.entry(key.hash, |(h, k, _)| *h == key.hash && *k == key.bytes, |(h, _, _)| *h);
+        match entry {
+            hashbrown::hash_table::Entry::Occupied(mut e) => {
+                e.get_mut().2.push(version, value, horizon);
+                false
+            }
+            hashbrown::hash_table::Entry::Vacant(e) => match value {
+                Some(v) => {
+                    e.insert((
+                        key.hash,
+                        key.bytes.clone(),
+                        Chain { latest: (version, Some(v)), older: Vec::new() },
+                    ));
+                    true
+                }
+                None => false,
+            },
+        }
+    }
+
+    fn index(&self, new_keys: &mut Vec<Bytes>) {
+        if new_keys.is_empty() {
+            return;
+        }
+        let mut order = self.order.write();
+        for k in new_keys.drain(..) {
+            order.insert(OrdKey::new(k));
+        }
+    }
+
+    /// Removes a key whose newest entry is a deletion at or below `horizon`.
+    fn forget(&self, key: &Key, horizon: u64) -> bool {
+        let mut shard = self.shard(key.hash).write();
+        if let Ok(e) = shard.find_entry(key.hash, |(h, k, _)| *h == key.hash && *k == key.bytes) {
+            let (_, _, c) = e.get();
+            if c.latest.1.is_none() && c.latest.0 <= horizon {
+                e.remove();
+                return true;
             }
         }
+        false
     }
-    fn remove(&mut self, key: &[u8]) {
-        let (hash, shard) = self.slot(key);
-        if let Ok(e) = self.chains[shard].find_entry(hash, |(k, _)| k.as_ref() == key) {
-            e.remove();
-            self.order.remove(key);
-        }
+
+    fn clear(&self) {
+        self.shards.iter().for_each(|s| s.write().clear());
+        self.order.write().clear();
     }
-    fn clear(&mut self) {
-        self.chains.iter_mut().for_each(hashbrown::HashTable::clear);
-        self.order.clear();
-    }
+
     #[cfg(test)]
     fn len(&self) -> usize {
-        self.chains.iter().map(hashbrown::HashTable::len).sum()
+        self.shards.iter().map(|s| s.read().len()).sum()
     }
-    fn range<'a>(
-        &'a self,
+
+    /// Calls `f` with each key of `[begin, end)` (in order, or reversed) and the key's
+    /// chain, until it returns false.
+    fn range(
+        &self,
         begin: &[u8],
         end: &[u8],
-    ) -> impl DoubleEndedIterator<Item = (&'a Bytes, &'a Chain)> + 'a {
-        let range = if begin < end {
-            Some(self.order.range::<[u8], _>((Bound::Included(begin), Bound::Excluded(end))))
-        } else {
-            None
+        reverse: bool,
+        mut f: impl FnMut(&Bytes, &Chain) -> bool,
+    ) {
+        if begin >= end {
+            return;
+        }
+        let lo = OrdKey::new(Bytes::copy_from_slice(begin));
+        let hi = OrdKey::new(Bytes::copy_from_slice(end));
+        let order = self.order.read();
+        let range = order.range((Bound::Included(&lo), Bound::Excluded(&hi)));
+        let mut visit = |k: &OrdKey| {
+            let hash = key_hash(&k.key);
+            match find(&self.shard(hash).read(), hash, &k.key) {
+                Some(c) => f(&k.key, c),
+                None => true,
+            }
         };
-        range.into_iter().flatten().filter_map(move |k| self.get(k.as_ref()).map(|c| (k, c)))
+        if reverse {
+            for k in range.rev() {
+                if !visit(k) {
+                    break;
+                }
+            }
+        } else {
+            for k in range {
+                if !visit(k) {
+                    break;
+                }
+            }
+        }
     }
 }
 
@@ -155,7 +300,10 @@ pub(crate) enum Resolved {
 #[derive(Debug)]
 #[allow(unreachable_pub, reason = "sealed: reachable only through the Host trait")]
 pub struct Engine {
-    map: RwLock<Table>,
+    map: Table,
+    /// Odd while [`Engine::load`] replaces the whole state; readers that overlap a load
+    /// get `TooOld` and retry (a seqlock around every read).
+    generation: AtomicU64,
     /// Newest version readers may use (everything at or below it is committed and durable).
     visible: AtomicU64,
     /// Oldest version still readable.
@@ -166,13 +314,27 @@ pub struct Engine {
     /// When each recent version was applied, to advance `horizon`.
     history: Mutex<VecDeque<(u64, Instant)>>,
     /// Keys whose latest entry is a deletion, to forget once it is below the horizon.
-    tombstones: Mutex<VecDeque<(u64, Bytes)>>,
+    tombstones: Mutex<VecDeque<(u64, Key)>>,
+}
+
+/// What a batch resolution needs besides the requests: where to log the writes, and
+/// reusable scratch space.
+pub(crate) struct BatchScratch {
+    new_keys: Vec<Bytes>,
+    tombstones: Vec<Key>,
+}
+
+impl BatchScratch {
+    pub(crate) fn new() -> Self {
+        BatchScratch { new_keys: Vec::new(), tombstones: Vec::new() }
+    }
 }
 
 impl Engine {
     pub(crate) fn new() -> Self {
         Engine {
-            map: RwLock::new(Table::default()),
+            map: Table::default(),
+            generation: AtomicU64::new(0),
             visible: AtomicU64::new(0),
             horizon: AtomicU64::new(0),
             pinned: AtomicU64::new(u64::MAX),
@@ -193,15 +355,46 @@ impl Engine {
         self.horizon.load(Ordering::Acquire)
     }
 
-    /// Loads a snapshot: every key at `version`.
-    pub(crate) fn load(&self, version: u64, entries: impl IntoIterator<Item = (Bytes, Bytes)>) {
-        let mut map = self.map.write();
-        map.clear();
-        for (k, v) in entries {
-            map.insert(k, Chain { latest: (version, Some(v)), older: Vec::new() });
+    /// Starts a read at `version`: the generation to check afterwards with
+    /// [`Engine::end_read`].
+    fn begin_read(&self, version: u64) -> Result<u64, StoreError> {
+        let g = self.generation.load(Ordering::Acquire);
+        if g % 2 == 1 || version < self.horizon() {
+            return Err(StoreError::TooOld);
         }
+        Ok(g)
+    }
+
+    /// Whether a read at `version` that began at generation `g` saw one consistent state:
+    /// no load replaced the state meanwhile, and the horizon did not pass `version` (a
+    /// commit during the read may then have dropped the version it needed).
+    fn end_read(&self, g: u64, version: u64) -> Result<(), StoreError> {
+        if self.generation.load(Ordering::Acquire) != g || version < self.horizon() {
+            return Err(StoreError::TooOld);
+        }
+        Ok(())
+    }
+
+    /// Loads a snapshot: every key at `version`. Readers in flight get `TooOld`.
+    pub(crate) fn load(&self, version: u64, entries: impl IntoIterator<Item = (Bytes, Bytes)>) {
+        self.generation.fetch_add(1, Ordering::AcqRel);
+        self.map.clear();
+        let mut new_keys = Vec::new();
+        for (k, v) in entries {
+            let key = Key::new(k);
+            if self.map.put(&key, Some(v), version, version) {
+                new_keys.push(key.bytes);
+            }
+            if new_keys.len() >= 4096 {
+                self.map.index(&mut new_keys);
+            }
+        }
+        self.map.index(&mut new_keys);
+        self.tombstones.lock().clear();
+        self.history.lock().clear();
         self.visible.store(version, Ordering::Release);
         self.horizon.store(version, Ordering::Release);
+        self.generation.fetch_add(1, Ordering::AcqRel);
     }
 
     /// Keeps `version` readable until [`Engine::unpin`], however long that takes.
@@ -218,31 +411,35 @@ impl Engine {
 
     /// Appends the live keys of one part of the index (`part < DUMP_PARTS`) with their
     /// values at `version`, in no particular order. Walks one hash table in memory order
-    /// under the read lock, so commits wait for one part at most (a few thousand keys).
+    /// under its read lock, so commits wait for one part at most (a few thousand keys).
     pub(crate) fn dump_part(
         &self,
         part: usize,
         version: u64,
         out: &mut Vec<(Bytes, Bytes)>,
     ) -> Result<(), StoreError> {
-        if version < self.horizon() {
-            return Err(StoreError::TooOld);
-        }
-        let map = self.map.read();
-        for (k, c) in map.chains[part].iter() {
+        let g = self.begin_read(version)?;
+        let shard = self.map.shards[part].read();
+        for (_, k, c) in shard.iter() {
             if let Some(Some(v)) = c.at(version) {
                 out.push((k.clone(), v.clone()));
             }
         }
-        Ok(())
+        drop(shard);
+        self.end_read(g, version)
     }
 
-    pub(crate) fn get(&self, key: &[u8], version: u64) -> Result<Option<Bytes>, StoreError> {
-        if version < self.horizon() {
-            return Err(StoreError::TooOld);
-        }
-        let map = self.map.read();
-        Ok(map.get(key).and_then(|c| c.at(version)).cloned().flatten())
+    /// Reads a key whose [`key_hash`] is `hash` at `version`.
+    pub(crate) fn get(
+        &self,
+        key: &[u8],
+        hash: u64,
+        version: u64,
+    ) -> Result<Option<Bytes>, StoreError> {
+        let g = self.begin_read(version)?;
+        let v = self.map.value_at(hash, key, version).flatten();
+        self.end_read(g, version)?;
+        Ok(v)
     }
 
     /// Reads up to `limit` live keys of `[begin, end)` at `version`, calling `f` for each
@@ -255,107 +452,84 @@ impl Engine {
         version: u64,
         mut f: impl FnMut(&Bytes, &Bytes) -> bool,
     ) -> Result<(), StoreError> {
-        if version < self.horizon() {
-            return Err(StoreError::TooOld);
-        }
-        if begin >= end {
-            return Ok(());
-        }
-        let map = self.map.read();
-        let range = map.range(begin, end);
-        let mut visit = |(k, c): (&Bytes, &Chain)| match c.at(version) {
+        let g = self.begin_read(version)?;
+        self.map.range(begin, end, reverse, |k, c| match c.at(version) {
             Some(Some(v)) => f(k, v),
             _ => true,
-        };
-        if reverse {
-            for kc in range.rev() {
-                if !visit(kc) {
-                    break;
-                }
-            }
-        } else {
-            for kc in range {
-                if !visit(kc) {
-                    break;
-                }
-            }
-        }
-        Ok(())
+        });
+        self.end_read(g, version)
     }
 
-    /// Whether anything in `ranges` changed after `read_version`.
-    fn conflicts(map: &Table, read_version: u64, ranges: &[(Vec<u8>, Vec<u8>)]) -> bool {
-        for (begin, end) in ranges {
-            // Point ranges are the common case: `key .. key\0`.
-            if end.len() == begin.len() + 1 && end.starts_with(begin) && end.last() == Some(&0) {
-                if map.get(begin.as_slice()).is_some_and(|c| c.latest.0 > read_version) {
-                    return true;
-                }
-                continue;
+    /// Whether anything in `conflicts` changed after `read_version`.
+    fn conflicts(&self, read_version: u64, conflicts: &ConflictSet) -> bool {
+        for (hash, key) in conflicts.points() {
+            if self.map.latest_version(hash, key).is_some_and(|v| v > read_version) {
+                return true;
             }
-            if begin >= end {
-                continue;
-            }
-            let mut range = map.range(begin, end);
-            if range.any(|(_, c)| c.latest.0 > read_version) {
+        }
+        for (begin, end) in &conflicts.ranges {
+            let mut changed = false;
+            self.map.range(begin, end, false, |_, c| {
+                changed = c.latest.0 > read_version;
+                !changed
+            });
+            if changed {
                 return true;
             }
         }
         false
     }
 
-    /// Resolves and applies one transaction at `version` / `batch_index`. Returns the
-    /// resolved writes (for the log), or why the transaction cannot commit.
+    /// Resolves and applies one transaction at `version` / `batch_index`, logging its
+    /// writes to `log`. Returns why the transaction cannot commit, if it cannot.
     pub(crate) fn resolve_and_apply(
         &self,
         req: &CommitRequest,
         version: u64,
         batch_index: u16,
         now: Instant,
-    ) -> Result<Vec<Resolved>, StoreError> {
-        let mut map = self.map.write();
-        let mut tombstones = Vec::new();
-        let out = self.resolve_locked(&mut map, req, version, batch_index, now, &mut tombstones);
-        drop(map);
-        self.remember_tombstones(version, tombstones);
+        log: &mut RecordWriter<'_>,
+    ) -> Result<(), StoreError> {
+        let mut scratch = BatchScratch::new();
+        let out = self.resolve_one(req, version, batch_index, now, log, &mut scratch);
+        self.remember_tombstones(version, &mut scratch.tombstones);
         out
     }
 
-    /// Resolves and applies a whole batch under one write lock (readers wait once per
-    /// batch instead of once per transaction). Outcomes are in batch order.
+    /// Resolves and applies a batch in order, logging the writes of the transactions that
+    /// commit to `log`. Outcomes are in batch order.
     pub(crate) fn resolve_batch<'a>(
         &self,
         reqs: impl Iterator<Item = &'a CommitRequest>,
         version: u64,
         now: Instant,
-    ) -> Vec<Result<Vec<Resolved>, StoreError>> {
-        let mut map = self.map.write();
-        let mut tombstones = Vec::new();
+        log: &mut RecordWriter<'_>,
+        scratch: &mut BatchScratch,
+    ) -> Vec<Result<(), StoreError>> {
         let out = reqs
             .enumerate()
-            .map(|(i, r)| self.resolve_locked(&mut map, r, version, i as u16, now, &mut tombstones))
+            .map(|(i, r)| self.resolve_one(r, version, i as u16, now, log, scratch))
             .collect();
-        drop(map);
-        self.remember_tombstones(version, tombstones);
+        self.remember_tombstones(version, &mut scratch.tombstones);
         out
     }
 
-    fn remember_tombstones(&self, version: u64, tombstones: Vec<Bytes>) {
+    fn remember_tombstones(&self, version: u64, tombstones: &mut Vec<Key>) {
         if !tombstones.is_empty() {
             let mut t = self.tombstones.lock();
-            t.extend(tombstones.into_iter().map(|k| (version, k)));
+            t.extend(tombstones.drain(..).map(|k| (version, k)));
         }
     }
 
-    fn resolve_locked(
+    fn resolve_one(
         &self,
-        map: &mut Table,
         req: &CommitRequest,
         version: u64,
         batch_index: u16,
         now: Instant,
-        tombstones: &mut Vec<Bytes>,
-    ) -> Result<Vec<Resolved>, StoreError> {
+        log: &mut RecordWriter<'_>,
+        scratch: &mut BatchScratch,
+    ) -> Result<(), StoreError> {
         let horizon = self.horizon();
         if now.duration_since(req.created) > MVCC_WINDOW {
             return Err(StoreError::TooOld);
@@ -364,90 +538,97 @@ impl Engine {
             if rv < horizon {
                 return Err(StoreError::TooOld);
             }
-            if Self::conflicts(map, rv, &req.conflicts) {
+            if self.conflicts(rv, &req.conflicts) {
                 return Err(StoreError::Conflict);
             }
         }
-        let stamp = versionstamp(version, batch_index);
-        let mut out = Vec::with_capacity(req.mutations.len());
+        // Versionstamp offsets were checked when the transaction wrote them; check again
+        // before applying anything, so that a transaction is applied whole or not at all.
         for m in &req.mutations {
-            match m {
-                Mutation::Set(k, v) => {
-                    put(map, k.clone(), Some(v.clone()), version, horizon);
-                    out.push(Resolved::Set(k.clone(), v.clone()));
-                }
-                Mutation::Clear(k) => {
-                    if map.get(k.as_ref()).is_some_and(|c| c.latest.1.is_some()) {
-                        put(map, k.clone(), None, version, horizon);
-                        tombstones.push(k.clone());
-                        out.push(Resolved::Clear(k.clone()));
-                    }
-                }
-                Mutation::ClearRange(b, e) => {
-                    let keys: Vec<Bytes> = map
-                        .range(b, e)
-                        .filter(|(_, c)| c.latest.1.is_some())
-                        .map(|(k, _)| k.clone())
-                        .collect();
-                    for k in keys {
-                        put(map, k.clone(), None, version, horizon);
-                        tombstones.push(k.clone());
-                        out.push(Resolved::Clear(k));
-                    }
-                }
-                Mutation::Atomic(k, param, op) => {
-                    let current = map.get(k.as_ref()).and_then(|c| c.latest.1.clone());
-                    match op {
-                        MutationType::SetVersionstampedKey => {
-                            let key = fill_versionstamp(k, &stamp)?;
-                            let key = Bytes::from(key);
-                            put(map, key.clone(), Some(param.clone()), version, horizon);
-                            out.push(Resolved::Set(key, param.clone()));
-                        }
-                        MutationType::SetVersionstampedValue => {
-                            let value = Bytes::from(fill_versionstamp(param, &stamp)?);
-                            put(map, k.clone(), Some(value.clone()), version, horizon);
-                            out.push(Resolved::Set(k.clone(), value));
-                        }
-                        _ => match apply_atomic(*op, current.as_deref(), param) {
-                            Some(v) => {
-                                let v = Bytes::from(v);
-                                put(map, k.clone(), Some(v.clone()), version, horizon);
-                                out.push(Resolved::Set(k.clone(), v));
-                            }
-                            None => {
-                                if current.is_some() {
-                                    put(map, k.clone(), None, version, horizon);
-                                    tombstones.push(k.clone());
-                                    out.push(Resolved::Clear(k.clone()));
-                                }
-                            }
-                        },
-                    }
+            if let Mutation::Atomic(k, p, op) = m {
+                match op {
+                    MutationType::SetVersionstampedKey => drop(versionstamp_offset(&k.bytes)?),
+                    MutationType::SetVersionstampedValue => drop(versionstamp_offset(p)?),
+                    _ => {}
                 }
             }
         }
-        Ok(out)
+        let stamp = versionstamp(version, batch_index);
+        let map = &self.map;
+        let mut w = Writer { map, log, scratch, version, horizon };
+        for m in &req.mutations {
+            match m {
+                Mutation::Set(k, v) => w.set(k, v.clone()),
+                Mutation::Clear(k) => {
+                    if map.latest_value(k.hash, &k.bytes).is_some() {
+                        w.clear(k.clone());
+                    }
+                }
+                Mutation::ClearRange(b, e) => {
+                    let mut keys = Vec::new();
+                    // New keys of this transaction must be in the order before the range
+                    // is walked.
+                    map.index(&mut w.scratch.new_keys);
+                    map.range(b, e, false, |k, c| {
+                        if c.latest.1.is_some() {
+                            keys.push(k.clone());
+                        }
+                        true
+                    });
+                    for k in keys {
+                        w.clear(Key::new(k));
+                    }
+                }
+                Mutation::Atomic(k, param, op) => match op {
+                    MutationType::SetVersionstampedKey => {
+                        let key = Key::new(Bytes::from(fill_versionstamp(&k.bytes, &stamp)?));
+                        w.set(&key, param.clone());
+                    }
+                    MutationType::SetVersionstampedValue => {
+                        let value = Bytes::from(fill_versionstamp(param, &stamp)?);
+                        w.set(k, value);
+                    }
+                    _ => {
+                        let current = map.latest_value(k.hash, &k.bytes);
+                        match apply_atomic(*op, current.as_deref(), param) {
+                            Some(v) => w.set(k, Bytes::from(v)),
+                            None => {
+                                if current.is_some() {
+                                    w.clear(k.clone());
+                                }
+                            }
+                        }
+                    }
+                },
+            }
+        }
+        // Later transactions of the batch may range-read over these keys' conflicts.
+        map.index(&mut scratch.new_keys);
+        Ok(())
     }
 
     /// Applies writes already resolved by another process (log replay).
     pub(crate) fn apply_resolved(&self, version: u64, writes: &[Resolved]) {
         let horizon = self.horizon();
-        let mut map = self.map.write();
         let mut tombstones = Vec::new();
+        let mut new_keys = Vec::new();
         for w in writes {
             match w {
-                Resolved::Set(k, v) => put(&mut map, k.clone(), Some(v.clone()), version, horizon),
+                Resolved::Set(k, v) => {
+                    let key = Key::new(k.clone());
+                    if self.map.put(&key, Some(v.clone()), version, horizon) {
+                        new_keys.push(key.bytes);
+                    }
+                }
                 Resolved::Clear(k) => {
-                    put(&mut map, k.clone(), None, version, horizon);
-                    tombstones.push(k.clone());
+                    let key = Key::new(k.clone());
+                    self.map.put(&key, None, version, horizon);
+                    tombstones.push(key);
                 }
             }
         }
-        drop(map);
-        if !tombstones.is_empty() {
-            self.tombstones.lock().extend(tombstones.into_iter().map(|k| (version, k)));
-        }
+        self.map.index(&mut new_keys);
+        self.remember_tombstones(version, &mut tombstones);
     }
 
     /// Records that `version` was applied now; advances the MVCC horizon past versions
@@ -476,37 +657,51 @@ impl Engine {
     fn forget_tombstones(&self) {
         let horizon = self.horizon();
         let mut t = self.tombstones.lock();
-        if t.front().is_none_or(|(v, _)| *v > horizon) {
-            return;
-        }
-        let mut map = self.map.write();
+        let mut forgotten = Vec::new();
         while let Some((v, _)) = t.front() {
             if *v > horizon {
                 break;
             }
             let Some((_, k)) = t.pop_front() else { break };
-            let remove =
-                map.get(k.as_ref()).is_some_and(|c| c.latest.1.is_none() && c.latest.0 <= horizon);
-            if remove {
-                map.remove(k.as_ref());
+            if self.map.forget(&k, horizon) {
+                forgotten.push(OrdKey::new(k.bytes));
+            }
+        }
+        drop(t);
+        if !forgotten.is_empty() {
+            let mut order = self.map.order.write();
+            for k in &forgotten {
+                order.remove(k);
             }
         }
     }
 
     #[cfg(test)]
     pub(crate) fn key_count(&self) -> usize {
-        self.map.read().len()
+        self.map.len()
     }
 }
+/// Applies one transaction's writes to the map and logs them.
+struct Writer<'m, 'l, 'w, 's> {
+    map: &'m Table,
+    log: &'l mut RecordWriter<'w>,
+    scratch: &'s mut BatchScratch,
+    version: u64,
+    horizon: u64,
+}
 
-fn put(map: &mut Table, key: Bytes, value: Option<Bytes>, version: u64, horizon: u64) {
-    match map.get_mut(key.as_ref()) {
-        Some(chain) => chain.push(version, value, horizon),
-        None => {
-            if value.is_some() {
-                map.insert(key, Chain { latest: (version, value), older: Vec::new() });
-            }
+impl Writer<'_, '_, '_, '_> {
+    fn set(&mut self, key: &Key, value: Bytes) {
+        self.log.set(&key.bytes, &value);
+        if self.map.put(key, Some(value), self.version, self.horizon) {
+            self.scratch.new_keys.push(key.bytes.clone());
         }
+    }
+
+    fn clear(&mut self, key: Key) {
+        self.log.clear(&key.bytes);
+        self.map.put(&key, None, self.version, self.horizon);
+        self.scratch.tombstones.push(key);
     }
 }
 
@@ -583,13 +778,38 @@ pub(crate) fn apply_atomic(
     }
 }
 
-/// A buffered write.
+/// A buffered write. Keys carry their hash, computed by the transaction.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum Mutation {
-    Set(Bytes, Bytes),
-    Clear(Bytes),
+    Set(Key, Bytes),
+    Clear(Key),
     ClearRange(Vec<u8>, Vec<u8>),
-    Atomic(Bytes, Bytes, MutationType),
+    /// For `SetVersionstampedKey` the key still holds the placeholder and offset, and its
+    /// hash means nothing.
+    Atomic(Key, Bytes, MutationType),
+}
+
+/// A transaction's read conflict set: single keys (the common case, each checked with one
+/// hash lookup, kept with their hashes in one buffer) and ranges.
+#[derive(Debug, Default)]
+pub(crate) struct ConflictSet {
+    /// `(hash, start, len)` into `bytes`.
+    points: Vec<(u64, u32, u32)>,
+    bytes: Vec<u8>,
+    ranges: Vec<(Vec<u8>, Vec<u8>)>,
+}
+
+impl ConflictSet {
+    fn add_point(&mut self, hash: u64, key: &[u8]) {
+        self.points.push((hash, self.bytes.len() as u32, key.len() as u32));
+        self.bytes.extend_from_slice(key);
+    }
+
+    fn points(&self) -> impl Iterator<Item = (u64, &[u8])> {
+        self.points
+            .iter()
+            .map(|&(h, at, len)| (h, &self.bytes[at as usize..at as usize + len as usize]))
+    }
 }
 
 /// What a transaction submits to the committer.
@@ -597,7 +817,7 @@ pub(crate) enum Mutation {
 #[allow(unreachable_pub, reason = "sealed: reachable only through the Host trait")]
 pub struct CommitRequest {
     pub(crate) read_version: Option<u64>,
-    pub(crate) conflicts: Vec<(Vec<u8>, Vec<u8>)>,
+    pub(crate) conflicts: ConflictSet,
     pub(crate) mutations: Vec<Mutation>,
     pub(crate) created: Instant,
 }
@@ -618,10 +838,10 @@ enum Pending {
 pub(crate) struct TrxBuffer {
     pub(crate) created: Instant,
     pub(crate) read_version: Option<u64>,
-    pending: BTreeMap<Vec<u8>, Pending>,
+    pending: BTreeMap<Bytes, Pending>,
     cleared: Vec<(Vec<u8>, Vec<u8>)>,
     mutations: Vec<Mutation>,
-    conflicts: Vec<(Vec<u8>, Vec<u8>)>,
+    conflicts: ConflictSet,
     size: usize,
     error: Option<StoreError>,
     pub(crate) committed: bool,
@@ -635,7 +855,7 @@ impl TrxBuffer {
             pending: BTreeMap::new(),
             cleared: Vec::new(),
             mutations: Vec::new(),
-            conflicts: Vec::new(),
+            conflicts: ConflictSet::default(),
             size: 0,
             error: None,
             committed: false,
@@ -678,9 +898,9 @@ impl TrxBuffer {
             self.note_error(StoreError::ValueTooLarge(value.len()));
             return;
         }
-        let (k, v) = (Bytes::copy_from_slice(key), Bytes::copy_from_slice(value));
+        let (k, v) = (Key::copy(key), Bytes::copy_from_slice(value));
         self.size += key.len() + value.len();
-        self.pending.insert(key.to_vec(), Pending::Set(v.clone()));
+        self.pending.insert(k.bytes.clone(), Pending::Set(v.clone()));
         self.mutations.push(Mutation::Set(k, v));
     }
 
@@ -689,8 +909,9 @@ impl TrxBuffer {
             return;
         }
         self.size += key.len();
-        self.pending.insert(key.to_vec(), Pending::Clear);
-        self.mutations.push(Mutation::Clear(Bytes::copy_from_slice(key)));
+        let k = Key::copy(key);
+        self.pending.insert(k.bytes.clone(), Pending::Clear);
+        self.mutations.push(Mutation::Clear(k));
     }
 
     pub(crate) fn clear_range(&mut self, begin: &[u8], end: &[u8]) {
@@ -698,7 +919,7 @@ impl TrxBuffer {
             return;
         }
         self.size += begin.len() + end.len();
-        let inside: Vec<Vec<u8>> = self
+        let inside: Vec<Bytes> = self
             .pending
             .range::<[u8], _>((Bound::Included(begin), Bound::Excluded(end)))
             .map(|(k, _)| k.clone())
@@ -738,7 +959,7 @@ impl TrxBuffer {
                     self.note_error(StoreError::ValueTooLarge(param.len()));
                     return;
                 }
-                self.pending.insert(key.to_vec(), Pending::Unreadable);
+                self.pending.insert(Bytes::copy_from_slice(key), Pending::Unreadable);
             }
             _ => {
                 if !self.check_key(key) {
@@ -750,7 +971,7 @@ impl TrxBuffer {
                 }
                 let p = Bytes::copy_from_slice(param);
                 let cleared = self.in_cleared(key);
-                let entry = self.pending.entry(key.to_vec());
+                let entry = self.pending.entry(Bytes::copy_from_slice(key));
                 use std::collections::btree_map::Entry;
                 match entry {
                     Entry::Occupied(mut o) => {
@@ -782,18 +1003,31 @@ impl TrxBuffer {
             }
         }
         self.size += key.len() + param.len();
-        self.mutations.push(Mutation::Atomic(
-            Bytes::copy_from_slice(key),
-            Bytes::copy_from_slice(param),
-            op,
-        ));
+        let key = if op == MutationType::SetVersionstampedKey {
+            Key { bytes: Bytes::copy_from_slice(key), hash: 0 }
+        } else {
+            Key::copy(key)
+        };
+        self.mutations.push(Mutation::Atomic(key, Bytes::copy_from_slice(param), op));
     }
 
     pub(crate) fn add_conflict(&mut self, begin: &[u8], end: &[u8]) {
         if begin < end {
+            // A point range `key .. key\0` is kept as the key: the committer checks it with
+            // one hash lookup. (Counted at the size FoundationDB counts the range.)
             self.size += begin.len() + end.len();
-            self.conflicts.push((begin.to_vec(), end.to_vec()));
+            if end.len() == begin.len() + 1 && end.starts_with(begin) && end.last() == Some(&0) {
+                self.conflicts.add_point(key_hash(begin), begin);
+            } else {
+                self.conflicts.ranges.push((begin.to_vec(), end.to_vec()));
+            }
         }
+    }
+
+    /// Adds one key, whose [`key_hash`] is `hash`, to the read conflict set.
+    pub(crate) fn add_point_conflict(&mut self, hash: u64, key: &[u8]) {
+        self.size += 2 * key.len() + 1;
+        self.conflicts.add_point(hash, key);
     }
 
     /// Reads one key through the buffer; `base` reads the store at the read version.
@@ -829,7 +1063,7 @@ impl TrxBuffer {
         version: u64,
     ) -> Result<(Vec<KeyValue>, Option<Vec<u8>>), StoreError> {
         let limit = if req.limit == 0 { usize::MAX } else { req.limit };
-        let overlay: Vec<(&Vec<u8>, &Pending)> = {
+        let overlay: Vec<(&Bytes, &Pending)> = {
             let r = self.pending.range::<[u8], _>((
                 Bound::Included(req.begin.as_slice()),
                 Bound::Excluded(req.end.as_slice()),
@@ -841,7 +1075,7 @@ impl TrxBuffer {
         let before = |a: &[u8], b: &[u8]| if req.reverse { a > b } else { a < b };
         let mut error = None;
         let emit_overlay = |out: &mut Vec<KeyValue>,
-                            k: &Vec<u8>,
+                            k: &Bytes,
                             p: &Pending,
                             base: Option<&Bytes>|
          -> Result<(), StoreError> {
@@ -862,7 +1096,7 @@ impl TrxBuffer {
                 }
             };
             if let Some(v) = v {
-                out.push((Bytes::copy_from_slice(k), v));
+                out.push((k.clone(), v));
             }
             Ok(())
         };
@@ -880,7 +1114,7 @@ impl TrxBuffer {
             if out.len() >= limit {
                 return false;
             }
-            if oi < overlay.len() && overlay[oi].0.as_slice() == k.as_ref() {
+            if oi < overlay.len() && overlay[oi].0 == k {
                 let (ok, p) = overlay[oi];
                 if let Err(e) = emit_overlay(&mut out, ok, p, Some(v)) {
                     error = Some(e);
@@ -944,37 +1178,52 @@ mod tests {
         conflicts: Vec<(Vec<u8>, Vec<u8>)>,
         mutations: Vec<Mutation>,
     ) -> CommitRequest {
-        CommitRequest { read_version: rv, conflicts, mutations, created: Instant::now() }
+        let mut buf = TrxBuffer::new(Instant::now());
+        for (b, e) in conflicts {
+            buf.add_conflict(&b, &e);
+        }
+        CommitRequest {
+            read_version: rv,
+            conflicts: buf.conflicts,
+            mutations,
+            created: Instant::now(),
+        }
     }
     fn set(k: &str, v: &str) -> Mutation {
-        Mutation::Set(Bytes::copy_from_slice(k.as_bytes()), Bytes::copy_from_slice(v.as_bytes()))
+        Mutation::Set(Key::copy(k.as_bytes()), Bytes::copy_from_slice(v.as_bytes()))
+    }
+    /// Resolves one request as the only transaction of a commit at `version`.
+    fn commit(e: &Engine, r: &CommitRequest, version: u64, now: Instant) -> Result<(), StoreError> {
+        let mut log = Vec::new();
+        let mut w = RecordWriter::begin(&mut log, version);
+        e.resolve_and_apply(r, version, 0, now, &mut w)
     }
 
     #[test]
     fn readers_see_their_snapshot_while_writers_commit() {
         let e = Engine::new();
-        e.resolve_and_apply(&req(None, vec![], vec![set("a", "1")]), 1, 0, Instant::now()).unwrap();
+        commit(&e, &req(None, vec![], vec![set("a", "1")]), 1, Instant::now()).unwrap();
         e.note_applied(1, Instant::now());
-        e.resolve_and_apply(&req(None, vec![], vec![set("a", "2")]), 2, 0, Instant::now()).unwrap();
+        commit(&e, &req(None, vec![], vec![set("a", "2")]), 2, Instant::now()).unwrap();
         e.note_applied(2, Instant::now());
-        assert_eq!(e.get(b"a", 1).unwrap().as_deref(), Some(&b"1"[..]));
-        assert_eq!(e.get(b"a", 2).unwrap().as_deref(), Some(&b"2"[..]));
-        assert_eq!(e.get(b"a", 0).unwrap(), None);
+        assert_eq!(e.get(b"a", key_hash(b"a"), 1).unwrap().as_deref(), Some(&b"1"[..]));
+        assert_eq!(e.get(b"a", key_hash(b"a"), 2).unwrap().as_deref(), Some(&b"2"[..]));
+        assert_eq!(e.get(b"a", key_hash(b"a"), 0).unwrap(), None);
     }
 
     #[test]
     fn conflicting_commit_is_refused_and_changes_nothing() {
         let e = Engine::new();
-        e.resolve_and_apply(&req(None, vec![], vec![set("a", "1")]), 1, 0, Instant::now()).unwrap();
+        commit(&e, &req(None, vec![], vec![set("a", "1")]), 1, Instant::now()).unwrap();
         let point = (b"a".to_vec(), b"a\0".to_vec());
         let r = req(Some(0), vec![point], vec![set("b", "x")]);
-        assert!(matches!(e.resolve_and_apply(&r, 2, 0, Instant::now()), Err(StoreError::Conflict)));
-        assert_eq!(e.get(b"b", 2).unwrap(), None);
+        assert!(matches!(commit(&e, &r, 2, Instant::now()), Err(StoreError::Conflict)));
+        assert_eq!(e.get(b"b", key_hash(b"b"), 2).unwrap(), None);
         // A range conflict catches a key created inside the range.
         let r = req(Some(0), vec![(b"0".to_vec(), b"z".to_vec())], vec![set("c", "x")]);
-        assert!(matches!(e.resolve_and_apply(&r, 2, 0, Instant::now()), Err(StoreError::Conflict)));
+        assert!(matches!(commit(&e, &r, 2, Instant::now()), Err(StoreError::Conflict)));
         let r = req(Some(1), vec![(b"0".to_vec(), b"z".to_vec())], vec![set("c", "x")]);
-        assert!(e.resolve_and_apply(&r, 2, 0, Instant::now()).is_ok());
+        assert!(commit(&e, &r, 2, Instant::now()).is_ok());
     }
 
     #[test]
@@ -994,10 +1243,10 @@ mod tests {
     fn old_versions_and_tombstones_are_forgotten_after_the_window() {
         let e = Engine::new();
         let t0 = Instant::now();
-        e.resolve_and_apply(&req(None, vec![], vec![set("a", "1")]), 1, 0, t0).unwrap();
+        commit(&e, &req(None, vec![], vec![set("a", "1")]), 1, t0).unwrap();
         e.note_applied(1, t0);
-        let clear = Mutation::Clear(Bytes::from_static(b"a"));
-        e.resolve_and_apply(&req(None, vec![], vec![clear]), 2, 0, t0).unwrap();
+        let clear = Mutation::Clear(Key::copy(b"a"));
+        commit(&e, &req(None, vec![], vec![clear]), 2, t0).unwrap();
         e.note_applied(2, t0);
         assert_eq!(e.key_count(), 1);
         let later = t0 + MVCC_WINDOW + Duration::from_millis(10);
@@ -1005,6 +1254,6 @@ mod tests {
         e.note_applied(4, later + MVCC_WINDOW + Duration::from_millis(10));
         assert!(e.horizon() >= 2);
         assert_eq!(e.key_count(), 0);
-        assert!(matches!(e.get(b"a", 1), Err(StoreError::TooOld)));
+        assert!(matches!(e.get(b"a", key_hash(b"a"), 1), Err(StoreError::TooOld)));
     }
 }

@@ -74,34 +74,72 @@ impl Head {
     }
 }
 
+/// Writes one commit batch as a log record into a buffer, write by write, so the
+/// committer never builds a list of the batch's writes: [`RecordWriter::begin`], then
+/// [`RecordWriter::set`] / [`RecordWriter::clear`], then [`RecordWriter::finish`] fills in
+/// the header. [`RecordWriter::discard`] drops an unfinished record.
+pub(crate) struct RecordWriter<'a> {
+    out: &'a mut Vec<u8>,
+    start: usize,
+    count: u32,
+}
+
+impl<'a> RecordWriter<'a> {
+    pub(crate) fn begin(out: &'a mut Vec<u8>, version: u64) -> Self {
+        let start = out.len();
+        out.extend_from_slice(&[0u8; RECORD_HEADER_LEN]);
+        out.push(RECORD_KIND_BATCH);
+        out.extend_from_slice(&version.to_le_bytes());
+        out.extend_from_slice(&0u32.to_le_bytes());
+        RecordWriter { out, start, count: 0 }
+    }
+
+    pub(crate) fn set(&mut self, key: &[u8], value: &[u8]) {
+        self.out.push(OP_SET);
+        self.out.extend_from_slice(&(key.len() as u32).to_le_bytes());
+        self.out.extend_from_slice(key);
+        self.out.extend_from_slice(&(value.len() as u32).to_le_bytes());
+        self.out.extend_from_slice(value);
+        self.count += 1;
+    }
+
+    pub(crate) fn clear(&mut self, key: &[u8]) {
+        self.out.push(OP_CLEAR);
+        self.out.extend_from_slice(&(key.len() as u32).to_le_bytes());
+        self.out.extend_from_slice(key);
+        self.out.extend_from_slice(&0u32.to_le_bytes());
+        self.count += 1;
+    }
+
+    /// Completes the record (length, checksum, count); returns its length in bytes.
+    pub(crate) fn finish(self) -> usize {
+        let start = self.start;
+        let count_at = start + RECORD_HEADER_LEN + 9;
+        self.out[count_at..count_at + 4].copy_from_slice(&self.count.to_le_bytes());
+        let body_len = self.out.len() - start - RECORD_HEADER_LEN;
+        let crc = crc32c::crc32c(&self.out[start + RECORD_HEADER_LEN..]);
+        self.out[start..start + 4].copy_from_slice(&(body_len as u32).to_le_bytes());
+        self.out[start + 4..start + 8].copy_from_slice(&crc.to_le_bytes());
+        self.out.len() - start
+    }
+
+    /// Drops the record written so far.
+    pub(crate) fn discard(self) {
+        self.out.truncate(self.start);
+    }
+}
+
 /// Encodes one commit batch as a log record.
+#[cfg(test)]
 pub(crate) fn encode_record(version: u64, writes: &[Resolved], out: &mut Vec<u8>) {
-    let start = out.len();
-    out.extend_from_slice(&[0u8; RECORD_HEADER_LEN]);
-    out.push(RECORD_KIND_BATCH);
-    out.extend_from_slice(&version.to_le_bytes());
-    out.extend_from_slice(&(writes.len() as u32).to_le_bytes());
-    for w in writes {
-        match w {
-            Resolved::Set(k, v) => {
-                out.push(OP_SET);
-                out.extend_from_slice(&(k.len() as u32).to_le_bytes());
-                out.extend_from_slice(k);
-                out.extend_from_slice(&(v.len() as u32).to_le_bytes());
-                out.extend_from_slice(v);
-            }
-            Resolved::Clear(k) => {
-                out.push(OP_CLEAR);
-                out.extend_from_slice(&(k.len() as u32).to_le_bytes());
-                out.extend_from_slice(k);
-                out.extend_from_slice(&0u32.to_le_bytes());
-            }
+    let mut w = RecordWriter::begin(out, version);
+    for write in writes {
+        match write {
+            Resolved::Set(k, v) => w.set(k, v),
+            Resolved::Clear(k) => w.clear(k),
         }
     }
-    let body_len = out.len() - start - RECORD_HEADER_LEN;
-    let crc = crc32c::crc32c(&out[start + RECORD_HEADER_LEN..]);
-    out[start..start + 4].copy_from_slice(&(body_len as u32).to_le_bytes());
-    out[start + 4..start + 8].copy_from_slice(&crc.to_le_bytes());
+    w.finish();
 }
 
 /// A decoded record.
