@@ -41,6 +41,7 @@ struct Args {
     pg_clients: Vec<usize>,
     skip_pg: bool,
     no_sync: bool,
+    worker_threads: Option<usize>,
 }
 
 fn args() -> anyhow::Result<Args> {
@@ -52,6 +53,7 @@ fn args() -> anyhow::Result<Args> {
         pg_clients: vec![16, 64],
         skip_pg: false,
         no_sync: false,
+        worker_threads: None,
     };
     let mut it = std::env::args().skip(1);
     while let Some(arg) = it.next() {
@@ -65,11 +67,12 @@ fn args() -> anyhow::Result<Args> {
                 a.pg_clients = val()?.split(',').map(str::parse).collect::<Result<_, _>>()?
             }
             "--skip-pg" => a.skip_pg = true,
+            "--worker-threads" => a.worker_threads = Some(val()?.parse()?),
             // Not durable: shows what fsync costs. Never a figure to compare.
             "--no-sync" => a.no_sync = true,
             "--help" | "-h" => {
                 println!(
-                    "inventory [--seconds N] [--warmup-seconds N] [--sections N (x1000 seats)] [--clients N] [--pg-clients a,b] [--skip-pg] [--no-sync]"
+                    "inventory [--seconds N] [--warmup-seconds N] [--sections N (x1000 seats)] [--clients N] [--pg-clients a,b] [--skip-pg] [--no-sync] [--worker-threads N]"
                 );
                 std::process::exit(0);
             }
@@ -243,45 +246,52 @@ async fn run_embedded(
     let holds = Arc::new(AtomicU64::new(0));
     let ga_places = Arc::new(AtomicU64::new(0));
     let refused = Arc::new(AtomicU64::new(0));
+    // Requests are made before the clock starts: the clients should cost the machine as
+    // little as clients on other machines would.
+    let ga_per_client = (args.seconds as usize * 150_000 / clients.max(1)).max(1000);
+    let work: Vec<Vec<(HoldSpec, CustomerId)>> = work
+        .into_iter()
+        .enumerate()
+        .map(|(c, w)| {
+            let who = |i: usize| CustomerId::parse(&format!("c{c}-{i}")).unwrap();
+            match w {
+                Work::Seats(list) => list
+                    .iter()
+                    .enumerate()
+                    .map(|(i, n)| {
+                        let (s, r, k) = seat(*n);
+                        let id = SeatId::parse(&format!("S{s}-{r}-{k}")).unwrap();
+                        (HoldSpec::Seats(vec![id]), who(i))
+                    })
+                    .collect(),
+                Work::Pool => (0..ga_per_client)
+                    .map(|i| {
+                        let pool = PoolId::parse("FLOOR").unwrap();
+                        (HoldSpec::General { pool, quantity: 1 + (i % 2) as u32 }, who(i))
+                    })
+                    .collect(),
+            }
+        })
+        .collect();
     let deadline = Instant::now() + Duration::from_secs(args.seconds);
     let started = Instant::now();
     let cpu_before = tessera_bench::thread_cpu();
     let mut tasks = Vec::new();
-    for (c, w) in work.into_iter().enumerate() {
+    for requests in work {
         let inv = inv.clone();
         let event = event.clone();
         let (stop, holds, refused, ga_places) =
             (stop.clone(), holds.clone(), refused.clone(), ga_places.clone());
         tasks.push(tokio::spawn(async move {
             let mut hist = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).unwrap();
-            let mut i = 0u64;
-            let mut next_seat = match &w {
-                Work::Seats(list) => Some(list.iter()),
-                Work::Pool => None,
-            };
-            loop {
+            for (spec, who) in &requests {
                 if stop.load(Ordering::Relaxed) || Instant::now() > deadline {
                     break;
                 }
-                let spec = match next_seat.as_mut() {
-                    Some(it) => match it.next() {
-                        Some(n) => {
-                            let (s, r, k) = seat(*n);
-                            HoldSpec::Seats(vec![SeatId::parse(&format!("S{s}-{r}-{k}")).unwrap()])
-                        }
-                        None => break,
-                    },
-                    None => HoldSpec::General {
-                        pool: PoolId::parse("FLOOR").unwrap(),
-                        quantity: 1 + (i % 2) as u32,
-                    },
-                };
-                let who = CustomerId::parse(&format!("c{c}-{i}")).unwrap();
-                i += 1;
                 let t = Instant::now();
-                match inv.hold(&event, &who, &spec, None).await {
+                match inv.hold(&event, who, spec, None).await {
                     Ok(h) => {
-                        hist.record(t.elapsed().as_micros() as u64).ok();
+                        record(&mut hist, t);
                         holds.fetch_add(1, Ordering::Relaxed);
                         if h.pool.is_some() {
                             ga_places.fetch_add(u64::from(h.quantity), Ordering::Relaxed);
@@ -342,8 +352,18 @@ fn settle_disk() {
     }
 }
 
-/// Prints the rate of each second while a workload runs.
+/// The slowest hold of the current second, in microseconds, for the progress line.
+static SLOWEST_US: AtomicU64 = AtomicU64::new(0);
+
+fn record(hist: &mut Histogram<u64>, t: Instant) {
+    let us = t.elapsed().as_micros() as u64;
+    hist.record(us).ok();
+    SLOWEST_US.fetch_max(us, Ordering::Relaxed);
+}
+
+/// Prints the rate of each second while a workload runs, and its slowest hold.
 fn progress(count: Arc<AtomicU64>, started: Instant) -> tokio::task::JoinHandle<()> {
+    SLOWEST_US.store(0, Ordering::Relaxed);
     tokio::spawn(async move {
         let mut last = 0;
         let mut tick = tokio::time::interval(Duration::from_secs(1));
@@ -351,10 +371,12 @@ fn progress(count: Arc<AtomicU64>, started: Instant) -> tokio::task::JoinHandle<
         loop {
             tick.tick().await;
             let now = count.load(Ordering::Relaxed);
+            let slowest = SLOWEST_US.swap(0, Ordering::Relaxed);
             eprintln!(
-                "    {:>4.1} s: {:>7} holds/s, {now} in all",
+                "    {:>4.1} s: {:>7} holds/s, {now} in all, slowest {:.1} ms",
                 started.elapsed().as_secs_f64(),
-                now - last
+                now - last,
+                slowest as f64 / 1000.0
             );
             last = now;
         }
@@ -644,7 +666,7 @@ async fn run_pg(
                     let body = serde_json::json!({"type": "seats_held", "hold_id": hold_id});
                     tx.execute(&insert_outbox, &[&body]).await.unwrap();
                     tx.commit().await.unwrap();
-                    hist.record(t.elapsed().as_micros() as u64).ok();
+                    record(&mut hist, t);
                     holds.fetch_add(1, Ordering::Relaxed);
                 } else {
                     tx.rollback().await.unwrap();
@@ -682,12 +704,15 @@ fn main() -> anyhow::Result<()> {
         .compact()
         .init();
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    // Like `tessera-core` over the embedded store: one core is left to the store's
+    // committer, the rest run the request tasks.
+    let workers = args.worker_threads.unwrap_or(cores.saturating_sub(1).max(1));
     let rt =
-        tokio::runtime::Builder::new_multi_thread().worker_threads(cores).enable_all().build()?;
+        tokio::runtime::Builder::new_multi_thread().worker_threads(workers).enable_all().build()?;
     rt.block_on(async move {
         let dir = tempfile::Builder::new().prefix("tessera-bench-inventory").tempdir_in(bench_dir()?)?;
         let seats = u32::from(args.sections) * 1000;
-        println!("inventory benchmark: {seats} seats, {GA_CAPACITY}-place pool, {} s per workload, {cores} cores", args.seconds);
+        println!("inventory benchmark: {seats} seats, {GA_CAPACITY}-place pool, {} s per workload, {cores} cores, {workers} request worker thread(s), {} clients", args.seconds, args.clients);
         // Start from a quiet disk: the build that precedes a benchmark leaves hundreds of
         // megabytes being written back, which would slow the first fsyncs measured.
         settle_disk();

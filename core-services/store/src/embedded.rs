@@ -27,13 +27,14 @@ use std::fs::{File, OpenOptions};
 use std::os::unix::fs::FileExt as _;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::mpsc::{Receiver, Sender, TryRecvError};
+use std::sync::mpsc::{Receiver, Sender};
 use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use parking_lot::Mutex;
 
+use crate::headmap::HeadMap;
 use crate::local::{Host, LocalTrx};
 use crate::mvcc::{BatchScratch, CommitRequest, Engine, versionstamp};
 use crate::wal::{self, HEAD_LEN, Head};
@@ -102,6 +103,8 @@ pub struct EmbeddedHost {
     opts: EmbeddedOptions,
     engine: Engine,
     head: File,
+    /// `head`, mapped: taking a read version reads it without a system call.
+    head_map: Option<HeadMap>,
     lock: File,
     replica: Mutex<Replica>,
     /// Held with the `LOCK`: `flock` excludes other processes, this mutex the other thread
@@ -109,7 +112,10 @@ pub struct EmbeddedHost {
     writer: Mutex<()>,
     /// `Replica::version`, readable without the replica's lock.
     applied: AtomicU64,
-    queue: Mutex<Option<Sender<Waiting>>>,
+    /// Commits waiting for the next batch.
+    pending: Mutex<Vec<Waiting>>,
+    /// Held by the thread committing a batch (see [`EmbeddedHost::lead`]).
+    leader: Mutex<Leader>,
     /// A snapshot of this process is being written in the background.
     snapshotting: AtomicBool,
     /// Size of the last snapshot this process wrote: a segment may grow to twice that
@@ -190,16 +196,28 @@ impl EmbeddedStore {
             .ok_or_else(|| StoreError::Corrupt(format!("{} is unreadable", head_path.display())))?;
         let engine = Engine::new();
         let rep = load_state(dir, &engine, &head)?;
+        let (sync_tx, sync_rx) = std::sync::mpsc::channel();
         let host = Arc::new(EmbeddedHost {
             dir: dir.to_path_buf(),
             opts,
             engine,
+            head_map: match HeadMap::new(&head_file) {
+                Ok(m) => Some(m),
+                Err(e) => {
+                    tracing::info!("store.open: HEAD is read with pread ({e})");
+                    None
+                }
+            },
             head: head_file,
             lock,
             replica: Mutex::new(rep),
             writer: Mutex::new(()),
             applied: AtomicU64::new(0),
-            queue: Mutex::new(None),
+            pending: Mutex::new(Vec::new()),
+            leader: Mutex::new(Leader {
+                buffers: CommitBuffers { record: Vec::new(), scratch: BatchScratch::new() },
+                syncer: sync_tx,
+            }),
             snapshotting: AtomicBool::new(false),
             last_snapshot_bytes: AtomicU64::new(0),
         });
@@ -210,14 +228,6 @@ impl EmbeddedStore {
             host.recover_tail(&mut rep, &mut head)?;
             host.applied.store(rep.version, Ordering::Release);
         }
-        let (tx, rx) = std::sync::mpsc::channel();
-        let (sync_tx, sync_rx) = std::sync::mpsc::channel();
-        *host.queue.lock() = Some(tx);
-        let weak = Arc::downgrade(&host);
-        std::thread::Builder::new()
-            .name("tessera-store-committer".into())
-            .spawn(move || committer(weak, rx, sync_tx))
-            .map_err(io)?;
         let weak = Arc::downgrade(&host);
         std::thread::Builder::new()
             .name("tessera-syncer".into())
@@ -246,7 +256,10 @@ impl EmbeddedHost {
     fn read_head(&self) -> Result<Head, StoreError> {
         let mut buf = [0u8; HEAD_LEN];
         for _ in 0..100 {
-            self.head.read_exact_at(&mut buf, 0).map_err(io)?;
+            match &self.head_map {
+                Some(m) => m.read(&mut buf),
+                None => self.head.read_exact_at(&mut buf, 0).map_err(io)?,
+            }
             if let Some(h) = Head::decode(&buf) {
                 return Ok(h);
             }
@@ -409,8 +422,9 @@ impl EmbeddedHost {
         let record = &mut buffers.record;
         record.clear();
         let mut log = wal::RecordWriter::begin(record, version);
+        let mut batch = batch;
         let resolved = self.engine.resolve_batch(
-            batch.iter().map(|w| &w.req),
+            batch.iter_mut().map(|w| &mut w.req),
             version,
             now,
             &mut log,
@@ -577,22 +591,38 @@ impl EmbeddedHost {
         version: u64,
     ) -> Result<(usize, u64, Duration), StoreError> {
         let started = Instant::now();
-        let mut entries = Vec::new();
+        // Sized up front: growing a vector of millions of entries copies it several times.
+        let mut entries = Vec::with_capacity(self.engine.key_count_estimate());
         for part in 0..Engine::DUMP_PARTS {
             self.engine.dump_part(part, version, &mut entries)?;
         }
-        // Copying the references above takes the map's read lock one hash table at a time,
-        // so it runs at normal priority (a descheduled lock holder would stall commits).
-        // Sorting, encoding and writing need no lock: commits come first, the snapshot
-        // takes idle time.
+        // Copying the references above takes one hash table's read lock at a time, so it
+        // runs at normal priority (a descheduled lock holder would stall commits). Sorting,
+        // encoding and writing need no lock: commits come first, the snapshot takes what
+        // time is left.
         let copied = started.elapsed();
         lower_thread_priority();
-        entries.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+        // Sort by the keys' first 32 bytes, kept beside their index, and look at whole keys
+        // only for ties: most comparisons then touch no key.
+        let mut order: Vec<([u128; 2], u32)> = entries
+            .iter()
+            .enumerate()
+            .map(|(i, (k, _))| (crate::mvcc::key_head(k), i as u32))
+            .collect();
+        order.sort_unstable_by(|a, b| {
+            a.0.cmp(&b.0).then_with(|| entries[a.1 as usize].0.cmp(&entries[b.1 as usize].0))
+        });
         let tmp = self.dir.join(format!("snap-{segment:016x}.tmp"));
         let bytes = {
             let f = Paced { file: File::create(&tmp).map_err(io)?, unsynced: 0 };
             let mut w = std::io::BufWriter::with_capacity(1 << 20, f);
-            let bytes = wal::write_snapshot(&mut w, version, &entries).map_err(io)?;
+            let bytes = wal::write_snapshot(
+                &mut w,
+                version,
+                &entries,
+                order.iter().map(|(_, i)| *i as usize),
+            )
+            .map_err(io)?;
             let f = w.into_inner().map_err(|e| io(e.into_error()))?;
             f.file.sync_all().map_err(io)?;
             bytes
@@ -719,14 +749,14 @@ fn load_state_once(dir: &Path, engine: &Engine, head: &Head) -> Result<Replica, 
 fn lower_thread_priority() {
     // SAFETY: setpriority on this thread's own id only changes its nice value.
     #[allow(unsafe_code, reason = "lowers this thread's priority; no memory is involved")]
-    let rc = unsafe { libc::setpriority(libc::PRIO_PROCESS, libc::gettid() as libc::id_t, 10) };
+    let rc = unsafe { libc::setpriority(libc::PRIO_PROCESS, libc::gettid() as libc::id_t, 19) };
     if rc != 0 {
         tracing::debug!("store: could not lower the snapshot thread's priority");
     }
 }
 
-/// A snapshot file that is synced every few megabytes, so the disk never has a large
-/// backlog of snapshot pages queued ahead of the log's next `fdatasync`.
+/// A snapshot file that is synced every megabyte, so the disk never has more than a few
+/// milliseconds of snapshot pages queued ahead of the log's next `fdatasync`.
 struct Paced {
     file: File,
     unsynced: usize,
@@ -736,7 +766,7 @@ impl std::io::Write for Paced {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
         let n = self.file.write(buf)?;
         self.unsynced += n;
-        if self.unsynced >= 8 << 20 {
+        if self.unsynced >= 1 << 20 {
             self.file.sync_data()?;
             self.unsynced = 0;
         }
@@ -760,20 +790,10 @@ struct CommitBuffers {
     scratch: BatchScratch,
 }
 
-fn committer(host: Weak<EmbeddedHost>, rx: Receiver<Waiting>, syncer: Sender<SyncJob>) {
-    let mut buffers = CommitBuffers { record: Vec::new(), scratch: BatchScratch::new() };
-    loop {
-        let Ok(first) = rx.recv() else { return };
-        let Some(host) = host.upgrade() else { return };
-        let mut batch = vec![first];
-        while batch.len() < host.opts.batch_txns_max.min(u16::MAX as usize) {
-            match rx.try_recv() {
-                Ok(w) => batch.push(w),
-                Err(TryRecvError::Empty | TryRecvError::Disconnected) => break,
-            }
-        }
-        host.commit_batch(batch, &mut buffers, &syncer);
-    }
+/// What the thread committing a batch works with.
+struct Leader {
+    buffers: CommitBuffers,
+    syncer: Sender<SyncJob>,
 }
 
 /// Syncs what the committer appended, every batch waiting at once (group commit).
@@ -827,18 +847,55 @@ impl Host for EmbeddedHost {
 
     async fn submit(self: Arc<Self>, req: CommitRequest) -> Result<CommitInfo, StoreError> {
         let (tx, rx) = tokio::sync::oneshot::channel();
-        {
-            let queue = self.queue.lock();
-            let Some(q) = queue.as_ref() else {
-                return Err(StoreError::Unavailable("store is closed".into()));
-            };
-            q.send(Waiting { req, reply: tx })
-                .map_err(|_| StoreError::Unavailable("store committer stopped".into()))?;
+        let first = {
+            let mut pending = self.pending.lock();
+            pending.push(Waiting { req, reply: tx });
+            pending.len() == 1
+        };
+        if first {
+            // Let the other tasks that are ready run first: their commits join this batch.
+            tokio::task::yield_now().await;
+            self.lead();
         }
         match tokio::time::timeout(Duration::from_secs(30), rx).await {
             Ok(Ok(result)) => result,
-            // The committer stopped while holding our request: its outcome is unknown.
+            // The batch was lost with a panic: its outcome is unknown.
             Ok(Err(_)) | Err(_) => Err(StoreError::CommitUnknown),
+        }
+    }
+}
+
+impl EmbeddedHost {
+    /// Commits what is waiting, on the calling thread, unless another thread is already
+    /// doing so (it then takes these too). The thread that wrote a transaction resolves
+    /// it while its data is still in that core's cache; only the sync happens elsewhere.
+    /// Resolving is short (the `fdatasync` is the syncer's): a batch blocks its thread for
+    /// about as long as the transactions in it took to write.
+    fn lead(self: &Arc<Self>) {
+        loop {
+            let Some(mut leader) = self.leader.try_lock() else { return };
+            loop {
+                let batch = {
+                    let mut pending = self.pending.lock();
+                    let max = self.opts.batch_txns_max.clamp(1, u16::MAX as usize);
+                    if pending.len() <= max {
+                        std::mem::take(&mut *pending)
+                    } else {
+                        pending.drain(..max).collect()
+                    }
+                };
+                if batch.is_empty() {
+                    break;
+                }
+                let Leader { buffers, syncer } = &mut *leader;
+                self.commit_batch(batch, buffers, syncer);
+            }
+            drop(leader);
+            // A commit queued after the last look but before the lock was let go found the
+            // lock taken: take it up now.
+            if self.pending.lock().is_empty() {
+                return;
+            }
         }
     }
 }

@@ -31,6 +31,7 @@ pub mod embedded;
 pub mod faults;
 #[cfg(feature = "fdb")]
 pub mod fdb;
+mod headmap;
 mod local;
 pub mod memory;
 mod mvcc;

@@ -43,14 +43,14 @@ impl Host for MemoryHost {
         Ok(self.engine.visible_version())
     }
 
-    async fn submit(self: Arc<Self>, req: CommitRequest) -> Result<CommitInfo, StoreError> {
+    async fn submit(self: Arc<Self>, mut req: CommitRequest) -> Result<CommitInfo, StoreError> {
         let _guard = self.commit_lock.lock();
         let version = self.engine.visible_version() + 1;
         let now = Instant::now();
         // Nothing is logged; the record is only where resolution writes what it applied.
         let mut scratch = Vec::new();
         let mut log = RecordWriter::begin(&mut scratch, version);
-        self.engine.resolve_and_apply(&req, version, 0, now, &mut log)?;
+        self.engine.resolve_and_apply(&mut req, version, 0, now, &mut log)?;
         self.engine.set_visible(version);
         self.engine.note_applied(version, now);
         Ok(CommitInfo { version, versionstamp: versionstamp(version, 0) })
