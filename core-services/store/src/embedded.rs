@@ -557,12 +557,11 @@ impl EmbeddedHost {
             std::thread::Builder::new().name("tessera-store-snapshot".into()).spawn(move || {
                 let started = Instant::now();
                 match host.write_snapshot(next, version) {
-                    Ok((keys, bytes, copied)) => tracing::info!(
+                    Ok((keys, bytes)) => tracing::info!(
                         segment = next,
                         version,
                         keys,
                         snapshot_bytes = bytes,
-                        copy_ms = copied.as_millis() as u64,
                         elapsed_ms = started.elapsed().as_millis() as u64,
                         "store.rotate"
                     ),
@@ -585,47 +584,33 @@ impl EmbeddedHost {
     /// Writes `snap-<segment>` with the state at `version`, then deletes every older
     /// segment and snapshot. Returns the number of keys and bytes written, and how long
     /// copying the references took.
-    fn write_snapshot(
-        &self,
-        segment: u64,
-        version: u64,
-    ) -> Result<(usize, u64, Duration), StoreError> {
-        let started = Instant::now();
-        // Sized up front: growing a vector of millions of entries copies it several times.
-        let mut entries = Vec::with_capacity(self.engine.key_count_estimate());
-        for part in 0..Engine::DUMP_PARTS {
-            self.engine.dump_part(part, version, &mut entries)?;
-        }
-        // Copying the references above takes one hash table's read lock at a time, so it
-        // runs at normal priority (a descheduled lock holder would stall commits). Sorting,
-        // encoding and writing need no lock: commits come first, the snapshot takes what
-        // time is left.
-        let copied = started.elapsed();
+    fn write_snapshot(&self, segment: u64, version: u64) -> Result<(u64, u64), StoreError> {
+        // Commits come first; the snapshot takes what time is left. It holds no lock for
+        // longer than it takes to copy 256 key handles, so running slowly holds
+        // nobody up.
         lower_thread_priority();
-        // Sort by the keys' first 32 bytes, kept beside their index, and look at whole keys
-        // only for ties: most comparisons then touch no key.
-        let mut order: Vec<([u128; 2], u32)> = entries
-            .iter()
-            .enumerate()
-            .map(|(i, (k, _))| (crate::mvcc::key_head(k), i as u32))
-            .collect();
-        order.sort_unstable_by(|a, b| {
-            a.0.cmp(&b.0).then_with(|| entries[a.1 as usize].0.cmp(&entries[b.1 as usize].0))
-        });
         let tmp = self.dir.join(format!("snap-{segment:016x}.tmp"));
-        let bytes = {
+        let (keys, bytes) = {
             let f = Paced { file: File::create(&tmp).map_err(io)?, unsynced: 0 };
-            let mut w = std::io::BufWriter::with_capacity(1 << 20, f);
-            let bytes = wal::write_snapshot(
-                &mut w,
-                version,
-                &entries,
-                order.iter().map(|(_, i)| *i as usize),
-            )
-            .map_err(io)?;
+            let w = std::io::BufWriter::with_capacity(1 << 20, f);
+            let mut w = wal::SnapshotWriter::new(w, version);
+            let mut chunk = Vec::with_capacity(256);
+            let mut after: Option<Bytes> = None;
+            loop {
+                chunk.clear();
+                let next = self.engine.dump_ordered(version, after.as_ref(), 256, &mut chunk)?;
+                for (k, v) in &chunk {
+                    w.entry(k, v).map_err(io)?;
+                }
+                match next {
+                    Some(k) => after = Some(k),
+                    None => break,
+                }
+            }
+            let (w, bytes, keys) = w.finish().map_err(io)?;
             let f = w.into_inner().map_err(|e| io(e.into_error()))?;
             f.file.sync_all().map_err(io)?;
-            bytes
+            (keys, bytes)
         };
         std::fs::rename(&tmp, snapshot_path(&self.dir, segment)).map_err(io)?;
         sync_dir(&self.dir)?;
@@ -645,7 +630,7 @@ impl EmbeddedHost {
             }
         }
         self.last_snapshot_bytes.store(bytes, Ordering::Release);
-        Ok((entries.len(), bytes, copied))
+        Ok((keys, bytes))
     }
 }
 

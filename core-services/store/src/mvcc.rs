@@ -412,32 +412,38 @@ impl Engine {
         self.pinned.store(u64::MAX, Ordering::Release);
     }
 
-    /// About how many keys the engine holds (the shards are counted one at a time).
-    pub(crate) fn key_count_estimate(&self) -> usize {
-        self.map.shards.iter().map(|s| s.read().len()).sum()
-    }
-
-    /// How many parts [`Engine::dump_part`] splits the keys into.
-    pub(crate) const DUMP_PARTS: usize = SHARDS;
-
-    /// Appends the live keys of one part of the index (`part < DUMP_PARTS`) with their
-    /// values at `version`, in no particular order. Walks one hash table in memory order
-    /// under its read lock, so commits wait for one part at most (a few thousand keys).
-    pub(crate) fn dump_part(
+    /// Appends the live keys at `version` among the next `max` keys after `after` (from
+    /// the first key if `None`), in order, with their values. Returns the last key looked
+    /// at if there may be more. The ordered index is locked only to copy the next keys'
+    /// handles, and each key's shard only to read its value, so a snapshot walking the
+    /// whole map holds up commits for microseconds at a time.
+    pub(crate) fn dump_ordered(
         &self,
-        part: usize,
         version: u64,
+        after: Option<&Bytes>,
+        max: usize,
         out: &mut Vec<(Bytes, Bytes)>,
-    ) -> Result<(), StoreError> {
+    ) -> Result<Option<Bytes>, StoreError> {
         let g = self.begin_read(version)?;
-        let shard = self.map.shards[part].read();
-        for (_, k, c) in shard.iter() {
-            if let Some(Some(v)) = c.at(version) {
-                out.push((k.clone(), v.clone()));
+        let keys: Vec<Bytes> = {
+            let order = self.map.order.read();
+            match after {
+                Some(a) => order
+                    .range((Bound::Excluded(OrdKey::new(a.clone())), Bound::Unbounded))
+                    .take(max)
+                    .map(|k| k.key.clone())
+                    .collect(),
+                None => order.iter().take(max).map(|k| k.key.clone()).collect(),
+            }
+        };
+        for k in &keys {
+            let hash = key_hash(k);
+            if let Some(Some(v)) = self.map.value_at(hash, k, version) {
+                out.push((k.clone(), v));
             }
         }
-        drop(shard);
-        self.end_read(g, version)
+        self.end_read(g, version)?;
+        Ok(if keys.len() == max { keys.last().cloned() } else { None })
     }
 
     /// Reads a key whose [`key_hash`] is `hash` at `version`.

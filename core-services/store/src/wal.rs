@@ -4,9 +4,11 @@
 //! wal-<segment>.log   records: [len u32 LE][crc32c u32 LE][body]
 //!                     body:    [kind u8 = 1][version u64 LE][count u32 LE]
 //!                              count × ([op u8: 1 set, 2 clear][klen u32][key][vlen u32][value])
-//! snap-<segment>.bin  the state at the start of <segment>:
-//!                     ["TSRSNAP1"][version u64][count u64] count × ([klen u32][key][vlen u32][value])
-//!                     [crc32c u32 of everything before]
+//! snap-<segment>.bin  the state at the start of <segment>, keys in order:
+//!                     ["TSRSNAP2"][version u64] count × ([klen u32][key][vlen u32][value])
+//!                     [count u64][crc32c u32 of everything before]
+//!                     (written as it is read from memory, so the count comes last;
+//!                     "TSRSNAP1" files, count after the version, are still read)
 //! HEAD                ["TSRHEAD1"][segment u64][committed_len u64][version u64]
 //!                     [prev_segment_len u64][crc32c u32 of the 40 bytes before]
 //! ```
@@ -25,7 +27,8 @@ const RECORD_KIND_BATCH: u8 = 1;
 const OP_SET: u8 = 1;
 const OP_CLEAR: u8 = 2;
 const HEAD_MAGIC: &[u8; 8] = b"TSRHEAD1";
-const SNAP_MAGIC: &[u8; 8] = b"TSRSNAP1";
+const SNAP_MAGIC_V1: &[u8; 8] = b"TSRSNAP1";
+const SNAP_MAGIC: &[u8; 8] = b"TSRSNAP2";
 pub(crate) const HEAD_LEN: usize = 44;
 const RECORD_HEADER_LEN: usize = 8;
 /// A record larger than this is corrupt (a batch holds at most 64k transactions of 10 MB,
@@ -197,56 +200,70 @@ pub(crate) fn decode_record(buf: &Bytes) -> Option<Record> {
     Some(Record { version, writes, len: RECORD_HEADER_LEN + body_len })
 }
 
+/// Streams a snapshot into a writer, entry by entry, in key order. The checksum is taken
+/// over megabyte chunks, not field by field.
+pub(crate) struct SnapshotWriter<W: io::Write> {
+    w: W,
+    chunk: Vec<u8>,
+    crc: u32,
+    len: u64,
+    count: u64,
+}
+
+impl<W: io::Write> SnapshotWriter<W> {
+    const CHUNK: usize = 1 << 20;
+
+    pub(crate) fn new(w: W, version: u64) -> Self {
+        let mut chunk = Vec::with_capacity(Self::CHUNK + 64);
+        chunk.extend_from_slice(SNAP_MAGIC);
+        chunk.extend_from_slice(&version.to_le_bytes());
+        SnapshotWriter { w, chunk, crc: 0, len: 0, count: 0 }
+    }
+
+    fn flush_chunk(&mut self) -> io::Result<()> {
+        self.crc = crc32c::crc32c_append(self.crc, &self.chunk);
+        self.len += self.chunk.len() as u64;
+        self.w.write_all(&self.chunk)?;
+        self.chunk.clear();
+        Ok(())
+    }
+
+    pub(crate) fn entry(&mut self, k: &[u8], v: &[u8]) -> io::Result<()> {
+        self.chunk.extend_from_slice(&(k.len() as u32).to_le_bytes());
+        self.chunk.extend_from_slice(k);
+        self.chunk.extend_from_slice(&(v.len() as u32).to_le_bytes());
+        self.chunk.extend_from_slice(v);
+        self.count += 1;
+        if self.chunk.len() >= Self::CHUNK {
+            self.flush_chunk()?;
+        }
+        Ok(())
+    }
+
+    /// Writes the trailer; returns the writer, the snapshot's length and its entry count.
+    pub(crate) fn finish(mut self) -> io::Result<(W, u64, u64)> {
+        self.chunk.extend_from_slice(&self.count.to_le_bytes());
+        self.flush_chunk()?;
+        self.w.write_all(&self.crc.to_le_bytes())?;
+        Ok((self.w, self.len + 4, self.count))
+    }
+}
+
 /// Encodes a snapshot of `entries` (sorted) at `version`.
 #[cfg(test)]
 pub(crate) fn encode_snapshot(version: u64, entries: &[(Bytes, Bytes)]) -> Vec<u8> {
-    let mut out = Vec::new();
-    write_snapshot(&mut out, version, entries, 0..entries.len()).unwrap_or_default();
-    out
-}
-
-/// Streams a snapshot of `entries` at `version` into `w`, in the order `order` gives
-/// (indexes into `entries`, sorted by key); returns its length. The checksum is taken
-/// over megabyte chunks, not field by field.
-pub(crate) fn write_snapshot(
-    w: &mut impl io::Write,
-    version: u64,
-    entries: &[(Bytes, Bytes)],
-    order: impl Iterator<Item = usize>,
-) -> io::Result<u64> {
-    const CHUNK: usize = 1 << 20;
-    let mut crc = 0u32;
-    let mut len = 0u64;
-    let mut chunk: Vec<u8> = Vec::with_capacity(CHUNK + 64);
-    let mut flush = |w: &mut dyn io::Write, chunk: &mut Vec<u8>| -> io::Result<()> {
-        crc = crc32c::crc32c_append(crc, chunk);
-        len += chunk.len() as u64;
-        w.write_all(chunk)?;
-        chunk.clear();
-        Ok(())
-    };
-    chunk.extend_from_slice(SNAP_MAGIC);
-    chunk.extend_from_slice(&version.to_le_bytes());
-    chunk.extend_from_slice(&(entries.len() as u64).to_le_bytes());
-    for i in order {
-        let (k, v) = &entries[i];
-        chunk.extend_from_slice(&(k.len() as u32).to_le_bytes());
-        chunk.extend_from_slice(k);
-        chunk.extend_from_slice(&(v.len() as u32).to_le_bytes());
-        chunk.extend_from_slice(v);
-        if chunk.len() >= CHUNK {
-            flush(w, &mut chunk)?;
-        }
+    let mut w = SnapshotWriter::new(Vec::new(), version);
+    for (k, v) in entries {
+        w.entry(k, v).unwrap_or_default();
     }
-    flush(w, &mut chunk)?;
-    w.write_all(&crc.to_le_bytes())?;
-    Ok(len + 4)
+    w.finish().map(|(out, _, _)| out).unwrap_or_default()
 }
 
 /// Decodes a snapshot into its version and entries.
 pub(crate) fn decode_snapshot(data: Bytes) -> io::Result<(u64, Vec<(Bytes, Bytes)>)> {
     let bad = |what: &str| io::Error::new(io::ErrorKind::InvalidData, format!("snapshot {what}"));
-    if data.len() < 28 || &data[..8] != SNAP_MAGIC {
+    let v1 = data.len() >= 8 && &data[..8] == SNAP_MAGIC_V1;
+    if data.len() < 28 || !(v1 || &data[..8] == SNAP_MAGIC) {
         return Err(bad("header is invalid"));
     }
     let n = data.len() - 4;
@@ -256,7 +273,13 @@ pub(crate) fn decode_snapshot(data: Bytes) -> io::Result<(u64, Vec<(Bytes, Bytes
     }
     let mut b = data.slice(8..n);
     let version = b.get_u64_le();
-    let count = b.get_u64_le() as usize;
+    let count = if v1 {
+        b.get_u64_le() as usize
+    } else {
+        let mut tail = data.slice(n - 8..n);
+        b = data.slice(16..n - 8);
+        tail.get_u64_le() as usize
+    };
     let mut entries = Vec::with_capacity(count.min(1 << 24));
     for _ in 0..count {
         if b.remaining() < 4 {
@@ -273,6 +296,9 @@ pub(crate) fn decode_snapshot(data: Bytes) -> io::Result<(u64, Vec<(Bytes, Bytes
         }
         let v = b.split_to(vlen);
         entries.push((k, v));
+    }
+    if b.has_remaining() {
+        return Err(bad("has bytes after its last entry"));
     }
     Ok((version, entries))
 }
@@ -311,6 +337,23 @@ mod tests {
         let mut torn = b;
         torn[20] ^= 0xff;
         assert_eq!(Head::decode(&torn), None);
+    }
+
+    #[test]
+    fn snapshots_of_the_first_format_are_still_read() {
+        // ["TSRSNAP1"][version][count] entries [crc]: what the previous release wrote.
+        let mut old = Vec::new();
+        old.extend_from_slice(b"TSRSNAP1");
+        old.extend_from_slice(&42u64.to_le_bytes());
+        old.extend_from_slice(&1u64.to_le_bytes());
+        old.extend_from_slice(&1u32.to_le_bytes());
+        old.extend_from_slice(b"a");
+        old.extend_from_slice(&1u32.to_le_bytes());
+        old.extend_from_slice(b"1");
+        let crc = crc32c::crc32c(&old);
+        old.extend_from_slice(&crc.to_le_bytes());
+        let e = vec![(Bytes::from_static(b"a"), Bytes::from_static(b"1"))];
+        assert_eq!(decode_snapshot(Bytes::from(old)).unwrap(), (42, e));
     }
 
     #[test]
