@@ -7,6 +7,8 @@
 //! - **JSON records** for everything else: each has `"v"` (format version) and readers
 //!   ignore unknown fields and default missing ones, so the previous release reads what the
 //!   next one writes. A field is never re-purposed; removing one means leaving it written.
+//!   Optional fields of the hottest records (holds, outbox entries) are left out when
+//!   they hold their default (none, empty, false), which every reader assumes anyway.
 
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
@@ -237,26 +239,26 @@ pub struct HoldRecord {
     pub hold_id: HoldId,
     pub event_id: EventId,
     pub customer_id: CustomerId,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub seats: Vec<SeatId>,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pool: Option<PoolId>,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub shard_takes: Vec<ShardTake>,
     pub quantity: u32,
     pub state: HoldState,
     pub expires_at_ms: u64,
     /// While a payment is in flight: how much of the timer was left when it froze.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub frozen_remaining_ms: Option<u64>,
     pub amount_minor: u64,
     pub currency: String,
     pub created_at_ms: u64,
-    /// Sections (or the pool) each seat counts against, for tallies: parallel to `seats`.
-    #[serde(default)]
+    /// The order checkout made of this hold, once it did.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub order_id: Option<OrderId>,
     /// Set once the "about to expire" notice went out.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub expiring_notice_sent: bool,
 }
 
@@ -281,7 +283,7 @@ pub struct OutboxRecord {
     pub at_ms: u64,
     pub body: BusEventBody,
     /// W3C `traceparent` of the transaction that wrote it, if any.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub traceparent: Option<String>,
 }
 

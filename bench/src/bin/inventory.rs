@@ -276,6 +276,8 @@ async fn run_embedded(
     let deadline = Instant::now() + Duration::from_secs(args.seconds);
     let started = Instant::now();
     let cpu_before = tessera_bench::thread_cpu();
+    // The store and the inventory record their metrics, as in `tessera-core`.
+    let metrics_before = tessera_runtime::metrics::install().render();
     let mut tasks = Vec::new();
     for requests in work {
         let inv = inv.clone();
@@ -316,6 +318,7 @@ async fn run_embedded(
     }
     ticker.abort();
     let elapsed = started.elapsed();
+    eprintln!("    store: {}", store_counters(&metrics_before));
     eprintln!(
         "    CPU µs per hold by thread: {}",
         tessera_bench::cpu_per_op(
@@ -338,6 +341,30 @@ async fn run_embedded(
 }
 
 static GA_TAKEN: AtomicU64 = AtomicU64::new(0);
+
+/// The store's own counters since `before` (a Prometheus rendering): commits, conflicts,
+/// retries, and transactions per batch.
+fn store_counters(before: &str) -> String {
+    let now = tessera_runtime::metrics::install().render();
+    let sum = |text: &str, name: &str, label: Option<&str>| -> f64 {
+        text.lines()
+            .filter(|l| l.starts_with(name) && label.is_none_or(|lb| l.contains(lb)))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
+    };
+    let delta = |name: &str, label: Option<&str>| sum(&now, name, label) - sum(before, name, label);
+    let committed = delta("tessera_store_commits_total", Some("outcome=\"committed\""));
+    let conflicts = delta("tessera_store_commits_total", Some("outcome=\"conflict\""));
+    let retries = delta("tessera_store_retries_total", None);
+    let batches = delta("tessera_store_commit_batch_txns_count", None);
+    let txns = delta("tessera_store_commit_batch_txns_sum", None);
+    let log_bytes = delta("tessera_store_log_bytes_total", None);
+    format!(
+        "committed={committed:.0} conflicts={conflicts:.0} retries={retries:.0} txns_per_batch={:.1} log_bytes_per_commit={:.0}",
+        txns / batches.max(1.0),
+        log_bytes / committed.max(1.0)
+    )
+}
 
 /// Flushes every dirty page of the machine to disk (`sync`) before a measurement.
 fn settle_disk() {
