@@ -157,6 +157,7 @@ struct Table {
 }
 
 const SHARDS: usize = 256;
+const _: () = assert!(SHARDS <= 256, "shard numbers are bytes");
 
 impl Default for Table {
     fn default() -> Self {
@@ -167,10 +168,43 @@ impl Default for Table {
     }
 }
 
+/// Slots of [`shard_of`]'s table, dealt to the shards unevenly.
+const SHARD_SLOTS: usize = 4096;
+
 /// The shard of a hash. It comes from middle bits: the tables use the low bits for the
 /// bucket and the top seven for the control tag.
+///
+/// Shards are deliberately of different sizes, spread evenly on a log scale over a factor
+/// of two. Equal shards would all outgrow their tables at the same moment, and hundreds
+/// of tables rehashing at once stall commits for a long while; uneven ones take turns,
+/// one every fraction of a percent of growth.
 fn shard_of(hash: u64) -> usize {
-    (hash >> 40) as usize % SHARDS
+    static MAP: OnceLock<Box<[u8; SHARD_SLOTS]>> = OnceLock::new();
+    let map = MAP.get_or_init(|| {
+        // Shard i wants a share proportional to 2^(i / SHARDS); hand out slots by
+        // largest remainder so every shard gets at least one.
+        let weights: Vec<f64> = (0..SHARDS).map(|i| (i as f64 / SHARDS as f64).exp2()).collect();
+        let total: f64 = weights.iter().sum();
+        let mut counts: Vec<usize> =
+            weights.iter().map(|w| ((w / total) * SHARD_SLOTS as f64) as usize).collect();
+        let mut left = SHARD_SLOTS - counts.iter().sum::<usize>();
+        let mut i = SHARDS;
+        while left > 0 {
+            i = if i == 0 { SHARDS - 1 } else { i - 1 };
+            counts[i] += 1;
+            left -= 1;
+        }
+        let mut map = Box::new([0u8; SHARD_SLOTS]);
+        let mut at = 0;
+        for (shard, n) in counts.iter().enumerate() {
+            for slot in &mut map[at..at + n] {
+                *slot = shard as u8;
+            }
+            at += n;
+        }
+        map
+    });
+    usize::from(map[(hash >> 40) as usize % SHARD_SLOTS])
 }
 
 fn find<'a>(shard: &'a Shard, hash: u64, key: &[u8]) -> Option<&'a Chain> {
@@ -1454,6 +1488,18 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn shards_differ_in_size_over_a_factor_of_two() {
+        let mut counts = vec![0usize; SHARDS];
+        for slot in 0..SHARD_SLOTS as u64 {
+            counts[shard_of(slot << 40)] += 1;
+        }
+        let (min, max) = (*counts.iter().min().unwrap(), *counts.iter().max().unwrap());
+        assert!(min >= 1, "every shard gets a share");
+        assert!((max as f64 / min as f64) >= 1.7, "shards must not all fill up together");
+        assert_eq!(counts.iter().sum::<usize>(), SHARD_SLOTS);
     }
 
     #[test]
