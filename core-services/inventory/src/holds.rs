@@ -12,7 +12,7 @@ use tessera_fdb_schema::values::{
     self, EventRecord, HoldRecord, IdempotencyRecord, PoolRecord, SectionRecord, ShardTake,
 };
 use tessera_fdb_schema::{Keyspace, SeatState, SeatStatus};
-use tessera_store::{Bytes, RangeRequest, Store, Transaction, decode_i64, run};
+use tessera_store::{Bytes, RangeRequest, Store, Transaction, TrxError, decode_i64, run};
 
 use crate::{Inventory, InventoryError, TrxResult, add_i64, corrupt, fail, outbox, request_hash};
 
@@ -20,8 +20,9 @@ use crate::{Inventory, InventoryError, TrxResult, add_i64, corrupt, fail, outbox
 /// decoded event record per event (reused while its bytes are unchanged).
 #[derive(Debug, Default)]
 pub(crate) struct Cache {
-    sections: RwLock<HashMap<(EventId, SectionId), Arc<SectionRecord>>>,
-    pools: RwLock<HashMap<(EventId, PoolId), Arc<PoolRecord>>>,
+    /// Per event, so that a lookup borrows its ids instead of building a key.
+    sections: RwLock<HashMap<EventId, HashMap<SectionId, Arc<SectionRecord>>>>,
+    pools: RwLock<HashMap<EventId, HashMap<PoolId, Arc<PoolRecord>>>>,
     events: RwLock<HashMap<EventId, (Bytes, Arc<EventRecord>)>>,
 }
 
@@ -60,8 +61,7 @@ pub(crate) async fn read_section<T: Transaction>(
     event_id: &EventId,
     section: &SectionId,
 ) -> TrxResult<Arc<SectionRecord>> {
-    let ck = (event_id.clone(), section.clone());
-    if let Some(s) = cache().sections.read().get(&ck) {
+    if let Some(s) = cache().sections.read().get(event_id).and_then(|m| m.get(section)) {
         return Ok(s.clone());
     }
     let Some(bytes) = trx.get(&keys.section(event_id, section), true).await? else {
@@ -72,7 +72,12 @@ pub(crate) async fn read_section<T: Transaction>(
         Err(e) => return corrupt(e),
     };
     let rec = Arc::new(rec);
-    cache().sections.write().insert(ck, rec.clone());
+    cache()
+        .sections
+        .write()
+        .entry(event_id.clone())
+        .or_default()
+        .insert(section.clone(), rec.clone());
     Ok(rec)
 }
 
@@ -82,8 +87,7 @@ pub(crate) async fn read_pool<T: Transaction>(
     event_id: &EventId,
     pool: &PoolId,
 ) -> TrxResult<Arc<PoolRecord>> {
-    let ck = (event_id.clone(), pool.clone());
-    if let Some(p) = cache().pools.read().get(&ck) {
+    if let Some(p) = cache().pools.read().get(event_id).and_then(|m| m.get(pool)) {
         return Ok(p.clone());
     }
     let Some(bytes) = trx.get(&keys.pool(event_id, pool), true).await? else {
@@ -94,7 +98,7 @@ pub(crate) async fn read_pool<T: Transaction>(
         Err(e) => return corrupt(e),
     };
     let rec = Arc::new(rec);
-    cache().pools.write().insert(ck, rec.clone());
+    cache().pools.write().entry(event_id.clone()).or_default().insert(pool.clone(), rec.clone());
     Ok(rec)
 }
 
@@ -348,17 +352,22 @@ impl<S: Store> Inventory<S> {
         seats: &[SeatId],
         now: u64,
     ) -> TrxResult<Taken> {
-        let mut amount = 0;
-        let mut seen = std::collections::HashSet::new();
-        for seat in seats {
-            if !seen.insert(seat) {
+        // A hold names a handful of seats: comparing them pairwise beats hashing.
+        let mut sections = Vec::with_capacity(seats.len());
+        for (i, seat) in seats.iter().enumerate() {
+            if seats[..i].contains(seat) {
                 return fail(InventoryError::DuplicateSeat(seat.clone()));
             }
-            if !event.sections.contains(seat.section()) {
-                return fail(InventoryError::UnknownSeat(seat.clone()));
+            match read_section(trx, &self.keys, &event.event_id, seat.section()).await {
+                Ok(section) => sections.push(section),
+                Err(TrxError::Abort(InventoryError::UnknownSection(_))) => {
+                    return fail(InventoryError::UnknownSeat(seat.clone()));
+                }
+                Err(e) => return Err(e),
             }
         }
-        for seat in seats {
+        let mut amount = 0;
+        for (seat, section) in seats.iter().zip(&sections) {
             let Some(bytes) = trx.get(&self.keys.seat(&event.event_id, seat), false).await? else {
                 return fail(InventoryError::UnknownSeat(seat.clone()));
             };
@@ -369,7 +378,6 @@ impl<S: Store> Inventory<S> {
                     _ => InventoryError::SeatSold(seat.clone()),
                 });
             }
-            let section = read_section(trx, &self.keys, &event.event_id, seat.section()).await?;
             amount += price_of(event, &section.tier);
         }
         Ok(Taken {

@@ -76,6 +76,11 @@ impl Chain {
             // Rewritten within the same commit: the older write never existed for readers.
             return;
         }
+        if self.older.capacity() == 0 {
+            // Most keys are rewritten rarely: room for one old version, not the four a
+            // vector starts with.
+            self.older.reserve_exact(1);
+        }
         self.older.push(prev);
         // Keep the newest version at or below the horizon; drop everything older. Versions
         // ascend, so a binary search finds it: a hot key (a pool's tally) can gather many
