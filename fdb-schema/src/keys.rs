@@ -49,7 +49,13 @@ impl Keyspace {
     }
 
     fn key<T: TuplePack>(&self, t: &T) -> Vec<u8> {
-        self.root.pack(t)
+        // The same bytes as `Subspace::pack`, into a buffer sized for the usual key, so
+        // that packing does not grow it several times.
+        let root = self.root.bytes();
+        let mut out = Vec::with_capacity(root.len() + 64);
+        out.extend_from_slice(root);
+        foundationdb_tuple::pack_into(t, &mut out);
+        out
     }
 
     fn range<T: TuplePack>(&self, t: &T) -> (Vec<u8>, Vec<u8>) {
@@ -390,6 +396,19 @@ mod tests {
         expect!["02747372000265760002653100"].assert_eq(&hex(&ks.event(&ev)));
         expect!["0274737200027365617400026531000241000231001507"]
             .assert_eq(&hex(&ks.seat(&ev, &SeatId::parse("A-1-7").unwrap())));
+    }
+
+    #[test]
+    fn keys_are_packed_as_the_tuple_layer_packs_them() {
+        let ks = Keyspace::production();
+        let ev = EventId::parse("e1").unwrap();
+        let h = HoldId::parse("h_abcdefghij").unwrap();
+        let root = Subspace::all().subspace(&"tsr");
+        assert_eq!(ks.hold(&h), root.pack(&("hold", h.as_str())));
+        let at = 1_796_000_000_123i64;
+        assert_eq!(ks.hold_expiry(at as u64, &h), root.pack(&("hexp", at, h.as_str())));
+        let seat = SeatId::parse("A_1-B2-9999").unwrap();
+        assert_eq!(ks.seat(&ev, &seat), root.pack(&("seat", "e1", "A_1", "B2", 9999i64)));
     }
 
     #[test]

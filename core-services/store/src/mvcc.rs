@@ -961,6 +961,14 @@ impl TrxBuffer {
         }
     }
 
+    /// Whether the transaction may still be used (it was not committed).
+    pub(crate) fn check_open(&self) -> Result<(), StoreError> {
+        if self.committed {
+            return Err(StoreError::UsedAfterCommit);
+        }
+        Ok(())
+    }
+
     pub(crate) fn check_usable(&self, now: Instant) -> Result<(), StoreError> {
         if self.committed {
             return Err(StoreError::UsedAfterCommit);
