@@ -5,9 +5,9 @@
 //! 1. rustup's `wasm32-wasip2` target, when it is installed (a normal developer machine):
 //!    `cargo build --target wasm32-wasip2`.
 //! 2. Debian's Rust (`rustc-web`), which can build `std` for `wasm32-wasip1` from source
-//!    (`rust-web-src`) and link a component with `wasm-component-ld` against `wasi-libc`
-//!    using `lld-<LLVM major>`. The packages are installed with apt-get when running as
-//!    root; otherwise the exact command is printed.
+//!    (`rust-web-src`) and link a component with `wasm-component-ld` (from `rust-web-llvm`)
+//!    against `wasi-libc` using `lld-<LLVM major>`. The packages are installed with apt-get
+//!    when running as root; otherwise the exact command is printed.
 //!
 //! Each component is built on its own (`-p`) so features do not unify across them: the
 //! `validation` component must import nothing but WASI. The results are copied to
@@ -87,6 +87,42 @@ fn apt_install(pkgs: &[String]) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Updates the package lists and upgrades `pkgs` to the newest release they have.
+fn apt_upgrade(pkgs: &[String]) -> anyhow::Result<()> {
+    let list = pkgs.join(" ");
+    if !is_root() {
+        bail!(
+            "the installed {list} cannot build WASM components (too old, or no wasm-component-ld)\n    run: sudo apt-get update && sudo apt-get install -y {list}"
+        );
+    }
+    step(&format!(
+        "the installed rustc-web cannot link components; apt-get update, then apt-get install -y {list}"
+    ));
+    if !Command::new("apt-get").args(["update", "-q"]).status()?.success() {
+        bail!("apt-get update failed");
+    }
+    let ok = Command::new("apt-get")
+        .args(["install", "-y", "-q", "--no-install-recommends"])
+        .args(pkgs)
+        .env("DEBIAN_FRONTEND", "noninteractive")
+        .status()?
+        .success();
+    if !ok {
+        bail!("apt-get install -y {list} failed");
+    }
+    Ok(())
+}
+
+/// Whether `/usr/bin/rustc` is recent enough to link components (1.85 is not).
+fn rustc_web_is_current() -> bool {
+    let Some(v) = output(Command::new("/usr/bin/rustc").arg("--version")) else {
+        return false;
+    };
+    // "rustc 1.96.0 (...)"
+    let minor = v.split_whitespace().nth(1).and_then(|ver| ver.split('.').nth(1));
+    minor.and_then(|m| m.parse::<u32>().ok()).is_some_and(|m| m >= 90)
+}
+
 fn llvm_major() -> anyhow::Result<String> {
     let vv = output(Command::new("/usr/bin/rustc").arg("-vV"))
         .context("run /usr/bin/rustc -vV (is rustc-web installed?)")?;
@@ -138,14 +174,25 @@ pub(crate) fn build_components(release: bool) -> anyhow::Result<PathBuf> {
         ("wasm32-wasip2", c)
     } else {
         step("rustup has no wasm32-wasip2 target; using Debian's rustc-web with build-std");
+        // Since 1.96, wasm-component-ld ships in rust-web-llvm (a Recommends of rustc-web,
+        // which --no-install-recommends skips). Package lists older than the machine's
+        // security updates know only rustc-web 1.85 and no rust-web-llvm, so the first
+        // install fails and apt_install refreshes the lists.
         let mut pkgs: Vec<String> =
-            ["rustc-web", "cargo-web", "rust-web-src", "wasi-libc"].map(String::from).to_vec();
+            ["rustc-web", "cargo-web", "rust-web-src", "rust-web-llvm", "wasi-libc"]
+                .map(String::from)
+                .to_vec();
         apt_install(&pkgs)?;
+        let component_ld = "/usr/lib/rustlib/x86_64-unknown-linux-gnu/bin/wasm-component-ld";
+        if !Path::new(component_ld).exists() || !rustc_web_is_current() {
+            // An older rustc-web was installed before; bring the four Rust packages to
+            // one current release.
+            apt_upgrade(&pkgs[..4])?;
+        }
         let major = llvm_major()?;
         step(&format!("Debian rustc uses LLVM {major}; need lld-{major}"));
         pkgs.push(format!("lld-{major}"));
         apt_install(&pkgs)?;
-        let component_ld = "/usr/lib/rustlib/x86_64-unknown-linux-gnu/bin/wasm-component-ld";
         let wasm_ld = format!("/usr/lib/llvm-{major}/bin/wasm-ld");
         for p in [component_ld, wasm_ld.as_str(), "/usr/lib/wasm32-wasi/crt1-reactor.o"] {
             if !Path::new(p).exists() {

@@ -6,22 +6,29 @@
 //! key space in memory as a multi-version map and follows the log:
 //!
 //! - **Reads** happen in memory at a read version. Taking a read version reads `HEAD`
-//!   (one `pread`); if another process committed since, this process first applies the new
-//!   log records. So every transaction sees every commit acknowledged before it began:
-//!   strict serializability across processes.
-//! - **Commits** go to a committer thread that gathers every transaction waiting (group
-//!   commit), takes the `LOCK` (`flock`, released by the kernel if the process dies),
-//!   catches up with the log, resolves conflicts, appends one record for the batch,
-//!   `fdatasync`s it, updates `HEAD`, and only then acknowledges. An acknowledged commit is
-//!   on disk; a process killed at any point loses only unacknowledged work.
-//! - **Recovery**: the next writer adopts complete, checksummed records past `HEAD` (their
-//!   outcome was unknown to their client) and cuts off a torn tail.
-//! - **Rotation**: when a segment grows past `segment_bytes_max`, the writer starts the
-//!   next segment and a background thread writes the snapshot it starts from, reading a
-//!   pinned version from memory one hash table at a time while commits go on. Once the
-//!   snapshot is on disk, files older than the previous snapshot and segment are deleted.
-//!   Recovery uses the newest usable snapshot and replays every segment after it;
-//!   followers that still read an old segment keep its file open.
+//!   (through a shared read-only mapping: a few loads, no system call); if another process
+//!   committed since, this process first applies the new log records. So every
+//!   transaction sees every commit acknowledged before it began: strict serializability
+//!   across processes.
+//! - **Commits** queue up. The task that queues the first commit of a batch lets the other
+//!   ready tasks queue theirs, then commits the batch on its own thread (group commit):
+//!   it takes the `LOCK` (`flock`, released by the kernel if the process dies), catches
+//!   up with the log, resolves conflicts, applies the writes in memory (at a version no
+//!   reader sees yet) and appends one record. The syncer thread then `fdatasync`s every
+//!   record appended meanwhile, moves `HEAD` past them, makes them visible and only then
+//!   acknowledges; the next batch is resolved while the last one is synced. An
+//!   acknowledged commit is on disk; a process killed at any point loses only
+//!   unacknowledged work.
+//! - **Recovery**: a writer adopts complete, checksummed records past what it applied
+//!   (another writer's, waiting for its sync, or a dead writer's, whose outcome its client
+//!   never learned) and cuts off a torn tail.
+//! - **Rotation**: when a segment grows past `segment_bytes_max`, the writer syncs it,
+//!   starts the next segment and has a background thread write the snapshot it starts
+//!   from: a pinned version, read from memory in key order a few hundred keys at a time
+//!   at the lowest priority while commits go on. Once the snapshot is on disk, files older
+//!   than the previous snapshot and segment are deleted. Recovery uses the newest usable
+//!   snapshot and replays every segment after it; followers that still read an old
+//!   segment keep its file open.
 
 use std::fs::{File, OpenOptions};
 use std::os::unix::fs::FileExt as _;
@@ -380,8 +387,9 @@ impl EmbeddedHost {
 
     /// Resolves one batch and appends it to the log, then hands it to the syncer, which
     /// acknowledges it once it is on disk; meanwhile the next batch is resolved. Called by
-    /// the committer thread only, with buffers it keeps from one batch to the next (a fresh
-    /// multi-megabyte buffer per batch would be zeroed by the kernel each time).
+    /// the batch's leader only (see [`EmbeddedHost::lead`]), with buffers kept from one
+    /// batch to the next (a fresh multi-megabyte buffer per batch would be zeroed by the
+    /// kernel each time).
     fn commit_batch(
         self: &Arc<Self>,
         batch: Vec<Waiting>,
@@ -769,7 +777,7 @@ impl Drop for Unlock<'_> {
     }
 }
 
-/// Buffers the committer reuses from batch to batch.
+/// Buffers the batch leader reuses from batch to batch.
 struct CommitBuffers {
     record: Vec<u8>,
     scratch: BatchScratch,
@@ -781,7 +789,7 @@ struct Leader {
     syncer: Sender<SyncJob>,
 }
 
-/// Syncs what the committer appended, every batch waiting at once (group commit).
+/// Syncs what batch leaders appended, every batch waiting at once (group commit).
 fn syncer(host: Weak<EmbeddedHost>, rx: Receiver<SyncJob>) {
     loop {
         let Ok(first) = rx.recv() else { return };
@@ -817,12 +825,12 @@ impl Host for EmbeddedHost {
         }
         if head.version <= self.applied.load(Ordering::Acquire) {
             // Applied here already (this process's own batch, or one it adopted), and now
-            // durable: no need to wait for the committer to let go of the replica.
+            // durable: no need to wait for a batch leader to let go of the replica.
             self.engine.set_visible(head.version);
             return Ok(self.engine.visible_version());
         }
         let mut rep = self.replica.lock();
-        // The committer may have caught up while we waited for the lock.
+        // A batch leader may have caught up while we waited for the lock.
         let head = self.read_head()?;
         if head.version > self.engine.visible_version() {
             self.catch_up(&mut rep, &head)?;
