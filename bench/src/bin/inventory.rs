@@ -731,8 +731,9 @@ fn main() -> anyhow::Result<()> {
         .compact()
         .init();
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-    // Like `tessera-core` over the embedded store: one core is left to the store's
-    // committer, the rest run the request tasks.
+    // One core is left to the store's syncer thread (fdatasync, page write-back) and the
+    // kernel; the rest run the request tasks, whose first committer in a batch resolves it.
+    // `--worker-threads` overrides this.
     let workers = args.worker_threads.unwrap_or(cores.saturating_sub(1).max(1));
     let rt =
         tokio::runtime::Builder::new_multi_thread().worker_threads(workers).enable_all().build()?;

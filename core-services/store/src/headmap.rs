@@ -15,7 +15,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use crate::wal::HEAD_LEN;
 
 const WORDS: usize = HEAD_LEN / 4;
-const _: () = assert!(HEAD_LEN % 4 == 0, "HEAD is read as 32-bit words");
+const _: () = assert!(HEAD_LEN.is_multiple_of(4), "HEAD is read as 32-bit words");
 const MAP_LEN: usize = 4096;
 
 /// A read-only shared mapping of the first page of `HEAD`.
