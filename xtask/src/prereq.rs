@@ -64,24 +64,47 @@ pub(crate) fn nats_server() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Whether `name` is a library bindgen can load: `libclang.so*` or `libclang-<N>.so*`, not
+/// `libclang-cpp` (which LLVM packages such as rust-web-llvm pull in on their own).
+fn is_libclang(name: &str) -> bool {
+    name.starts_with("libclang.so")
+        || name.strip_prefix("libclang-").is_some_and(|rest| {
+            rest.starts_with(|c: char| c.is_ascii_digit()) && rest.contains(".so")
+        })
+}
+
 /// libclang (bindgen) for compiling the FoundationDB client bindings.
 pub(crate) fn libclang() -> anyhow::Result<()> {
+    let has_libclang = |dir: &Path| {
+        dir.read_dir().ok().is_some_and(|mut r| {
+            r.any(|f| f.ok().is_some_and(|f| is_libclang(&f.file_name().to_string_lossy())))
+        })
+    };
     let found = std::fs::read_dir("/usr/lib").ok().is_some_and(|dirs| {
         dirs.flatten().any(|d| {
             let p = d.path();
             p.file_name().is_some_and(|n| n.to_string_lossy().starts_with("llvm-"))
-                && p.join("lib").read_dir().ok().is_some_and(|mut r| {
-                    r.any(|f| {
-                        f.ok().is_some_and(|f| {
-                            f.file_name().to_string_lossy().starts_with("libclang")
-                        })
-                    })
-                })
+                && has_libclang(&p.join("lib"))
         })
-    }) || Path::new("/usr/lib/x86_64-linux-gnu/libclang.so").exists()
-        || Path::new("/usr/lib/x86_64-linux-gnu/libclang-14.so").exists();
+    }) || has_libclang(Path::new("/usr/lib/x86_64-linux-gnu"));
     if found {
         return Ok(());
     }
     apt(&["libclang-dev"], "compiling the FoundationDB backend (bindgen)")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::is_libclang;
+
+    #[test]
+    fn libclang_cpp_is_not_libclang() {
+        assert!(is_libclang("libclang.so"));
+        assert!(is_libclang("libclang.so.1"));
+        assert!(is_libclang("libclang-14.so.14.0.6"));
+        assert!(is_libclang("libclang-22.so.1"));
+        assert!(!is_libclang("libclang-cpp.so.14"));
+        assert!(!is_libclang("libclang-cpp.so.22"));
+        assert!(!is_libclang("libclangBasic.a"));
+    }
 }
