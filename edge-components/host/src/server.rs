@@ -405,7 +405,10 @@ fn engine(limits: &Limits, cache_dir: &Path) -> anyhow::Result<Engine> {
         // handing pages back to the kernel and faulting them in again on the next request.
         .linear_memory_keep_resident(limits.memory_keep_resident_bytes)
         .table_keep_resident(64 << 10)
-        .async_stack_keep_resident(64 << 10);
+        .async_stack_keep_resident(64 << 10)
+        // Where the kernel has PAGEMAP_SCAN (Linux 6.7+), reset only the pages an instance
+        // touched instead of the whole kept-resident prefix.
+        .pagemap_scan(wasmtime::Enabled::Auto);
     config.allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
     config.memory_reservation(limits.memory_max_bytes as u64);
     config.memory_guard_size(64 << 10);
