@@ -22,31 +22,56 @@ fn on_path(bin: &str) -> bool {
         .is_some_and(|p| std::env::split_paths(&p).any(|d| d.join(bin).is_file()))
 }
 
-/// Installs Debian packages when running as root, or says exactly what to run.
-pub(crate) fn apt(packages: &[&str], why: &str) -> anyhow::Result<()> {
-    let list = packages.join(" ");
-    if !is_root() {
-        bail!(
-            "{why} needs Debian packages that are missing.\n    run: sudo apt-get update && sudo apt-get install -y {list}"
-        );
-    }
-    step(&format!("installing {list} ({why})"));
-    let install = || {
-        Command::new("apt-get")
-            .args(["install", "-y", "-q", "--no-install-recommends"])
-            .args(packages)
-            .env("DEBIAN_FRONTEND", "noninteractive")
-            .status()
-            .is_ok_and(|s| s.success())
-    };
-    if install() {
-        return Ok(());
-    }
-    step("package lookup failed; running apt-get update first");
+fn apt_get_install(packages: &[&str]) -> bool {
+    Command::new("apt-get")
+        .args(["install", "-y", "-q", "--no-install-recommends"])
+        .args(packages)
+        .env("DEBIAN_FRONTEND", "noninteractive")
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+fn apt_get_update() -> anyhow::Result<()> {
     if !Command::new("apt-get").args(["update", "-q"]).status().is_ok_and(|s| s.success()) {
         bail!("apt-get update failed; check the machine's access to Debian's package mirror");
     }
-    if !install() {
+    Ok(())
+}
+
+fn need_root(list: &str, why: &str) -> anyhow::Result<()> {
+    if !is_root() {
+        bail!(
+            "{why} needs Debian packages that are missing or too old.\n    run: sudo apt-get update && sudo apt-get install -y {list}"
+        );
+    }
+    Ok(())
+}
+
+/// Installs Debian packages when running as root, or says exactly what to run. The package
+/// lists are refreshed only if the first attempt fails.
+pub(crate) fn apt(packages: &[&str], why: &str) -> anyhow::Result<()> {
+    let list = packages.join(" ");
+    need_root(&list, why)?;
+    step(&format!("installing {list} ({why})"));
+    if apt_get_install(packages) {
+        return Ok(());
+    }
+    step("package lookup failed; running apt-get update first");
+    apt_get_update()?;
+    if !apt_get_install(packages) {
+        bail!("apt-get install -y {list} failed");
+    }
+    Ok(())
+}
+
+/// Refreshes the package lists, then installs (or upgrades to their newest release)
+/// `packages`.
+pub(crate) fn apt_upgrade(packages: &[&str], why: &str) -> anyhow::Result<()> {
+    let list = packages.join(" ");
+    need_root(&list, why)?;
+    step(&format!("apt-get update, then upgrading {list} ({why})"));
+    apt_get_update()?;
+    if !apt_get_install(packages) {
         bail!("apt-get install -y {list} failed");
     }
     Ok(())

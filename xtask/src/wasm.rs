@@ -19,6 +19,8 @@ use std::process::Command;
 
 use anyhow::{Context as _, bail};
 
+use crate::prereq::{self, step};
+
 /// The components, by component id (the crate name; the library file uses `_`).
 pub(crate) const COMPONENTS: &[&str] =
     &["validation", "bot-score", "waiting-room", "catalog-cache"];
@@ -26,10 +28,6 @@ pub(crate) const COMPONENTS: &[&str] =
 fn workspace_root() -> PathBuf {
     let here = Path::new(env!("CARGO_MANIFEST_DIR"));
     here.parent().map(Path::to_path_buf).unwrap_or_else(|| here.to_path_buf())
-}
-
-fn step(msg: &str) {
-    eprintln!("==> {msg}");
 }
 
 fn output(cmd: &mut Command) -> Option<String> {
@@ -47,70 +45,14 @@ fn dpkg_installed(pkg: &str) -> bool {
         .is_some_and(|s| s.contains("install ok installed"))
 }
 
-fn is_root() -> bool {
-    output(Command::new("id").arg("-u")).is_some_and(|s| s.trim() == "0")
-}
-
+/// Installs those of `pkgs` that are not installed yet.
 fn apt_install(pkgs: &[String]) -> anyhow::Result<()> {
-    let missing: Vec<&String> = pkgs.iter().filter(|p| !dpkg_installed(p)).collect();
+    let missing: Vec<&str> =
+        pkgs.iter().map(String::as_str).filter(|p| !dpkg_installed(p)).collect();
     if missing.is_empty() {
         return Ok(());
     }
-    let list = missing.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(" ");
-    if !is_root() {
-        bail!(
-            "missing Debian packages for the WASM build: {list}\n    run: sudo apt-get update && sudo apt-get install -y {list}"
-        );
-    }
-    step(&format!("apt-get install -y {list}"));
-    let install = |quiet: bool| {
-        let mut c = Command::new("apt-get");
-        c.args(["install", "-y", "--no-install-recommends"])
-            .args(missing.iter().map(|s| s.as_str()));
-        c.env("DEBIAN_FRONTEND", "noninteractive");
-        if quiet {
-            c.arg("-q");
-        }
-        c.status()
-    };
-    if install(true).map(|s| s.success()).unwrap_or(false) {
-        return Ok(());
-    }
-    step("package lookup failed; running apt-get update first");
-    let ok = Command::new("apt-get").args(["update", "-q"]).status()?.success();
-    if !ok {
-        bail!("apt-get update failed");
-    }
-    if !install(true)?.success() {
-        bail!("apt-get install -y {list} failed");
-    }
-    Ok(())
-}
-
-/// Updates the package lists and upgrades `pkgs` to the newest release they have.
-fn apt_upgrade(pkgs: &[String]) -> anyhow::Result<()> {
-    let list = pkgs.join(" ");
-    if !is_root() {
-        bail!(
-            "the installed {list} cannot build WASM components (too old, or no wasm-component-ld)\n    run: sudo apt-get update && sudo apt-get install -y {list}"
-        );
-    }
-    step(&format!(
-        "the installed rustc-web cannot link components; apt-get update, then apt-get install -y {list}"
-    ));
-    if !Command::new("apt-get").args(["update", "-q"]).status()?.success() {
-        bail!("apt-get update failed");
-    }
-    let ok = Command::new("apt-get")
-        .args(["install", "-y", "-q", "--no-install-recommends"])
-        .args(pkgs)
-        .env("DEBIAN_FRONTEND", "noninteractive")
-        .status()?
-        .success();
-    if !ok {
-        bail!("apt-get install -y {list} failed");
-    }
-    Ok(())
+    prereq::apt(&missing, "the WASM build")
 }
 
 /// Whether `/usr/bin/rustc` is recent enough to link components (1.85 is not).
@@ -187,7 +129,8 @@ pub(crate) fn build_components(release: bool) -> anyhow::Result<PathBuf> {
         if !Path::new(component_ld).exists() || !rustc_web_is_current() {
             // An older rustc-web was installed before; bring the four Rust packages to
             // one current release.
-            apt_upgrade(&pkgs[..4])?;
+            let rust: Vec<&str> = pkgs[..4].iter().map(String::as_str).collect();
+            prereq::apt_upgrade(&rust, "linking WASM components (rustc-web too old)")?;
         }
         let major = llvm_major()?;
         step(&format!("Debian rustc uses LLVM {major}; need lld-{major}"));

@@ -970,9 +970,7 @@ impl TrxBuffer {
     }
 
     pub(crate) fn check_usable(&self, now: Instant) -> Result<(), StoreError> {
-        if self.committed {
-            return Err(StoreError::UsedAfterCommit);
-        }
+        self.check_open()?;
         if now.duration_since(self.created) > MVCC_WINDOW {
             return Err(StoreError::TooOld);
         }
