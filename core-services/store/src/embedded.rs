@@ -24,11 +24,16 @@
 //!   never learned) and cuts off a torn tail.
 //! - **Rotation**: when a segment grows past `segment_bytes_max`, the writer syncs it,
 //!   starts the next segment and has a background thread write the snapshot it starts
-//!   from: a pinned version, read from memory in key order a few hundred keys at a time
-//!   at the lowest priority while commits go on. Once the snapshot is on disk, files older
+//!   from: a pinned version, read from memory in key order a few hundred keys at a time,
+//!   copied without cloning a handle, in one-millisecond bursts each followed by three of
+//!   rest, while commits go on. Once the snapshot is on disk, files older
 //!   than the previous snapshot and segment are deleted. Recovery uses the newest usable
 //!   snapshot and replays every segment after it; followers that still read an old
 //!   segment keep its file open.
+//! - **Memory**: opening the store turns transparent huge pages off for the process
+//!   unless [`EmbeddedOptions::transparent_huge_pages`] keeps them: the state grows by
+//!   kilobytes per commit, and a 2 MiB fault zeroed in the middle of a batch is a
+//!   commit's p99.
 
 use std::fs::{File, OpenOptions};
 use std::os::unix::fs::FileExt as _;
@@ -57,11 +62,23 @@ pub struct EmbeddedOptions {
     /// `fdatasync` before acknowledging. Only benchmarks that want to see the cost of
     /// durability turn this off.
     pub sync: bool,
+    /// Let the process keep transparent huge pages. Off by default: opening the store
+    /// turns them off for the whole process (`PR_SET_THP_DISABLE`), as latency-bound
+    /// databases commonly do. The state grows by kilobytes per commit, and a huge-page
+    /// fault zeroes 2 MiB at once on the thread that touched it: on a virtual machine
+    /// whose host backs guest memory lazily that stalls a commit batch for 5-7 ms, which
+    /// becomes the p99 of every commit (see BENCHMARKS.md).
+    pub transparent_huge_pages: bool,
 }
 
 impl Default for EmbeddedOptions {
     fn default() -> Self {
-        EmbeddedOptions { batch_txns_max: 8192, segment_bytes_max: 256 << 20, sync: true }
+        EmbeddedOptions {
+            batch_txns_max: 8192,
+            segment_bytes_max: 256 << 20,
+            sync: true,
+            transparent_huge_pages: false,
+        }
     }
 }
 
@@ -201,6 +218,9 @@ impl EmbeddedStore {
         head_file.read_exact_at(&mut head_buf, 0).map_err(io)?;
         let head = Head::decode(&head_buf)
             .ok_or_else(|| StoreError::Corrupt(format!("{} is unreadable", head_path.display())))?;
+        if !opts.transparent_huge_pages {
+            disable_transparent_huge_pages();
+        }
         let engine = Engine::new();
         let rep = load_state(dir, &engine, &head)?;
         let (sync_tx, sync_rx) = std::sync::mpsc::channel();
@@ -593,22 +613,29 @@ impl EmbeddedHost {
     /// segment and snapshot. Returns the number of keys and bytes written, and how long
     /// copying the references took.
     fn write_snapshot(&self, segment: u64, version: u64) -> Result<(u64, u64), StoreError> {
-        // Commits come first; the snapshot takes what time is left. It holds no lock for
-        // longer than it takes to copy 256 key handles, so running slowly holds
-        // nobody up.
-        lower_thread_priority();
+        // Commits come first: the snapshot works a millisecond at a time and then rests
+        // (SNAPSHOT_REST_PER_WORK). It runs at normal priority on purpose. It holds the
+        // ordered index's lock while it copies 256 key handles, and a thread at a low
+        // nice value preempted inside that copy on a busy machine kept the commit
+        // leader waiting for milliseconds.
         let tmp = self.dir.join(format!("snap-{segment:016x}.tmp"));
         let (keys, bytes) = {
             let f = Paced { file: File::create(&tmp).map_err(io)?, unsynced: 0 };
             let w = std::io::BufWriter::with_capacity(1 << 20, f);
             let mut w = wal::SnapshotWriter::new(w, version);
-            let mut chunk = Vec::with_capacity(256);
-            let mut after: Option<Bytes> = None;
+            let mut after: Option<Vec<u8>> = None;
+            let mut worked_since = Instant::now();
             loop {
-                chunk.clear();
-                let next = self.engine.dump_ordered(version, after.as_ref(), 256, &mut chunk)?;
-                for (k, v) in &chunk {
-                    w.entry(k, v).map_err(io)?;
+                // Entries are only copied into the writer's buffer while the index is
+                // locked; the buffer goes to disk after.
+                let next = self
+                    .engine
+                    .dump_ordered(version, after.as_deref(), 256, |k, v| w.entry(k, v))?;
+                w.flush_if_full().map_err(io)?;
+                let worked = worked_since.elapsed();
+                if worked >= Duration::from_millis(1) {
+                    std::thread::sleep(worked * SNAPSHOT_REST_PER_WORK);
+                    worked_since = Instant::now();
                 }
                 match next {
                     Some(k) => after = Some(k),
@@ -739,14 +766,21 @@ fn load_state_once(dir: &Path, engine: &Engine, head: &Head) -> Result<Replica, 
     Ok(rep)
 }
 
-fn lower_thread_priority() {
-    // SAFETY: setpriority on this thread's own id only changes its nice value.
-    #[allow(unsafe_code, reason = "lowers this thread's priority; no memory is involved")]
-    let rc = unsafe { libc::setpriority(libc::PRIO_PROCESS, libc::gettid() as libc::id_t, 19) };
+/// Turns transparent huge pages off for this process's future page faults (see
+/// [`EmbeddedOptions::transparent_huge_pages`]). Memory already mapped keeps its pages.
+fn disable_transparent_huge_pages() {
+    // SAFETY: PR_SET_THP_DISABLE takes an integer flag and changes only how the kernel
+    // backs this process's future anonymous page faults; no memory is read or written.
+    #[allow(unsafe_code, reason = "prctl with integer arguments only")]
+    let rc = unsafe { libc::prctl(libc::PR_SET_THP_DISABLE, 1 as libc::c_ulong, 0, 0, 0) };
     if rc != 0 {
-        tracing::debug!("store: could not lower the snapshot thread's priority");
+        tracing::debug!("store.open: transparent huge pages could not be turned off");
     }
 }
+
+/// How much of one core a snapshot may take while commits go on: after each chunk it
+/// sleeps this many times as long as the chunk took.
+const SNAPSHOT_REST_PER_WORK: u32 = 3;
 
 /// A snapshot file that is synced every megabyte, so the disk never has more than a few
 /// milliseconds of snapshot pages queued ahead of the log's next `fdatasync`.

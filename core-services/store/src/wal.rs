@@ -228,16 +228,19 @@ impl<W: io::Write> SnapshotWriter<W> {
         Ok(())
     }
 
-    pub(crate) fn entry(&mut self, k: &[u8], v: &[u8]) -> io::Result<()> {
+    /// Adds an entry to the buffer; [`SnapshotWriter::flush_if_full`] writes it out.
+    /// Separate, so that entries can be copied under a lock and written after.
+    pub(crate) fn entry(&mut self, k: &[u8], v: &[u8]) {
         self.chunk.extend_from_slice(&(k.len() as u32).to_le_bytes());
         self.chunk.extend_from_slice(k);
         self.chunk.extend_from_slice(&(v.len() as u32).to_le_bytes());
         self.chunk.extend_from_slice(v);
         self.count += 1;
-        if self.chunk.len() >= Self::CHUNK {
-            self.flush_chunk()?;
-        }
-        Ok(())
+    }
+
+    /// Writes the buffer out once it holds a chunk's worth.
+    pub(crate) fn flush_if_full(&mut self) -> io::Result<()> {
+        if self.chunk.len() >= Self::CHUNK { self.flush_chunk() } else { Ok(()) }
     }
 
     /// Writes the trailer; returns the writer, the snapshot's length and its entry count.
@@ -254,7 +257,7 @@ impl<W: io::Write> SnapshotWriter<W> {
 pub(crate) fn encode_snapshot(version: u64, entries: &[(Bytes, Bytes)]) -> Vec<u8> {
     let mut w = SnapshotWriter::new(Vec::new(), version);
     for (k, v) in entries {
-        w.entry(k, v).unwrap_or_default();
+        w.entry(k, v);
     }
     w.finish().map(|(out, _, _)| out).unwrap_or_default()
 }
