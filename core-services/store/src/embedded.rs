@@ -63,11 +63,11 @@ pub struct EmbeddedOptions {
     /// durability turn this off.
     pub sync: bool,
     /// Let the process keep transparent huge pages. Off by default: opening the store
-    /// turns them off for the whole process (`PR_SET_THP_DISABLE`), as latency-bound
-    /// databases commonly do. The state grows by kilobytes per commit, and a huge-page
-    /// fault zeroes 2 MiB at once on the thread that touched it: on a virtual machine
-    /// whose host backs guest memory lazily that stalls a commit batch for 5-7 ms, which
-    /// becomes the p99 of every commit (see BENCHMARKS.md).
+    /// turns them off for the whole process (`PR_SET_THP_DISABLE`). The state grows by
+    /// kilobytes per commit, and a huge-page fault zeroes 2 MiB at once on the thread
+    /// that touched it: on a virtual machine that reports free memory back to its host,
+    /// the host faults the page in again meanwhile, which stalled commit batches for
+    /// 5-7 ms and became the p99 of every commit (see BENCHMARKS.md).
     pub transparent_huge_pages: bool,
 }
 
@@ -610,13 +610,12 @@ impl EmbeddedHost {
     }
 
     /// Writes `snap-<segment>` with the state at `version`, then deletes every older
-    /// segment and snapshot. Returns the number of keys and bytes written, and how long
-    /// copying the references took.
+    /// segment and snapshot. Returns the number of keys and bytes written.
     fn write_snapshot(&self, segment: u64, version: u64) -> Result<(u64, u64), StoreError> {
         // Commits come first: the snapshot works a millisecond at a time and then rests
         // (SNAPSHOT_REST_PER_WORK). It runs at normal priority on purpose. It holds the
-        // ordered index's lock while it copies 256 key handles, and a thread at a low
-        // nice value preempted inside that copy on a busy machine kept the commit
+        // ordered index's read lock while it copies 256 entries, and a thread at a low
+        // nice value preempted inside such a copy on a busy machine kept the commit
         // leader waiting for milliseconds.
         let tmp = self.dir.join(format!("snap-{segment:016x}.tmp"));
         let (keys, bytes) = {
@@ -778,8 +777,8 @@ fn disable_transparent_huge_pages() {
     }
 }
 
-/// How much of one core a snapshot may take while commits go on: after each chunk it
-/// sleeps this many times as long as the chunk took.
+/// How much of one core a snapshot may take while commits go on: after each
+/// millisecond or more of work it sleeps this many times as long as it worked.
 const SNAPSHOT_REST_PER_WORK: u32 = 3;
 
 /// A snapshot file that is synced every megabyte, so the disk never has more than a few
