@@ -302,15 +302,27 @@ impl Table {
         begin: &[u8],
         end: &[u8],
         reverse: bool,
-        mut f: impl FnMut(&Bytes, &Chain) -> bool,
+        f: impl FnMut(&Bytes, &Chain) -> bool,
     ) {
         if begin >= end {
             return;
         }
         let lo = OrdKey::new(Bytes::copy_from_slice(begin));
         let hi = OrdKey::new(Bytes::copy_from_slice(end));
+        self.walk(Bound::Included(&lo), Bound::Excluded(&hi), reverse, f);
+    }
+
+    /// Calls `f` with each key between `lo` and `hi` that has a chain (in order, or
+    /// reversed) until it returns false, holding the ordered index's read lock throughout.
+    fn walk(
+        &self,
+        lo: Bound<&OrdKey>,
+        hi: Bound<&OrdKey>,
+        reverse: bool,
+        mut f: impl FnMut(&Bytes, &Chain) -> bool,
+    ) {
         let order = self.order.read();
-        let range = order.range((Bound::Included(&lo), Bound::Excluded(&hi)));
+        let range = order.range((lo, hi));
         let mut visit = |k: &OrdKey| {
             let hash = key_hash(&k.key);
             match find(&self.shard(hash).read(), hash, &k.key) {
@@ -466,27 +478,20 @@ impl Engine {
     ) -> Result<Option<Vec<u8>>, StoreError> {
         let g = self.begin_read(version)?;
         let from = after.map(|a| OrdKey::new(Bytes::copy_from_slice(a)));
+        let lo = from.as_ref().map_or(Bound::Unbounded, Bound::Excluded);
         let mut seen = 0;
         let mut last: Option<Vec<u8>> = None;
-        {
-            let order = self.map.order.read();
-            let keys = match &from {
-                Some(a) => order.range((Bound::Excluded(a), Bound::Unbounded)),
-                None => order.range::<OrdKey, _>(..),
-            };
-            for k in keys.take(max) {
-                seen += 1;
-                let hash = key_hash(&k.key);
-                if let Some(Some(v)) =
-                    find(&self.map.shard(hash).read(), hash, &k.key).and_then(|c| c.at(version))
-                {
-                    f(&k.key, v);
-                }
-                if seen == max {
-                    last = Some(k.key.to_vec());
-                }
+        self.map.walk(lo, Bound::Unbounded, false, |k, c| {
+            if let Some(Some(v)) = c.at(version) {
+                f(k, v);
             }
-        }
+            seen += 1;
+            if seen < max {
+                return true;
+            }
+            last = Some(k.to_vec());
+            false
+        });
         self.end_read(g, version)?;
         Ok(last)
     }
