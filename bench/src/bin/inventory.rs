@@ -359,10 +359,15 @@ fn store_counters(before: &str) -> String {
     let batches = delta("tessera_store_commit_batch_txns_count", None);
     let txns = delta("tessera_store_commit_batch_txns_sum", None);
     let log_bytes = delta("tessera_store_log_bytes_total", None);
+    let fsyncs = delta("tessera_store_fsync_seconds_count", None);
+    let fsync_s = delta("tessera_store_fsync_seconds_sum", None);
+    let batch_s = delta("tessera_store_commit_batch_seconds_sum", None);
     format!(
-        "committed={committed:.0} conflicts={conflicts:.0} retries={retries:.0} txns_per_batch={:.1} log_bytes_per_commit={:.0}",
+        "committed={committed:.0} conflicts={conflicts:.0} retries={retries:.0} txns_per_batch={:.1} log_bytes_per_commit={:.0} fsyncs={fsyncs:.0} fsync_mean_us={:.0} batch_commit_mean_us={:.0}",
         txns / batches.max(1.0),
-        log_bytes / committed.max(1.0)
+        log_bytes / committed.max(1.0),
+        fsync_s * 1e6 / fsyncs.max(1.0),
+        batch_s * 1e6 / batches.max(1.0)
     )
 }
 

@@ -15,8 +15,10 @@
 //!   it takes the `LOCK` (`flock`, released by the kernel if the process dies), catches
 //!   up with the log, resolves conflicts, applies the writes in memory (at a version no
 //!   reader sees yet) and appends one record. The syncer thread then `fdatasync`s every
-//!   record appended meanwhile, moves `HEAD` past them, makes them visible and only then
-//!   acknowledges; the next batch is resolved while the last one is synced. An
+//!   record appended meanwhile, moves `HEAD` past them and makes them visible; only then
+//!   does the acknowledger thread tell their tasks (and bring the ordered index up to
+//!   date, which the committer leaves to it); the next batch is resolved while the last
+//!   one is synced. An
 //!   acknowledged commit is on disk; a process killed at any point loses only
 //!   unacknowledged work.
 //! - **Recovery**: a writer adopts complete, checksummed records past what it applied
@@ -256,9 +258,17 @@ impl EmbeddedStore {
             host.applied.store(rep.version, Ordering::Release);
         }
         let weak = Arc::downgrade(&host);
+        let (ack_tx, ack_rx) = std::sync::mpsc::channel();
+        std::thread::Builder::new()
+            .name("tessera-acker".into())
+            .spawn({
+                let weak = weak.clone();
+                move || acknowledger(weak, ack_rx)
+            })
+            .map_err(io)?;
         std::thread::Builder::new()
             .name("tessera-syncer".into())
-            .spawn(move || syncer(weak, sync_rx))
+            .spawn(move || syncer(weak, sync_rx, ack_tx))
             .map_err(io)?;
         tracing::info!(dir = %dir.display(), version = head.version, segment = head.segment, "store.open");
         Ok(EmbeddedStore { host })
@@ -519,9 +529,9 @@ impl EmbeddedHost {
     }
 
     /// Makes appended batches durable, moves `HEAD` past them (never backwards: another
-    /// writer may have moved it further), makes them visible and acknowledges them.
-    /// Called by the syncer thread only.
-    fn sync_jobs(&self, jobs: Vec<SyncJob>) -> Result<(), StoreError> {
+    /// writer may have moved it further) and makes them visible; the caller then has them
+    /// acknowledged. Called by the syncer thread only.
+    fn sync_jobs(&self, jobs: &[SyncJob]) -> Result<(), StoreError> {
         let Some(last) = jobs.last() else { return Ok(()) };
         if self.opts.sync {
             let t = Instant::now();
@@ -542,15 +552,6 @@ impl EmbeddedHost {
             }
         }
         self.engine.set_visible(last.version);
-        for job in jobs {
-            metrics::histogram!("tessera_store_commit_batch_seconds")
-                .record(job.started.elapsed().as_secs_f64());
-            metrics::counter!("tessera_store_commits_total", "outcome" => "committed")
-                .increment(job.replies.len() as u64);
-            for (reply, info) in job.replies {
-                let _ = reply.send(Ok(info));
-            }
-        }
         Ok(())
     }
 
@@ -822,8 +823,13 @@ struct Leader {
     syncer: Sender<SyncJob>,
 }
 
-/// Syncs what batch leaders appended, every batch waiting at once (group commit).
-fn syncer(host: Weak<EmbeddedHost>, rx: Receiver<SyncJob>) {
+/// Syncs what batch leaders appended, every batch waiting at once (group commit), and
+/// passes the synced batches on to be acknowledged.
+///
+/// Acknowledging is the acknowledger's: waking a few dozen waiting tasks from outside
+/// their runtime takes about as long as an `fdatasync`, and done here it would hold up
+/// the next one.
+fn syncer(host: Weak<EmbeddedHost>, rx: Receiver<SyncJob>, acks: Sender<Vec<SyncJob>>) {
     loop {
         let Ok(first) = rx.recv() else { return };
         let mut jobs = vec![first];
@@ -831,10 +837,39 @@ fn syncer(host: Weak<EmbeddedHost>, rx: Receiver<SyncJob>) {
             jobs.push(job);
         }
         let Some(host) = host.upgrade() else { return };
-        if let Err(e) = host.sync_jobs(jobs) {
+        if let Err(e) = host.sync_jobs(&jobs) {
             // Whether the batches reached the disk is unknown; acknowledging later ones
             // could claim what is not durable.
             fatal(&format!("log sync failed: {e:#}"));
+        }
+        drop(host);
+        if acks.send(jobs).is_err() {
+            fatal("the acknowledger thread is gone");
+        }
+    }
+}
+
+/// Tells the transactions of synced batches that they committed, then brings the
+/// ordered index up to date (see [`Engine::settle_order`]) while the committer works on.
+fn acknowledger(host: Weak<EmbeddedHost>, rx: Receiver<Vec<SyncJob>>) {
+    while let Ok(first) = rx.recv() {
+        let mut jobs = first;
+        while let Ok(more) = rx.try_recv() {
+            jobs.extend(more);
+        }
+        for job in jobs {
+            metrics::histogram!("tessera_store_commit_batch_seconds")
+                .record(job.started.elapsed().as_secs_f64());
+            metrics::counter!("tessera_store_commits_total", "outcome" => "committed")
+                .increment(job.replies.len() as u64);
+            for (reply, info) in job.replies {
+                let _ = reply.send(Ok(info));
+            }
+        }
+        // It runs until the syncer is gone: stopping when the store is, it could miss
+        // batches the syncer still hands on.
+        if let Some(host) = host.upgrade() {
+            host.engine.settle_order();
         }
     }
 }

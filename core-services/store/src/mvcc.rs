@@ -155,10 +155,20 @@ type Shard = hashbrown::HashTable<(u64, Bytes, Chain)>;
 /// its own lock, so that readers rarely wait for the committer and growing the index
 /// rehashes one small table at a time instead of stopping every commit while millions of
 /// keys move.
+///
+/// New keys reach the ordered set lazily: the committer only queues them in `unindexed`,
+/// and whoever next needs the order (a range read, a range conflict check, a snapshot, or
+/// the acknowledging thread between batches) moves them in first. Inserting into a tree
+/// of millions of keys is a third of what resolving a transaction costs, and the
+/// committer is the one serial step of a commit.
 #[derive(Debug)]
 struct Table {
     shards: Box<[RwLock<Shard>]>,
     order: RwLock<BTreeSet<OrdKey>>,
+    /// Keys in the hash shards but not yet in `order`. Only moved out while `order` is
+    /// write-locked, so a walk that finds it empty and then takes `order`'s lock sees
+    /// every key put before it looked.
+    unindexed: Mutex<Vec<Bytes>>,
 }
 
 const SHARDS: usize = 256;
@@ -169,6 +179,7 @@ impl Default for Table {
         Table {
             shards: (0..SHARDS).map(|_| RwLock::new(Shard::new())).collect(),
             order: RwLock::new(BTreeSet::new()),
+            unindexed: Mutex::new(Vec::new()),
         }
     }
 }
@@ -262,12 +273,22 @@ impl Table {
         }
     }
 
+    /// Queues new keys for the ordered index (see [`Table::settle`]).
     fn index(&self, new_keys: &mut Vec<Bytes>) {
         if new_keys.is_empty() {
             return;
         }
+        self.unindexed.lock().append(new_keys);
+    }
+
+    /// Moves every queued key into the ordered index.
+    fn settle(&self) {
+        if self.unindexed.lock().is_empty() {
+            return;
+        }
         let mut order = self.order.write();
-        for k in new_keys.drain(..) {
+        let keys = std::mem::take(&mut *self.unindexed.lock());
+        for k in keys {
             order.insert(OrdKey::new(k));
         }
     }
@@ -287,7 +308,9 @@ impl Table {
 
     fn clear(&self) {
         self.shards.iter().for_each(|s| s.write().clear());
-        self.order.write().clear();
+        let mut order = self.order.write();
+        order.clear();
+        self.unindexed.lock().clear();
     }
 
     #[cfg(test)]
@@ -321,6 +344,7 @@ impl Table {
         reverse: bool,
         mut f: impl FnMut(&Bytes, &Chain) -> bool,
     ) {
+        self.settle();
         let order = self.order.read();
         let range = order.range((lo, hi));
         let mut visit = |k: &OrdKey| {
@@ -447,11 +471,18 @@ impl Engine {
             }
         }
         self.map.index(&mut new_keys);
+        self.map.settle();
         self.tombstones.lock().clear();
         self.history.lock().clear();
         self.visible.store(version, Ordering::Release);
         self.horizon.store(version, Ordering::Release);
         self.generation.fetch_add(1, Ordering::AcqRel);
+    }
+
+    /// Brings the ordered index up to date with every key written so far, so that the
+    /// next range read does not have to. Called between batches, off the commit path.
+    pub(crate) fn settle_order(&self) {
+        self.map.settle();
     }
 
     /// Keeps `version` readable until [`Engine::unpin`], however long that takes.
@@ -737,6 +768,9 @@ impl Engine {
         }
         drop(t);
         if !forgotten.is_empty() {
+            // A forgotten key may still be queued: settle first, or it would be indexed
+            // after its removal.
+            self.map.settle();
             let mut order = self.map.order.write();
             for k in &forgotten {
                 order.remove(k);
@@ -1593,5 +1627,34 @@ mod tests {
         assert!(e.horizon() >= 2);
         assert_eq!(e.key_count(), 0);
         assert!(matches!(e.get(b"a", key_hash(b"a"), 1), Err(StoreError::TooOld)));
+    }
+
+    #[test]
+    fn keys_not_yet_in_the_ordered_index_are_seen_by_ranges_and_never_linger() {
+        let e = Engine::new();
+        let t0 = Instant::now();
+        commit(&e, &req(None, vec![], vec![set("a", "1"), set("b", "1")]), 1, t0).unwrap();
+        e.note_applied(1, t0);
+        assert_eq!(e.map.unindexed.lock().len(), 2, "the committer only queues new keys");
+        let mut seen = Vec::new();
+        e.scan(b"a", b"z", false, 1, |k, _| {
+            seen.push(k.clone());
+            true
+        })
+        .unwrap();
+        assert_eq!(seen, vec![Bytes::from_static(b"a"), Bytes::from_static(b"b")]);
+        assert!(e.map.unindexed.lock().is_empty(), "a range read settles the queue first");
+
+        // Created and deleted while still queued: forgetting it must not leave it indexed.
+        commit(&e, &req(None, vec![], vec![set("c", "1")]), 2, t0).unwrap();
+        e.note_applied(2, t0);
+        commit(&e, &req(None, vec![], vec![Mutation::Clear(Key::copy(b"c"))]), 3, t0).unwrap();
+        e.note_applied(3, t0);
+        let later = t0 + MVCC_WINDOW + Duration::from_millis(10);
+        e.note_applied(4, later);
+        e.note_applied(5, later + MVCC_WINDOW + Duration::from_millis(10));
+        e.settle_order();
+        let order: Vec<Bytes> = e.map.order.read().iter().map(|k| k.key.clone()).collect();
+        assert_eq!(order, vec![Bytes::from_static(b"a"), Bytes::from_static(b"b")]);
     }
 }
