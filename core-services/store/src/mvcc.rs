@@ -286,8 +286,23 @@ impl Table {
         if self.unindexed.lock().is_empty() {
             return;
         }
-        let mut order = self.order.write();
-        let keys = std::mem::take(&mut *self.unindexed.lock());
+        Self::insert_queued(&mut self.order.write(), &self.unindexed);
+    }
+
+    /// [`Table::settle`], unless the ordered index is locked (a snapshot or a range read
+    /// is walking it): then the keys stay queued for whoever walks next, which settles
+    /// first.
+    fn try_settle(&self) {
+        if self.unindexed.lock().is_empty() {
+            return;
+        }
+        if let Some(mut order) = self.order.try_write() {
+            Self::insert_queued(&mut order, &self.unindexed);
+        }
+    }
+
+    fn insert_queued(order: &mut BTreeSet<OrdKey>, unindexed: &Mutex<Vec<Bytes>>) {
+        let keys = std::mem::take(&mut *unindexed.lock());
         // In key order, each insertion descends a path the previous one mostly warmed:
         // a batch's outbox and expiry keys land side by side.
         let mut keys: Vec<OrdKey> = keys.into_iter().map(OrdKey::new).collect();
@@ -484,9 +499,11 @@ impl Engine {
     }
 
     /// Brings the ordered index up to date with every key written so far, so that the
-    /// next range read does not have to. Called between batches, off the commit path.
+    /// next range read does not have to, unless something is walking the index: the
+    /// caller acknowledges commits and must not wait for a snapshot's walk. Called
+    /// between batches, off the commit path.
     pub(crate) fn settle_order(&self) {
-        self.map.settle();
+        self.map.try_settle();
     }
 
     /// Keeps `version` readable until [`Engine::unpin`], however long that takes.
