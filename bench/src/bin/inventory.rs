@@ -40,6 +40,7 @@ struct Args {
     warmup_seconds: u64,
     sections: u16,
     clients: usize,
+    ga_clients: usize,
     pg_clients: Vec<usize>,
     skip_pg: bool,
     no_sync: bool,
@@ -53,6 +54,7 @@ fn args() -> anyhow::Result<Args> {
         warmup_seconds: 2,
         sections: 400,
         clients: 112,
+        ga_clients: 64,
         pg_clients: vec![16, 64, 112],
         skip_pg: false,
         no_sync: false,
@@ -67,6 +69,7 @@ fn args() -> anyhow::Result<Args> {
             "--warmup-seconds" => a.warmup_seconds = val()?.parse()?,
             "--sections" => a.sections = val()?.parse()?,
             "--clients" => a.clients = val()?.parse()?,
+            "--ga-clients" => a.ga_clients = val()?.parse()?,
             "--pg-clients" => {
                 a.pg_clients = val()?.split(',').map(str::parse).collect::<Result<_, _>>()?
             }
@@ -78,7 +81,7 @@ fn args() -> anyhow::Result<Args> {
             "--no-sync" => a.no_sync = true,
             "--help" | "-h" => {
                 println!(
-                    "inventory [--seconds N] [--warmup-seconds N] [--sections N (x1000 seats)] [--clients N] [--pg-clients a,b] [--skip-pg] [--no-sync] [--worker-threads N] [--segment-mib N]"
+                    "inventory [--seconds N] [--warmup-seconds N] [--sections N (x1000 seats)] [--clients N] [--ga-clients N] [--pg-clients a,b] [--skip-pg] [--no-sync] [--worker-threads N] [--segment-mib N]"
                 );
                 std::process::exit(0);
             }
@@ -231,8 +234,8 @@ async fn embedded(args: &Args, dir: &Path) -> anyhow::Result<(Result_, Result_, 
     let uniform =
         run_embedded(&inv, &event, args, dealt.into_iter().map(Work::Seats).collect()).await?;
     // Hot pool.
-    let ga =
-        run_embedded(&inv, &event, args, (0..args.clients).map(|_| Work::Pool).collect()).await?;
+    let ga = run_embedded(&inv, &event, args, (0..args.ga_clients).map(|_| Work::Pool).collect())
+        .await?;
 
     // Invariants after the run: no seat owned twice, the pool not oversold.
     let oversold = check_embedded(&inv, &event, uniform.holds, &ga).await?;
@@ -754,7 +757,7 @@ fn main() -> anyhow::Result<()> {
     rt.block_on(async move {
         let dir = tempfile::Builder::new().prefix("tessera-bench-inventory").tempdir_in(bench_dir()?)?;
         let seats = u32::from(args.sections) * 1000;
-        println!("inventory benchmark: {seats} seats, {GA_CAPACITY}-place pool, {} s per workload, {cores} cores, {workers} request worker thread(s), {} clients", args.seconds, args.clients);
+        println!("inventory benchmark: {seats} seats, {GA_CAPACITY}-place pool, {} s per workload, {cores} cores, {workers} request worker thread(s), {} clients on seats, {} on the pool", args.seconds, args.clients, args.ga_clients);
         // Start from a quiet disk: the build that precedes a benchmark leaves hundreds of
         // megabytes being written back, which would slow the first fsyncs measured.
         settle_disk();
@@ -773,6 +776,8 @@ fn main() -> anyhow::Result<()> {
         print_row("tessera embedded", "ga", &eg);
         let mut kv = vec![
             format!("seats={seats}"),
+            format!("clients_uniform={}", args.clients),
+            format!("clients_ga={}", args.ga_clients),
             format!("embedded_uniform_holds_per_s={:.0}", eu.per_s()),
             format!("embedded_uniform_p50_ms={:.2}", eu.p50_ms),
             format!("embedded_uniform_p99_ms={:.2}", eu.p99_ms),
