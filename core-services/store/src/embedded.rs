@@ -18,9 +18,8 @@
 //!   record appended meanwhile, moves `HEAD` past them and makes them visible; only then
 //!   does the acknowledger thread tell their tasks (and bring the ordered index up to
 //!   date, which the committer leaves to it); the next batch is resolved while the last
-//!   one is synced. An
-//!   acknowledged commit is on disk; a process killed at any point loses only
-//!   unacknowledged work.
+//!   one is synced. An acknowledged commit is on disk; a process killed at any point
+//!   loses only unacknowledged work.
 //! - **Recovery**: a writer adopts complete, checksummed records past what it applied
 //!   (another writer's, waiting for its sync, or a dead writer's, whose outcome its client
 //!   never learned) and cuts off a torn tail.
