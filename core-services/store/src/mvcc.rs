@@ -80,16 +80,24 @@ impl Chain {
             // Most keys are rewritten rarely: room for one old version, not the four a
             // vector starts with.
             self.older.reserve_exact(1);
+        } else if self.older.len() == self.older.capacity() {
+            // Forget what no reader can see only when the vector would otherwise grow. A
+            // hot key (a pool's tally) is rewritten by nearly every batch and keeps seconds
+            // of versions; trimming on every push moved all of them each time, where this
+            // moves them once per doubling. Versions below the horizon that stay meanwhile
+            // are never read: a read below the horizon is refused.
+            self.forget_below(horizon);
         }
         self.older.push(prev);
-        // Keep the newest version at or below the horizon; drop everything older. Versions
-        // ascend, so a binary search finds it: a hot key (a pool's tally) can gather many
-        // versions while a snapshot pins the horizon.
+    }
+
+    /// Drops the versions older than the newest one at or below `horizon`, and that one
+    /// too if it is a deletion (unreadable history).
+    fn forget_below(&mut self, horizon: u64) {
         let keep_from = self.older.partition_point(|(v, _)| *v <= horizon).saturating_sub(1);
         if keep_from > 0 {
             self.older.drain(..keep_from);
         }
-        // A deleted value at or below the horizon is unreadable history.
         if self.older.first().is_some_and(|(v, val)| *v <= horizon && val.is_none()) {
             self.older.remove(0);
         }
@@ -1636,6 +1644,27 @@ mod tests {
             apply_atomic(MutationType::CompareAndClear, Some(b"y"), b"x"),
             Some(b"y".to_vec())
         );
+    }
+
+    #[test]
+    fn a_hot_key_keeps_every_readable_version_and_forgets_the_rest() {
+        let mut chain = Chain { latest: (1, Some(Bytes::from_static(b"1"))), older: Vec::new() };
+        // Rewritten at every version while the horizon trails 1,000 versions behind.
+        for version in 2..=20_000u64 {
+            let horizon = version.saturating_sub(1_000);
+            chain.push(version, Some(Bytes::from(version.to_string())), horizon);
+            if version % 997 == 0 && horizon > 0 {
+                for read in [horizon, horizon + 1, version - 1, version] {
+                    let want = read.to_string();
+                    let got = chain.at(read).cloned().flatten();
+                    assert_eq!(got.as_deref(), Some(want.as_bytes()), "read at {read}");
+                }
+            }
+        }
+        // Forgotten in steps, not one version at a time: never more than twice what is
+        // readable (plus the vector's rounding).
+        assert!(chain.older.len() <= 2 * 1_001 + 4, "{} versions kept", chain.older.len());
+        assert!(chain.older.len() >= 1_000);
     }
 
     #[test]
