@@ -194,6 +194,10 @@ impl Keyspace {
     pub fn hold(&self, hold: &HoldId) -> Vec<u8> {
         self.key(&("hold", hold.as_str()))
     }
+    /// Every hold record (audits and tools; no request reads it).
+    pub fn holds(&self) -> (Vec<u8>, Vec<u8>) {
+        self.range(&("hold",))
+    }
 
     /// `("hexp", expires_at_ms, hold_id)` → empty. The sweeper's index of hold deadlines.
     pub fn hold_expiry(&self, expires_at_ms: u64, hold: &HoldId) -> Vec<u8> {
@@ -214,14 +218,6 @@ impl Keyspace {
     /// (little-endian i64), for the per-customer limit.
     pub fn customer_tally(&self, event: &EventId, customer: &CustomerId) -> Vec<u8> {
         self.key(&("cev", event.as_str(), customer.as_str()))
-    }
-
-    /// `("chold", customer_id, hold_id)` → empty: a customer's holds.
-    pub fn customer_hold(&self, customer: &CustomerId, hold: &HoldId) -> Vec<u8> {
-        self.key(&("chold", customer.as_str(), hold.as_str()))
-    }
-    pub fn customer_holds(&self, customer: &CustomerId) -> (Vec<u8>, Vec<u8>) {
-        self.range(&("chold", customer.as_str()))
     }
 
     // ---- orders, payments and tickets ---------------------------------------------------

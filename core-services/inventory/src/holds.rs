@@ -301,7 +301,6 @@ impl<S: Store> Inventory<S> {
                 };
                 trx.set(&self.keys.hold(&hold_id), &values::encode(&record));
                 trx.set(&self.keys.hold_expiry(expires_at_ms, &hold_id), &[]);
-                trx.set(&self.keys.customer_hold(customer, &hold_id), &[]);
                 outbox(
                     &trx,
                     &self.keys,

@@ -169,12 +169,12 @@ fn the_checks_catch_an_acknowledged_hold_that_was_lost() {
         Box::pin(async move {
             let trx = raw.create_trx().unwrap();
             let fan = tessera_api::CustomerId::parse("fan-0").unwrap();
-            let (b, e) = keys.customer_holds(&fan);
-            for (k, _) in trx.get_range(&RangeRequest::new(b, e), true).await.unwrap() {
-                let elems: Vec<foundationdb_tuple::Element> =
-                    foundationdb_tuple::Subspace::all().subspace(&"tsr").unpack(&k).unwrap();
-                if let Some(foundationdb_tuple::Element::String(h)) = elems.get(2) {
-                    trx.clear(&keys.hold(&tessera_api::HoldId::parse(h).unwrap()));
+            let (b, e) = keys.holds();
+            for (k, v) in trx.get_range(&RangeRequest::new(b, e), true).await.unwrap() {
+                let hold: tessera_fdb_schema::values::HoldRecord =
+                    tessera_fdb_schema::values::decode(&v).unwrap();
+                if hold.customer_id == fan {
+                    trx.clear(&k);
                 }
             }
             trx.commit().await.unwrap();
