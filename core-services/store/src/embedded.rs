@@ -31,11 +31,6 @@
 //!   than the previous snapshot and segment are deleted. Recovery uses the newest usable
 //!   snapshot and replays every segment after it; followers that still read an old
 //!   segment keep its file open.
-//! - **Preparing the log**: a background thread keeps zeros written (and synced) a little
-//!   way past the end of the current segment, so a commit overwrites blocks the file
-//!   already has: its `fdatasync` then has no file size to write, which on ext4 made it
-//!   a fifth to a half faster. A record header of zeros is the end of the log; rotation
-//!   cuts the zeros off a finished segment.
 //! - **Memory**: opening the store turns transparent huge pages off for the process
 //!   unless [`EmbeddedOptions::transparent_huge_pages`] keeps them: the state grows by
 //!   kilobytes per commit, and a 2 MiB fault zeroed in the middle of a batch is a
@@ -45,7 +40,7 @@ use std::fs::{File, OpenOptions};
 use std::os::unix::fs::FileExt as _;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::mpsc::{Receiver, Sender, SyncSender};
+use std::sync::mpsc::{Receiver, Sender};
 use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
@@ -68,12 +63,6 @@ pub struct EmbeddedOptions {
     /// `fdatasync` before acknowledging. Only benchmarks that want to see the cost of
     /// durability turn this off.
     pub sync: bool,
-    /// How far ahead of the log's end zeros are laid out in the current segment (0:
-    /// never). A commit then overwrites blocks the file already has instead of growing it,
-    /// so its `fdatasync` writes no file metadata: on ext4 that halved the sync (see
-    /// BENCHMARKS.md). The zeros cost one more write of the log's volume, in the
-    /// background. On a copy-on-write filesystem it gains nothing; turn it off there.
-    pub log_prepared_bytes: u64,
     /// Let the process keep transparent huge pages. Off by default: opening the store
     /// turns them off for the whole process (`PR_SET_THP_DISABLE`). The state grows by
     /// kilobytes per commit, and a huge-page fault zeroes 2 MiB at once on the thread
@@ -88,7 +77,6 @@ impl Default for EmbeddedOptions {
         EmbeddedOptions {
             batch_txns_max: 8192,
             segment_bytes_max: 256 << 20,
-            log_prepared_bytes: 16 << 20,
             sync: true,
             transparent_huge_pages: false,
         }
@@ -155,10 +143,6 @@ pub struct EmbeddedHost {
     leader: Mutex<Leader>,
     /// A snapshot of this process is being written in the background.
     snapshotting: AtomicBool,
-    /// Where the zeros laid out past the current segment's records end, as far as this
-    /// process's preparer knows (see [`EmbeddedOptions::log_prepared_bytes`]); zero after a
-    /// rotation. Only changed under the replica's lock.
-    prepared_end: AtomicU64,
     /// Size of the last snapshot this process wrote: a segment may grow to twice that
     /// before the next, so writing snapshots costs at most half as much as the log.
     last_snapshot_bytes: AtomicU64,
@@ -263,7 +247,6 @@ impl EmbeddedStore {
                 syncer: sync_tx,
             }),
             snapshotting: AtomicBool::new(false),
-            prepared_end: AtomicU64::new(0),
             last_snapshot_bytes: AtomicU64::new(0),
         });
         {
@@ -282,21 +265,9 @@ impl EmbeddedStore {
                 move || acknowledger(weak, ack_rx)
             })
             .map_err(io)?;
-        let prepare = if host.opts.log_prepared_bytes > 0 {
-            let (wake, woken) = std::sync::mpsc::sync_channel(1);
-            let weak = weak.clone();
-            std::thread::Builder::new()
-                .name("tessera-log-prep".into())
-                .spawn(move || preparer(weak, woken))
-                .map_err(io)?;
-            let _ = wake.try_send(());
-            Some(wake)
-        } else {
-            None
-        };
         std::thread::Builder::new()
             .name("tessera-syncer".into())
-            .spawn(move || syncer(weak, sync_rx, ack_tx, prepare))
+            .spawn(move || syncer(weak, sync_rx, ack_tx))
             .map_err(io)?;
         tracing::info!(dir = %dir.display(), version = head.version, segment = head.segment, "store.open");
         Ok(EmbeddedStore { host })
@@ -381,63 +352,65 @@ impl EmbeddedHost {
 
     /// Under the lock: applies the complete records past what this process applied (those
     /// of another writer still waiting for its sync, or left by one that died), and cuts
-    /// off a torn tail. Returns how many records it adopted. Usually there are none: one
-    /// read of a record header finds the end of the log (or the zeros laid out past it).
+    /// off a torn tail. Returns how many records it adopted.
     fn adopt_tail(&self, rep: &mut Replica) -> Result<usize, StoreError> {
+        let file_len = rep.log.metadata().map_err(io)?.len();
+        if file_len <= rep.applied_len {
+            return Ok(0);
+        }
+        let mut buf = vec![0u8; (file_len - rep.applied_len) as usize];
+        rep.log.read_exact_at(&mut buf, rep.applied_len).map_err(io)?;
+        let buf = Bytes::from(buf);
+        let mut at = 0usize;
         let mut adopted = 0;
         let now = Instant::now();
-        loop {
-            let mut header = [0u8; wal::RECORD_HEADER_LEN];
-            let n = read_up_to(&rep.log, &mut header, rep.applied_len)?;
-            let rec = match wal::record_start(&header[..n]) {
-                wal::RecordStart::End => break,
-                wal::RecordStart::Torn => None,
-                wal::RecordStart::Record(len) => {
-                    let mut buf = vec![0u8; len];
-                    if read_up_to(&rep.log, &mut buf, rep.applied_len)? < len {
-                        None
-                    } else {
-                        wal::decode_record(&Bytes::from(buf))
-                            .filter(|rec| rec.version == rep.version + 1)
-                    }
-                }
-            };
-            let Some(rec) = rec else {
-                // A writer died while appending: what follows its last whole record was
-                // never acknowledged.
-                let file_len = rep.log.metadata().map_err(io)?.len();
-                rep.log.set_len(rep.applied_len).map_err(io)?;
-                tracing::warn!(
-                    adopted,
-                    dropped_bytes = file_len - rep.applied_len,
-                    version = rep.version,
-                    "store.recover: an earlier writer stopped mid-commit"
-                );
+        while let Some(rec) = wal::decode_record(&buf.slice(at..)) {
+            if rec.version != rep.version + 1 {
                 break;
-            };
+            }
             self.engine.apply_resolved(rec.version, &rec.writes);
             self.engine.note_applied(rec.version, now);
             rep.version = rec.version;
-            rep.applied_len += rec.len as u64;
+            at += rec.len;
             adopted += 1;
         }
+        rep.applied_len += at as u64;
         self.applied.fetch_max(rep.version, Ordering::AcqRel);
+        if at < buf.len() {
+            // A writer died while appending: what follows its last whole record was never
+            // acknowledged.
+            rep.log.set_len(rep.applied_len).map_err(io)?;
+            tracing::warn!(
+                adopted,
+                dropped_bytes = buf.len() - at,
+                version = rep.version,
+                "store.recover: an earlier writer stopped mid-commit"
+            );
+        }
         Ok(adopted)
     }
 
     /// At open, under the lock: adopts what writers left past `HEAD`, syncs it and makes
     /// `HEAD` say so.
     fn recover_tail(&self, rep: &mut Replica, head: &mut Head) -> Result<(), StoreError> {
-        let adopted = self.adopt_tail(rep)?;
-        if adopted == 0 {
+        let len_before = rep.applied_len;
+        let file_len = rep.log.metadata().map_err(io)?.len();
+        if file_len <= len_before {
             return Ok(());
         }
+        let adopted = self.adopt_tail(rep)?;
         rep.log.sync_data().map_err(io)?;
         head.committed_len = rep.applied_len;
         head.version = rep.version;
         self.write_head(head, true)?;
         self.engine.set_visible(head.version);
-        tracing::info!(adopted, version = head.version, "store.recover: adopted records past HEAD");
+        if adopted > 0 {
+            tracing::info!(
+                adopted,
+                version = head.version,
+                "store.recover: adopted records past HEAD"
+            );
+        }
         Ok(())
     }
 
@@ -546,44 +519,12 @@ impl EmbeddedHost {
             replies,
             started,
         };
-        if rep.applied_len >= self.rotate_at() && !self.snapshotting.swap(true, Ordering::AcqRel) {
+        let rotate_at =
+            self.opts.segment_bytes_max.max(2 * self.last_snapshot_bytes.load(Ordering::Acquire));
+        if rep.applied_len >= rotate_at && !self.snapshotting.swap(true, Ordering::AcqRel) {
             self.rotate(&mut rep)?;
         }
         Ok(Some(job))
-    }
-
-    /// The length past which a segment is rotated: a segment may grow to twice the last
-    /// snapshot, so writing snapshots costs at most half as much as the log.
-    fn rotate_at(&self) -> u64 {
-        self.opts.segment_bytes_max.max(2 * self.last_snapshot_bytes.load(Ordering::Acquire))
-    }
-
-    /// Lays out the next stretch of zeros past the end of the current segment, if its end
-    /// is less than `log_prepared_bytes` ahead of what this process applied. Returns
-    /// whether it wrote any (and so whether to look again).
-    fn prepare_log(&self) -> Result<bool, StoreError> {
-        let log = {
-            // As a writer, under the lock: zeros only ever go past the end of the file,
-            // and no writer of any process appends there meanwhile.
-            let _writer = self.writer.lock();
-            self.lock.lock().map_err(io)?;
-            let _unlock = Unlock(&self.lock);
-            let rep = self.replica.lock();
-            let file_len = rep.log.metadata().map_err(io)?.len();
-            // Not much further than the segment grows before it rotates.
-            let target = (rep.applied_len + self.opts.log_prepared_bytes).min(self.rotate_at());
-            if file_len >= target {
-                self.prepared_end.store(file_len, Ordering::Release);
-                return Ok(false);
-            }
-            let n = (target - file_len).min(ZEROS.len() as u64) as usize;
-            rep.log.write_all_at(&ZEROS[..n], file_len).map_err(io)?;
-            self.prepared_end.store(file_len + n as u64, Ordering::Release);
-            rep.log.clone()
-        };
-        // Synced at once, so that the log's own syncs find the new length on disk already.
-        log.sync_data().map_err(io)?;
-        Ok(true)
     }
 
     /// Makes appended batches durable, moves `HEAD` past them (never backwards: another
@@ -620,9 +561,7 @@ impl EmbeddedHost {
     /// [`load_state`]).
     fn rotate(self: &Arc<Self>, rep: &mut Replica) -> Result<(), StoreError> {
         // Batches still waiting for the syncer must be on disk before `HEAD` names the
-        // next segment (it says they are committed). The zeros laid out past the last
-        // record go, so that a finished segment ends where its records do.
-        rep.log.set_len(rep.applied_len).map_err(io)?;
+        // next segment (it says they are committed).
         rep.log.sync_data().map_err(io)?;
         let next = rep.segment + 1;
         let version = rep.version;
@@ -640,7 +579,6 @@ impl EmbeddedHost {
         self.write_head(&head, true)?;
         self.engine.set_visible(version);
         *rep = Replica { segment: next, applied_len: 0, version, log: Arc::new(log) };
-        self.prepared_end.store(0, Ordering::Release);
         self.engine.pin(version);
         let host = Arc::clone(self);
         let spawned =
@@ -817,7 +755,7 @@ fn load_state_once(dir: &Path, engine: &Engine, head: &Head) -> Result<Replica, 
         let end = if segment + 1 == head.segment {
             head.prev_segment_len
         } else {
-            records_end(&rep.log)?
+            rep.log.metadata().map_err(io)?.len()
         };
         apply_log(engine, &mut rep, end)?;
         version = rep.version;
@@ -825,41 +763,6 @@ fn load_state_once(dir: &Path, engine: &Engine, head: &Head) -> Result<Replica, 
     let mut rep = open(head.segment, version)?;
     apply_log(engine, &mut rep, head.committed_len)?;
     Ok(rep)
-}
-
-/// Where the records of a finished segment end: at the end of the file, or where the zeros
-/// laid out ahead of its writer begin (rotation cuts them off, but a crash can come
-/// first).
-fn records_end(log: &File) -> Result<u64, StoreError> {
-    let file_len = log.metadata().map_err(io)?.len();
-    let mut at = 0u64;
-    loop {
-        let mut header = [0u8; wal::RECORD_HEADER_LEN];
-        let n = read_up_to(log, &mut header, at)?;
-        match wal::record_start(&header[..n]) {
-            wal::RecordStart::Record(len) => at += len as u64,
-            // (Past the file's end only if the last record claims more than is there:
-            // damage the replay reports.)
-            wal::RecordStart::End => return Ok(at.min(file_len)),
-            // Everything in a finished segment was committed: bytes that are no record
-            // are damage, which the replay reports when it reaches them.
-            wal::RecordStart::Torn => return Ok(file_len),
-        }
-    }
-}
-
-/// Reads into `buf` from `at` until it is full or the file ends; returns the bytes read.
-fn read_up_to(file: &File, buf: &mut [u8], at: u64) -> Result<usize, StoreError> {
-    let mut n = 0;
-    while n < buf.len() {
-        match file.read_at(&mut buf[n..], at + n as u64) {
-            Ok(0) => break,
-            Ok(k) => n += k,
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(io(e)),
-        }
-    }
-    Ok(n)
 }
 
 /// Turns transparent huge pages off for this process's future page faults (see
@@ -873,10 +776,6 @@ fn disable_transparent_huge_pages() {
         tracing::debug!("store.open: transparent huge pages could not be turned off");
     }
 }
-
-/// Zeros laid out past the log's end at a time: small enough that commits wait only a
-/// moment for the lock meanwhile, and that each sync of them is short.
-static ZEROS: [u8; 256 << 10] = [0; 256 << 10];
 
 /// How much of one core a snapshot may take while commits go on: after each
 /// millisecond or more of work it sleeps this many times as long as it worked.
@@ -937,12 +836,7 @@ struct Leader {
 /// Acknowledging is the acknowledger's: waking a few dozen waiting tasks from outside
 /// their runtime takes about as long as an `fdatasync`, and done here it would hold up
 /// the next one.
-fn syncer(
-    host: Weak<EmbeddedHost>,
-    rx: Receiver<SyncJob>,
-    acks: Sender<Vec<SyncJob>>,
-    prepare: Option<SyncSender<()>>,
-) {
+fn syncer(host: Weak<EmbeddedHost>, rx: Receiver<SyncJob>, acks: Sender<Vec<SyncJob>>) {
     loop {
         let Ok(first) = rx.recv() else { return };
         let mut jobs = vec![first];
@@ -955,39 +849,9 @@ fn syncer(
             // could claim what is not durable.
             fatal(&format!("log sync failed: {e:#}"));
         }
-        // Once half of what was laid out past the log's end is used up, the preparer lays
-        // out the rest in one go: not a little after every sync, since each wake-up costs
-        // a context switch and the lock.
-        let log_end = jobs.last().map_or(0, |j| j.end);
-        let prepare_more =
-            log_end + host.opts.log_prepared_bytes / 2 > host.prepared_end.load(Ordering::Acquire);
         drop(host);
         if acks.send(jobs).is_err() {
             fatal("the acknowledger thread is gone");
-        }
-        if let (true, Some(wake)) = (prepare_more, &prepare) {
-            // (Already awake: fine.)
-            let _ = wake.try_send(());
-        }
-    }
-}
-
-/// Lays out zeros ahead of the log's end (see [`EmbeddedOptions::log_prepared_bytes`])
-/// whenever the syncer says the log grew.
-fn preparer(host: Weak<EmbeddedHost>, woken: Receiver<()>) {
-    while woken.recv().is_ok() {
-        loop {
-            let Some(host) = host.upgrade() else { return };
-            match host.prepare_log() {
-                Ok(true) => {}
-                Ok(false) => break,
-                Err(e) => {
-                    // Only speed is lost: commits grow the file as they would without.
-                    tracing::warn!("store.prepare: laying out the log failed: {e:#}");
-                    std::thread::sleep(Duration::from_secs(1));
-                    break;
-                }
-            }
         }
     }
 }
@@ -1113,39 +977,5 @@ impl Store for EmbeddedStore {
 
     fn backend_name(&self) -> &'static str {
         "embedded"
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_finished_segment_ends_where_its_records_end() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("wal");
-        let mut records = Vec::new();
-        let set =
-            |k: &'static [u8]| crate::mvcc::Resolved::Set(Bytes::from_static(k), Bytes::new());
-        wal::encode_record(1, &[set(b"a")], &mut records);
-        wal::encode_record(2, &[set(b"b")], &mut records);
-        let end = records.len() as u64;
-        let open = |bytes: &[u8]| {
-            std::fs::write(&path, bytes).unwrap();
-            File::open(&path).unwrap()
-        };
-        assert_eq!(records_end(&open(&records)).unwrap(), end);
-        // Zeros laid out past the records, left by a crash before rotation cut them off.
-        let mut padded = records.clone();
-        padded.resize(padded.len() + 100_000, 0);
-        assert_eq!(records_end(&open(&padded)).unwrap(), end);
-        // Bytes that are no record: the whole file, so that the replay reports them.
-        let mut damaged = records.clone();
-        damaged.extend_from_slice(&[7, 0, 0, 0, 1, 2, 3, 4, 5]);
-        assert_eq!(records_end(&open(&damaged)).unwrap(), damaged.len() as u64);
-        // A last record claiming more than is there.
-        let cut = &records[..records.len() - 3];
-        assert_eq!(records_end(&open(cut)).unwrap(), cut.len() as u64);
-        assert_eq!(records_end(&open(&[])).unwrap(), 0);
     }
 }

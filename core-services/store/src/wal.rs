@@ -12,8 +12,6 @@
 //! HEAD                ["TSRHEAD1"][segment u64][committed_len u64][version u64]
 //!                     [prev_segment_len u64][crc32c u32 of the 40 bytes before]
 //! ```
-//! A segment may go on past its last record with zeros laid out ahead of the writer: a
-//! record header of zeros ends the log (no record has length zero).
 //! All integers are little endian. A record is committed once it is inside
 //! `committed_len` of the current segment, or (after a crash) once it is complete and its
 //! checksum matches: the recovering writer adopts such records and cuts off anything after
@@ -32,7 +30,7 @@ const HEAD_MAGIC: &[u8; 8] = b"TSRHEAD1";
 const SNAP_MAGIC_V1: &[u8; 8] = b"TSRSNAP1";
 const SNAP_MAGIC: &[u8; 8] = b"TSRSNAP2";
 pub(crate) const HEAD_LEN: usize = 44;
-pub(crate) const RECORD_HEADER_LEN: usize = 8;
+const RECORD_HEADER_LEN: usize = 8;
 /// A record larger than this is corrupt (a batch holds at most 64k transactions of 10 MB,
 /// but the committer cuts batches far below that).
 const RECORD_LEN_MAX: usize = 1 << 30;
@@ -158,35 +156,6 @@ pub(crate) struct Record {
 
 /// Decodes the record at the start of `buf`. `Ok(None)` if `buf` ends before the record
 /// does or the record is corrupt (the end of the valid log).
-/// What a log segment holds at some offset, judged from the record header there (up to
-/// [`RECORD_HEADER_LEN`] bytes; fewer at the end of the file).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum RecordStart {
-    /// The end of the log: the end of the file, or zeros laid out ahead of the writer
-    /// (a record's length is never zero).
-    End,
-    /// A record of this many bytes, header included, whose checksum is yet to be checked.
-    Record(usize),
-    /// Neither: what a writer that died mid-append left.
-    Torn,
-}
-
-pub(crate) fn record_start(header: &[u8]) -> RecordStart {
-    if header.iter().all(|&b| b == 0) {
-        return RecordStart::End;
-    }
-    if header.len() < RECORD_HEADER_LEN {
-        return RecordStart::Torn;
-    }
-    let mut len = [0u8; 4];
-    len.copy_from_slice(&header[..4]);
-    match u32::from_le_bytes(len) as usize {
-        0 => RecordStart::Torn,
-        n if n > RECORD_LEN_MAX => RecordStart::Torn,
-        n => RecordStart::Record(RECORD_HEADER_LEN + n),
-    }
-}
-
 pub(crate) fn decode_record(buf: &Bytes) -> Option<Record> {
     if buf.len() < RECORD_HEADER_LEN {
         return None;
@@ -361,21 +330,6 @@ mod tests {
         let mut bad = buf.clone();
         bad[12] ^= 1;
         assert!(decode_record(&Bytes::from(bad)).is_none());
-    }
-
-    #[test]
-    fn a_record_header_tells_a_record_from_the_end_and_from_torn_bytes() {
-        let mut buf = Vec::new();
-        encode_record(7, &[Resolved::Clear(Bytes::from_static(b"k"))], &mut buf);
-        assert_eq!(record_start(&buf[..RECORD_HEADER_LEN]), RecordStart::Record(buf.len()));
-        // The end of the file, and zeros laid out ahead of the writer.
-        assert_eq!(record_start(&[]), RecordStart::End);
-        assert_eq!(record_start(&[0; RECORD_HEADER_LEN]), RecordStart::End);
-        assert_eq!(record_start(&[0; 3]), RecordStart::End);
-        // A header cut short, a zero length with a checksum, an absurd length.
-        assert_eq!(record_start(&buf[..5]), RecordStart::Torn);
-        assert_eq!(record_start(&[0, 0, 0, 0, 1, 2, 3, 4]), RecordStart::Torn);
-        assert_eq!(record_start(&[0xff, 0xff, 0xff, 0xff, 0, 0, 0, 0]), RecordStart::Torn);
     }
 
     #[test]
