@@ -16,6 +16,7 @@
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::hash::BuildHasher as _;
 use std::ops::Bound;
+use std::sync::Arc;
 use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -37,20 +38,26 @@ pub(crate) fn key_hash(key: &[u8]) -> u64 {
     HASHER.get_or_init(hashbrown::DefaultHashBuilder::default).hash_one(key)
 }
 
+/// A key as the engine keeps it: its bytes behind one reference count, in one allocation.
+/// The hash index and the ordered index share it. (A `Bytes` made from a buffer allocates
+/// its reference count separately, the first time it is cloned: a second allocation per
+/// new key, on the committer's thread.)
+pub(crate) type KeyBytes = Arc<[u8]>;
+
 /// A key and its [`key_hash`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct Key {
-    pub(crate) bytes: Bytes,
+    pub(crate) bytes: KeyBytes,
     pub(crate) hash: u64,
 }
 
 impl Key {
-    pub(crate) fn new(bytes: Bytes) -> Self {
+    pub(crate) fn new(bytes: KeyBytes) -> Self {
         let hash = key_hash(&bytes);
         Key { bytes, hash }
     }
     pub(crate) fn copy(key: &[u8]) -> Self {
-        Key::new(Bytes::copy_from_slice(key))
+        Key::new(KeyBytes::from(key))
     }
 }
 
@@ -112,11 +119,11 @@ impl Chain {
 #[derive(Debug, Clone)]
 struct OrdKey {
     head: [u128; 2],
-    key: Bytes,
+    key: KeyBytes,
 }
 
 impl OrdKey {
-    fn new(key: Bytes) -> Self {
+    fn new(key: KeyBytes) -> Self {
         OrdKey { head: key_head(&key), key }
     }
 }
@@ -153,7 +160,7 @@ impl Ord for OrdKey {
 
 /// A hash shard's entries: the key's hash (so that growing the table never re-reads keys,
 /// and a probe touches a key's bytes only when the whole hash matches), key, versions.
-type Shard = hashbrown::HashTable<(u64, Bytes, Chain)>;
+type Shard = hashbrown::HashTable<(u64, KeyBytes, Chain)>;
 
 /// The keys of the engine: hash tables for point access (most operations), and an ordered
 /// set of the same keys for range reads. Updating an existing key touches only its hash
@@ -176,7 +183,7 @@ struct Table {
     /// Keys in the hash shards but not yet in `order`. Only moved out while `order` is
     /// write-locked, so a walk that finds it empty and then takes `order`'s lock sees
     /// every key put before it looked.
-    unindexed: Mutex<Vec<Bytes>>,
+    unindexed: Mutex<Vec<KeyBytes>>,
 }
 
 /// Many small tables rather than a few large ones: growing a table allocates one twice
@@ -288,7 +295,7 @@ impl Table {
     }
 
     /// Queues new keys for the ordered index (see [`Table::settle`]).
-    fn index(&self, new_keys: &mut Vec<Bytes>) {
+    fn index(&self, new_keys: &mut Vec<KeyBytes>) {
         if new_keys.is_empty() {
             return;
         }
@@ -315,7 +322,7 @@ impl Table {
         }
     }
 
-    fn insert_queued(order: &mut BTreeSet<OrdKey>, unindexed: &Mutex<Vec<Bytes>>) {
+    fn insert_queued(order: &mut BTreeSet<OrdKey>, unindexed: &Mutex<Vec<KeyBytes>>) {
         let keys = std::mem::take(&mut *unindexed.lock());
         // In key order, each insertion descends a path the previous one mostly warmed:
         // a batch's outbox and expiry keys land side by side.
@@ -358,13 +365,13 @@ impl Table {
         begin: &[u8],
         end: &[u8],
         reverse: bool,
-        f: impl FnMut(&Bytes, &Chain) -> bool,
+        f: impl FnMut(&KeyBytes, &Chain) -> bool,
     ) {
         if begin >= end {
             return;
         }
-        let lo = OrdKey::new(Bytes::copy_from_slice(begin));
-        let hi = OrdKey::new(Bytes::copy_from_slice(end));
+        let lo = OrdKey::new(KeyBytes::from(begin));
+        let hi = OrdKey::new(KeyBytes::from(end));
         self.walk(Bound::Included(&lo), Bound::Excluded(&hi), reverse, f);
     }
 
@@ -375,7 +382,7 @@ impl Table {
         lo: Bound<&OrdKey>,
         hi: Bound<&OrdKey>,
         reverse: bool,
-        mut f: impl FnMut(&Bytes, &Chain) -> bool,
+        mut f: impl FnMut(&KeyBytes, &Chain) -> bool,
     ) {
         self.settle();
         let order = self.order.read();
@@ -434,7 +441,7 @@ pub struct Engine {
 /// What a batch resolution needs besides the requests: where to log the writes, and
 /// reusable scratch space.
 pub(crate) struct BatchScratch {
-    new_keys: Vec<Bytes>,
+    new_keys: Vec<KeyBytes>,
     tombstones: Vec<Key>,
 }
 
@@ -495,7 +502,7 @@ impl Engine {
         self.map.clear();
         let mut new_keys = Vec::new();
         for (k, v) in entries {
-            let key = Key::new(k);
+            let key = Key::copy(&k);
             if self.map.put(&key, Some(v), version, version) {
                 new_keys.push(key.bytes);
             }
@@ -543,7 +550,7 @@ impl Engine {
         mut f: impl FnMut(&[u8], &[u8]),
     ) -> Result<Option<Vec<u8>>, StoreError> {
         let g = self.begin_read(version)?;
-        let from = after.map(|a| OrdKey::new(Bytes::copy_from_slice(a)));
+        let from = after.map(|a| OrdKey::new(KeyBytes::from(a)));
         let lo = from.as_ref().map_or(Bound::Unbounded, Bound::Excluded);
         let mut seen = 0;
         let mut last: Option<Vec<u8>> = None;
@@ -583,7 +590,7 @@ impl Engine {
         end: &[u8],
         reverse: bool,
         version: u64,
-        mut f: impl FnMut(&Bytes, &Bytes) -> bool,
+        mut f: impl FnMut(&KeyBytes, &Bytes) -> bool,
     ) -> Result<(), StoreError> {
         let g = self.begin_read(version)?;
         self.map.range(begin, end, reverse, |k, c| match c.at(version) {
@@ -715,7 +722,7 @@ impl Engine {
                 }
                 Mutation::Atomic(k, param, op) => match op {
                     MutationType::SetVersionstampedKey => {
-                        let key = Key::new(Bytes::from(fill_versionstamp(&k.bytes, &stamp)?));
+                        let key = Key::new(KeyBytes::from(fill_versionstamp(&k.bytes, &stamp)?));
                         w.set(&key, param);
                     }
                     MutationType::SetVersionstampedValue => {
@@ -749,13 +756,13 @@ impl Engine {
         for w in writes {
             match w {
                 Resolved::Set(k, v) => {
-                    let key = Key::new(k.clone());
+                    let key = Key::copy(k);
                     if self.map.put(&key, Some(v.clone()), version, horizon) {
                         new_keys.push(key.bytes);
                     }
                 }
                 Resolved::Clear(k) => {
-                    let key = Key::new(k.clone());
+                    let key = Key::copy(k);
                     self.map.put(&key, None, version, horizon);
                     tombstones.push(key);
                 }
@@ -976,7 +983,7 @@ const INDEX_WRITES_MIN: usize = 32;
 
 /// The key a write names for the transaction's own reads (`None`: a clear of a range, or
 /// a key only known at commit).
-fn written_key(m: &Mutation) -> Option<&Bytes> {
+fn written_key(m: &Mutation) -> Option<&KeyBytes> {
     match m {
         Mutation::Set(k, _) | Mutation::Clear(k) => Some(&k.bytes),
         Mutation::Atomic(_, _, MutationType::SetVersionstampedKey) => None,
@@ -1017,7 +1024,7 @@ pub(crate) struct TrxBuffer {
     pub(crate) read_version: Option<u64>,
     /// What each written key reads as, once the transaction has written enough keys for
     /// an index to beat a scan of its writes.
-    index: Option<BTreeMap<Bytes, Pending>>,
+    index: Option<BTreeMap<KeyBytes, Pending>>,
     cleared: Vec<(Vec<u8>, Vec<u8>)>,
     mutations: Vec<Mutation>,
     conflicts: ConflictSet,
@@ -1106,7 +1113,7 @@ impl TrxBuffer {
     }
 
     fn build_index(&mut self) {
-        let mut index: BTreeMap<Bytes, Pending> = BTreeMap::new();
+        let mut index: BTreeMap<KeyBytes, Pending> = BTreeMap::new();
         let mut cleared: Vec<(&[u8], &[u8])> = Vec::new();
         for m in &self.mutations {
             if let Mutation::ClearRange(b, e) = m {
@@ -1156,17 +1163,17 @@ impl TrxBuffer {
 
     /// The keys in `[begin, end)` this transaction wrote, in order (reversed if asked), with
     /// what they read as.
-    fn pending_range(&self, begin: &[u8], end: &[u8], reverse: bool) -> Vec<(Bytes, Pending)> {
+    fn pending_range(&self, begin: &[u8], end: &[u8], reverse: bool) -> Vec<(KeyBytes, Pending)> {
         if begin >= end {
             return Vec::new();
         }
-        let mut out: Vec<(Bytes, Pending)> = match &self.index {
+        let mut out: Vec<(KeyBytes, Pending)> = match &self.index {
             Some(index) => index
                 .range::<[u8], _>((Bound::Included(begin), Bound::Excluded(end)))
                 .map(|(k, p)| (k.clone(), p.clone()))
                 .collect(),
             None => {
-                let mut keys: Vec<&Bytes> = self
+                let mut keys: Vec<&KeyBytes> = self
                     .mutations
                     .iter()
                     .filter_map(written_key)
@@ -1252,7 +1259,7 @@ impl TrxBuffer {
         }
         self.size += key.len() + param.len();
         let key = if op == MutationType::SetVersionstampedKey {
-            Key { bytes: Bytes::copy_from_slice(key), hash: 0 }
+            Key { bytes: KeyBytes::from(key), hash: 0 }
         } else {
             Key::copy(key)
         };
@@ -1311,13 +1318,13 @@ impl TrxBuffer {
     ) -> Result<(Vec<KeyValue>, Option<Vec<u8>>), StoreError> {
         let limit = if req.limit == 0 { usize::MAX } else { req.limit };
         let written = self.pending_range(&req.begin, &req.end, req.reverse);
-        let overlay: Vec<(&Bytes, &Pending)> = written.iter().map(|(k, p)| (k, p)).collect();
+        let overlay: Vec<(&KeyBytes, &Pending)> = written.iter().map(|(k, p)| (k, p)).collect();
         let mut out: Vec<KeyValue> = Vec::new();
         let mut oi = 0;
         let before = |a: &[u8], b: &[u8]| if req.reverse { a > b } else { a < b };
         let mut error = None;
         let emit_overlay = |out: &mut Vec<KeyValue>,
-                            k: &Bytes,
+                            k: &KeyBytes,
                             p: &Pending,
                             base: Option<&Bytes>|
          -> Result<(), StoreError> {
@@ -1338,7 +1345,7 @@ impl TrxBuffer {
                 }
             };
             if let Some(v) = v {
-                out.push((k.clone(), v));
+                out.push((Bytes::copy_from_slice(k), v));
             }
             Ok(())
         };
@@ -1364,7 +1371,7 @@ impl TrxBuffer {
                 }
                 oi += 1;
             } else if !self.in_cleared(k) {
-                out.push((k.clone(), v.clone()));
+                out.push((Bytes::copy_from_slice(k), v.clone()));
             }
             out.len() < limit
         })?;
@@ -1526,7 +1533,7 @@ mod tests {
             a in proptest::collection::vec(proptest::sample::select(vec![0u8, 1, 0x7f, 0xff]), 0..40),
             b in proptest::collection::vec(proptest::sample::select(vec![0u8, 1, 0x7f, 0xff]), 0..40),
         ) {
-            let (ka, kb) = (OrdKey::new(Bytes::from(a.clone())), OrdKey::new(Bytes::from(b.clone())));
+            let (ka, kb) = (OrdKey::new(KeyBytes::from(&a[..])), OrdKey::new(KeyBytes::from(&b[..])));
             proptest::prop_assert_eq!(ka.cmp(&kb), a.cmp(&b));
             proptest::prop_assert_eq!(ka == kb, a == b);
         }
@@ -1694,11 +1701,11 @@ mod tests {
         assert_eq!(e.map.unindexed.lock().len(), 2, "the committer only queues new keys");
         let mut seen = Vec::new();
         e.scan(b"a", b"z", false, 1, |k, _| {
-            seen.push(k.clone());
+            seen.push(k.to_vec());
             true
         })
         .unwrap();
-        assert_eq!(seen, vec![Bytes::from_static(b"a"), Bytes::from_static(b"b")]);
+        assert_eq!(seen, vec![b"a".to_vec(), b"b".to_vec()]);
         assert!(e.map.unindexed.lock().is_empty(), "a range read settles the queue first");
 
         // Created and deleted while still queued: forgetting it must not leave it indexed.
@@ -1710,7 +1717,7 @@ mod tests {
         e.note_applied(4, later);
         e.note_applied(5, later + MVCC_WINDOW + Duration::from_millis(10));
         e.settle_order();
-        let order: Vec<Bytes> = e.map.order.read().iter().map(|k| k.key.clone()).collect();
-        assert_eq!(order, vec![Bytes::from_static(b"a"), Bytes::from_static(b"b")]);
+        let order: Vec<Vec<u8>> = e.map.order.read().iter().map(|k| k.key.to_vec()).collect();
+        assert_eq!(order, vec![b"a".to_vec(), b"b".to_vec()]);
     }
 }
