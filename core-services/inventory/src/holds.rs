@@ -286,8 +286,8 @@ impl<S: Store> Inventory<S> {
                     hold_id: hold_id.clone(),
                     event_id: event_id.clone(),
                     customer_id: customer.clone(),
-                    seats: taken.seats.clone(),
-                    pool: taken.pool.clone(),
+                    seats: taken.seats,
+                    pool: taken.pool,
                     shard_takes: taken.shard_takes,
                     quantity,
                     state: HoldState::Active,
@@ -311,13 +311,25 @@ impl<S: Store> Inventory<S> {
                     BusEventBody::SeatsHeld {
                         hold_id: hold_id.clone(),
                         customer_id: customer.clone(),
-                        seats: taken.seats,
-                        pool: taken.pool,
+                        seats: record.seats.clone(),
+                        pool: record.pool.clone(),
                         quantity,
                         expires_at_ms,
                     },
                 );
-                let hold = hold_view(&record, now);
+                // The answer takes the record's fields: it is not needed any more.
+                let hold = Hold {
+                    hold_id: record.hold_id,
+                    event_id: record.event_id,
+                    customer_id: record.customer_id,
+                    seats: record.seats,
+                    pool: record.pool,
+                    quantity,
+                    state: HoldState::Active,
+                    expires_at_ms,
+                    amount_minor: record.amount_minor,
+                    currency: record.currency,
+                };
                 if let (Some(ik), Some(hash)) = (idem_key, req_hash) {
                     let rec = IdempotencyRecord {
                         v: 1,
