@@ -122,22 +122,28 @@ struct Taken {
 }
 
 pub(crate) fn hold_view(r: &HoldRecord, now_ms: u64) -> Hold {
+    into_hold(r.clone(), now_ms)
+}
+
+/// The answer for a hold, taking the record's fields (a lapsed active hold reads as
+/// expired).
+fn into_hold(r: HoldRecord, now_ms: u64) -> Hold {
     let state = if r.state == HoldState::Active && r.expires_at_ms <= now_ms {
         HoldState::Expired
     } else {
         r.state
     };
     Hold {
-        hold_id: r.hold_id.clone(),
-        event_id: r.event_id.clone(),
-        customer_id: r.customer_id.clone(),
-        seats: r.seats.clone(),
-        pool: r.pool.clone(),
+        hold_id: r.hold_id,
+        event_id: r.event_id,
+        customer_id: r.customer_id,
+        seats: r.seats,
+        pool: r.pool,
         quantity: r.quantity,
         state,
         expires_at_ms: r.expires_at_ms,
         amount_minor: r.amount_minor,
-        currency: r.currency.clone(),
+        currency: r.currency,
     }
 }
 
@@ -317,19 +323,8 @@ impl<S: Store> Inventory<S> {
                         expires_at_ms,
                     },
                 );
-                // The answer takes the record's fields: it is not needed any more.
-                let hold = Hold {
-                    hold_id: record.hold_id,
-                    event_id: record.event_id,
-                    customer_id: record.customer_id,
-                    seats: record.seats,
-                    pool: record.pool,
-                    quantity,
-                    state: HoldState::Active,
-                    expires_at_ms,
-                    amount_minor: record.amount_minor,
-                    currency: record.currency,
-                };
+                // The record is not needed any more: the answer takes its fields.
+                let hold = into_hold(record, now);
                 if let (Some(ik), Some(hash)) = (idem_key, req_hash) {
                     let rec = IdempotencyRecord {
                         v: 1,
