@@ -465,12 +465,15 @@ impl Stack {
         });
 
         if options.with_edge {
+            // `TESSERA_EDGE_SPIN_STRICT=1` runs the edge failing wherever Spin would.
+            let spin_strict =
+                std::env::var("TESSERA_EDGE_SPIN_STRICT").is_ok_and(|v| v == "1" || v == "true");
             let edge_cfg = run.join("edge.toml");
             let manifest = options.repo_root.join("edge-components").join("spin.toml");
             std::fs::write(
                 &edge_cfg,
                 format!(
-                    "listen = \"127.0.0.1:{edge_port}\"\nadmin_listen = \"127.0.0.1:{edge_admin_port}\"\nmanifest = {}\npop = \"local\"\nnats_url = {}\n\
+                    "listen = \"127.0.0.1:{edge_port}\"\nadmin_listen = \"127.0.0.1:{edge_admin_port}\"\nmanifest = {}\npop = \"local\"\nnats_url = {}\nspin_strict = {spin_strict}\n\
                      [variables]\nrouter_url = {}\nidentity_keys = {}\nqueue_signing_key = {}\nqueue_keys = {}\nshadow_secret = {}\npow_secret = {}\nbot_policy = {}\n{telemetry}",
                     toml_str(&manifest.display().to_string()),
                     toml_str(
@@ -534,6 +537,11 @@ impl Stack {
     }
 
     /// Kills a service with SIGKILL.
+    /// The running services and their process ids (for CPU accounting).
+    pub fn pids(&self) -> Vec<(String, u32)> {
+        self.services.iter().filter_map(|s| s.pid().map(|p| (s.name.clone(), p))).collect()
+    }
+
     pub fn kill(&mut self, name: &str) -> anyhow::Result<()> {
         self.service(name)?.kill();
         Ok(())

@@ -28,6 +28,9 @@ pub struct EdgeConfig {
     pub limits: Limits,
     /// Where compiled components are cached (default: `.cache` beside the `.wasm` files).
     pub compile_cache_dir: Option<PathBuf>,
+    /// Fail where Spin fails instead of tolerating it (tests use this to catch components
+    /// that would break under `spin up`; see `tessera_edge_host::server`).
+    pub spin_strict: bool,
     /// How long in-flight requests may take to finish on shutdown.
     #[serde(with = "humantime_serde")]
     pub shutdown_grace: Duration,
@@ -37,17 +40,19 @@ pub struct EdgeConfig {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Limits {
-    /// Wall-clock limit for one request through the whole component chain.
+    /// Wall-clock limit for one request until its response head is out.
     #[serde(with = "humantime_serde")]
     pub request_timeout: Duration,
+    /// Wall-clock limit for a streamed response body (server-sent events) after its head.
+    #[serde(with = "humantime_serde")]
+    pub stream_timeout: Duration,
     /// Linear memory one component instance may grow to.
     pub memory_max_bytes: usize,
     /// Bytes of each pooled linear memory kept resident between instances (reset with
     /// memset instead of being returned to the kernel).
     pub memory_keep_resident_bytes: usize,
-    /// Component instances alive at once (pooling allocator slots). A request through
-    /// the chain holds up to four at once, so keep this at least four times
-    /// `concurrent_requests_max`.
+    /// Component instances alive at once (pooling allocator slots): one per request in
+    /// flight (more with service chaining), so at least `concurrent_requests_max`.
     pub instances_max: u32,
     /// Requests served at once; more wait for a slot.
     pub concurrent_requests_max: usize,
@@ -61,6 +66,7 @@ impl Default for Limits {
     fn default() -> Self {
         Limits {
             request_timeout: Duration::from_secs(15),
+            stream_timeout: Duration::from_secs(3600),
             memory_max_bytes: 64 << 20,
             memory_keep_resident_bytes: 2 << 20,
             instances_max: 1024,
@@ -82,6 +88,7 @@ impl Default for EdgeConfig {
             variables: BTreeMap::new(),
             limits: Limits::default(),
             compile_cache_dir: None,
+            spin_strict: false,
             shutdown_grace: Duration::from_secs(10),
             telemetry: TelemetryConfig::default(),
         }

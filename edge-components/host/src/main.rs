@@ -9,6 +9,12 @@ use clap::Parser;
 use tessera_edge_host::{Edge, EdgeConfig, EdgeOptions, nats, serve};
 use tokio::sync::watch;
 
+// Every request allocates and frees request/response buffers, header maps and instance
+// bookkeeping from many threads; mimalloc's per-thread free lists make that cheaper than
+// glibc malloc (which showed as ~10 % of the edge's profile).
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
 #[command(
     name = "tessera-edge",
@@ -74,6 +80,7 @@ async fn main() -> anyhow::Result<()> {
         limits: config.limits.clone(),
         pop: config.pop.clone(),
         compile_cache_dir: config.compile_cache_dir.clone(),
+        spin_strict: config.spin_strict,
     })
     .context("start the edge")?;
     if cli.check {

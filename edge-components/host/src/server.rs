@@ -1,7 +1,21 @@
 //! The edge: wasmtime with a pooling allocator and pre-instantiated components, a fresh
 //! store and instance per request, per-request memory and time limits, Spin-style
 //! service chaining (`http://<component>.spin.internal`) handled in-process, an outbound
-//! allow-list, and W3C trace context on every request to the region router.
+//! allow-list, and pooled keep-alive connections to the region router.
+//!
+//! The host does not rewrite what components send or answer: hop-by-hop headers, the
+//! edge's internal headers, `x-tessera-pop` and `traceparent` are the components' business,
+//! so they behave the same under `spin up`. What the host adds to an incoming request is
+//! what Spin adds (the `spin-*` headers) and, outside Spin-strict mode, its own span as the
+//! parent in `traceparent`, so the router's spans hang under the edge's.
+//!
+//! **Spin-strict mode** ([`EdgeOptions::spin_strict`]) makes the host fail where Spin
+//! fails, so tests catch a component that only works here: a response carrying a header
+//! Spin forbids (`transfer-encoding`, `connection`, ...) becomes an empty 500 instead of
+//! having the header stripped; headers Spin forbids are not stripped from what an outbound
+//! call returns to a component either (Spin hands them over, and copying them on fails);
+//! more request headers than Spin accepts are refused; the fan's `traceparent` reaches the
+//! component untouched.
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
@@ -33,13 +47,26 @@ use crate::outbound::AllowList;
 use crate::spin::{self, ComponentGrants, SpinState};
 use crate::trace::TraceCtx;
 
-/// Response headers components use to report what happened; the host turns them into
-/// metrics and strips them.
-const METRIC_HEADERS: &[(&str, &str)] = &[
-    ("x-tessera-bot-verdict", "tessera_edge_bot_verdicts_total"),
-    ("x-tessera-cache", "tessera_edge_catalog_cache_total"),
-    ("x-tessera-queue-outcome", "tessera_edge_queue_outcomes_total"),
-];
+/// The most request headers Spin (4.1) accepts; Spin-strict mode refuses more.
+pub const SPIN_REQUEST_HEADERS_MAX: usize = 56;
+
+/// The outbound client: keep-alive connections to the region router, reused by every
+/// instance (a new TCP connection per outbound call cost more than the call).
+type Client = hyper_util::client::legacy::Client<
+    hyper_util::client::legacy::connect::HttpConnector,
+    WasiBody,
+>;
+
+fn outbound_client() -> Client {
+    let mut connector = hyper_util::client::legacy::connect::HttpConnector::new();
+    connector.set_nodelay(true);
+    connector.set_connect_timeout(Some(Duration::from_secs(5)));
+    connector.enforce_http(true);
+    hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .pool_idle_timeout(Duration::from_secs(30))
+        .pool_max_idle_per_host(512)
+        .build(connector)
+}
 
 /// Epoch ticks per second (the granularity of the per-request deadline).
 const EPOCH_TICK: Duration = Duration::from_millis(10);
@@ -94,9 +121,10 @@ pub(crate) struct Inner {
     routes: Vec<(RoutePattern, usize)>,
     kv: Arc<KvStores>,
     limits: Limits,
-    pop: String,
     variables: BTreeMap<String, String>,
     permits: Semaphore,
+    client: Client,
+    spin_strict: bool,
 }
 
 /// The edge host. Cheap to clone.
@@ -111,6 +139,9 @@ pub struct Host {
     hooks: Hooks,
     spin: SpinState,
     limits: StoreLimits,
+    /// Set once the response head is out: from then on the instance only streams its body
+    /// and is bounded by the stream limit, not the request limit.
+    streaming: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl WasiView for Host {
@@ -125,12 +156,11 @@ impl WasiHttpView for Host {
     }
 }
 
-/// Outbound HTTP of one instance: chaining, allow-list, trace context.
+/// Outbound HTTP of one instance: chaining, allow-list, the pooled client.
 struct Hooks {
     edge: Arc<Inner>,
     component: usize,
     depth: u32,
-    trace: TraceCtx,
 }
 
 type SendResult = Result<
@@ -142,9 +172,19 @@ type SendResult = Result<
 >;
 
 impl WasiHttpHooks for Hooks {
+    fn forbidden_header_filter(&mut self) -> wasmtime_wasi_http::ForbiddenHeaderFilter {
+        if self.edge.spin_strict {
+            // Spin hands outbound responses to the component with these headers in place;
+            // the check happens where the component's own response leaves the host.
+            Arc::new(|_| false)
+        } else {
+            Arc::new(|name| wasmtime_wasi_http::DEFAULT_FORBIDDEN_HEADERS.contains(name))
+        }
+    }
+
     fn send_request(
         &mut self,
-        mut request: http::Request<WasiBody>,
+        request: http::Request<WasiBody>,
         options: Option<wasmtime_wasi_http::RequestOptions>,
         _fut: Box<dyn std::future::Future<Output = Result<(), wasmtime_wasi_http::Error>> + Send>,
     ) -> Box<dyn std::future::Future<Output = SendResult> + Send> {
@@ -164,10 +204,9 @@ impl WasiHttpHooks for Hooks {
             if depth > edge.limits.chain_depth_max {
                 return Box::new(async { Err(wasmtime_wasi_http::Error::LoopDetected) });
             }
-            let trace = self.trace.clone();
             metrics::counter!("tessera_edge_outbound_requests_total", "target" => "chain", "outcome" => "ok").increment(1);
             return Box::new(async move {
-                let resp = run(edge, idx, request, trace, depth).await.map_err(|e| {
+                let resp = run(edge, idx, request, depth).await.map_err(|e| {
                     wasmtime_wasi_http::Error::InternalError(Some(format!("{e:#}")))
                 })?;
                 let done: Box<dyn std::future::Future<Output = _> + Send> =
@@ -175,21 +214,59 @@ impl WasiHttpHooks for Hooks {
                 Ok((resp, done))
             });
         }
-        self.trace.inject(request.headers_mut());
-        if let Ok(v) = http::HeaderValue::from_str(&edge.pop) {
-            request.headers_mut().insert(tessera_api::headers::EDGE_POP, v);
-        }
         Box::new(async move {
             let started = Instant::now();
-            let result = wasmtime_wasi_http::default_send_request(request, options).await;
+            let result = send_pooled(&edge.client, request, options, !edge.spin_strict).await;
             let outcome = if result.is_ok() { "ok" } else { "error" };
             metrics::counter!("tessera_edge_outbound_requests_total", "target" => "router", "outcome" => outcome).increment(1);
             metrics::histogram!("tessera_edge_outbound_duration_seconds")
                 .record(started.elapsed().as_secs_f64());
-            let (resp, io) = result?;
-            let io: Box<dyn std::future::Future<Output = _> + Send> = Box::new(io);
-            Ok((resp.map(|b| b.boxed_unsync()), io))
+            let resp = result?;
+            let io: Box<dyn std::future::Future<Output = _> + Send> = Box::new(async { Ok(()) });
+            Ok((resp, io))
         })
+    }
+}
+
+/// Sends a component's outbound request on a pooled keep-alive connection, with the
+/// time limits the component asked for (the first byte; the connection is bounded by the
+/// connector's own timeout).
+async fn send_pooled(
+    client: &Client,
+    request: http::Request<WasiBody>,
+    options: Option<wasmtime_wasi_http::RequestOptions>,
+    strip_connection_fields: bool,
+) -> Result<http::Response<WasiBody>, wasmtime_wasi_http::Error> {
+    use wasmtime_wasi_http::Error as E;
+    let first_byte = options.and_then(|o| o.first_byte_timeout).unwrap_or(Duration::from_secs(60));
+    let resp = match tokio::time::timeout(first_byte, client.request(request)).await {
+        Err(_) => return Err(E::ConnectionReadTimeout),
+        Ok(Err(e)) if e.is_connect() => return Err(E::ConnectionRefused),
+        Ok(Err(e)) => return Err(E::InternalError(Some(format!("{e:#}")))),
+        Ok(Ok(mut resp)) => {
+            if strip_connection_fields {
+                // Fields named in `connection` describe the connection, not the message
+                // (RFC 9110 section 7.6.1); wasmtime drops `connection` itself before the
+                // component would see what it named.
+                remove_connection_fields(resp.headers_mut());
+            }
+            resp
+        }
+    };
+    Ok(resp.map(|body| body.map_err(E::from).boxed_unsync()))
+}
+
+fn remove_connection_fields(headers: &mut http::HeaderMap) {
+    let named: Vec<String> = headers
+        .get_all(http::header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(|t| t.trim().to_ascii_lowercase())
+        .filter(|t| !t.is_empty())
+        .collect();
+    for name in named {
+        headers.remove(name.as_str());
     }
 }
 
@@ -233,27 +310,29 @@ fn send_reply(slot: &ReplySlot, reply: Reply) {
 }
 
 /// Runs component `idx` on `request` in a fresh instance and returns its response as soon
-/// as the headers are ready; the instance lives on (in its own task) while the body streams.
+/// as the headers are ready; the instance lives on (in its own task) while the body
+/// streams. The request limit bounds the time to the response head; a streamed body may
+/// then take up to the stream limit.
 fn run(
     edge: Arc<Inner>,
     idx: usize,
     request: http::Request<WasiBody>,
-    trace: TraceCtx,
     depth: u32,
 ) -> Pin<Box<dyn std::future::Future<Output = Reply> + Send>> {
     Box::pin(async move {
         let (tx, rx) = oneshot::channel();
         let slot: ReplySlot = Arc::new(Mutex::new(Some(tx)));
         let task_slot = slot.clone();
-        let timeout = edge.limits.request_timeout;
+        let head_timeout = edge.limits.request_timeout;
+        let stream_timeout = edge.limits.stream_timeout.max(head_timeout);
         let component = edge.components[idx].id.clone();
         metrics::counter!("tessera_edge_instances_total", "component" => component.clone())
             .increment(1);
-        tokio::spawn(async move {
-            let work = instance(edge, idx, request, trace, depth, task_slot.clone());
-            let result = match tokio::time::timeout(timeout, work).await {
+        let task = tokio::spawn(async move {
+            let work = instance(edge, idx, request, depth, task_slot.clone());
+            let result = match tokio::time::timeout(stream_timeout, work).await {
                 Ok(r) => r,
-                Err(_) => Err(anyhow!("component `{component}` exceeded the request timeout")),
+                Err(_) => Err(anyhow!("component `{component}` exceeded the stream limit")),
             };
             match result {
                 Ok(()) => send_reply(
@@ -263,9 +342,13 @@ fn run(
                 Err(e) => send_reply(&task_slot, Err(e)),
             }
         });
-        match rx.await {
-            Ok(reply) => reply,
-            Err(_) => Err(anyhow!("component task ended without a reply")),
+        match tokio::time::timeout(head_timeout, rx).await {
+            Ok(Ok(reply)) => reply,
+            Ok(Err(_)) => Err(anyhow!("component task ended without a reply")),
+            Err(_) => {
+                task.abort();
+                Err(anyhow!("component exceeded the request timeout"))
+            }
         }
     })
 }
@@ -274,7 +357,6 @@ async fn instance(
     edge: Arc<Inner>,
     idx: usize,
     request: http::Request<WasiBody>,
-    trace: TraceCtx,
     depth: u32,
     slot: ReplySlot,
 ) -> anyhow::Result<()> {
@@ -284,11 +366,12 @@ async fn instance(
     for (k, v) in &loaded.environment {
         wasi.env(k, v);
     }
+    let streaming = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let host = Host {
         table: ResourceTable::new(),
         wasi: wasi.build(),
         http: WasiHttpCtx::new(),
-        hooks: Hooks { edge: edge.clone(), component: idx, depth, trace },
+        hooks: Hooks { edge: edge.clone(), component: idx, depth },
         spin: SpinState::new(loaded.grants.clone(), edge.kv.clone()),
         limits: StoreLimitsBuilder::new()
             .memory_size(edge.limits.memory_max_bytes)
@@ -296,12 +379,21 @@ async fn instance(
             .tables(64)
             .memories(16)
             .build(),
+        streaming: streaming.clone(),
     };
     let mut store = Store::new(&edge.engine, host);
     store.limiter(|h| &mut h.limits);
     let ticks = (edge.limits.request_timeout.as_millis() / EPOCH_TICK.as_millis()).max(1) as u64;
     store.set_epoch_deadline(ticks);
-    store.epoch_deadline_trap();
+    // Until the response head is out, running past the request limit traps. A streaming
+    // body (server-sent events) may run on; the task's stream limit bounds it.
+    store.epoch_deadline_callback(move |ctx| {
+        if ctx.data().streaming.load(std::sync::atomic::Ordering::Relaxed) {
+            Ok(wasmtime::UpdateDeadline::Continue(ticks))
+        } else {
+            Err(wasmtime::Trap::Interrupt.into())
+        }
+    });
     match &loaded.pre {
         Pre::P3(pre) => {
             let service =
@@ -318,6 +410,7 @@ async fn instance(
                     let res = acc.with(|s| res.into_http(s, io))?;
                     let res =
                         res.map(|b| DoneOnEnd { inner: b, done: Some(done_tx) }.boxed_unsync());
+                    streaming.store(true, std::sync::atomic::Ordering::Relaxed);
                     send_reply(&slot2, Ok(res));
                     // Keep the instance's event loop running until the body is consumed.
                     let _ = done_rx.await;
@@ -335,6 +428,7 @@ async fn instance(
             let slot2 = slot.clone();
             tokio::spawn(async move {
                 if let Ok(r) = rx.await {
+                    streaming.store(true, std::sync::atomic::Ordering::Relaxed);
                     send_reply(
                         &slot2,
                         r.map_err(|e| anyhow!("component answered with error {e:?}")),
@@ -378,8 +472,11 @@ pub struct EdgeOptions {
     /// Variables from the host's config file.
     pub variables: BTreeMap<String, String>,
     pub limits: Limits,
+    /// This edge's point of presence: the default of the `pop` variable.
     pub pop: String,
     pub compile_cache_dir: Option<PathBuf>,
+    /// Fail where Spin fails (see the module docs); for tests.
+    pub spin_strict: bool,
 }
 
 fn engine(limits: &Limits, cache_dir: &Path) -> anyhow::Result<Engine> {
@@ -425,8 +522,10 @@ impl Edge {
     /// Loads the manifest, compiles (or loads cached) components and pre-instantiates them.
     pub fn new(opts: EdgeOptions) -> anyhow::Result<Edge> {
         let manifest = Manifest::load(&opts.manifest)?;
+        let mut config_vars = opts.variables.clone();
+        config_vars.entry("pop".to_owned()).or_insert_with(|| opts.pop.clone());
         let variables =
-            manifest::resolve_variables(&manifest.variables, &opts.spin_env, &opts.variables)?;
+            manifest::resolve_variables(&manifest.variables, &opts.spin_env, &config_vars)?;
         let cache_dir = opts.compile_cache_dir.clone().unwrap_or_else(|| {
             manifest
                 .components
@@ -434,13 +533,11 @@ impl Edge {
                 .and_then(|c| c.source.parent().map(|p| p.join(".cache")))
                 .unwrap_or_else(|| PathBuf::from(".cache"))
         });
-        if opts.limits.concurrent_requests_max.saturating_mul(4)
-            > opts.limits.instances_max as usize
-        {
+        if opts.limits.concurrent_requests_max > opts.limits.instances_max as usize {
             tracing::warn!(
                 instances_max = opts.limits.instances_max,
                 concurrent_requests_max = opts.limits.concurrent_requests_max,
-                "instances_max is below four instances per concurrent request; bursts may fail to instantiate"
+                "instances_max is below one instance per concurrent request; bursts may fail to instantiate"
             );
         }
         let engine = engine(&opts.limits, &cache_dir)?;
@@ -535,8 +632,9 @@ impl Edge {
             kv,
             permits: Semaphore::new(opts.limits.concurrent_requests_max),
             limits: opts.limits,
-            pop: opts.pop,
             variables,
+            client: outbound_client(),
+            spin_strict: opts.spin_strict,
         })))
     }
 
@@ -565,7 +663,7 @@ impl Edge {
             .collect()
     }
 
-    /// Serves one incoming request through the component chain.
+    /// Serves one incoming request through the components.
     pub async fn handle<B>(
         &self,
         req: http::Request<B>,
@@ -576,28 +674,13 @@ impl Edge {
         B::Error: Into<wasmtime_wasi_http::Error>,
     {
         let started = Instant::now();
-        let trace = TraceCtx::from_headers(req.headers());
-        let span = tracing::info_span!("edge.request", method = %req.method(), route = tracing::field::Empty, status = tracing::field::Empty, trace_id = %trace.trace_id_hex());
-        let path = req.uri().path().to_owned();
-        let route_name = tessera_edge_logic::routes::classify(req.method().as_str(), &path)
+        let span = tracing::info_span!("edge.request", method = %req.method(), route = tracing::field::Empty, status = tracing::field::Empty, trace_id = tracing::field::Empty);
+        let path = req.uri().path();
+        let route_name = tessera_edge_logic::routes::classify(req.method().as_str(), path)
             .map(|r| r.name())
             .unwrap_or("unmatched");
         span.record("route", route_name);
-        let mut resp = self.dispatch(req, client, trace, route_name).instrument(span.clone()).await;
-        for (header, metric) in METRIC_HEADERS {
-            if let Some(v) = resp.headers_mut().remove(*header) {
-                let label = match v.to_str() {
-                    Ok(s)
-                        if s.len() <= 32
-                            && s.bytes().all(|b| b.is_ascii_lowercase() || b == b'_') =>
-                    {
-                        s.to_owned()
-                    }
-                    _ => "other".to_owned(),
-                };
-                metrics::counter!(*metric, "outcome" => label).increment(1);
-            }
-        }
+        let resp = self.dispatch(req, client, &span).instrument(span.clone()).await;
         let status = resp.status().as_u16();
         span.record("status", status);
         let class = match status {
@@ -620,8 +703,7 @@ impl Edge {
         &self,
         req: http::Request<B>,
         client: SocketAddr,
-        trace: TraceCtx,
-        route_name: &str,
+        span: &tracing::Span,
     ) -> http::Response<WasiBody>
     where
         B: http_body::Body<Data = Bytes> + Send + 'static,
@@ -629,19 +711,17 @@ impl Edge {
     {
         let (mut parts, body) = req.into_parts();
         let body = body.map_err(Into::into).boxed_unsync();
-        if route_name == "event_stream" {
-            return self.stream_passthrough(parts, body, &trace).await;
+        if self.0.spin_strict && parts.headers.len() > SPIN_REQUEST_HEADERS_MAX {
+            // Spin refuses such a request before any component sees it.
+            return error_response(ErrorCode::InvalidRequest, "too many request headers");
         }
-        let path = parts.uri.path();
-        let Some(&(_, idx)) = self.0.routes.iter().find(|(p, _)| p.matches(path)) else {
+        let path = parts.uri.path().to_owned();
+        let Some(&(ref pattern, idx)) = self.0.routes.iter().find(|(p, _)| p.matches(&path)) else {
             return error_response(ErrorCode::NotFound, "no such route");
         };
         let Ok(_permit) = self.0.permits.acquire().await else {
             return error_response(ErrorCode::Unavailable, "edge is shutting down");
         };
-        if let Ok(v) = http::HeaderValue::from_str(&client.to_string()) {
-            parts.headers.insert("spin-client-addr", v);
-        }
         let host = parts
             .headers
             .get(http::header::HOST)
@@ -649,70 +729,97 @@ impl Edge {
             .unwrap_or("localhost")
             .to_owned();
         let pq = parts.uri.path_and_query().map_or("/", |p| p.as_str()).to_owned();
-        if let Ok(v) = http::HeaderValue::from_str(&format!("http://{host}{pq}")) {
-            parts.headers.insert("spin-full-url", v);
+        let full_url = format!("http://{host}{pq}");
+        set_spin_headers(&mut parts.headers, pattern, &path, &full_url, client);
+        if !self.0.spin_strict {
+            // The edge's own span becomes the parent the components pass on.
+            let trace = TraceCtx::continue_in(span, &parts.headers);
+            if let Ok(v) = http::HeaderValue::from_str(&trace) {
+                parts.headers.insert("traceparent", v);
+            }
+            span.record("trace_id", trace.get(3..35).unwrap_or(""));
         }
-        if let Ok(uri) = format!("http://{host}{pq}").parse() {
+        if let Ok(uri) = full_url.parse() {
             parts.uri = uri;
         }
         let request = http::Request::from_parts(parts, body);
-        match run(self.0.clone(), idx, request, trace, 0).await {
+        let resp = match run(self.0.clone(), idx, request, 0).await {
             Ok(resp) => resp,
             Err(e) => {
                 let msg = format!("{e:#}");
-                if msg.contains("exceeded the request timeout") || msg.contains("interrupt") {
+                return if msg.contains("exceeded the request timeout") || msg.contains("interrupt")
+                {
                     tracing::warn!("request timed out: {msg}");
                     error_response(ErrorCode::Timeout, "the edge took too long to answer")
                 } else {
                     tracing::error!("component failed: {msg}");
                     error_response(ErrorCode::Internal, "internal error")
-                }
+                };
             }
-        }
-    }
-
-    /// Server-sent events go straight to the router: the stream can outlive any sensible
-    /// per-instance time limit, and there is nothing for a component to do on it.
-    async fn stream_passthrough(
-        &self,
-        parts: http::request::Parts,
-        body: WasiBody,
-        trace: &TraceCtx,
-    ) -> http::Response<WasiBody> {
-        let Some(router) = self.0.variables.get("router_url") else {
-            return error_response(
-                ErrorCode::Internal,
-                "edge misconfigured: router_url is not set",
+        };
+        if self.0.spin_strict
+            && let Some(name) = spin_forbidden(resp.headers())
+        {
+            // What Spin answers when a component's response carries such a header.
+            tracing::error!(header = %name, "component response has a forbidden header (HeaderError::Forbidden)");
+            let mut r = http::Response::new(
+                Full::new(Bytes::new()).map_err(|never| match never {}).boxed_unsync(),
             );
-        };
-        let pq = parts.uri.path_and_query().map_or("/", |p| p.as_str());
-        let Ok(uri) = format!("{}{}", router.trim_end_matches('/'), pq).parse::<http::Uri>() else {
-            return error_response(ErrorCode::Internal, "edge misconfigured: router_url");
-        };
-        let mut req = http::Request::new(body);
-        *req.method_mut() = parts.method.clone();
-        *req.uri_mut() = uri;
-        for (k, v) in &parts.headers {
-            if !matches!(k.as_str(), "host" | "connection" | "content-length" | "transfer-encoding")
-            {
-                req.headers_mut().append(k.clone(), v.clone());
-            }
+            *r.status_mut() = http::StatusCode::INTERNAL_SERVER_ERROR;
+            return r;
         }
-        trace.inject(req.headers_mut());
-        let options = wasmtime_wasi_http::RequestOptions {
-            connect_timeout: Some(Duration::from_secs(5)),
-            first_byte_timeout: Some(Duration::from_secs(30)),
-            between_bytes_timeout: Some(Duration::from_secs(3600)),
-        };
-        match wasmtime_wasi_http::default_send_request(req, Some(options)).await {
-            Ok((resp, io)) => {
-                tokio::spawn(io);
-                resp.map(|b| b.boxed_unsync())
-            }
-            Err(e) => {
-                tracing::warn!("event stream: router unreachable: {e}");
-                error_response(ErrorCode::RegionUnavailable, "region unreachable")
-            }
+        resp
+    }
+}
+
+/// The first header of a component's response that Spin refuses to send.
+fn spin_forbidden(headers: &http::HeaderMap) -> Option<&http::HeaderName> {
+    headers.keys().find(|k| wasmtime_wasi_http::DEFAULT_FORBIDDEN_HEADERS.contains(k))
+}
+
+/// The headers Spin adds to every request a component receives.
+fn set_spin_headers(
+    headers: &mut http::HeaderMap,
+    pattern: &RoutePattern,
+    path: &str,
+    full_url: &str,
+    client: SocketAddr,
+) {
+    let (route, base_relative) = match pattern {
+        RoutePattern::Prefix(p) => {
+            (format!("{p}/..."), path.strip_prefix(p.as_str()).unwrap_or(path))
         }
+        RoutePattern::Exact(e) => (e.clone(), ""),
+    };
+    let matched = route.trim_end_matches("/...").to_owned();
+    let mut set = |name: &'static str, value: &str| {
+        if let Ok(v) = http::HeaderValue::from_str(value) {
+            headers.insert(name, v);
+        }
+    };
+    set("spin-full-url", full_url);
+    set("spin-path-info", base_relative);
+    set("spin-matched-route", &route);
+    set("spin-base-path", "/");
+    set("spin-raw-component-route", &route);
+    set("spin-component-route", &matched);
+    set("spin-client-addr", &client.to_string());
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn strict_mode_names_the_headers_spin_refuses_in_a_response() {
+        let mut h = http::HeaderMap::new();
+        h.insert("content-type", "text/event-stream".parse().unwrap());
+        h.insert("x-anything", "1".parse().unwrap());
+        assert_eq!(spin_forbidden(&h), None);
+        h.insert("transfer-encoding", "chunked".parse().unwrap());
+        assert_eq!(spin_forbidden(&h).map(|n| n.as_str()), Some("transfer-encoding"));
+        let mut h = http::HeaderMap::new();
+        h.insert("connection", "keep-alive".parse().unwrap());
+        assert!(spin_forbidden(&h).is_some());
     }
 }

@@ -1,5 +1,5 @@
-//! W3C trace context at the edge: continue the caller's trace (or start one) and give
-//! every outbound hop its own parent span id.
+//! W3C trace context at the edge: the host continues the caller's trace (or starts one)
+//! with its own `edge.request` span as the parent the components pass on to the router.
 
 use rand::RngCore as _;
 
@@ -22,6 +22,15 @@ fn parse_hex<const N: usize>(s: &str) -> Option<[u8; N]> {
 impl TraceCtx {
     /// From `traceparent`/`tracestate` headers; a new trace when absent or invalid.
     pub fn from_headers(headers: &http::HeaderMap) -> TraceCtx {
+        TraceCtx::parse(headers).unwrap_or_else(|| {
+            let mut trace_id = [0u8; 16];
+            rand::thread_rng().fill_bytes(&mut trace_id);
+            TraceCtx { trace_id, flags: 1, tracestate: None }
+        })
+    }
+
+    /// From a valid `traceparent` (and `tracestate`) only.
+    pub fn parse(headers: &http::HeaderMap) -> Option<TraceCtx> {
         let parsed = headers.get("traceparent").and_then(|v| v.to_str().ok()).and_then(|tp| {
             let mut parts = tp.trim().split('-');
             let (Some(version), Some(trace), Some(parent), Some(flags)) =
@@ -40,21 +49,12 @@ impl TraceCtx {
             let flags = parse_hex::<1>(flags)?[0];
             Some((trace_id, flags))
         });
-        match parsed {
-            Some((trace_id, flags)) => TraceCtx {
-                trace_id,
-                flags,
-                tracestate: headers
-                    .get("tracestate")
-                    .and_then(|v| v.to_str().ok())
-                    .map(str::to_owned),
-            },
-            None => {
-                let mut trace_id = [0u8; 16];
-                rand::thread_rng().fill_bytes(&mut trace_id);
-                TraceCtx { trace_id, flags: 1, tracestate: None }
-            }
-        }
+        let (trace_id, flags) = parsed?;
+        Some(TraceCtx {
+            trace_id,
+            flags,
+            tracestate: headers.get("tracestate").and_then(|v| v.to_str().ok()).map(str::to_owned),
+        })
     }
 
     pub fn trace_id_hex(&self) -> String {
@@ -71,19 +71,24 @@ impl TraceCtx {
         format!("00-{}-{}-{:02x}", self.trace_id_hex(), hex::encode(span), self.flags)
     }
 
-    /// Writes the context into outbound headers (replacing what a component set).
-    pub fn inject(&self, headers: &mut http::HeaderMap) {
-        if let Ok(v) = http::HeaderValue::from_str(&self.child_traceparent()) {
-            headers.insert("traceparent", v);
-        }
-        match self.tracestate.as_deref().and_then(|s| http::HeaderValue::from_str(s).ok()) {
-            Some(v) => {
-                headers.insert("tracestate", v);
+    /// The `traceparent` a component receives for an incoming request: `span` (the edge's
+    /// request span) as the parent. With OpenTelemetry configured that is the exported
+    /// span, so the router's spans hang under it; otherwise a fresh span id in the caller's
+    /// trace, or in a new one.
+    pub fn continue_in(span: &tracing::Span, headers: &http::HeaderMap) -> String {
+        tessera_runtime::telemetry::set_parent_from_headers(span, headers);
+        let mut injected = http::HeaderMap::new();
+        span.in_scope(|| tessera_runtime::telemetry::inject_headers(&mut injected));
+        if let Some(tp) = injected.get("traceparent").and_then(|v| v.to_str().ok()) {
+            let mut h = http::HeaderMap::new();
+            if let Ok(v) = http::HeaderValue::from_str(tp) {
+                h.insert("traceparent", v);
             }
-            None => {
-                headers.remove("tracestate");
+            if TraceCtx::parse(&h).is_some() {
+                return tp.to_owned();
             }
         }
+        TraceCtx::from_headers(headers).child_traceparent()
     }
 }
 

@@ -9,6 +9,7 @@
 
 pub mod bot;
 pub mod catalog;
+pub mod client;
 pub mod kv;
 pub mod pow;
 pub mod routes;

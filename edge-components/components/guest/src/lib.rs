@@ -1,7 +1,15 @@
 //! Helpers shared by Tessera's edge components: reading a request body with a size limit,
-//! answering with the JSON error contract, and forwarding a request down the component
-//! chain or to the region router (WASI HTTP outbound, so Spin's and the edge host's
-//! allow-lists apply).
+//! answering with the JSON error contract, and the edge's header contract, which the
+//! components keep themselves so that it holds on any host (`spin up` or `tessera-edge`):
+//!
+//! - hop-by-hop headers (`connection` and what it names, `keep-alive`, `transfer-encoding`,
+//!   `te`, `trailer`, `upgrade`, `proxy-*`) are never copied into a response or into a
+//!   forwarded request;
+//! - headers only the edge may set (`x-tessera-bot-score`, ...) are dropped from what fans
+//!   send, and the edge's own reporting headers never reach a fan;
+//! - host-specific request headers (`spin-*`) are not forwarded;
+//! - every request to the region router carries the edge's PoP (`x-tessera-pop`) and a W3C
+//!   `traceparent`, continued from the fan's or started here.
 //!
 //! It imports only WASI (no Spin key-value or variables), so the `validation` component
 //! that uses it can also run under `wasmtime serve`.
@@ -20,34 +28,107 @@ use tessera_api::{ApiErrorBody, ErrorCode};
 /// What components answer with.
 pub type Reply = Response<BoxBody>;
 
-/// Headers that only the edge itself may set: stripped from what fans send.
-pub const INTERNAL_HEADERS: &[&str] = &[
-    tessera_api::headers::BOT_SCORE,
-    tessera_api::headers::STALE,
-    SHADOW_HEADER,
-    CLIENT_ADDR_HEADER_INTERNAL,
-    VERDICT_HEADER,
-    CACHE_HEADER,
-    QUEUE_OUTCOME_HEADER,
-];
+/// Request headers that only the edge itself may set: dropped from what fans send, so a
+/// value arriving from outside is never trusted.
+pub const INTERNAL_HEADERS: &[&str] =
+    &[tessera_api::headers::BOT_SCORE, tessera_api::headers::EDGE_POP, tessera_api::headers::STALE];
 
-/// Set by bot-score on queue joins from clients it sends to the shadow queue.
-pub const SHADOW_HEADER: &str = "x-tessera-shadow";
-/// The client address as the edge saw it, passed down the chain.
-pub const CLIENT_ADDR_HEADER_INTERNAL: &str = "x-tessera-client-addr";
-/// Spin's header carrying the client address on incoming requests.
+/// Headers that describe the edge's or the region's internals and never reach a fan, even
+/// when a region's reply carries them.
+pub const NEVER_TO_FANS: &[&str] = &[
+    tessera_api::headers::BOT_SCORE,
+    tessera_api::headers::EDGE_POP,
+    "x-tessera-bot-verdict",
+    "x-tessera-cache",
+    "x-tessera-queue-outcome",
+];
+/// Spin's header carrying the client address on incoming requests (the project's host
+/// sets it too).
 pub const SPIN_CLIENT_ADDR: &str = "spin-client-addr";
-/// Response headers the edge host turns into metrics (and strips).
-pub const VERDICT_HEADER: &str = "x-tessera-bot-verdict";
-pub const CACHE_HEADER: &str = "x-tessera-cache";
-pub const QUEUE_OUTCOME_HEADER: &str = "x-tessera-queue-outcome";
+
+/// Hop-by-hop headers (RFC 9110 section 7.6.1): they describe one connection, never the
+/// message, so a proxy must not pass them on. `proxy-*` is matched by prefix.
+const HOP_BY_HOP: &[&str] =
+    &["connection", "keep-alive", "transfer-encoding", "te", "trailer", "upgrade"];
+
+/// Whether `name` (lowercase) is hop-by-hop, including names listed in `connection`.
+pub fn is_hop_by_hop(name: &str, connection: Option<&str>) -> bool {
+    HOP_BY_HOP.contains(&name)
+        || name.starts_with("proxy-")
+        || connection.is_some_and(|c| c.split(',').any(|t| t.trim().eq_ignore_ascii_case(name)))
+}
+
+/// Whether `name` is a header a host adds for its own purposes (`spin-full-url`, ...).
+pub fn is_host_specific(name: &str) -> bool {
+    name.starts_with("spin-")
+}
+
+/// Whether `name` is one of the request headers only the edge sets.
+pub fn is_internal(name: &str) -> bool {
+    INTERNAL_HEADERS.contains(&name)
+}
+
+/// Removes headers a fan may not set and headers that are hop-by-hop.
+pub fn strip_ingress(headers: &mut http::HeaderMap) {
+    let connection = header(headers, "connection").map(str::to_owned);
+    let drop: Vec<http::HeaderName> = headers
+        .keys()
+        .filter(|k| is_internal(k.as_str()) || is_hop_by_hop(k.as_str(), connection.as_deref()))
+        .cloned()
+        .collect();
+    for k in drop {
+        headers.remove(k);
+    }
+}
+
+/// Makes a response fit to leave the edge: no hop-by-hop headers and none of the edge's
+/// internal headers (a router reply that carries them is not trusted either).
+pub fn clean_response(mut reply: Reply) -> Reply {
+    let headers = reply.headers_mut();
+    let connection = header(headers, "connection").map(str::to_owned);
+    let drop: Vec<http::HeaderName> = headers
+        .keys()
+        .filter(|k| {
+            let k = k.as_str();
+            is_hop_by_hop(k, connection.as_deref()) || NEVER_TO_FANS.contains(&k) || is_host_specific(k)
+        })
+        .cloned()
+        .collect();
+    for k in drop {
+        headers.remove(k);
+    }
+    reply
+}
+
+/// The largest response head the edge relays from a region: beyond it the reply is
+/// refused with `503 region_unavailable` (the same on every host, whatever its own limits).
+pub const UPSTREAM_HEADER_VALUE_MAX_BYTES: usize = 8 * 1024;
+pub const UPSTREAM_HEADERS_MAX_BYTES: usize = 32 * 1024;
+
+fn oversized(headers: &http::HeaderMap) -> bool {
+    let mut total = 0usize;
+    for (k, v) in headers {
+        if v.len() > UPSTREAM_HEADER_VALUE_MAX_BYTES {
+            return true;
+        }
+        total += k.as_str().len() + v.len();
+    }
+    total > UPSTREAM_HEADERS_MAX_BYTES
+}
+
+fn oversized_reply() -> Reply {
+    error(ErrorCode::RegionUnavailable, "the region sent an oversized response head")
+}
 
 /// A JSON response.
 pub fn json(status: u16, body: impl Into<Bytes>) -> Reply {
-    let mut r = Response::new(box_body(Full::new(body.into())));
+    let body = body.into();
+    let len = body.len();
+    let mut r = Response::new(box_body(Full::new(body)));
     *r.status_mut() = http::StatusCode::from_u16(status).unwrap_or(http::StatusCode::OK);
-    r.headers_mut()
-        .insert(http::header::CONTENT_TYPE, http::HeaderValue::from_static("application/json"));
+    let h = r.headers_mut();
+    h.insert(http::header::CONTENT_TYPE, http::HeaderValue::from_static("application/json"));
+    h.insert(http::header::CONTENT_LENGTH, http::HeaderValue::from(len));
     r
 }
 
@@ -92,50 +173,67 @@ pub async fn read_response(resp: Response) -> Result<(http::response::Parts, Byt
     Ok((parts, bytes))
 }
 
-const HOP_BY_HOP: &[&str] = &[
-    "connection",
-    "keep-alive",
-    "proxy-connection",
-    "transfer-encoding",
-    "upgrade",
-    "te",
-    "trailer",
-    "host",
-    "content-length",
-];
+/// What every request leaving the edge for a region carries besides the fan's headers.
+#[derive(Debug, Clone, Default)]
+pub struct Upstream {
+    /// The region router's origin (`http://host:port`).
+    pub base: String,
+    /// This edge's point of presence.
+    pub pop: String,
+    /// The W3C `traceparent` to send (see [`traceparent`]).
+    pub traceparent: String,
+}
 
-/// Copies end-to-end headers.
-pub fn copy_headers(from: &http::HeaderMap, to: &mut http::HeaderMap) {
+/// Copies the end-to-end headers of a fan's request onto a request to the region: not
+/// hop-by-hop, not host-specific, no `host` or `content-length` (set for the new message),
+/// no fan-sent trace context (replaced by the edge's).
+pub fn copy_request_headers(from: &http::HeaderMap, to: &mut http::HeaderMap) {
+    let connection = header(from, "connection");
     for (k, v) in from {
-        if !HOP_BY_HOP.contains(&k.as_str()) {
-            to.append(k.clone(), v.clone());
+        let name = k.as_str();
+        if is_hop_by_hop(name, connection)
+            || is_host_specific(name)
+            || matches!(name, "host" | "content-length" | "traceparent")
+        {
+            continue;
         }
+        to.append(k.clone(), v.clone());
     }
 }
 
-/// Builds the request that goes to `base` (`http://bot-score.spin.internal` or the router).
+/// Builds the request that goes to the region router.
 pub fn outbound(
     parts: &http::request::Parts,
     body: Bytes,
-    base: &str,
+    up: &Upstream,
 ) -> Result<http::Request<Full<Bytes>>, Reply> {
     let pq = parts.uri.path_and_query().map_or("/", |p| p.as_str());
-    let url = format!("{}{}", base.trim_end_matches('/'), pq);
+    let url = format!("{}{}", up.base.trim_end_matches('/'), pq);
     let mut req = http::Request::new(Full::new(body));
     *req.method_mut() = parts.method.clone();
     *req.uri_mut() =
-        url.parse().map_err(|_| error(ErrorCode::Internal, "edge misconfigured: bad next hop"))?;
-    copy_headers(&parts.headers, req.headers_mut());
+        url.parse().map_err(|_| error(ErrorCode::Internal, "edge misconfigured: bad router_url"))?;
+    copy_request_headers(&parts.headers, req.headers_mut());
+    stamp(req.headers_mut(), up);
     Ok(req)
 }
 
-/// Sends a request on and relays the answer (streamed). Upstream failures become
-/// `503 region_unavailable`.
+/// Adds the edge's PoP and trace context to a request for the region.
+pub fn stamp(headers: &mut http::HeaderMap, up: &Upstream) {
+    if !up.pop.is_empty() {
+        set_header(headers, tessera_api::headers::EDGE_POP, &up.pop);
+    }
+    set_header(headers, "traceparent", &up.traceparent);
+}
+
+/// Sends a request on and relays the answer (streamed, cleaned). Upstream failures
+/// become `503 region_unavailable`.
 pub async fn send(req: http::Request<Full<Bytes>>) -> Reply {
     match spin_sdk::http::send(req).await {
+        Ok(resp) if oversized(resp.headers()) => oversized_reply(),
         Ok(resp) => {
             let (parts, body) = resp.into_parts();
-            Response::from_parts(parts, box_body(body))
+            clean_response(Response::from_parts(parts, box_body(body)))
         }
         Err(e) => error(ErrorCode::RegionUnavailable, format!("region unreachable: {e}")),
     }
@@ -146,22 +244,68 @@ pub async fn try_send(req: http::Request<Full<Bytes>>) -> Result<Response, Strin
     spin_sdk::http::send(req).await.map_err(|e| e.to_string())
 }
 
-/// Relays a response whose body was already read.
+/// Relays a response whose body was already read (cleaned).
 pub fn from_parts(parts: http::response::Parts, body: Bytes) -> Reply {
-    Response::from_parts(parts, box_body(Full::new(body)))
+    if oversized(&parts.headers) {
+        return oversized_reply();
+    }
+    clean_response(Response::from_parts(parts, box_body(Full::new(body))))
 }
 
-/// Forwards a request to `base`.
-pub async fn forward(parts: &http::request::Parts, body: Bytes, base: &str) -> Reply {
-    match outbound(parts, body, base) {
+/// Forwards a request to the region router.
+pub async fn forward(parts: &http::request::Parts, body: Bytes, up: &Upstream) -> Reply {
+    match outbound(parts, body, up) {
         Ok(req) => send(req).await,
         Err(reply) => reply,
     }
 }
 
-/// The request as a [`tessera_edge_logic::RequestView`]-ready list of headers.
+/// The W3C `traceparent` for requests this edge makes: the fan's trace continued when the
+/// incoming header is valid (version 00, non-zero ids; the parent stays the caller's span,
+/// since a component records no span of its own), or a new sampled trace from `random`
+/// (24 bytes: trace id then span id).
+pub fn traceparent(incoming: Option<&str>, random: &[u8]) -> String {
+    if let Some(tp) = incoming.map(str::trim).filter(|tp| valid_traceparent(tp)) {
+        return tp.to_owned();
+    }
+    let mut bytes = [0u8; 24];
+    let n = random.len().min(24);
+    bytes[..n].copy_from_slice(&random[..n]);
+    // All-zero ids are invalid; make sure neither is.
+    bytes[15] |= 1;
+    bytes[23] |= 1;
+    format!("00-{}-{}-01", hex(&bytes[..16]), hex(&bytes[16..]))
+}
+
+fn hex(b: &[u8]) -> String {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut s = String::with_capacity(b.len() * 2);
+    for x in b {
+        s.push(DIGITS[(x >> 4) as usize] as char);
+        s.push(DIGITS[(x & 15) as usize] as char);
+    }
+    s
+}
+
+/// `00-<32 hex>-<16 hex>-<2 hex>` with non-zero ids and lowercase hex.
+pub fn valid_traceparent(tp: &str) -> bool {
+    let parts: Vec<&str> = tp.split('-').collect();
+    let lower_hex = |s: &str, n: usize| {
+        s.len() == n && s.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    };
+    matches!(parts.as_slice(), [v, t, p, f]
+        if *v == "00" && lower_hex(t, 32) && lower_hex(p, 16) && lower_hex(f, 2)
+            && t.bytes().any(|b| b != b'0') && p.bytes().any(|b| b != b'0'))
+}
+
+/// The request as a [`tessera_edge_logic::RequestView`]-ready list of the fan's headers
+/// (host-specific `spin-*` headers are not the fan's and are not counted).
 pub fn header_list(headers: &http::HeaderMap) -> Vec<(&str, &[u8])> {
-    headers.iter().map(|(k, v)| (k.as_str(), v.as_bytes())).collect()
+    headers
+        .iter()
+        .filter(|(k, _)| !is_host_specific(k.as_str()))
+        .map(|(k, v)| (k.as_str(), v.as_bytes()))
+        .collect()
 }
 
 /// Milliseconds since the Unix epoch (the component's clock is the host's).
@@ -177,7 +321,7 @@ pub fn header<'a>(headers: &'a http::HeaderMap, name: &str) -> Option<&'a str> {
     headers.get(name).and_then(|v| v.to_str().ok())
 }
 
-/// Splits a request into parts and its fully read body (already bounded by `validation`).
+/// Splits a request into parts and its fully read body.
 pub async fn split(req: Request, limit: usize) -> Result<(http::request::Parts, Bytes), Reply> {
     let (parts, body) = req.into_parts();
     let body = read_body(&parts.headers, body, limit).await?;
@@ -189,4 +333,9 @@ pub fn set_header(headers: &mut http::HeaderMap, name: &'static str, value: &str
     if let Ok(v) = http::HeaderValue::from_str(value) {
         headers.insert(http::HeaderName::from_static(name), v);
     }
+}
+
+/// Random bytes from the host (WASI `random`).
+pub fn random_bytes(n: u64) -> Vec<u8> {
+    spin_sdk::wasip3::random::random::get_random_bytes(n)
 }

@@ -1,15 +1,10 @@
-//! The public entry of the edge: checks every request against the route table and its
-//! typed schema and size limits, strips headers only the edge may set, and passes valid
-//! requests to the next hop named by the `TESSERA_NEXT_HOP` environment variable
-//! (`http://bot-score.spin.internal`). With no next hop it answers
-//! `200 {"valid":true,"route":..}` itself (used to compare hosts under `wasmtime serve`).
+//! The edge's request validation on its own: checks a request against the route table,
+//! its typed schema and the size limits, exactly as the `edge` component's first stage
+//! does, and answers `200 {"valid":true,"route":..}` or the `{"code","message"}` error.
 //!
-//! It imports only WASI: no Spin key-value or variables.
-
-#![allow(
-    clippy::result_large_err,
-    reason = "the error side is the HTTP response to send; boxing it only adds an allocation"
-)]
+//! It imports only WASI (no Spin key-value or variables), so the same file runs on the
+//! project's host and under `wasmtime serve`: `cargo xtask bench edge` uses it to compare
+//! the two hosts on identical work.
 
 use spin_sdk::http::Request;
 use spin_sdk::http_service;
@@ -23,16 +18,7 @@ async fn handle(req: Request) -> Result<guest::Reply, spin_sdk::http::Error> {
         Ok(v) => v,
         Err(reply) => return Ok(reply),
     };
-    // Whatever a fan sends in the edge's own headers is dropped; the client address is
-    // carried on under the edge's name (Spin sets `spin-client-addr`, so does the host).
-    for name in guest::INTERNAL_HEADERS {
-        parts.headers.remove(*name);
-    }
-    if let Some(addr) = parts.headers.get(guest::SPIN_CLIENT_ADDR).cloned() {
-        parts
-            .headers
-            .insert(http::HeaderName::from_static(guest::CLIENT_ADDR_HEADER_INTERNAL), addr);
-    }
+    guest::strip_ingress(&mut parts.headers);
     let headers = guest::header_list(&parts.headers);
     let view = RequestView {
         method: parts.method.as_str(),
@@ -41,16 +27,11 @@ async fn handle(req: Request) -> Result<guest::Reply, spin_sdk::http::Error> {
         headers: &headers,
         body: &body,
     };
-    let route = match validate(&view, &limits) {
-        Ok(route) => route,
-        Err(e) => return Ok(guest::error_body(&e)),
-    };
-    drop(headers);
-    match std::env::var("TESSERA_NEXT_HOP") {
-        Ok(next) if !next.is_empty() => Ok(guest::forward(&parts, body, &next).await),
-        _ => {
+    Ok(match validate(&view, &limits) {
+        Ok(route) => {
             let answer = serde_json::json!({ "valid": true, "route": route.name() });
-            Ok(guest::json(200, answer.to_string()))
+            guest::json(200, answer.to_string())
         }
-    }
+        Err(e) => guest::error_body(&e),
+    })
 }

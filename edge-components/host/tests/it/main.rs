@@ -10,4 +10,5 @@ mod consistency;
 mod nats;
 mod ops;
 mod queue;
+mod spin_parity;
 mod validation;

@@ -85,6 +85,8 @@ pub struct Upstream {
     pub registrations: AtomicUsize,
     /// Delay for seat reads (ms), to keep requests in flight.
     pub slow_ms: AtomicU64,
+    /// Headers of the requests that reached the router's pass-through routes.
+    pub seen: Mutex<Vec<HeaderMap>>,
 }
 
 async fn seats(
@@ -148,6 +150,44 @@ async fn hold(State(up): State<Arc<Upstream>>, headers: HeaderMap) -> (StatusCod
     (StatusCode::CREATED, r#"{"hold_id":"h_abcdefgh12"}"#)
 }
 
+/// A reply as a real router behind a proxy might send it: hop-by-hop headers, and
+/// headers that must never reach a fan, besides the body (which echoes the request's
+/// headers, so tests can see what the router received).
+async fn echo(State(up): State<Arc<Upstream>>, headers: HeaderMap) -> axum::response::Response {
+    up.seen.lock().unwrap().push(headers.clone());
+    let seen: BTreeMap<String, String> = headers
+        .iter()
+        .map(|(k, v)| (k.as_str().to_owned(), v.to_str().unwrap_or("").to_owned()))
+        .collect();
+    let mut r = axum::response::IntoResponse::into_response(Json(serde_json::json!({
+        "orders": [], "seen": seen
+    })));
+    let h = r.headers_mut();
+    h.insert("connection", "keep-alive, x-hop".parse().unwrap());
+    h.insert("keep-alive", "timeout=5".parse().unwrap());
+    h.insert("x-hop", "named-in-connection".parse().unwrap());
+    h.insert("proxy-authenticate", "Basic".parse().unwrap());
+    h.insert("x-tessera-bot-verdict", "allow".parse().unwrap());
+    h.insert("x-tessera-cache", "hit".parse().unwrap());
+    h.insert("x-tessera-bot-score", "0".parse().unwrap());
+    r
+}
+
+/// Server-sent events sent chunked, as the router streams them.
+async fn stream(State(up): State<Arc<Upstream>>, headers: HeaderMap) -> axum::response::Response {
+    up.seen.lock().unwrap().push(headers);
+    let events = futures::stream::iter((0..3).map(|i| {
+        Ok::<_, std::convert::Infallible>(axum::body::Bytes::from(format!(
+            "event: availability\ndata: {{\"n\":{i}}}\n\n"
+        )))
+    }));
+    axum::response::Response::builder()
+        .header("content-type", "text/event-stream")
+        .header("cache-control", "no-cache")
+        .body(axum::body::Body::from_stream(events))
+        .unwrap()
+}
+
 /// Serves the stand-in router on a free port.
 pub async fn upstream() -> (Arc<Upstream>, SocketAddr) {
     let up = Arc::new(Upstream::default());
@@ -157,6 +197,8 @@ pub async fn upstream() -> (Arc<Upstream>, SocketAddr) {
         .route("/v1/events/{event}/admission", get(admission))
         .route("/v1/internal/events/{event}/queue", post(register))
         .route("/v1/events/{event}/holds", post(hold))
+        .route("/v1/orders", get(echo))
+        .route("/v1/events/{event}/stream", get(stream))
         .with_state(up.clone());
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
@@ -212,15 +254,31 @@ impl RunningEdge {
     }
 }
 
+/// Whether the suite runs the host in Spin-strict mode (`TESSERA_EDGE_SPIN_STRICT=1`, as
+/// `cargo xtask test` does on a second pass), so every test also checks that the
+/// components would behave the same under `spin up`.
+pub fn strict_from_env() -> bool {
+    std::env::var("TESSERA_EDGE_SPIN_STRICT").is_ok_and(|v| v == "1" || v == "true")
+}
+
 pub async fn start_edge(vars: BTreeMap<String, String>) -> RunningEdge {
+    start_edge_with(vars, strict_from_env()).await
+}
+
+pub async fn start_edge_with(vars: BTreeMap<String, String>, spin_strict: bool) -> RunningEdge {
     components();
+    // Another manifest (an older build of the components, say) can be put under test.
+    let manifest = std::env::var_os("TESSERA_EDGE_TEST_MANIFEST")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| workspace_root().join("edge-components/spin.toml"));
     let edge = Edge::new(EdgeOptions {
-        manifest: workspace_root().join("edge-components/spin.toml"),
+        manifest,
         spin_env: BTreeMap::new(),
         variables: vars,
         limits: Limits { instances_max: 256, concurrent_requests_max: 64, ..Limits::default() },
         pop: "test".into(),
         compile_cache_dir: None,
+        spin_strict,
     })
     .expect("start edge");
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();

@@ -1,4 +1,4 @@
-//! The waiting room at the edge.
+//! The waiting room.
 //!
 //! - `POST /v1/events/{id}/queue`: verifies the fan's identity, registers the place with the
 //!   core (`POST {router_url}/v1/internal/events/{id}/queue`), and signs a queue ticket
@@ -15,18 +15,10 @@
 //! one (plain `spin up`) the component polls `GET {router_url}/v1/events/{id}/admission`
 //! when what it has is older than two seconds.
 
-#![allow(
-    clippy::result_large_err,
-    reason = "the error side is the HTTP response to send; boxing it only adds an allocation"
-)]
-
 use bytes::Bytes;
 use serde::{Deserialize, Serialize, de::DeserializeOwned};
 use sha2::{Digest as _, Sha256};
-use spin_sdk::http::Request;
-use spin_sdk::http_service;
 use spin_sdk::key_value::Store;
-use spin_sdk::variables;
 use tessera_api::queue::{
     AdmissionWatermark, QueueJoinRequest, QueueJoined, QueuePhase, QueuePlace, QueueRegistration,
     QueueStatus, QueueStatusState, QueueTicketClaims,
@@ -34,23 +26,17 @@ use tessera_api::queue::{
 use tessera_api::{CustomerId, ErrorCode, EventId, headers};
 use tessera_edge_guest as guest;
 use tessera_edge_logic::kv;
-use tessera_edge_logic::routes::{Route, classify};
+use tessera_edge_logic::routes::Route;
 use tessera_identity::{IdentityClaims, Keyset, SigningKeyPair, TokenError};
 use tessera_queue::token::{self, QueueTokenError, TYP_ADMISSION, TYP_TICKET};
 use tessera_queue::{admission, lottery};
+
+use crate::ctx::Ctx;
 
 type Outcome = Result<guest::Reply, guest::Reply>;
 
 fn fail(code: ErrorCode, message: impl Into<String>) -> guest::Reply {
     guest::error(code, message)
-}
-
-async fn var(name: &str) -> String {
-    variables::get(name).await.unwrap_or_default()
-}
-
-async fn var_u64(name: &str, default: u64) -> u64 {
-    var(name).await.trim().parse().unwrap_or(default)
 }
 
 /// A verified token's claims, cached by the hash of the whole token.
@@ -95,12 +81,6 @@ async fn verified<C: Serialize + DeserializeOwned>(
     Ok(claims)
 }
 
-struct Ctx {
-    store: Store,
-    now_ms: u64,
-    router_url: String,
-}
-
 impl Ctx {
     async fn identity(&self, parts: &http::request::Parts) -> Result<CustomerId, guest::Reply> {
         let Some(token) = guest::header(&parts.headers, headers::AUTHORIZATION)
@@ -109,8 +89,8 @@ impl Ctx {
             return Err(fail(ErrorCode::Unauthenticated, "send `authorization: Bearer <token>`"));
         };
         // The keyset is parsed (point decompression per key) only when the cache misses.
-        let keys_spec = var("identity_keys").await;
-        let issuer = var("identity_issuer").await;
+        let keys_spec = self.var("identity_keys").await;
+        let issuer = self.var("identity_issuer").await;
         let claims: IdentityClaims = verified(&self.store, "id", token, self.now_ms, || {
             let keys = Keyset::parse(&keys_spec).map_err(|_| TokenError::UnknownKey)?;
             tessera_identity::verify(&keys, token)
@@ -129,7 +109,7 @@ impl Ctx {
         device_hash: &str,
     ) -> Result<QueueTicketClaims, guest::Reply> {
         // The keyset is parsed (point decompression per key) only when the cache misses.
-        let keys_spec = var("queue_keys").await;
+        let keys_spec = self.var("queue_keys").await;
         let claims: QueueTicketClaims = verified(&self.store, "q", token, self.now_ms, || {
             let keys = Keyset::parse(&keys_spec).map_err(|_| TokenError::UnknownKey)?;
             tessera_identity::verify(&keys, token)
@@ -165,9 +145,16 @@ impl Ctx {
         if fresh || (stored.is_some() && self.bus_alive().await) {
             return stored;
         }
-        let url =
-            format!("{}/v1/events/{event_id}/admission", self.router_url.trim_end_matches('/'));
-        let polled = match spin_sdk::http::get(url).await {
+        let url = format!(
+            "{}/v1/events/{event_id}/admission",
+            self.upstream.base.trim_end_matches('/')
+        );
+        let mut req = http::Request::new(http_body_util::Full::new(Bytes::new()));
+        if let Ok(uri) = url.parse() {
+            *req.uri_mut() = uri;
+        }
+        guest::stamp(req.headers_mut(), &self.upstream);
+        let polled = match guest::try_send(req).await {
             Ok(resp) if resp.status().is_success() => match guest::read_response(resp).await {
                 Ok((_, body)) => serde_json::from_slice::<AdmissionWatermark>(&body).ok(),
                 Err(_) => None,
@@ -219,11 +206,6 @@ fn random16() -> [u8; 16] {
     b
 }
 
-fn with_outcome(mut reply: guest::Reply, outcome: &str) -> guest::Reply {
-    guest::set_header(reply.headers_mut(), guest::QUEUE_OUTCOME_HEADER, outcome);
-    reply
-}
-
 fn json_reply<T: Serialize>(status: u16, value: &T) -> guest::Reply {
     match serde_json::to_string(value) {
         Ok(s) => guest::json(status, s),
@@ -231,7 +213,13 @@ fn json_reply<T: Serialize>(status: u16, value: &T) -> guest::Reply {
     }
 }
 
-async fn join(ctx: &Ctx, parts: &http::request::Parts, body: &Bytes, event_id: EventId) -> Outcome {
+async fn join(
+    ctx: &Ctx,
+    parts: &http::request::Parts,
+    body: &Bytes,
+    event_id: EventId,
+    shadow: bool,
+) -> Outcome {
     let join: QueueJoinRequest = if body.is_empty() {
         QueueJoinRequest::default()
     } else {
@@ -240,14 +228,13 @@ async fn join(ctx: &Ctx, parts: &http::request::Parts, body: &Bytes, event_id: E
     };
     let customer_id = ctx.identity(parts).await?;
     let device = device_of(parts)?;
-    let key = signing_key(&var("queue_signing_key").await)
+    let key = signing_key(&ctx.var("queue_signing_key").await)
         .ok_or_else(|| fail(ErrorCode::Internal, "edge misconfigured: queue_signing_key"))?;
-    let shadow = guest::header(&parts.headers, guest::SHADOW_HEADER) == Some("1");
-    let ttl_ms = var_u64("queue_ticket_ttl_s", 4 * 3600).await * 1000;
+    let ttl_ms = ctx.var_u64("queue_ticket_ttl_s", 4 * 3600).await * 1000;
 
     let (ticket_id, phase, seq, rank) = if shadow {
         // Looks like any other place; no region ever hears of it.
-        let secret = var("shadow_secret").await;
+        let secret = ctx.var("shadow_secret").await;
         let wm = ctx.watermark(&event_id).await;
         let id = lottery::shadow_ticket_id(secret.as_bytes(), random16());
         let phase = match wm.as_ref().map(|w| w.state) {
@@ -259,8 +246,10 @@ async fn join(ctx: &Ctx, parts: &http::request::Parts, body: &Bytes, event_id: E
     } else {
         let ticket_id = lottery::ticket_id(join.client_nonce.as_deref(), random16());
         let registration = QueueRegistration { ticket_id, customer_id: customer_id.clone() };
-        let url =
-            format!("{}/v1/internal/events/{event_id}/queue", ctx.router_url.trim_end_matches('/'));
+        let url = format!(
+            "{}/v1/internal/events/{event_id}/queue",
+            ctx.upstream.base.trim_end_matches('/')
+        );
         let body = serde_json::to_vec(&registration)
             .map_err(|_| fail(ErrorCode::Internal, "failed to encode registration"))?;
         let mut req = http::Request::new(http_body_util::Full::new(Bytes::from(body)));
@@ -269,11 +258,12 @@ async fn join(ctx: &Ctx, parts: &http::request::Parts, body: &Bytes, event_id: E
             url.parse().map_err(|_| fail(ErrorCode::Internal, "edge misconfigured: router_url"))?;
         req.headers_mut()
             .insert(http::header::CONTENT_TYPE, http::HeaderValue::from_static("application/json"));
-        for name in [headers::AUTHORIZATION, headers::DEVICE, headers::BOT_SCORE] {
+        for name in [headers::AUTHORIZATION, headers::DEVICE, headers::BOT_SCORE, "tracestate"] {
             if let Some(v) = parts.headers.get(name) {
                 req.headers_mut().insert(http::HeaderName::from_static(name), v.clone());
             }
         }
+        guest::stamp(req.headers_mut(), &ctx.upstream);
         let resp = guest::try_send(req)
             .await
             .map_err(|e| fail(ErrorCode::RegionUnavailable, format!("region unreachable: {e}")))?;
@@ -307,7 +297,7 @@ async fn join(ctx: &Ctx, parts: &http::request::Parts, body: &Bytes, event_id: E
     };
     let ticket = token::issue(&key, &claims);
     let joined = QueueJoined { ticket, ticket_id, event_id, phase };
-    Ok(with_outcome(json_reply(200, &joined), if shadow { "shadow_joined" } else { "joined" }))
+    Ok(json_reply(200, &joined))
 }
 
 #[derive(Serialize, Deserialize)]
@@ -337,9 +327,9 @@ async fn status(ctx: &Ctx, parts: &http::request::Parts, event_id: EventId) -> O
             admission_expires_at_ms: None,
             lottery: None,
         };
-        return Ok(with_outcome(json_reply(200, &waiting), "waiting"));
+        return Ok(json_reply(200, &waiting));
     };
-    let secret = var("shadow_secret").await;
+    let secret = ctx.var("shadow_secret").await;
     let shadow = lottery::is_shadow(secret.as_bytes(), &claims.ticket_id);
     let mut view = admission::view(&claims, &wm);
     if shadow && view.state == QueueStatusState::Admitted {
@@ -358,10 +348,8 @@ async fn status(ctx: &Ctx, parts: &http::request::Parts, event_id: EventId) -> O
         admission_expires_at_ms: None,
         lottery: view.lottery,
     };
-    let mut outcome = if shadow { "shadow_waiting" } else { "waiting" };
     if view.state == QueueStatusState::Admitted && !shadow {
-        outcome = "admitted";
-        let ttl_ms = var_u64("admission_ttl_s", 600).await * 1000;
+        let ttl_ms = ctx.var_u64("admission_ttl_s", 600).await * 1000;
         let issued_key = kv::admission_issued(claims.ticket_id.as_str());
         let reuse = match ctx.store.get(&issued_key).await {
             Ok(Some(raw)) => serde_json::from_slice::<IssuedAdmission>(&raw)
@@ -372,7 +360,7 @@ async fn status(ctx: &Ctx, parts: &http::request::Parts, event_id: EventId) -> O
         let issued = match reuse {
             Some(a) => a,
             None => {
-                let key = signing_key(&var("queue_signing_key").await).ok_or_else(|| {
+                let key = signing_key(&ctx.var("queue_signing_key").await).ok_or_else(|| {
                     fail(ErrorCode::Internal, "edge misconfigured: queue_signing_key")
                 })?;
                 let mut adm = claims.clone();
@@ -389,7 +377,7 @@ async fn status(ctx: &Ctx, parts: &http::request::Parts, event_id: EventId) -> O
         out.admission_token = Some(issued.token);
         out.admission_expires_at_ms = Some(issued.exp_ms);
     }
-    Ok(with_outcome(json_reply(200, &out), outcome))
+    Ok(json_reply(200, &out))
 }
 
 async fn hold(ctx: &Ctx, parts: &http::request::Parts, body: Bytes, event_id: EventId) -> Outcome {
@@ -405,40 +393,40 @@ async fn hold(ctx: &Ctx, parts: &http::request::Parts, body: Bytes, event_id: Ev
     if matches!(ctx.store.exists(&used_key).await, Ok(true)) {
         return Err(fail(ErrorCode::Forbidden, "this admission was already used for a hold"));
     }
-    let reply = guest::forward(parts, body, &ctx.router_url).await;
+    let reply = guest::forward(parts, body, &ctx.upstream).await;
     if reply.status().is_success() {
         let _ = ctx.store.set(&used_key, ctx.now_ms.to_string()).await;
     }
-    Ok(with_outcome(reply, "hold_forwarded"))
+    Ok(reply)
 }
 
-#[http_service]
-async fn handle(req: Request) -> Result<guest::Reply, spin_sdk::http::Error> {
-    let (parts, body) = match guest::split(req, 64 * 1024).await {
-        Ok(v) => v,
-        Err(reply) => return Ok(reply),
+/// Serves a waiting-room route.
+pub(crate) async fn serve(
+    ctx: &Ctx,
+    parts: &http::request::Parts,
+    body: Bytes,
+    route: Route,
+    shadow: bool,
+) -> guest::Reply {
+    let (out, what) = match route {
+        Route::QueueJoin { event_id } => {
+            (join(ctx, parts, &body, event_id, shadow).await, if shadow { "shadow_joined" } else { "joined" })
+        }
+        Route::QueueStatus { event_id } => (status(ctx, parts, event_id).await, "status"),
+        Route::CreateHold { event_id } => (hold(ctx, parts, body, event_id).await, "hold_forwarded"),
+        _ => return guest::forward(parts, body, &ctx.upstream).await,
     };
-    let route = match classify(parts.method.as_str(), parts.uri.path()) {
-        Ok(r) => r,
-        Err(e) => return Ok(guest::error_body(&e)),
-    };
-    let store = match Store::open_default().await {
-        Ok(s) => s,
-        Err(e) => return Ok(fail(ErrorCode::Internal, format!("key-value: {e}"))),
-    };
-    let router_url = var("router_url").await;
-    if router_url.is_empty() {
-        return Ok(fail(ErrorCode::Internal, "edge misconfigured: router_url is not set"));
+    match out {
+        Ok(reply) => {
+            ctx.count("queue_outcomes", what);
+            reply
+        }
+        Err(reply) => {
+            ctx.count(
+                "queue_outcomes",
+                if reply.status().is_client_error() { "rejected" } else { "error" },
+            );
+            reply
+        }
     }
-    let ctx = Ctx { store, now_ms: guest::now_ms(), router_url };
-    let out = match route {
-        Route::QueueJoin { event_id } => join(&ctx, &parts, &body, event_id).await,
-        Route::QueueStatus { event_id } => status(&ctx, &parts, event_id).await,
-        Route::CreateHold { event_id } => hold(&ctx, &parts, body, event_id).await,
-        _ => Ok(guest::forward(&parts, body, &ctx.router_url).await),
-    };
-    Ok(out.unwrap_or_else(|reply| {
-        let outcome = if reply.status().is_client_error() { "rejected" } else { "error" };
-        with_outcome(reply, outcome)
-    }))
 }

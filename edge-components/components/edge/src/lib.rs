@@ -1,0 +1,75 @@
+//! Tessera's edge as one Spin component. Every fan request runs the whole pipeline in one
+//! fresh instance:
+//!
+//! ```text
+//! validation ─> bot scoring ─┬─> catalog cache ─> region router   (catalog reads)
+//!                            ├─> waiting room  ─> region router   (queue, holds)
+//!                            └──────────────────> region router   (everything else)
+//! ```
+//!
+//! The stages are plain functions over the request already read and parsed, so a request
+//! is read once, validated once and never re-serialised between stages; the edge keeps
+//! its header contract itself ([`tessera_edge_guest`]), so it holds under `spin up` as
+//! under the project's host. What the stages decide lives in `tessera-edge-logic` and
+//! `tessera-queue` (pure, tested natively); this crate is the I/O around them: key-value,
+//! variables, outbound HTTP.
+
+#![allow(
+    clippy::result_large_err,
+    reason = "the error side is the HTTP response to send; boxing it only adds an allocation"
+)]
+
+mod bot;
+mod catalog;
+mod ctx;
+mod waiting_room;
+
+use spin_sdk::http::Request;
+use spin_sdk::http_service;
+use tessera_edge_guest as guest;
+use tessera_edge_logic::routes::Stage;
+use tessera_edge_logic::{Limits, RequestView, validate};
+
+use crate::ctx::Ctx;
+
+#[http_service]
+async fn handle(req: Request) -> Result<guest::Reply, spin_sdk::http::Error> {
+    Ok(guest::clean_response(pipeline(req).await))
+}
+
+async fn pipeline(req: Request) -> guest::Reply {
+    let limits = Limits::default();
+    let (mut parts, body) = match guest::split(req, limits.body_max_bytes).await {
+        Ok(v) => v,
+        Err(reply) => return reply,
+    };
+    // What a fan sends in the edge's own headers is dropped before anything reads it.
+    guest::strip_ingress(&mut parts.headers);
+    let route = {
+        let headers = guest::header_list(&parts.headers);
+        let view = RequestView {
+            method: parts.method.as_str(),
+            path: parts.uri.path(),
+            query: parts.uri.query(),
+            headers: &headers,
+            body: &body,
+        };
+        match validate(&view, &limits) {
+            Ok(route) => route,
+            Err(e) => return guest::error_body(&e),
+        }
+    };
+    let ctx = match Ctx::open(&parts).await {
+        Ok(ctx) => ctx,
+        Err(reply) => return reply,
+    };
+    let pass = match bot::check(&ctx, &mut parts, &route).await {
+        Ok(pass) => pass,
+        Err(reply) => return reply,
+    };
+    match route.stage() {
+        Stage::Catalog => catalog::serve(&ctx, &parts, body, &route).await,
+        Stage::WaitingRoom => waiting_room::serve(&ctx, &parts, body, route, pass.shadow).await,
+        Stage::Router => guest::forward(&parts, body, &ctx.upstream).await,
+    }
+}
