@@ -5,6 +5,8 @@
 //!
 //! This library only holds helpers shared by the benchmark binaries.
 
+pub mod loadgen;
+
 /// A free TCP port on 127.0.0.1.
 pub fn free_port() -> anyhow::Result<u16> {
     let l = std::net::TcpListener::bind("127.0.0.1:0")?;

@@ -20,7 +20,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
@@ -31,14 +31,22 @@ use http_body_util::{BodyExt as _, Empty};
 use sha2::Digest as _;
 use tessera_api::queue::{AdmissionWatermark, QueuePhase, QueuePlace, QueueRegistration};
 use tessera_api::{CustomerId, EventId};
+use tessera_bench::loadgen::{self, Encoded};
 use tessera_edge_host::config::Limits;
 use tessera_edge_host::{Edge, EdgeOptions};
 use tessera_identity::{IdentityIssuer, Keyset, SigningKeyPair};
 
+// The same allocator as the `tessera-edge` binary, so the bench measures what ships.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 const WASMTIME_VERSION: &str = "48.0.8";
 const RUN: Duration = Duration::from_secs(5);
 const WARMUP: Duration = Duration::from_secs(1);
-const CONNECTIONS: usize = 16;
+const CONNECTIONS: usize = 32;
+/// Connections the open-loop generator may use: enough that a request never waits for a
+/// connection at half of peak unless the server is behind.
+const OPEN_LOOP_CONNECTIONS: usize = 128;
 
 fn step(msg: &str) {
     eprintln!("==> {msg}");
@@ -91,107 +99,59 @@ async fn once(c: &Client, url: &str, headers: &[(String, String)]) -> anyhow::Re
     Ok((status, body))
 }
 
-/// Closed loop: `CONNECTIONS` workers as fast as they go. Returns requests/s.
-async fn peak(c: &Client, url: &str, headers: Vec<Vec<(String, String)>>) -> anyhow::Result<f64> {
-    let stop = Arc::new(AtomicBool::new(false));
-    let count = Arc::new(AtomicU64::new(0));
-    let errors = Arc::new(AtomicU64::new(0));
-    let counting = Arc::new(AtomicBool::new(false));
-    let mut tasks = Vec::new();
-    for i in 0..CONNECTIONS {
-        let (c, url, h) = (c.clone(), url.to_owned(), headers[i % headers.len()].clone());
-        let (stop, count, errors, counting) =
-            (stop.clone(), count.clone(), errors.clone(), counting.clone());
-        tasks.push(tokio::spawn(async move {
-            while !stop.load(Ordering::Relaxed) {
-                match once(&c, &url, &h).await {
-                    Ok((200, _)) => {
-                        if counting.load(Ordering::Relaxed) {
-                            count.fetch_add(1, Ordering::Relaxed);
-                        }
-                    }
-                    _ => {
-                        errors.fetch_add(1, Ordering::Relaxed);
-                    }
-                }
-            }
-        }));
+/// The URL's authority and path.
+fn split_url(url: &str) -> anyhow::Result<(SocketAddr, String)> {
+    let rest = url.strip_prefix("http://").context("an http:// URL")?;
+    let (authority, path) = rest.split_once('/').unwrap_or((rest, ""));
+    Ok((authority.parse()?, format!("/{path}")))
+}
+
+fn encoded(
+    url: &str,
+    headers: &[Vec<(String, String)>],
+) -> anyhow::Result<(SocketAddr, Vec<Encoded>)> {
+    let (addr, path) = split_url(url)?;
+    let reqs = if headers.is_empty() {
+        vec![Encoded::get(addr, &path, &[])]
+    } else {
+        headers.iter().map(|h| Encoded::get(addr, &path, h)).collect()
+    };
+    Ok((addr, reqs))
+}
+
+/// Closed loop: `CONNECTIONS` clients as fast as they go. Returns requests/s.
+async fn peak(url: &str, headers: Vec<Vec<(String, String)>>) -> anyhow::Result<f64> {
+    let (addr, reqs) = encoded(url, &headers)?;
+    let run = tokio::task::spawn_blocking(move || {
+        loadgen::closed_loop(addr, reqs, CONNECTIONS, WARMUP, RUN)
+    })
+    .await??;
+    if run.errors > 0 {
+        bail!(
+            "{} requests to {url} failed during the peak run (first: {})",
+            run.errors,
+            run.first_error.unwrap_or_default()
+        );
     }
-    tokio::time::sleep(WARMUP).await;
-    counting.store(true, Ordering::Relaxed);
-    let started = Instant::now();
-    tokio::time::sleep(RUN).await;
-    counting.store(false, Ordering::Relaxed);
-    let elapsed = started.elapsed().as_secs_f64();
-    stop.store(true, Ordering::Relaxed);
-    for t in tasks {
-        let _ = t.await;
-    }
-    let e = errors.load(Ordering::Relaxed);
-    if e > 0 {
-        bail!("{e} requests to {url} failed during the peak run");
-    }
-    Ok(count.load(Ordering::Relaxed) as f64 / elapsed)
+    Ok(run.rps())
 }
 
 /// Open loop at `rate` requests/s for `RUN` (after `WARMUP` at the same rate): p99 in ms,
 /// measured from the intended send time.
-async fn p99_at(
-    c: &Client,
-    url: &str,
-    headers: Vec<Vec<(String, String)>>,
-    rate: f64,
-) -> anyhow::Result<f64> {
-    let hist = Arc::new(std::sync::Mutex::new(hdrhistogram::Histogram::<u64>::new(3)?));
-    let errors = Arc::new(AtomicU64::new(0));
-    let last_error = Arc::new(std::sync::Mutex::new(String::new()));
-    let interval = Duration::from_secs_f64(1.0 / rate.max(1.0));
-    let started = Instant::now();
-    let mut n: u64 = 0;
-    let mut tasks = Vec::new();
-    loop {
-        let due = started + interval.mul_f64(n as f64);
-        if due.duration_since(started) >= WARMUP + RUN {
-            break;
-        }
-        // The first second at this rate only warms connections up (a new connection's SYN
-        // dropped by a full backlog costs a 1 s retransmit, which is not the edge's latency).
-        let record = due.duration_since(started) >= WARMUP;
-        tokio::time::sleep_until(due.into()).await;
-        let (c, url, h) =
-            (c.clone(), url.to_owned(), headers[(n as usize) % headers.len()].clone());
-        let (hist, errors, last_error) = (hist.clone(), errors.clone(), last_error.clone());
-        tasks.push(tokio::spawn(async move {
-            match once(&c, &url, &h).await {
-                Ok((200, _)) => {
-                    let us = due.elapsed().as_micros() as u64;
-                    if record && let Ok(mut h) = hist.lock() {
-                        let _ = h.record(us.max(1));
-                    }
-                }
-                other => {
-                    errors.fetch_add(1, Ordering::Relaxed);
-                    if let Ok(mut e) = last_error.lock() {
-                        *e = match other {
-                            Ok((s, b)) => format!("{s} {}", String::from_utf8_lossy(&b)),
-                            Err(err) => format!("{err:#}"),
-                        };
-                    }
-                }
-            }
-        }));
-        n += 1;
+async fn p99_at(url: &str, headers: Vec<Vec<(String, String)>>, rate: f64) -> anyhow::Result<f64> {
+    let (addr, reqs) = encoded(url, &headers)?;
+    let run = tokio::task::spawn_blocking(move || {
+        loadgen::open_loop(addr, reqs, rate, OPEN_LOOP_CONNECTIONS, WARMUP, RUN)
+    })
+    .await??;
+    if run.errors > 0 {
+        bail!(
+            "{} requests to {url} failed during the latency run (first: {})",
+            run.errors,
+            run.first_error.unwrap_or_default()
+        );
     }
-    for t in tasks {
-        let _ = t.await;
-    }
-    let e = errors.load(Ordering::Relaxed);
-    if e > 0 {
-        let last = last_error.lock().map(|e| e.clone()).unwrap_or_default();
-        bail!("{e} requests to {url} failed during the latency run (last: {last})");
-    }
-    let p99 = hist.lock().map(|h| h.value_at_quantile(0.99)).unwrap_or(0);
-    Ok(p99 as f64 / 1000.0)
+    Ok(run.quantile_ms(0.99))
 }
 
 async fn upstream() -> anyhow::Result<SocketAddr> {
@@ -265,6 +225,7 @@ async fn serve_edge(
         limits: Limits::default(),
         pop: "bench".into(),
         compile_cache_dir: None,
+        spin_strict: false,
     })?;
     let l = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let addr = l.local_addr()?;
@@ -447,9 +408,9 @@ async fn run() -> anyhow::Result<()> {
     }
     step("cached seat-map read: peak");
     let seat_headers: Vec<_> = (0..CONNECTIONS).map(browser).collect();
-    let seat_rps = peak(&c, &seat_url, seat_headers.clone()).await?;
+    let seat_rps = peak(&seat_url, seat_headers.clone()).await?;
     step(&format!("  {seat_rps:.0} req/s; p99 at half of it"));
-    let seat_p99 = p99_at(&c, &seat_url, seat_headers, seat_rps / 2.0).await?;
+    let seat_p99 = p99_at(&seat_url, seat_headers, seat_rps / 2.0).await?;
     step(&format!("  p99 {seat_p99:.2} ms at {:.0} req/s", seat_rps / 2.0));
 
     // 2. Queue status poll by admitted fans.
@@ -489,9 +450,9 @@ async fn run() -> anyhow::Result<()> {
         bail!("queue poll answered {s}: {}", String::from_utf8_lossy(&body));
     }
     step("queue-status poll: peak");
-    let poll_rps = peak(&c, &poll_url, poll_headers.clone()).await?;
+    let poll_rps = peak(&poll_url, poll_headers.clone()).await?;
     step(&format!("  {poll_rps:.0} req/s; p99 at half of it"));
-    let poll_p99 = p99_at(&c, &poll_url, poll_headers, poll_rps / 2.0).await?;
+    let poll_p99 = p99_at(&poll_url, poll_headers, poll_rps / 2.0).await?;
     step(&format!("  p99 {poll_p99:.2} ms at {:.0} req/s", poll_rps / 2.0));
     drop(edge);
 
@@ -511,7 +472,7 @@ async fn run() -> anyhow::Result<()> {
     let vurl = format!("http://{vaddr}/v1/events");
     wait_up(&c, &vurl).await?;
     step("validation component on the edge host: peak");
-    let host_rps = peak(&c, &vurl, vec![vec![]]).await?;
+    let host_rps = peak(&vurl, vec![vec![]]).await?;
     step(&format!("  {host_rps:.0} req/s"));
     drop(_v);
 
@@ -546,7 +507,7 @@ async fn run() -> anyhow::Result<()> {
         );
         let surl = format!("http://127.0.0.1:{port}/v1/events");
         wait_up(&c, &surl).await?;
-        let rps = peak(&c, &surl, vec![vec![]]).await?;
+        let rps = peak(&surl, vec![vec![]]).await?;
         drop(serve);
         step(&format!("  {rps:.0} req/s"));
         serve_rps.push(rps);
@@ -559,8 +520,9 @@ async fn run() -> anyhow::Result<()> {
     step(&format!("  cold (signature) {cold:.0}/s, warm (verified-token cache) {warm:.0}/s"));
 
     let ratio = if serve_fresh_rps > 0.0 { host_rps / serve_fresh_rps } else { f64::NAN };
+    let p99_half_peak = seat_p99.max(poll_p99);
     println!(
-        "edge seatmap_rps={seat_rps:.0} seatmap_p99_ms_at_half={seat_p99:.2} queue_poll_rps={poll_rps:.0} queue_poll_p99_ms_at_half={poll_p99:.2} validation_host_rps={host_rps:.0} validation_wasmtime_serve_rps={serve_fresh_rps:.0} validation_wasmtime_serve_reuse_rps={serve_reuse_rps:.0} host_over_wasmtime_serve={ratio:.2} token_verify_cold_per_s_core={cold:.0} token_verify_warm_per_s_core={warm:.0}"
+        "edge pipeline_seatmap_rps={seat_rps:.0} pipeline_poll_rps={poll_rps:.0} p99_half_peak_ms={p99_half_peak:.2} seatmap_p99_ms_at_half={seat_p99:.2} poll_p99_ms_at_half={poll_p99:.2} validation_host_rps={host_rps:.0} validation_wasmtime_serve_rps={serve_fresh_rps:.0} validation_wasmtime_serve_reuse_rps={serve_reuse_rps:.0} host_over_wasmtime_serve={ratio:.2} token_verify_cold_per_s_core={cold:.0} token_verify_warm_per_s_core={warm:.0}"
     );
     Ok(())
 }
