@@ -41,6 +41,8 @@ pub struct StackOptions {
     pub log_filter: String,
     /// The edge's bot policy (JSON, `tessera_edge_logic::bot::Policy`); empty = defaults.
     pub bot_policy: String,
+    /// Where every service exports its spans (OTLP/HTTP base URL); none when unset.
+    pub otlp_endpoint: Option<String>,
 }
 
 impl StackOptions {
@@ -62,6 +64,7 @@ impl StackOptions {
             core_toml: String::new(),
             log_filter: "info".into(),
             bot_policy: String::new(),
+            otlp_endpoint: None,
         })
     }
 }
@@ -339,7 +342,11 @@ impl Stack {
         };
         let bin = |name: &str| options.bin_dir.join(name);
         let log = |name: &str| run.join("logs").join(format!("{name}.log"));
-        let telemetry = format!("[telemetry]\nlog_filter = {}\n", toml_str(&options.log_filter));
+        let mut telemetry =
+            format!("[telemetry]\nlog_filter = {}\n", toml_str(&options.log_filter));
+        if let Some(endpoint) = &options.otlp_endpoint {
+            telemetry.push_str(&format!("otlp_endpoint = {}\n", toml_str(endpoint)));
+        }
         let mut services = Vec::new();
 
         // Payment simulator, sending its webhooks through the router to any region.

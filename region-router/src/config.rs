@@ -144,6 +144,10 @@ pub struct RouterConfig {
     /// The JetStream domain and key-value bucket holding the region state.
     pub control_domain: String,
     pub control_bucket: String,
+    /// Copies of the bucket: 1 on a single hub server, 3 on the hub cluster.
+    pub control_replicas: usize,
+    /// Size cap of the bucket, in bytes (it holds a few revisions of one small key).
+    pub control_max_bytes: i64,
     /// Where the region state is kept across restarts.
     pub state_file: Option<PathBuf>,
     pub identity: IdentityConfig,
@@ -163,6 +167,8 @@ impl Default for RouterConfig {
             nats_url: None,
             control_domain: tessera_bus::topology::HUB_DOMAIN.into(),
             control_bucket: "tessera_regions".into(),
+            control_replicas: 1,
+            control_max_bytes: 64 << 20,
             state_file: None,
             identity: IdentityConfig::default(),
             probe: ProbeConfig::default(),
@@ -193,6 +199,8 @@ impl RouterConfig {
         self.verifier()?;
         ensure!(self.upstream.attempts_max >= 1, "upstream.attempts_max must be at least 1");
         ensure!(self.probe.interval_ms >= 10, "probe.interval_ms is too small");
+        ensure!(matches!(self.control_replicas, 1..=5), "control_replicas must be between 1 and 5");
+        ensure!(self.control_max_bytes > 0, "control_max_bytes must be a positive size");
         for (pop, row) in &self.latency_ms {
             for region in row.keys() {
                 if !self.regions.iter().any(|r| r.id.as_str() == region) {

@@ -188,15 +188,16 @@ impl ControlPlane {
         self: &Arc<Self>,
         client: async_nats::Client,
         domain: String,
-        bucket: String,
+        limits: BucketLimits,
     ) -> tokio::task::JoinHandle<()> {
+        let bucket = limits.name.clone();
         let this = self.clone();
         tokio::spawn(async move {
             let mut js = async_nats::jetstream::with_domain(client, &domain);
             js.set_timeout(Duration::from_secs(2));
             let mut warned = false;
             loop {
-                let store = match bind(&js, &bucket).await {
+                let store = match bind(&js, &limits).await {
                     Ok(s) => s,
                     Err(e) => {
                         if !warned {
@@ -295,7 +296,20 @@ impl ControlPlane {
     }
 }
 
-async fn bind(js: &async_nats::jetstream::Context, bucket: &str) -> anyhow::Result<kv::Store> {
+/// The region-control bucket: its name, copies and size cap.
+#[derive(Debug, Clone)]
+pub struct BucketLimits {
+    pub name: String,
+    /// 1 on a single hub server, 3 on the hub cluster.
+    pub replicas: usize,
+    pub max_bytes: i64,
+}
+
+async fn bind(
+    js: &async_nats::jetstream::Context,
+    limits: &BucketLimits,
+) -> anyhow::Result<kv::Store> {
+    let bucket = limits.name.as_str();
     if let Ok(store) = js.get_key_value(bucket).await {
         return Ok(store);
     }
@@ -313,7 +327,8 @@ async fn bind(js: &async_nats::jetstream::Context, bucket: &str) -> anyhow::Resu
             allow_direct: true,
             discard: stream::DiscardPolicy::New,
             storage: stream::StorageType::File,
-            num_replicas: 1,
+            num_replicas: limits.replicas,
+            max_bytes: limits.max_bytes,
             ..Default::default()
         })
         .await;

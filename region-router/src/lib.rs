@@ -71,7 +71,11 @@ impl RouterService {
                 tasks.push(control.spawn_replication(
                     client.clone(),
                     cfg.control_domain.clone(),
-                    cfg.control_bucket.clone(),
+                    control::BucketLimits {
+                        name: cfg.control_bucket.clone(),
+                        replicas: cfg.control_replicas,
+                        max_bytes: cfg.control_max_bytes,
+                    },
                 ));
                 let monitor =
                     tessera_bus::heartbeat::HeartbeatMonitor::start(&client, clock.clone()).await?;

@@ -6,6 +6,7 @@
 //! - `cargo xtask bench <inventory|edge|orders>`: run a benchmark and print its numbers.
 //! - `cargo xtask e2e <checkout|failover|partition>`: run one end-to-end scenario.
 //! - `cargo xtask build-wasm`: build the edge components.
+//! - `cargo xtask check-deploy`: check `deploy/` with the real validators (part of `test`).
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -14,6 +15,7 @@ use std::time::Instant;
 use anyhow::{Context as _, bail};
 use clap::{Parser, Subcommand};
 
+mod deploy;
 mod prereq;
 mod wasm;
 
@@ -68,6 +70,12 @@ enum Cmd {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
+    /// Check everything under `deploy/` with the real validators (installed when missing).
+    CheckDeploy {
+        /// Use the service binaries as they are instead of building them first.
+        #[arg(long)]
+        no_build: bool,
+    },
     /// Build the WASM edge components.
     BuildWasm {
         /// Build with the release profile.
@@ -88,6 +96,7 @@ fn main() -> anyhow::Result<()> {
             up(release, regions, edge_port, base_port, fresh, no_build)
         }
         Cmd::Test { quick } => test(quick),
+        Cmd::CheckDeploy { no_build } => check_deploy(no_build),
         Cmd::Bench { name, args } => bench(&name, &args),
         Cmd::E2e { name, args } => e2e(&name, &args),
     }
@@ -129,6 +138,29 @@ fn build_services(release: bool) -> anyhow::Result<PathBuf> {
     Ok(target_dir().join(if release { "release" } else { "debug" }))
 }
 
+fn check_deploy(no_build: bool) -> anyhow::Result<()> {
+    let bin_dir = if no_build {
+        target_dir().join("debug")
+    } else {
+        let mut c = cargo();
+        c.args([
+            "build",
+            "--locked",
+            "-p",
+            "tessera-core",
+            "-p",
+            "tessera-region-router",
+            "-p",
+            "tessera-edge-host",
+            "--bins",
+        ]);
+        run("building the service binaries whose configs are checked", &mut c)?;
+        target_dir().join("debug")
+    };
+    step("checking deploy/ (container files, Kubernetes, NATS, Prometheus, Fly, configs)");
+    deploy::run(&root(), &bin_dir)
+}
+
 fn up(
     release: bool,
     regions: Vec<String>,
@@ -165,6 +197,7 @@ fn up(
         // Local development: a bot policy that lets curl through (curl's user agent alone
         // scores as automation); `deploy/production` keeps the defaults.
         bot_policy: r#"{"challenge_at": 75, "shadow_at": 95}"#.into(),
+        otlp_endpoint: None,
     };
     let rt = tokio::runtime::Runtime::new()?;
     rt.block_on(async move {

@@ -46,8 +46,12 @@ pub struct StreamOptions {
     pub duplicate_window: Duration,
     /// How long events are kept (consumers that fall further behind than this lose events).
     pub max_age: Duration,
-    /// Largest size of the stream, in bytes (-1 = unlimited).
+    /// Largest size of the stream, in bytes; the oldest events go first when it is full.
+    /// It must fit the JetStream file store of every server holding a replica
+    /// (`max_file_store`), or the region stops accepting events when the store fills.
     pub max_bytes: i64,
+    /// Servers holding a copy (1 on a single leaf node; 3 on a leaf cluster of three).
+    pub replicas: usize,
     /// File storage (durable) or memory storage (tests that want speed over durability).
     pub storage: stream::StorageType,
 }
@@ -57,7 +61,9 @@ impl Default for StreamOptions {
         StreamOptions {
             duplicate_window: Duration::from_secs(10 * 60),
             max_age: Duration::from_secs(7 * 24 * 3600),
-            max_bytes: -1,
+            // 1 GiB: a quarter of the 4 GiB store of the local leaf nodes.
+            max_bytes: 1 << 30,
+            replicas: 1,
             storage: stream::StorageType::File,
         }
     }
@@ -98,7 +104,7 @@ pub fn region_stream_config(
         storage: opts.storage,
         retention: stream::RetentionPolicy::Limits,
         discard: stream::DiscardPolicy::Old,
-        num_replicas: 1,
+        num_replicas: opts.replicas,
         ..Default::default()
     }
 }
@@ -155,6 +161,7 @@ fn same_shape(have: &stream::Config, want: &stream::Config) -> bool {
         && have.duplicate_window == want.duplicate_window
         && have.max_age == want.max_age
         && have.max_bytes == want.max_bytes
+        && have.num_replicas == want.num_replicas
 }
 
 /// Settings of [`spawn_source_watchdog`].

@@ -215,6 +215,9 @@ async fn tick_all<S: Store>(
         }
         tick_event(app, driven, &summary.event_id).await?;
     }
+    // With the newest watermark's time below, an alert can tell a stalled controller
+    // (events to drive, no fresh watermark) from a quiet one (nothing to drive).
+    metrics::gauge!("tessera_core_admission_events_driven").set(driven.len() as f64);
     Ok(())
 }
 
@@ -315,6 +318,8 @@ async fn tick_event<S: Store>(
         }
     }
     metrics::gauge!("tessera_core_admission_open_admitted").set(wm.open_admitted as f64);
+    metrics::gauge!("tessera_core_admission_watermark_published_seconds")
+        .set(wm.published_at_ms as f64 / 1000.0);
     Ok(())
 }
 

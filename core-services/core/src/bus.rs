@@ -106,7 +106,12 @@ pub async fn start<S: Store>(
         .filter(|r| **r != app.config.region)
         .map(|r| RegionId::parse(r))
         .collect::<Result<_, _>>()?;
-    let stream_opts = tessera_bus::streams::StreamOptions::default();
+    let stream_opts = tessera_bus::streams::StreamOptions {
+        max_bytes: app.config.bus.stream_max_bytes,
+        max_age: std::time::Duration::from_secs(app.config.bus.stream_max_age_s),
+        replicas: app.config.bus.stream_replicas,
+        ..Default::default()
+    };
     tessera_bus::streams::ensure_region_stream(&client, &region, &peers, &stream_opts).await?;
     handles.push(tessera_bus::streams::spawn_source_watchdog(
         client.clone(),

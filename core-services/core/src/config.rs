@@ -208,6 +208,13 @@ pub struct BusConfig {
     pub heartbeat_ms: u64,
     /// Keep-alive interval of server-sent-event streams.
     pub sse_keep_alive_s: u64,
+    /// Size cap of this region's event stream, in bytes (the oldest events go first). It
+    /// must fit the leaf node's JetStream `max_file_store`.
+    pub stream_max_bytes: i64,
+    /// How long the stream keeps events.
+    pub stream_max_age_s: u64,
+    /// Copies of the stream: 1 on a single leaf node, 3 on a leaf cluster.
+    pub stream_replicas: usize,
 }
 
 impl Default for BusConfig {
@@ -216,6 +223,9 @@ impl Default for BusConfig {
             projection_dir: PathBuf::from(".tessera/projection"),
             heartbeat_ms: 250,
             sse_keep_alive_s: 15,
+            stream_max_bytes: 1 << 30,
+            stream_max_age_s: 7 * 24 * 3600,
+            stream_replicas: 1,
         }
     }
 }
@@ -256,6 +266,14 @@ impl Config {
         anyhow::ensure!(
             matches!(self.store.backend.as_str(), "embedded" | "fdb"),
             "store.backend must be embedded or fdb"
+        );
+        anyhow::ensure!(
+            self.bus.stream_max_bytes > 0,
+            "bus.stream_max_bytes must be a positive size (an unlimited stream fills the JetStream store)"
+        );
+        anyhow::ensure!(
+            matches!(self.bus.stream_replicas, 1..=5),
+            "bus.stream_replicas must be between 1 and 5"
         );
         Ok(())
     }

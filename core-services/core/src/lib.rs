@@ -17,6 +17,7 @@ pub mod bus;
 pub mod config;
 pub mod http;
 pub mod lease;
+pub mod store_status;
 pub mod tasks;
 
 use std::sync::Arc;

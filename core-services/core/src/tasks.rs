@@ -85,6 +85,11 @@ pub async fn spawn_all<S: Store>(app: Arc<App<S>>, shutdown: Shutdown) -> anyhow
     tasks
         .handles
         .push(tokio::spawn(crate::admission::run_controller(app.clone(), shutdown.clone())));
+    if app.store().backend_name() == "fdb" {
+        tasks
+            .handles
+            .push(tokio::spawn(crate::store_status::run_poller(app.clone(), shutdown.clone())));
+    }
     let (handles, routes) = crate::bus::start(app, shutdown).await?;
     tasks.handles.extend(handles);
     tasks.routes = Some(routes);

@@ -26,7 +26,9 @@ pub struct EdgeConfig {
     /// Application variables, below `SPIN_VARIABLE_<NAME>` and above manifest defaults.
     pub variables: BTreeMap<String, String>,
     pub limits: Limits,
-    /// Where compiled components are cached (default: `.cache` beside the `.wasm` files).
+    /// Where compiled components are cached (default: `.cache` beside the `.wasm` files
+    /// when it can be created there, else `tessera-edge-compile-cache` in the temporary
+    /// directory). Images set it to a declared writable path.
     pub compile_cache_dir: Option<PathBuf>,
     /// Fail where Spin fails instead of tolerating it (tests use this to catch components
     /// that would break under `spin up`; see `tessera_edge_host::server`).

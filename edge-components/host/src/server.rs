@@ -518,6 +518,28 @@ fn engine(limits: &Limits, cache_dir: &Path) -> anyhow::Result<Engine> {
     Engine::new(&config).map_err(|e| anyhow!("create engine: {e}"))
 }
 
+/// Where compiled components are cached when the config names no place: `.cache` beside
+/// the `.wasm` files when that can be created (a checkout), else a directory under the
+/// system's temporary directory (an image whose root filesystem is read-only, where the
+/// files belong to another user).
+fn default_compile_cache_dir(manifest: &Manifest) -> PathBuf {
+    let beside = manifest
+        .components
+        .first()
+        .and_then(|c| c.source.parent().map(|p| p.join(".cache")))
+        .unwrap_or_else(|| PathBuf::from(".cache"));
+    if std::fs::create_dir_all(&beside).is_ok() {
+        return beside;
+    }
+    let fallback = std::env::temp_dir().join("tessera-edge-compile-cache");
+    tracing::info!(
+        unwritable = %beside.display(),
+        cache = %fallback.display(),
+        "compile cache beside the components is not writable; using the temporary directory"
+    );
+    fallback
+}
+
 impl Edge {
     /// Loads the manifest, compiles (or loads cached) components and pre-instantiates them.
     pub fn new(opts: EdgeOptions) -> anyhow::Result<Edge> {
@@ -526,13 +548,8 @@ impl Edge {
         config_vars.entry("pop".to_owned()).or_insert_with(|| opts.pop.clone());
         let variables =
             manifest::resolve_variables(&manifest.variables, &opts.spin_env, &config_vars)?;
-        let cache_dir = opts.compile_cache_dir.clone().unwrap_or_else(|| {
-            manifest
-                .components
-                .first()
-                .and_then(|c| c.source.parent().map(|p| p.join(".cache")))
-                .unwrap_or_else(|| PathBuf::from(".cache"))
-        });
+        let cache_dir =
+            opts.compile_cache_dir.clone().unwrap_or_else(|| default_compile_cache_dir(&manifest));
         if opts.limits.concurrent_requests_max > opts.limits.instances_max as usize {
             tracing::warn!(
                 instances_max = opts.limits.instances_max,

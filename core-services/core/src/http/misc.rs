@@ -12,6 +12,13 @@ use tessera_store::{Store, Transaction as _};
 use super::{AppState, authenticate, path_id};
 use crate::admission::{self, RegisterError};
 
+/// `GET /livez`: the process is up and serving HTTP. It reads nothing, so a store that is
+/// recovering (a FoundationDB failover takes seconds) never gets a core restarted; use
+/// `/healthz` for readiness.
+pub(crate) async fn live() -> &'static str {
+    "ok"
+}
+
 /// `GET /healthz`: this core can reach the store.
 pub(crate) async fn health<S: Store>(
     State(app): State<AppState<S>>,

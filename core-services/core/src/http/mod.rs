@@ -10,7 +10,7 @@
 //! | `/v1/ops/...` | operator |
 //! | `POST /v1/dev/token` | anyone, only with the development issuer on |
 //! | `POST /v1/webhooks/payments` | the payment provider (signed) |
-//! | `GET /healthz`, `GET /metrics` | probes |
+//! | `GET /healthz` (ready: the store answers), `GET /livez` (the process serves), `GET /metrics` | probes |
 
 mod catalog;
 mod misc;
@@ -38,6 +38,7 @@ pub fn router<S: Store>(app: Arc<App<S>>, extra: Router) -> Router {
     let limit = app.config.body_limit_bytes;
     let api = Router::new()
         .route("/healthz", get(misc::health::<S>))
+        .route("/livez", get(misc::live))
         .route("/v1/events", get(catalog::list::<S>))
         .route("/v1/events/{event_id}", get(catalog::detail::<S>))
         .route("/v1/events/{event_id}/availability", get(catalog::availability::<S>))

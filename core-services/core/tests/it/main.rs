@@ -397,3 +397,47 @@ async fn bad_input_gets_a_4xx_code_and_changes_nothing() {
     assert_eq!(avail["sections"][0]["free"], 40);
     assert_eq!(avail["pools"][0]["free"], 50);
 }
+
+/// A store that is down (a FoundationDB recovery, a lost coordinator quorum): every
+/// transaction fails to start.
+#[derive(Clone)]
+struct DownStore;
+
+impl tessera_store::Store for DownStore {
+    type Trx = <EmbeddedStore as tessera_store::Store>::Trx;
+    fn create_trx(&self) -> Result<Self::Trx, tessera_store::StoreError> {
+        Err(tessera_store::StoreError::Unavailable("the cluster is recovering".into()))
+    }
+    fn backend_name(&self) -> &'static str {
+        "down"
+    }
+}
+
+#[tokio::test]
+async fn liveness_answers_while_the_store_is_down_and_readiness_does_not() {
+    let mut config = Config::default();
+    config.identity.dev_issuer_seed =
+        Some(tessera_runtime::config::Secret::new("AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8"));
+    config.queue.require_admission = false;
+    let provider = Arc::new(
+        StripeClient::new(StripeConfig::new(
+            "http://127.0.0.1:9".to_owned(),
+            secrecy::SecretString::from("sk_test_tessera".to_owned()),
+        ))
+        .unwrap(),
+    );
+    let app = App::build(config, DownStore, provider, Arc::new(SystemClock), Arc::new(OsRng), None)
+        .unwrap();
+    let router = tessera_core::http::router(app, axum::Router::new());
+    let status = |path: &'static str| {
+        let router = router.clone();
+        async move {
+            let req = Request::get(path).body(Body::empty()).unwrap();
+            router.oneshot(req).await.unwrap().status()
+        }
+    };
+    // A restart would not bring the store back: liveness stays green.
+    assert_eq!(status("/livez").await, StatusCode::OK);
+    // Readiness takes the core out of rotation until the store answers.
+    assert_eq!(status("/healthz").await, StatusCode::SERVICE_UNAVAILABLE);
+}

@@ -1,0 +1,340 @@
+//! Each shipped production config loaded by its own binary (`--check-config`: load,
+//! validate, production-mode rules; nothing is started), with its keys and secrets
+//! supplied the documented way: the environment variables the Kubernetes manifests set,
+//! and each Fly app's `[env]` plus its `fly secrets`. Then refused: without each secret,
+//! with the example files' placeholder values, and with an unknown key, the binary must
+//! exit non-zero naming what is wrong.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::process::Command;
+
+use base64::Engine as _;
+use serde_json::Value;
+
+use super::k8s::Renders;
+use super::yaml::{at, str_at};
+use super::{Ctx, Report};
+
+struct Service {
+    name: &'static str,
+    binary: &'static str,
+    deployment: &'static str,
+    config: &'static str,
+}
+
+const SERVICES: &[Service] = &[
+    Service {
+        name: "core",
+        binary: "tessera-core",
+        deployment: "tessera-core",
+        config: "deploy/production/core.toml",
+    },
+    Service {
+        name: "router",
+        binary: "tessera-router",
+        deployment: "tessera-router",
+        config: "deploy/production/router.toml",
+    },
+    Service {
+        name: "edge",
+        binary: "tessera-edge",
+        deployment: "tessera-edge",
+        config: "deploy/production/edge.toml",
+    },
+];
+
+fn b64(bytes: &[u8]) -> String {
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
+}
+
+/// Fresh keys and secrets in the formats the services expect (never the examples').
+struct Material {
+    identity_public: String,
+    edge_public: String,
+    edge_signing: String,
+}
+
+impl Material {
+    fn new() -> Material {
+        let seed = |kid: &str| -> (String, String) {
+            let mut s = [0u8; 32];
+            rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, &mut s);
+            let key = ed25519_dalek::SigningKey::from_bytes(&s);
+            (format!("{kid}:{}", b64(key.verifying_key().as_bytes())), format!("{kid}:{}", b64(&s)))
+        };
+        let (identity_public, _) = seed("issuer-2027-1");
+        let (edge_public, edge_signing) = seed("edge-us-east-1");
+        Material { identity_public, edge_public, edge_signing }
+    }
+
+    fn random() -> String {
+        let mut s = [0u8; 32];
+        rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, &mut s);
+        b64(&s)
+    }
+
+    /// A valid value for the configuration the manifests take from `source` (a Secret or
+    /// ConfigMap key).
+    fn value_for(&self, key: &str) -> String {
+        match key {
+            "identity-keys" => self.identity_public.clone(),
+            "edge-public-keys" => self.edge_public.clone(),
+            "queue-signing-key" => self.edge_signing.clone(),
+            "payments-secret-key" => format!("sk_live_{}", Material::random()),
+            "payments-webhook-secret" => format!("whsec_{}", Material::random()),
+            _ => Material::random(),
+        }
+    }
+}
+
+/// How a Deployment's container gets each variable: literal, or from a ConfigMap or
+/// Secret key (`(kind, name, key)`).
+enum Source {
+    Literal(String),
+    Ref { kind: &'static str, name: String, key: String },
+}
+
+fn deployment_env(objs: &[Value], deployment: &str) -> BTreeMap<String, Source> {
+    let mut out = BTreeMap::new();
+    let Some(dep) = Renders::find(objs, "Deployment", deployment) else { return out };
+    for c in
+        at(dep, "spec.template.spec.containers").and_then(Value::as_array).into_iter().flatten()
+    {
+        for e in c.get("env").and_then(Value::as_array).into_iter().flatten() {
+            let Some(name) = str_at(e, "name") else { continue };
+            let src = if let Some(v) = str_at(e, "value") {
+                Source::Literal(v.to_owned())
+            } else if let Some(r) = at(e, "valueFrom.configMapKeyRef") {
+                Source::Ref {
+                    kind: "ConfigMap",
+                    name: str_at(r, "name").unwrap_or("").to_owned(),
+                    key: str_at(r, "key").unwrap_or("").to_owned(),
+                }
+            } else if let Some(r) = at(e, "valueFrom.secretKeyRef") {
+                Source::Ref {
+                    kind: "Secret",
+                    name: str_at(r, "name").unwrap_or("").to_owned(),
+                    key: str_at(r, "key").unwrap_or("").to_owned(),
+                }
+            } else {
+                continue;
+            };
+            out.insert(name.to_owned(), src);
+        }
+    }
+    out
+}
+
+/// The value an object of the render holds for `key` (Secrets are base64).
+fn rendered_value(objs: &[Value], kind: &str, name: &str, key: &str) -> Option<String> {
+    let o = Renders::find(objs, kind, name)?;
+    if let Some(v) = o.get("data").and_then(|d| d.get(key)).and_then(Value::as_str) {
+        return Some(if kind == "Secret" {
+            String::from_utf8(base64::engine::general_purpose::STANDARD.decode(v).ok()?).ok()?
+        } else {
+            v.to_owned()
+        });
+    }
+    o.get("stringData").and_then(|d| d.get(key)).and_then(Value::as_str).map(str::to_owned)
+}
+
+struct Run {
+    ok: bool,
+    output: String,
+}
+
+fn run(ctx: &Ctx, svc: &Service, env: &BTreeMap<String, String>) -> Run {
+    let bin: PathBuf = ctx.bin_dir.join(svc.binary);
+    let mut cmd = Command::new(&bin);
+    cmd.arg("--config").arg(ctx.path(svc.config)).arg("--check-config");
+    cmd.current_dir(ctx.scratch.path());
+    // Only what the test sets: nothing from the developer's shell leaks in.
+    for (k, _) in std::env::vars() {
+        if k.starts_with("TESSERA_") || k.starts_with("SPIN_VARIABLE_") || k == "FDB_CLUSTER_FILE" {
+            cmd.env_remove(k);
+        }
+    }
+    cmd.envs(env);
+    match cmd.output() {
+        Ok(o) => Run {
+            ok: o.status.success(),
+            output: format!(
+                "{}{}",
+                String::from_utf8_lossy(&o.stderr),
+                String::from_utf8_lossy(&o.stdout)
+            ),
+        },
+        Err(e) => Run { ok: false, output: format!("could not run {}: {e}", bin.display()) },
+    }
+}
+
+/// Paths the production configs name that do not exist on a build machine, pointed at
+/// scratch copies (the cluster file is the example of deploy/fdb).
+fn machine_env(ctx: &Ctx, svc: &Service) -> BTreeMap<String, String> {
+    let mut env = BTreeMap::new();
+    if svc.name == "core" {
+        let file = ctx.scratch.path().join("fdb.cluster");
+        let _ = std::fs::copy(ctx.path("deploy/fdb/fdb.cluster"), &file);
+        env.insert("TESSERA_CORE__STORE__FDB_CLUSTER_FILE".into(), file.display().to_string());
+        env.insert(
+            "TESSERA_CORE__BUS__PROJECTION_DIR".into(),
+            ctx.scratch.path().join("projection").display().to_string(),
+        );
+    }
+    if svc.name == "edge" {
+        env.insert(
+            "TESSERA_EDGE__MANIFEST".into(),
+            ctx.path("edge-components/spin.toml").display().to_string(),
+        );
+        env.insert(
+            "TESSERA_EDGE__COMPILE_CACHE_DIR".into(),
+            ctx.scratch.path().join("compile-cache").display().to_string(),
+        );
+    }
+    if svc.name == "router" {
+        env.insert(
+            "TESSERA_ROUTER__STATE_FILE".into(),
+            ctx.scratch.path().join("router-state.json").display().to_string(),
+        );
+    }
+    env
+}
+
+/// The key a refusal must name: the config path (`payments.secret_key`) or the
+/// variable itself.
+fn names(output: &str, var: &str) -> bool {
+    let path = var
+        .strip_prefix("SPIN_VARIABLE_")
+        .map(str::to_ascii_lowercase)
+        .or_else(|| {
+            var.split_once("__").map(|(_, rest)| rest.to_ascii_lowercase().replace("__", "."))
+        })
+        .unwrap_or_default();
+    output.contains(var) || (!path.is_empty() && output.contains(&path))
+}
+
+fn check_service(
+    ctx: &Ctx,
+    renders: &Renders,
+    svc: &Service,
+    material: &Material,
+    report: &mut Report,
+) {
+    let Some(objs) = renders.objects.get("deploy/k8s/overlays/us-east") else {
+        report.check(
+            &format!("{} production config", svc.name),
+            Err(anyhow::anyhow!("the us-east overlay did not render")),
+        );
+        return;
+    };
+    let sources = deployment_env(objs, svc.deployment);
+    let mut good = machine_env(ctx, svc);
+    let mut example = machine_env(ctx, svc);
+    let mut secrets = Vec::new();
+    for (var, src) in &sources {
+        match src {
+            Source::Literal(v) => {
+                good.insert(var.clone(), v.clone());
+                example.insert(var.clone(), v.clone());
+            }
+            Source::Ref { kind, name, key } => {
+                let rendered = rendered_value(objs, kind, name, key).unwrap_or_default();
+                example.insert(var.clone(), rendered.clone());
+                if *kind == "ConfigMap" && name.starts_with("tessera-region") {
+                    good.insert(var.clone(), rendered);
+                } else {
+                    good.insert(var.clone(), material.value_for(key));
+                    secrets.push(var.clone());
+                }
+            }
+        }
+    }
+    let base = format!("{} production config ({})", svc.name, svc.config);
+    let ok = run(ctx, svc, &good);
+    report.check(
+        &format!("{base} loads with the manifests' variables"),
+        if ok.ok { Ok(()) } else { Err(anyhow::anyhow!("{}", ok.output.trim())) },
+    );
+    for var in &secrets {
+        let mut without = good.clone();
+        without.remove(var);
+        let r = run(ctx, svc, &without);
+        report.check(
+            &format!("{base} refused without {var}"),
+            if r.ok {
+                Err(anyhow::anyhow!("it started without {var}"))
+            } else if !names(&r.output, var) {
+                Err(anyhow::anyhow!("the refusal does not name {var}: {}", r.output.trim()))
+            } else {
+                Ok(())
+            },
+        );
+    }
+    let r = run(ctx, svc, &example);
+    report.check(
+        &format!("{base} refused with the example files' placeholder values"),
+        if r.ok { Err(anyhow::anyhow!("it accepted the CHANGE_ME placeholders")) } else { Ok(()) },
+    );
+    let mut unknown = good.clone();
+    let var = format!("TESSERA_{}__NO_SUCH_SETTING", svc.name.to_ascii_uppercase());
+    unknown.insert(var.clone(), "1".into());
+    let r = run(ctx, svc, &unknown);
+    report.check(
+        &format!("{base} refused with an unknown key"),
+        if r.ok {
+            Err(anyhow::anyhow!("it accepted {var}"))
+        } else if !r.output.contains("no_such_setting") && !r.output.contains(&var) {
+            Err(anyhow::anyhow!("the refusal does not name the key: {}", r.output.trim()))
+        } else {
+            Ok(())
+        },
+    );
+}
+
+/// Each Fly app's `[env]` and `fly secrets` over the image's config.
+fn check_fly(ctx: &Ctx, material: &Material, report: &mut Report) {
+    for file in super::fly::files(ctx) {
+        let Ok(t) = ctx.read(&file).and_then(|s| Ok(s.parse::<toml::Table>()?)) else { continue };
+        let app = t.get("app").and_then(|a| a.as_str()).unwrap_or("");
+        let svc = match app {
+            "tessera-edge" => &SERVICES[2],
+            "tessera-router" => &SERVICES[1],
+            a if a.starts_with("tessera-core-") => &SERVICES[0],
+            _ => continue,
+        };
+        let mut env = machine_env(ctx, svc);
+        for (k, v) in t.get("env").and_then(|e| e.as_table()).into_iter().flatten() {
+            if let Some(v) = v.as_str() {
+                env.insert(k.clone(), v.to_owned());
+            }
+        }
+        for secret in super::fly::fly_secrets(app, &t) {
+            let key = match secret.as_str() {
+                s if s.ends_with("IDENTITY__KEYS") || s.ends_with("IDENTITY_KEYS") => {
+                    "identity-keys"
+                }
+                s if s.ends_with("EDGE_KEYS") || s.ends_with("QUEUE_KEYS") => "edge-public-keys",
+                s if s.ends_with("QUEUE_SIGNING_KEY") => "queue-signing-key",
+                s if s.ends_with("SECRET_KEY") => "payments-secret-key",
+                s if s.ends_with("WEBHOOK_SECRET") => "payments-webhook-secret",
+                "FDB_CLUSTER_FILE_CONTENTS" => continue, // a file, mounted; machine_env points at one
+                _ => "random",
+            };
+            env.insert(secret, material.value_for(key));
+        }
+        let r = run(ctx, svc, &env);
+        report.check(
+            &format!("{file}: {} loads with [env] and its fly secrets", svc.binary),
+            if r.ok { Ok(()) } else { Err(anyhow::anyhow!("{}", r.output.trim())) },
+        );
+    }
+}
+
+pub(crate) fn check(ctx: &Ctx, renders: &Renders, report: &mut Report) {
+    let material = Material::new();
+    for svc in SERVICES {
+        check_service(ctx, renders, svc, &material, report);
+    }
+    check_fly(ctx, &material, report);
+}
