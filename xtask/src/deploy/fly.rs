@@ -266,7 +266,7 @@ fn duration(v: &toml::Value) -> Option<Duration> {
     }
 }
 
-fn tables<'a>(v: Option<&'a toml::Value>) -> Vec<&'a toml::Table> {
+fn tables(v: Option<&toml::Value>) -> Vec<&toml::Table> {
     match v {
         Some(toml::Value::Table(t)) => vec![t],
         Some(toml::Value::Array(a)) => a.iter().filter_map(toml::Value::as_table).collect(),
@@ -300,15 +300,15 @@ fn flyctl_rules(t: &toml::Table) -> Vec<String> {
         if c.get("port").is_none() {
             p.push(format!("check {name}: a top-level check needs its port"));
         }
-        if let Some(i) = c.get("interval").and_then(duration) {
-            if i < Duration::from_secs(2) {
-                p.push(format!("check {name}: interval {i:?} is under the 2 s minimum"));
-            }
+        if let Some(i) = c.get("interval").and_then(duration)
+            && i < Duration::from_secs(2)
+        {
+            p.push(format!("check {name}: interval {i:?} is under the 2 s minimum"));
         }
-        if let Some(d) = c.get("timeout").and_then(duration) {
-            if d > Duration::from_secs(60) {
-                p.push(format!("check {name}: timeout {d:?} is over the 60 s maximum"));
-            }
+        if let Some(d) = c.get("timeout").and_then(duration)
+            && d > Duration::from_secs(60)
+        {
+            p.push(format!("check {name}: timeout {d:?} is over the 60 s maximum"));
         }
     }
     let processes: BTreeSet<String> = t
@@ -358,10 +358,10 @@ fn flyctl_rules(t: &toml::Table) -> Vec<String> {
         p.push("more than one [[mounts]]".into());
     }
     for m in mounts {
-        if let Some(s) = m.get("initial_size").and_then(|s| s.as_str()) {
-            if size_gb(s).is_none_or(|g| g < 1.0) {
-                p.push(format!("mount initial_size {s} is under 1 GB"));
-            }
+        if let Some(s) = m.get("initial_size").and_then(|s| s.as_str())
+            && size_gb(s).is_none_or(|g| g < 1.0)
+        {
+            p.push(format!("mount initial_size {s} is under 1 GB"));
         }
     }
     if let Some(b) = t.get("build").and_then(|b| b.as_table()) {
@@ -373,10 +373,10 @@ fn flyctl_rules(t: &toml::Table) -> Vec<String> {
             p.push("[build] names more than one build strategy".into());
         }
     }
-    if let Some(k) = t.get("kill_timeout") {
-        if duration(k).is_none_or(|d| d > Duration::from_secs(300)) {
-            p.push("kill_timeout must be a duration of at most 5 minutes".into());
-        }
+    if let Some(k) = t.get("kill_timeout")
+        && duration(k).is_none_or(|d| d > Duration::from_secs(300))
+    {
+        p.push("kill_timeout must be a duration of at most 5 minutes".into());
     }
     p
 }
@@ -385,19 +385,18 @@ fn flyctl_rules(t: &toml::Table) -> Vec<String> {
 fn tessera_rules(ctx: &Ctx, file: &str, t: &toml::Table) -> Vec<String> {
     let mut p = Vec::new();
     let dir = std::path::Path::new(file).parent().map(|d| d.to_path_buf()).unwrap_or_default();
-    if let Some(df) = t.get("build").and_then(|b| b.get("dockerfile")).and_then(|d| d.as_str()) {
-        if !ctx.root.join(&dir).join(df).is_file() {
-            p.push(format!(
-                "[build] dockerfile {df} does not exist (relative to {})",
-                dir.display()
-            ));
-        }
+    if let Some(df) = t.get("build").and_then(|b| b.get("dockerfile")).and_then(|d| d.as_str())
+        && !ctx.root.join(&dir).join(df).is_file()
+    {
+        p.push(format!("[build] dockerfile {df} does not exist (relative to {})", dir.display()));
     }
     for f in tables(t.get("files")) {
-        if let Some(l) = f.get("local_path").and_then(|l| l.as_str()) {
-            if !ctx.path(l).is_file() {
-                p.push(format!("[[files]] local_path {l} does not exist (flyctl reads it from the repository root)"));
-            }
+        if let Some(l) = f.get("local_path").and_then(|l| l.as_str())
+            && !ctx.path(l).is_file()
+        {
+            p.push(format!(
+                "[[files]] local_path {l} does not exist (flyctl reads it from the repository root)"
+            ));
         }
     }
     let kill = t.get("kill_timeout").and_then(duration);
@@ -476,17 +475,17 @@ fn tessera_rules(ctx: &Ctx, file: &str, t: &toml::Table) -> Vec<String> {
     // Fly's private addresses: flycast names resolve only for apps deployed with a
     // private IP (`fly deploy --flycast`).
     for (k, v) in &env {
-        if let Some(s) = v.as_str() {
-            if s.contains(".flycast") {
-                let target = s.split("://").nth(1).unwrap_or(s).split('.').next().unwrap_or("");
-                if !ctx
-                    .path(&format!("deploy/fly/{}.toml", target.trim_start_matches("tessera-")))
-                    .is_file()
-                {
-                    p.push(format!(
-                        "[env] {k} names {target}.flycast, which no deploy/fly config deploys"
-                    ));
-                }
+        if let Some(s) = v.as_str()
+            && s.contains(".flycast")
+        {
+            let target = s.split("://").nth(1).unwrap_or(s).split('.').next().unwrap_or("");
+            if !ctx
+                .path(&format!("deploy/fly/{}.toml", target.trim_start_matches("tessera-")))
+                .is_file()
+            {
+                p.push(format!(
+                    "[env] {k} names {target}.flycast, which no deploy/fly config deploys"
+                ));
             }
         }
     }

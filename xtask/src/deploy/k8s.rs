@@ -542,12 +542,11 @@ fn service_names(ctx: &Ctx, objs: &[Value]) -> Vec<String> {
                         "{image} {key} names {host}, which is no Service of the render"
                     )),
                     Some(s) => {
-                        if let Some(p) = port {
-                            if service_has_port(s, Some(&json!({"number": p}))).is_err() {
-                                problems.push(format!(
-                                    "{image} {key}: Service {short} has no port {p}"
-                                ));
-                            }
+                        if let Some(p) = port
+                            && service_has_port(s, Some(&json!({"number": p}))).is_err()
+                        {
+                            problems
+                                .push(format!("{image} {key}: Service {short} has no port {p}"));
                         }
                     }
                 }
@@ -667,12 +666,10 @@ fn leaf_paths(v: &Value, prefix: &str, stop: &[&str], out: &mut Vec<String>) {
 /// A field path against a pattern: `*` stands for one key, and a trailing `.*` for any
 /// key of a free-form map (label keys contain dots: `app.kubernetes.io/name`).
 fn matches_pattern(pattern: &str, path: &str) -> bool {
-    if let Some(map) = pattern.strip_suffix(".*") {
-        if !map.contains('*') {
-            return path
-                .strip_prefix(map)
-                .is_some_and(|rest| rest.len() > 1 && rest.starts_with('.'));
-        }
+    if let Some(map) = pattern.strip_suffix(".*")
+        && !map.contains('*')
+    {
+        return path.strip_prefix(map).is_some_and(|rest| rest.len() > 1 && rest.starts_with('.'));
     }
     let p: Vec<&str> = pattern.split('.').collect();
     let q: Vec<&str> = path.split('.').collect();
