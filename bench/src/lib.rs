@@ -1,7 +1,9 @@
 //! Benchmarks for Tessera's hot paths, as binaries that print their numbers (the last line
-//! of each is `key=value` pairs): `inventory` (durable holds per second against PostgreSQL
-//! `SKIP LOCKED`) and `edge` (the WASM edge pipeline against `wasmtime serve`). Run them
-//! with `cargo xtask bench <name>`; results and the machine are in BENCHMARKS.md.
+//! of each is `key=value` pairs): `inventory` (durable holds per second, closed and open
+//! loop, and a contended sell-out recounted from the raw records, against the common
+//! PostgreSQL `SKIP LOCKED` design and the best one-round-trip design) and `edge` (the WASM
+//! edge pipeline against `wasmtime serve`). Run them with `cargo xtask bench <name>`;
+//! results and the machine are in BENCHMARKS.md.
 //!
 //! This library only holds helpers shared by the benchmark binaries.
 

@@ -1,104 +1,240 @@
 //! `cargo xtask bench inventory`: durable holds per second and their latency, on the
-//! embedded store, side by side with the common open-source design (PostgreSQL rows locked
-//! with `SELECT ... FOR UPDATE SKIP LOCKED`), on this machine, in one run.
+//! embedded store, side by side with two PostgreSQL designs, on this machine, in one run.
 //!
-//! Workloads, each for `--seconds` or until the inventory runs out:
+//! Workloads on the store, each for `--seconds` or until the inventory runs out:
 //! - `uniform`: fans hold one specific seat each, spread uniformly over a >= 100k-seat
-//!   event (the venue map with everybody clicking different seats).
-//! - `ga`: fans hold 1-2 places of one hot general-admission pool.
+//!   event (the venue map with everybody clicking different seats). Closed loop.
+//! - `ga`: fans hold 1-2 places of one hot general-admission pool. Closed loop.
+//! - `contended`: more clients than places race for the seats and places of a small
+//!   event until it is sold out; several rounds. This is the workload that could oversell.
+//! - open loop: holds offered at fixed rates (by default 50 % and 80 % of the peak the
+//!   closed-loop run just measured), latency from each hold's intended send time
+//!   (HdrHistogram p50/p99/p999), on fresh events sized for the run.
 //!
-//! Both systems are durable: the embedded store fsyncs before acknowledging (group commit),
-//! PostgreSQL runs with `fsync=on` and `synchronous_commit=on`. Both record the hold row
-//! and an outbox row per hold. Defaults: 400,000 seats; 112 clients on seats (two commit
-//! batches in flight, one resolving while the other is synced) and 64 on the pool (at 112
-//! its p99 passed 5 ms in most runs, for no more holds per second); PostgreSQL at 16, 64
-//! and 112 clients, the best of them compared; 5 s per workload after an unmeasured 2 s
-//! warm-up and a `sync` of the disk. Each second's rate is printed while a workload runs;
-//! the last line is `key=value` pairs.
+//! PostgreSQL runs the same workloads in two designs (see `inventory/pg.rs`): the common
+//! `SELECT ... FOR UPDATE SKIP LOCKED` design and the best one, one round trip per hold
+//! over the same sharded counters, with and without a tuned `commit_delay`, at several
+//! connection counts; the best of all is what the store is compared with.
+//!
+//! Both systems are durable: the embedded store fsyncs before acknowledging (group
+//! commit), PostgreSQL runs with `fsync=on` and `synchronous_commit=on`. Both record the
+//! hold and an outbox row per hold. Every run ends with a recount of the raw records
+//! (seat records, shard values, place rows) against the holds the clients were told
+//! about; `oversold` and `contended_oversold` count every discrepancy, and the process
+//! fails when either is not 0, when a hold failed, or when the store is not at least 5x
+//! the best PostgreSQL design on both workloads (the floor).
+//!
+//! `--disk journaled` runs everything on a loop-mounted ext4 image with a journal
+//! (`data=ordered`) instead of the default disk. Each second's rate is printed while a
+//! workload runs; the last line is `key=value` pairs.
 
+#[path = "inventory/disk.rs"]
+mod disk;
+#[path = "inventory/open_loop.rs"]
+mod open_loop;
+#[path = "inventory/pg.rs"]
+mod pg;
+
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use anyhow::{Context as _, bail};
+use anyhow::Context as _;
+use clap::Parser;
 use hdrhistogram::Histogram;
 use tessera_api::inventory::{CreateEvent, GaPoolSpec, HoldSpec, RowSpec, SectionSpec, Tier};
 use tessera_api::{CustomerId, EventId, PoolId, RegionId, SeatId, SectionId};
-use tessera_common::{OsRng, Rng as _, SystemClock};
-use tessera_fdb_schema::Keyspace;
-use tessera_inventory::{Inventory, InventoryConfig};
+use tessera_common::{OsRng, SystemClock};
+use tessera_fdb_schema::values::{self, PoolRecord};
+use tessera_fdb_schema::{Keyspace, SeatState, SeatStatus};
+use tessera_inventory::{Inventory, InventoryConfig, InventoryError};
 use tessera_store::embedded::{EmbeddedOptions, EmbeddedStore};
+use tessera_store::{RangeRequest, Store as _, Transaction as _, decode_i64};
+
+use open_loop::{OpenLoopResult, Outcome};
+use pg::{Design, PgBench};
 
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-#[derive(Clone)]
+/// Largest venue one event may describe (`tessera_inventory::EVENT_CAPACITY_MAX`).
+const EVENT_CAPACITY_MAX: u64 = tessera_inventory::EVENT_CAPACITY_MAX;
+
+#[derive(Parser, Clone, Debug)]
+#[command(
+    name = "inventory",
+    about = "Durable holds per second: the embedded store against PostgreSQL, in one run"
+)]
 struct Args {
+    /// Seconds per closed-loop workload.
+    #[arg(long, default_value_t = 5)]
     seconds: u64,
+    /// Seconds of the unmeasured warm-up (per system); 0 skips it.
+    #[arg(long, default_value_t = 2)]
     warmup_seconds: u64,
-    sections: u16,
+    /// Sections of 1,000 seats in the bench venue (beside its 1,000,000-place pool).
+    #[arg(long, default_value_t = 400)]
+    sections: u32,
+    /// Store clients on the uniform workload.
+    #[arg(long, default_value_t = 112)]
     clients: usize,
+    /// Store clients on the pool.
+    #[arg(long, default_value_t = 64)]
     ga_clients: usize,
+    /// PostgreSQL connection counts to try (comma-separated); the best is compared.
+    #[arg(long, value_delimiter = ',', default_values_t = [16, 64, 112])]
     pg_clients: Vec<usize>,
+    /// `commit_delay` of the tuned PostgreSQL variant, in microseconds (0 skips it).
+    #[arg(long, default_value_t = 250)]
+    pg_commit_delay_us: u32,
+    /// `commit_siblings` of the tuned PostgreSQL variant.
+    #[arg(long, default_value_t = 5)]
+    pg_commit_siblings: u32,
+    /// Only the store.
+    #[arg(long)]
     skip_pg: bool,
+    /// Not durable: shows what fsync costs. Never a figure to compare.
+    #[arg(long)]
     no_sync: bool,
+    /// Request worker threads of the runtime (default: cores - 1).
+    #[arg(long)]
     worker_threads: Option<usize>,
+    /// Log segment size: a rotation, and the snapshot it starts, every N MiB.
+    #[arg(long)]
     segment_mib: Option<u64>,
+    /// Seconds of each open-loop run; 0 skips them.
+    #[arg(long, default_value_t = 5)]
+    open_loop_seconds: u64,
+    /// Offered loads of the open-loop runs, as fractions of the measured peak.
+    #[arg(long, value_delimiter = ',', default_values_t = [0.5, 0.8], allow_negative_numbers = true)]
+    open_loop_loads: Vec<f64>,
+    /// Rounds of the contended workload (a fresh small event each); 0 skips it.
+    #[arg(long, default_value_t = 5)]
+    contended_rounds: usize,
+    /// Clients racing in each contended round (more than the seats and the places).
+    #[arg(long, default_value_t = 256)]
+    contended_clients: usize,
+    /// Seats of the contended event (rows of 25).
+    #[arg(long, default_value_t = 200)]
+    contended_seats: u32,
+    /// General-admission places of the contended event.
+    #[arg(long, default_value_t = 160)]
+    contended_places: u32,
+    /// Where the files go: `default` (the disk `target/` is on) or `journaled` (a
+    /// loop-mounted ext4 image with a journal, data=ordered; needs root).
+    #[arg(long, default_value = "default", value_parser = ["default", "journaled"])]
+    disk: String,
+    /// Size of the journaled image, in GiB (sparse).
+    #[arg(long, default_value_t = 24)]
+    disk_image_gib: u64,
 }
 
-fn args() -> anyhow::Result<Args> {
-    let mut a = Args {
-        seconds: 5,
-        warmup_seconds: 2,
-        sections: 400,
-        clients: 112,
-        ga_clients: 64,
-        pg_clients: vec![16, 64, 112],
-        skip_pg: false,
-        no_sync: false,
-        worker_threads: None,
-        segment_mib: None,
-    };
-    let mut it = std::env::args().skip(1);
-    while let Some(arg) = it.next() {
-        let mut val = || it.next().with_context(|| format!("{arg} needs a value"));
-        match arg.as_str() {
-            "--seconds" => a.seconds = val()?.parse()?,
-            "--warmup-seconds" => a.warmup_seconds = val()?.parse()?,
-            "--sections" => a.sections = val()?.parse()?,
-            "--clients" => a.clients = val()?.parse()?,
-            "--ga-clients" => a.ga_clients = val()?.parse()?,
-            "--pg-clients" => {
-                a.pg_clients = val()?.split(',').map(str::parse).collect::<Result<_, _>>()?
-            }
-            "--skip-pg" => a.skip_pg = true,
-            "--worker-threads" => a.worker_threads = Some(val()?.parse()?),
-            // Log segment size: a rotation, and the snapshot it starts, every N MiB.
-            "--segment-mib" => a.segment_mib = Some(val()?.parse()?),
-            // Not durable: shows what fsync costs. Never a figure to compare.
-            "--no-sync" => a.no_sync = true,
-            "--help" | "-h" => {
-                println!(
-                    "inventory [--seconds N] [--warmup-seconds N] [--sections N (x1000 seats)] [--clients N] [--ga-clients N] [--pg-clients a,b] [--skip-pg] [--no-sync] [--worker-threads N] [--segment-mib N]"
-                );
-                std::process::exit(0);
-            }
-            other => bail!("unknown argument {other}"),
+impl Args {
+    /// Refuses what cannot be run, with one line that says why.
+    fn validate(&self) -> Result<(), String> {
+        let seats = u64::from(self.sections) * 1000;
+        if self.seconds == 0 {
+            return Err("--seconds must be at least 1".into());
         }
+        if self.sections == 0 {
+            return Err("--sections must be at least 1 (1,000 seats each)".into());
+        }
+        if seats + u64::from(GA_CAPACITY) > EVENT_CAPACITY_MAX {
+            return Err(format!(
+                "--sections {} makes a venue of {seats} seats plus the {GA_CAPACITY}-place pool, more than the {EVENT_CAPACITY_MAX} places an event may have (at most {} sections)",
+                self.sections,
+                (EVENT_CAPACITY_MAX - u64::from(GA_CAPACITY)) / 1000
+            ));
+        }
+        if self.clients == 0 || self.ga_clients == 0 {
+            return Err("--clients and --ga-clients must be at least 1".into());
+        }
+        if self.clients as u64 > seats {
+            return Err(format!(
+                "--clients {} is more than the {seats} seats of the venue: each client needs seats of its own",
+                self.clients
+            ));
+        }
+        if !self.skip_pg && (self.pg_clients.is_empty() || self.pg_clients.contains(&0)) {
+            return Err("--pg-clients needs connection counts of at least 1".into());
+        }
+        if let Some(n) = self.pg_clients.iter().find(|n| **n > 500) {
+            return Err(format!(
+                "--pg-clients {n} is more than the server's 500 spare connections"
+            ));
+        }
+        for l in &self.open_loop_loads {
+            if !(*l > 0.0 && *l <= 1.0) {
+                return Err(format!(
+                    "--open-loop-loads {l} is not a fraction of the peak in (0, 1]"
+                ));
+            }
+        }
+        if self.contended_rounds > 0 {
+            let s = self.contended_seats;
+            if s == 0 || !s.is_multiple_of(25) || s > 1000 {
+                return Err(format!(
+                    "--contended-seats {s} must be a multiple of 25 between 25 and 1000 (rows of 25)"
+                ));
+            }
+            if self.contended_places == 0 {
+                return Err("--contended-places must be at least 1".into());
+            }
+            let most = s.max(self.contended_places) as usize;
+            if self.contended_clients <= most {
+                return Err(format!(
+                    "--contended-clients {} must be more than the {s} seats and the {} places they race for",
+                    self.contended_clients, self.contended_places
+                ));
+            }
+            if !self.skip_pg && self.contended_clients > 500 {
+                return Err(format!(
+                    "--contended-clients {} is more than PostgreSQL's 500 spare connections",
+                    self.contended_clients
+                ));
+            }
+        }
+        if self.worker_threads == Some(0) {
+            return Err("--worker-threads must be at least 1".into());
+        }
+        if self.segment_mib == Some(0) {
+            return Err("--segment-mib must be at least 1".into());
+        }
+        if self.disk == "journaled" && self.disk_image_gib < 4 {
+            return Err("--disk-image-gib must be at least 4".into());
+        }
+        Ok(())
     }
-    Ok(a)
 }
 
 /// Rows of 25 seats, 40 rows a section: 1,000 seats per section.
 const ROWS: u16 = 40;
 const SEATS_PER_ROW: u16 = 25;
 const GA_CAPACITY: u32 = 1_000_000;
+const EVENT: &str = "bench-arena";
+const POOL: &str = "FLOOR";
 
-fn seat_map(sections: u16) -> CreateEvent {
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+enum Workload {
+    Uniform,
+    Ga,
+}
+
+impl Workload {
+    fn name(self) -> &'static str {
+        match self {
+            Workload::Uniform => "uniform",
+            Workload::Ga => "ga",
+        }
+    }
+}
+
+fn event_spec(id: &str, sections: u32, rows: u16, pool: Option<(&str, u32)>) -> CreateEvent {
     CreateEvent {
-        event_id: EventId::parse("bench-arena").unwrap(),
+        event_id: EventId::parse(id).unwrap(),
         name: "Bench Arena".into(),
         venue: "Bench".into(),
         starts_at: "2027-01-01T20:00:00Z".into(),
@@ -111,7 +247,7 @@ fn seat_map(sections: u16) -> CreateEvent {
                 section_id: SectionId::parse(&format!("S{i}")).unwrap(),
                 name: format!("S{i}"),
                 tier: "T".into(),
-                rows: (1..=ROWS)
+                rows: (1..=rows)
                     .map(|r| RowSpec {
                         row: r.to_string(),
                         seats: SEATS_PER_ROW,
@@ -122,38 +258,46 @@ fn seat_map(sections: u16) -> CreateEvent {
                 seats_per_row: None,
             })
             .collect(),
-        ga_pools: vec![GaPoolSpec {
-            pool_id: PoolId::parse("FLOOR").unwrap(),
-            name: "Floor".into(),
-            tier: "T".into(),
-            capacity: GA_CAPACITY,
-        }],
+        ga_pools: pool
+            .map(|(id, capacity)| GaPoolSpec {
+                pool_id: PoolId::parse(id).unwrap(),
+                name: id.into(),
+                tier: "T".into(),
+                capacity,
+            })
+            .into_iter()
+            .collect(),
         open_now: true,
     }
 }
 
-/// Seat number `n` of the event, in a fixed order.
-fn seat(n: u32) -> (u16, u16, u16) {
+/// Seat number `n` of a venue, in a fixed order: (section, row, number).
+fn seat(n: u32) -> (u32, u16, u16) {
     let per_section = u32::from(ROWS) * u32::from(SEATS_PER_ROW);
-    let section = (n / per_section) as u16;
     let rest = n % per_section;
     (
-        section,
+        n / per_section,
         (rest / u32::from(SEATS_PER_ROW)) as u16 + 1,
         (rest % u32::from(SEATS_PER_ROW)) as u16 + 1,
     )
 }
 
-/// A permutation of `0..n` (seeded), dealt to `clients` so nobody contends.
-fn deal(n: u32, clients: usize) -> Vec<Vec<u32>> {
+fn seat_name(n: u32) -> String {
+    let (s, r, k) = seat(n);
+    format!("S{s}-{r}-{k}")
+}
+
+/// A seeded permutation of `0..n`: the order in which clients take the seats.
+fn permutation(n: u32) -> Vec<u32> {
     let mut all: Vec<u32> = (0..n).collect();
-    let rng = tessera_common::SeededRng::new(42);
-    for i in (1..all.len()).rev() {
-        let j = rng.below(i as u64 + 1) as usize;
-        all.swap(i, j);
-    }
+    pg::shuffle(&mut all, 42);
+    all
+}
+
+/// The permutation dealt to `clients` so that nobody contends.
+fn deal(n: u32, clients: usize) -> Vec<Vec<u32>> {
     let mut out = vec![Vec::new(); clients];
-    for (i, s) in all.into_iter().enumerate() {
+    for (i, s) in permutation(n).into_iter().enumerate() {
         out[i % clients].push(s);
     }
     out
@@ -206,39 +350,62 @@ fn print_row(system: &str, workload: &str, r: &Result_) {
 
 // ---- embedded -------------------------------------------------------------------------
 
-async fn embedded(args: &Args, dir: &Path) -> anyhow::Result<(Result_, Result_, u64)> {
+type Inv = Inventory<EmbeddedStore>;
+
+fn open_inventory(args: &Args, dir: &Path) -> anyhow::Result<Inv> {
     let mut opts = EmbeddedOptions { sync: !args.no_sync, ..EmbeddedOptions::default() };
     if let Some(mib) = args.segment_mib {
         opts.segment_bytes_max = mib << 20;
     }
     let store = EmbeddedStore::open_with(dir.join("store"), opts)?;
-    let inv = Inventory::new(
+    Ok(Inventory::new(
         store,
         Keyspace::production(),
         Arc::new(SystemClock),
         Arc::new(OsRng),
         InventoryConfig::new(RegionId::parse("us-east")?),
-    );
+    ))
+}
+
+async fn create(inv: &Inv, spec: CreateEvent) -> anyhow::Result<()> {
     let started = Instant::now();
-    inv.create_event(seat_map(args.sections)).await?;
-    let seats = u32::from(args.sections) * u32::from(ROWS) * u32::from(SEATS_PER_ROW);
-    eprintln!(
-        "    created {seats} seats and a {GA_CAPACITY}-place pool in {:.1?}",
-        started.elapsed()
-    );
-    let event = EventId::parse("bench-arena")?;
+    let seats: u64 = spec.sections.iter().map(|s| s.rows.len() as u64 * 25).sum();
+    let places: u64 = spec.ga_pools.iter().map(|p| u64::from(p.capacity)).sum();
+    let id = spec.event_id.clone();
+    inv.create_event(spec).await?;
+    eprintln!("    created {id}: {seats} seats, {places} pool places in {:.1?}", started.elapsed());
+    Ok(())
+}
+
+/// What clients were told they hold, for the recount.
+#[derive(Default)]
+struct Acked {
+    seats: Vec<(SeatId, String)>,
+    places: u64,
+}
+
+impl Acked {
+    fn merge(&mut self, other: Acked) {
+        self.seats.extend(other.seats);
+        self.places += other.places;
+    }
+}
+
+/// The closed-loop runs on the store: uniform seats, then the hot pool. Returns both
+/// results and the recount's discrepancies.
+async fn embedded_closed(args: &Args, inv: &Inv) -> anyhow::Result<(Result_, Result_, u64)> {
+    create(inv, event_spec(EVENT, args.sections, ROWS, Some((POOL, GA_CAPACITY)))).await?;
+    let event = EventId::parse(EVENT)?;
     settle_disk();
-
-    // Uniform seats.
+    let seats = args.sections * u32::from(ROWS) * u32::from(SEATS_PER_ROW);
     let dealt = deal(seats, args.clients);
-    let uniform =
-        run_embedded(&inv, &event, args, dealt.into_iter().map(Work::Seats).collect()).await?;
-    // Hot pool.
-    let ga = run_embedded(&inv, &event, args, (0..args.ga_clients).map(|_| Work::Pool).collect())
-        .await?;
-
-    // Invariants after the run: no seat owned twice, the pool not oversold.
-    let oversold = check_embedded(&inv, &event, uniform.holds, &ga).await?;
+    let (uniform, acked_u) =
+        run_embedded(inv, &event, args, dealt.into_iter().map(Work::Seats).collect()).await?;
+    let (ga, acked_g) =
+        run_embedded(inv, &event, args, (0..args.ga_clients).map(|_| Work::Pool).collect()).await?;
+    let mut acked = acked_u;
+    acked.merge(acked_g);
+    let oversold = recount_embedded(inv, &event, &PoolId::parse(POOL)?, &acked, None).await?;
     Ok((uniform, ga, oversold))
 }
 
@@ -248,15 +415,14 @@ enum Work {
 }
 
 async fn run_embedded(
-    inv: &Inventory<EmbeddedStore>,
+    inv: &Inv,
     event: &EventId,
     args: &Args,
     work: Vec<Work>,
-) -> anyhow::Result<Result_> {
+) -> anyhow::Result<(Result_, Acked)> {
     let clients = work.len();
     let stop = Arc::new(AtomicBool::new(false));
     let holds = Arc::new(AtomicU64::new(0));
-    let ga_places = Arc::new(AtomicU64::new(0));
     let refused = Arc::new(AtomicU64::new(0));
     // Requests are made before the clock starts: the clients should cost the machine as
     // little as clients on other machines would.
@@ -271,14 +437,13 @@ async fn run_embedded(
                     .iter()
                     .enumerate()
                     .map(|(i, n)| {
-                        let (s, r, k) = seat(*n);
-                        let id = SeatId::parse(&format!("S{s}-{r}-{k}")).unwrap();
+                        let id = SeatId::parse(&seat_name(*n)).unwrap();
                         (HoldSpec::Seats(vec![id]), who(i))
                     })
                     .collect(),
                 Work::Pool => (0..ga_per_client)
                     .map(|i| {
-                        let pool = PoolId::parse("FLOOR").unwrap();
+                        let pool = PoolId::parse(POOL).unwrap();
                         (HoldSpec::General { pool, quantity: 1 + (i % 2) as u32 }, who(i))
                     })
                     .collect(),
@@ -294,39 +459,44 @@ async fn run_embedded(
     for requests in work {
         let inv = inv.clone();
         let event = event.clone();
-        let (stop, holds, refused, ga_places) =
-            (stop.clone(), holds.clone(), refused.clone(), ga_places.clone());
+        let (stop, holds, refused) = (stop.clone(), holds.clone(), refused.clone());
         tasks.push(tokio::spawn(async move {
             let mut hist = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).unwrap();
+            let mut acked = Acked::default();
             for (spec, who) in &requests {
                 if stop.load(Ordering::Relaxed) || Instant::now() > deadline {
                     break;
                 }
                 let t = Instant::now();
                 match inv.hold(&event, who, spec, None).await {
-                    Ok(h) => {
+                    Ok(mut h) => {
                         record(&mut hist, t);
                         holds.fetch_add(1, Ordering::Relaxed);
                         if h.pool.is_some() {
-                            ga_places.fetch_add(u64::from(h.quantity), Ordering::Relaxed);
+                            acked.places += u64::from(h.quantity);
+                        } else if let Some(s) = h.seats.pop() {
+                            acked.seats.push((s, h.hold_id.to_string()));
                         }
                     }
                     Err(e) if e.is_client_error() => {
                         refused.fetch_add(1, Ordering::Relaxed);
-                        if matches!(e, tessera_inventory::InventoryError::SoldOut { .. }) {
+                        if matches!(e, InventoryError::SoldOut { .. }) {
                             stop.store(true, Ordering::Relaxed);
                         }
                     }
-                    Err(e) => panic!("hold failed: {e:#}"),
+                    Err(e) => return Err(anyhow::anyhow!("hold failed: {e:#}")),
                 }
             }
-            hist
+            Ok((hist, acked))
         }));
     }
     let ticker = progress(holds.clone(), started);
     let mut hist = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?;
+    let mut acked = Acked::default();
     for t in tasks {
-        hist.add(t.await?)?;
+        let (h, a) = t.await??;
+        hist.add(h)?;
+        acked.merge(a);
     }
     ticker.abort();
     let elapsed = started.elapsed();
@@ -346,13 +516,253 @@ async fn run_embedded(
         elapsed,
         clients,
     );
-    if ga_places.load(Ordering::Relaxed) > 0 {
-        GA_TAKEN.store(ga_places.load(Ordering::Relaxed), Ordering::Relaxed);
-    }
-    Ok(r)
+    Ok((r, acked))
 }
 
-static GA_TAKEN: AtomicU64 = AtomicU64::new(0);
+/// Recounts `event` from the store's raw records, not its tallies: every seat record (its
+/// status and the hold it names) and every shard value of `pool` (against each shard's
+/// capacity in the pool record). Counts every discrepancy with what clients were told:
+/// an acknowledged seat hold whose seat names another hold, held seats no
+/// acknowledgement explains, places taken that differ from the places acknowledged, a
+/// shard past its capacity, more acknowledged than the event has (`capacity`).
+async fn recount_embedded(
+    inv: &Inv,
+    event: &EventId,
+    pool: &PoolId,
+    acked: &Acked,
+    capacity: Option<(u64, u64)>,
+) -> anyhow::Result<u64> {
+    let keys = inv.keys();
+    let store = inv.store();
+    // Seats, a chunk per transaction (a transaction lives at most 5 s).
+    let mut owner: HashMap<SeatId, String> = HashMap::new();
+    let (mut begin, end) = keys.seats_of_event(event);
+    loop {
+        let trx = store.create_trx()?;
+        let rows = trx
+            .get_range(&RangeRequest::new(begin.clone(), end.clone()).limit(50_000), true)
+            .await?;
+        let Some((last, _)) = rows.last() else { break };
+        begin = last.to_vec();
+        begin.push(0);
+        for (k, v) in &rows {
+            let (_, seat) = keys.seat_of_key(k)?;
+            let state = SeatState::decode(v)?;
+            if state.status != SeatStatus::Free {
+                owner.insert(seat, state.owner);
+            }
+        }
+    }
+    let wrong = acked.seats.iter().filter(|(s, h)| owner.get(s) != Some(h)).count() as u64;
+    let unexplained = (owner.len() as u64).saturating_sub(acked.seats.len() as u64);
+    let mut bad = wrong + unexplained;
+    if bad > 0 {
+        eprintln!(
+            "    MISMATCH (store, {event}): {} seat records held, {} seat holds acknowledged, {wrong} acknowledged holds not on their seat's record",
+            owner.len(),
+            acked.seats.len()
+        );
+    }
+    // Pool shards.
+    let trx = store.create_trx()?;
+    // An event without the pool has no shards: nothing taken.
+    let record: PoolRecord = match trx.get(&keys.pool(event, pool), true).await? {
+        Some(r) => values::decode(&r)?,
+        None => PoolRecord {
+            v: 1,
+            pool_id: pool.clone(),
+            name: String::new(),
+            tier: String::new(),
+            capacity: 0,
+            shard_capacity: Vec::new(),
+        },
+    };
+    let (b, e) = keys.ga_shards(event, pool);
+    let mut taken = 0u64;
+    let mut over = 0u64;
+    for (k, v) in trx.get_range(&RangeRequest::new(b, e), true).await? {
+        let shard = usize::from(keys.ga_shard_of_key(&k)?);
+        let t = decode_i64(&v).max(0) as u64;
+        let cap = u64::from(record.shard_capacity.get(shard).copied().unwrap_or(0));
+        taken += t;
+        over += t.saturating_sub(cap);
+    }
+    let mut more = over + taken.abs_diff(acked.places);
+    if let Some((seats, places)) = capacity {
+        more += (acked.seats.len() as u64).saturating_sub(seats);
+        more += acked.places.saturating_sub(places);
+    }
+    if more > 0 {
+        eprintln!(
+            "    MISMATCH (store, {event}): {taken} places in the shard values, {} acknowledged, {over} past a shard's capacity",
+            acked.places
+        );
+    }
+    bad += more;
+    Ok(bad)
+}
+
+/// The shard capacities of a pool, from its record in the store.
+async fn shard_capacity(inv: &Inv, event: &EventId, pool: &PoolId) -> anyhow::Result<Vec<u32>> {
+    let trx = inv.store().create_trx()?;
+    let record = trx.get(&inv.keys().pool(event, pool), true).await?.context("pool record")?;
+    let record: PoolRecord = values::decode(&record)?;
+    Ok(record.shard_capacity)
+}
+
+/// The seats of a contended event: one section of `seats / 25` rows.
+fn contended_seat_names(seats: u32) -> Vec<String> {
+    (0..seats).map(seat_name).collect()
+}
+
+/// One contended round on the store: see `PgBench::contended` for the same on PostgreSQL.
+async fn embedded_contended(args: &Args, inv: &Inv, round: usize) -> anyhow::Result<pg::Contended> {
+    let id = format!("contended-{round}");
+    let rows = (args.contended_seats / u32::from(SEATS_PER_ROW)) as u16;
+    create(inv, event_spec(&id, 1, rows, Some(("SMALL", args.contended_places)))).await?;
+    let event = EventId::parse(&id)?;
+    let pool = PoolId::parse("SMALL")?;
+    let seats: Arc<Vec<SeatId>> = Arc::new(
+        contended_seat_names(args.contended_seats)
+            .iter()
+            .map(|s| SeatId::parse(s))
+            .collect::<Result<_, _>>()?,
+    );
+    let clients = args.contended_clients;
+    let gate = Arc::new(tokio::sync::Barrier::new(clients));
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for c in 0..clients {
+        let (inv, event, pool, seats, gate) =
+            (inv.clone(), event.clone(), pool.clone(), seats.clone(), gate.clone());
+        tasks.push(tokio::spawn(async move {
+            // What this client was told, kept whatever happens after.
+            let mut acked = Acked::default();
+            let mut refused = 0u64;
+            let mut mine: Vec<usize> = (0..seats.len()).collect();
+            pg::shuffle(&mut mine, (round * 1_000_003 + c) as u64);
+            let mut i = 0;
+            let mut who = || {
+                i += 1;
+                CustomerId::parse(&format!("k{round}-{c}-{i}")).unwrap()
+            };
+            gate.wait().await;
+            for s in mine {
+                match inv.hold(&event, &who(), &HoldSpec::Seats(vec![seats[s].clone()]), None).await
+                {
+                    Ok(mut h) => {
+                        if let Some(seat) = h.seats.pop() {
+                            acked.seats.push((seat, h.hold_id.to_string()));
+                        }
+                        break;
+                    }
+                    Err(InventoryError::SeatHeld(_) | InventoryError::SeatSold(_)) => refused += 1,
+                    Err(e) => return (acked, refused, Some(format!("seat hold failed: {e:#}"))),
+                }
+            }
+            loop {
+                let spec = HoldSpec::General { pool: pool.clone(), quantity: 1 + (c % 2) as u32 };
+                match inv.hold(&event, &who(), &spec, None).await {
+                    Ok(h) => acked.places += u64::from(h.quantity),
+                    Err(InventoryError::SoldOut { .. }) => {
+                        refused += 1;
+                        break;
+                    }
+                    Err(e) => return (acked, refused, Some(format!("pool hold failed: {e:#}"))),
+                }
+            }
+            (acked, refused, None)
+        }));
+    }
+    let mut acked = Acked::default();
+    let mut out = pg::Contended::default();
+    for t in tasks {
+        let (a, r, error) = t.await?;
+        acked.merge(a);
+        out.refused += r;
+        if let Some(e) = error {
+            eprintln!("    contended {e}");
+            out.errors += 1;
+        }
+    }
+    out.elapsed = started.elapsed();
+    out.seat_holds = acked.seats.len() as u64;
+    out.places = acked.places;
+    let capacity = Some((u64::from(args.contended_seats), u64::from(args.contended_places)));
+    out.oversold = recount_embedded(inv, &event, &pool, &acked, capacity).await?;
+    Ok(out)
+}
+
+/// Open loop on the store: a fresh event sized for the run, `rate_per_s` holds offered.
+async fn embedded_open(
+    inv: &Inv,
+    workload: Workload,
+    rate_per_s: f64,
+    seconds: u64,
+    tag: &str,
+) -> anyhow::Result<(OpenLoopResult, u64)> {
+    let total = (rate_per_s * seconds as f64).ceil() as u64;
+    let id = format!("open-{}-{tag}", workload.name());
+    let pool = PoolId::parse("OPEN")?;
+    let (spec, requests): (CreateEvent, Vec<HoldSpec>) = match workload {
+        Workload::Uniform => {
+            let seats = (total + total / 20 + 1000).min(EVENT_CAPACITY_MAX);
+            let sections = seats.div_ceil(1000) as u32;
+            let order = permutation(sections * 1000);
+            let requests = order
+                .iter()
+                .take(total as usize)
+                .map(|n| HoldSpec::Seats(vec![SeatId::parse(&seat_name(*n)).unwrap()]))
+                .collect();
+            (event_spec(&id, sections, ROWS, None), requests)
+        }
+        Workload::Ga => {
+            let places = (total * 2 + 1000).min(EVENT_CAPACITY_MAX) as u32;
+            let requests = (0..total)
+                .map(|i| HoldSpec::General { pool: pool.clone(), quantity: 1 + (i % 2) as u32 })
+                .collect();
+            (event_spec(&id, 0, ROWS, Some(("OPEN", places))), requests)
+        }
+    };
+    create(inv, spec).await?;
+    let event = EventId::parse(&id)?;
+    let requests: Arc<Vec<(HoldSpec, CustomerId)>> = Arc::new(
+        requests
+            .into_iter()
+            .enumerate()
+            .map(|(i, s)| (s, CustomerId::parse(&format!("o{tag}-{i}")).unwrap()))
+            .collect(),
+    );
+    settle_disk();
+    let acked = Arc::new(parking_lot::Mutex::new(Acked::default()));
+    let result = open_loop::run(rate_per_s, seconds, 200_000, |i| {
+        let (inv, event, requests, acked) =
+            (inv.clone(), event.clone(), requests.clone(), acked.clone());
+        async move {
+            let Some((spec, who)) = requests.get(i as usize) else { return Outcome::Error };
+            match inv.hold(&event, who, spec, None).await {
+                Ok(mut h) => {
+                    let mut a = acked.lock();
+                    if h.pool.is_some() {
+                        a.places += u64::from(h.quantity);
+                    } else if let Some(s) = h.seats.pop() {
+                        a.seats.push((s, h.hold_id.to_string()));
+                    }
+                    Outcome::Held
+                }
+                Err(e) if e.is_client_error() => Outcome::Refused,
+                Err(e) => {
+                    eprintln!("    hold failed: {e:#}");
+                    Outcome::Error
+                }
+            }
+        }
+    })
+    .await?;
+    let acked = std::mem::take(&mut *acked.lock());
+    let oversold = recount_embedded(inv, &event, &pool, &acked, None).await?;
+    Ok((result, oversold))
+}
 
 /// The store's own counters since `before` (a Prometheus rendering): commits, conflicts,
 /// retries, and transactions per batch.
@@ -427,56 +837,6 @@ fn progress(count: Arc<AtomicU64>, started: Instant) -> tokio::task::JoinHandle<
     })
 }
 
-async fn check_embedded(
-    inv: &Inventory<EmbeddedStore>,
-    event: &EventId,
-    seat_holds: u64,
-    _ga: &Result_,
-) -> anyhow::Result<u64> {
-    let a = inv.availability(event).await?;
-    let held_seats: u64 = a.sections.iter().map(|s| s.held + s.sold).sum();
-    let pool = &a.pools[0];
-    let mut oversold = 0;
-    if held_seats != seat_holds {
-        eprintln!("    MISMATCH: {held_seats} seats held, {seat_holds} holds acknowledged");
-        oversold += held_seats.abs_diff(seat_holds);
-    }
-    if pool.held + pool.sold > pool.capacity || pool.held != GA_TAKEN.load(Ordering::Relaxed) {
-        eprintln!(
-            "    MISMATCH: pool held {} of {}, {} places acknowledged",
-            pool.held,
-            pool.capacity,
-            GA_TAKEN.load(Ordering::Relaxed)
-        );
-        oversold += 1;
-    }
-    Ok(oversold)
-}
-
-// ---- PostgreSQL -----------------------------------------------------------------------
-
-struct Postgres {
-    data: PathBuf,
-    bin: PathBuf,
-    port: u16,
-    as_postgres: bool,
-}
-
-fn pg_bin_dir() -> anyhow::Result<PathBuf> {
-    if let Ok(entries) = std::fs::read_dir("/usr/lib/postgresql") {
-        let mut versions: Vec<PathBuf> = entries
-            .flatten()
-            .map(|e| e.path().join("bin"))
-            .filter(|p| p.join("initdb").is_file())
-            .collect();
-        versions.sort();
-        if let Some(v) = versions.pop() {
-            return Ok(v);
-        }
-    }
-    bail!("PostgreSQL is not installed; run: apt-get install -y postgresql")
-}
-
 fn is_root() -> bool {
     Command::new("id")
         .arg("-u")
@@ -484,259 +844,28 @@ fn is_root() -> bool {
         .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
 }
 
-impl Postgres {
-    fn command(&self, tool: &str) -> Command {
-        let path = self.bin.join(tool);
-        if self.as_postgres {
-            let mut c = Command::new("runuser");
-            c.args(["-u", "postgres", "--"]).arg(path);
-            c
-        } else {
-            Command::new(path)
-        }
-    }
-
-    fn start(dir: &Path) -> anyhow::Result<Postgres> {
-        let bin = match pg_bin_dir() {
-            Ok(b) => b,
-            Err(_) if is_root() => {
-                eprintln!("    installing PostgreSQL (apt-get install -y postgresql)");
-                let ok = Command::new("apt-get")
-                    .args(["install", "-y", "-q", "postgresql"])
-                    .env("DEBIAN_FRONTEND", "noninteractive")
-                    .status()?
-                    .success();
-                if !ok {
-                    bail!("apt-get install -y postgresql failed");
-                }
-                pg_bin_dir()?
-            }
-            Err(e) => return Err(e),
-        };
-        let data = dir.join("pgdata");
-        std::fs::create_dir_all(&data)?;
-        let as_postgres = is_root();
-        if as_postgres {
-            // PostgreSQL refuses to run as root: hand the directory to the postgres user.
-            let ok = Command::new("chown")
-                .args(["-R", "postgres:postgres"])
-                .arg(dir)
-                .status()?
-                .success();
-            if !ok {
-                bail!("chown postgres {}", dir.display());
-            }
-        }
-        let port = tessera_bench::free_port()?;
-        let pg = Postgres { data, bin, port, as_postgres };
-        let out = pg
-            .command("initdb")
-            .args(["-A", "trust", "-U", "postgres", "--no-sync", "-D"])
-            .arg(&pg.data)
-            .output()?;
-        if !out.status.success() {
-            bail!("initdb failed: {}", String::from_utf8_lossy(&out.stderr));
-        }
-        let opts = format!(
-            "-p {port} -k {} -c listen_addresses=127.0.0.1 -c max_connections=300 -c shared_buffers=512MB -c fsync=on -c synchronous_commit=on -c full_page_writes=on",
-            pg.data.display()
-        );
-        let log = pg.data.join("server.log");
-        let out = pg
-            .command("pg_ctl")
-            .arg("-D")
-            .arg(&pg.data)
-            .args(["-o", &opts, "-l"])
-            .arg(&log)
-            .args(["-w", "start"])
-            .output()?;
-        if !out.status.success() {
-            bail!(
-                "pg_ctl start failed: {}\n{}",
-                String::from_utf8_lossy(&out.stderr),
-                std::fs::read_to_string(&log).unwrap_or_default()
-            );
-        }
-        Ok(pg)
-    }
-
-    async fn connect(&self) -> anyhow::Result<tokio_postgres::Client> {
-        let (client, conn) = tokio_postgres::connect(
-            &format!("host=127.0.0.1 port={} user=postgres dbname=postgres", self.port),
-            tokio_postgres::NoTls,
-        )
-        .await?;
-        tokio::spawn(async move {
-            let _ = conn.await;
-        });
-        Ok(client)
-    }
+/// Benchmarks write where the repository's `target/` is (a real disk), not to tmpfs.
+fn bench_dir() -> anyhow::Result<PathBuf> {
+    let dir = std::env::current_dir()?.join("target").join("bench");
+    std::fs::create_dir_all(&dir)?;
+    Ok(dir)
 }
 
-impl Drop for Postgres {
-    fn drop(&mut self) {
-        let _ = self
-            .command("pg_ctl")
-            .arg("-D")
-            .arg(&self.data)
-            .args(["-m", "immediate", "stop"])
-            .output();
-    }
-}
-
-async fn postgres(args: &Args, dir: &Path) -> anyhow::Result<(Result_, Result_, u64)> {
-    let pg = Postgres::start(dir)?;
-    let db = pg.connect().await?;
-    let seats = u32::from(args.sections) * u32::from(ROWS) * u32::from(SEATS_PER_ROW);
-    let started = Instant::now();
-    db.batch_execute(
-        "CREATE TABLE seats (event_id text, seat_id text, state smallint NOT NULL DEFAULT 0, hold_id text, expires_at timestamptz, PRIMARY KEY (event_id, seat_id));
-         CREATE TABLE ga_places (place_id bigint PRIMARY KEY, pool_id text NOT NULL, state smallint NOT NULL DEFAULT 0, hold_id text);
-         CREATE INDEX ga_free ON ga_places (pool_id, place_id) WHERE state = 0;
-         CREATE TABLE holds (hold_id text PRIMARY KEY, event_id text NOT NULL, customer_id text NOT NULL, quantity int NOT NULL, expires_at timestamptz NOT NULL, created_at timestamptz NOT NULL DEFAULT now());
-         CREATE TABLE outbox (id bigserial PRIMARY KEY, event_id text NOT NULL, body jsonb NOT NULL);",
-    )
-    .await?;
-    db.execute(
-        "INSERT INTO seats (event_id, seat_id) SELECT 'bench-arena', 'S' || (n / 1000) || '-' || ((n % 1000) / 25 + 1) || '-' || (n % 25 + 1) FROM generate_series(0, $1::int - 1) AS n",
-        &[&(seats as i32)],
-    )
-    .await?;
-    db.execute("INSERT INTO ga_places (place_id, pool_id) SELECT n, 'FLOOR' FROM generate_series(1, 300000) AS n", &[]).await?;
-    db.batch_execute("VACUUM ANALYZE").await?;
-    eprintln!("    loaded {seats} seats and 300000 pool places in {:.1?}", started.elapsed());
-
-    let mut best_uniform = Result_::default();
-    let mut best_ga = Result_::default();
-    let mut next_seat_offset = 0usize;
-    for &clients in &args.pg_clients {
-        // Fresh seats for each run: deal from the part of the map not used yet.
-        let dealt = deal(seats, clients);
-        let r = run_pg(
-            &pg,
-            args,
-            dealt
-                .into_iter()
-                .map(|v| Work::Seats(v.into_iter().skip(next_seat_offset).collect()))
-                .collect(),
-            clients,
-        )
-        .await?;
-        next_seat_offset += (r.holds as usize) / clients + 1;
-        print_row("postgres skip-locked", "uniform", &r);
-        if r.per_s() > best_uniform.per_s() {
-            best_uniform = r;
+fn main() {
+    let args = match Args::try_parse() {
+        Ok(a) => a,
+        Err(e) if e.use_stderr() => {
+            // One line: what was wrong. `--help` says the rest.
+            let text = e.render().to_string();
+            eprintln!("{}", text.lines().next().unwrap_or("invalid arguments"));
+            std::process::exit(2);
         }
-        let r = run_pg(&pg, args, (0..clients).map(|_| Work::Pool).collect(), clients).await?;
-        print_row("postgres skip-locked", "ga", &r);
-        if r.per_s() > best_ga.per_s() {
-            best_ga = r;
-        }
+        Err(e) => e.exit(),
+    };
+    if let Err(why) = args.validate() {
+        eprintln!("error: {why}");
+        std::process::exit(2);
     }
-    // Invariants: each held seat has one hold; pool places never held twice.
-    let row = db.query_one("SELECT count(*) FROM seats WHERE state = 1", &[]).await?;
-    let held: i64 = row.get(0);
-    let row = db.query_one("SELECT count(*) FROM holds WHERE hold_id LIKE 's%'", &[]).await?;
-    let seat_holds: i64 = row.get(0);
-    let oversold = held.abs_diff(seat_holds);
-    Ok((best_uniform, best_ga, oversold))
-}
-
-async fn run_pg(
-    pg: &Postgres,
-    args: &Args,
-    work: Vec<Work>,
-    clients: usize,
-) -> anyhow::Result<Result_> {
-    let holds = Arc::new(AtomicU64::new(0));
-    let refused = Arc::new(AtomicU64::new(0));
-    let deadline = Instant::now() + Duration::from_secs(args.seconds);
-    let started = Instant::now();
-    let run_id = started.elapsed().as_nanos() as u64 ^ OsRng.next_u64();
-    let mut tasks = Vec::new();
-    for (c, w) in work.into_iter().enumerate() {
-        let db = pg.connect().await?;
-        let (holds, refused) = (holds.clone(), refused.clone());
-        tasks.push(tokio::spawn(async move {
-            let mut hist = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).unwrap();
-            let lock_seat = db
-                .prepare("SELECT seat_id FROM seats WHERE event_id = 'bench-arena' AND seat_id = $1 AND state = 0 FOR UPDATE SKIP LOCKED")
-                .await
-                .unwrap();
-            let take_seat = db.prepare("UPDATE seats SET state = 1, hold_id = $2, expires_at = now() + interval '10 minutes' WHERE event_id = 'bench-arena' AND seat_id = $1").await.unwrap();
-            let lock_places = db.prepare("SELECT place_id FROM ga_places WHERE pool_id = 'FLOOR' AND state = 0 ORDER BY place_id LIMIT $1 FOR UPDATE SKIP LOCKED").await.unwrap();
-            let take_places = db.prepare("UPDATE ga_places SET state = 1, hold_id = $2 WHERE place_id = ANY($1)").await.unwrap();
-            let insert_hold = db.prepare("INSERT INTO holds (hold_id, event_id, customer_id, quantity, expires_at) VALUES ($1, 'bench-arena', $2, $3, now() + interval '10 minutes')").await.unwrap();
-            let insert_outbox = db.prepare("INSERT INTO outbox (event_id, body) VALUES ('bench-arena', $1)").await.unwrap();
-            let mut seats = match &w {
-                Work::Seats(list) => Some(list.iter()),
-                Work::Pool => None,
-            };
-            let mut db = db;
-            let mut i = 0u64;
-            while Instant::now() < deadline {
-                let t = Instant::now();
-                let hold_id = format!("{}{run_id:x}-{c}-{i}", if seats.is_some() { "s" } else { "g" });
-                let customer = format!("c{c}-{i}");
-                i += 1;
-                let tx = db.transaction().await.unwrap();
-                let ok = match seats.as_mut() {
-                    Some(it) => {
-                        let Some(n) = it.next() else { break };
-                        let (s, r, k) = seat(*n);
-                        let seat_id = format!("S{s}-{r}-{k}");
-                        if tx.query_opt(&lock_seat, &[&seat_id]).await.unwrap().is_some() {
-                            tx.execute(&take_seat, &[&seat_id, &hold_id]).await.unwrap();
-                            tx.execute(&insert_hold, &[&hold_id, &customer, &1i32]).await.unwrap();
-                            true
-                        } else {
-                            false
-                        }
-                    }
-                    None => {
-                        let q = 1 + (i % 2) as i64;
-                        let rows = tx.query(&lock_places, &[&q]).await.unwrap();
-                        if rows.len() as i64 == q {
-                            let ids: Vec<i64> = rows.iter().map(|r| r.get(0)).collect();
-                            tx.execute(&take_places, &[&ids, &hold_id]).await.unwrap();
-                            tx.execute(&insert_hold, &[&hold_id, &customer, &(q as i32)]).await.unwrap();
-                            true
-                        } else {
-                            false
-                        }
-                    }
-                };
-                if ok {
-                    let body = serde_json::json!({"type": "seats_held", "hold_id": hold_id});
-                    tx.execute(&insert_outbox, &[&body]).await.unwrap();
-                    tx.commit().await.unwrap();
-                    record(&mut hist, t);
-                    holds.fetch_add(1, Ordering::Relaxed);
-                } else {
-                    tx.rollback().await.unwrap();
-                    refused.fetch_add(1, Ordering::Relaxed);
-                }
-            }
-            hist
-        }));
-    }
-    let ticker = progress(holds.clone(), started);
-    let mut hist = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?;
-    for t in tasks {
-        hist.add(t.await?)?;
-    }
-    ticker.abort();
-    Ok(summarize(
-        &hist,
-        holds.load(Ordering::Relaxed),
-        refused.load(Ordering::Relaxed),
-        started.elapsed(),
-        clients,
-    ))
-}
-
-fn main() -> anyhow::Result<()> {
-    let args = args()?;
     // The store's own lines (log rotation and snapshots) show what a dip in the rate was.
     tracing_subscriber::fmt()
         .with_env_filter(
@@ -747,6 +876,17 @@ fn main() -> anyhow::Result<()> {
         .with_target(false)
         .compact()
         .init();
+    match bench(args) {
+        Ok(true) => {}
+        Ok(false) => std::process::exit(1),
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::exit(1);
+        }
+    }
+}
+
+fn bench(args: Args) -> anyhow::Result<bool> {
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     // One core is left to the store's syncer thread (fdatasync, page write-back) and the
     // kernel; the rest run the request tasks, whose first committer in a batch resolves it.
@@ -754,59 +894,278 @@ fn main() -> anyhow::Result<()> {
     let workers = args.worker_threads.unwrap_or(cores.saturating_sub(1).max(1));
     let rt =
         tokio::runtime::Builder::new_multi_thread().worker_threads(workers).enable_all().build()?;
-    rt.block_on(async move {
-        let dir = tempfile::Builder::new().prefix("tessera-bench-inventory").tempdir_in(bench_dir()?)?;
-        let seats = u32::from(args.sections) * 1000;
-        println!("inventory benchmark: {seats} seats, {GA_CAPACITY}-place pool, {} s per workload, {cores} cores, {workers} request worker thread(s), {} clients on seats, {} on the pool", args.seconds, args.clients, args.ga_clients);
-        // Start from a quiet disk: the build that precedes a benchmark leaves hundreds of
-        // megabytes being written back, which would slow the first fsyncs measured.
-        settle_disk();
-        if args.warmup_seconds > 0 {
-            // A short unmeasured run in a scratch store first: a freshly built machine
-            // (page cache, memory compaction, CPU clocks) runs the first seconds slower.
-            eprintln!("==> warm-up ({} s, not counted)", args.warmup_seconds);
-            let scratch = tempfile::Builder::new().prefix("warmup").tempdir_in(dir.path())?;
-            let warm = Args { seconds: args.warmup_seconds, sections: 50, ..args.clone() };
-            let (wu, _, _) = embedded(&warm, scratch.path()).await?;
-            eprintln!("    warm-up: {:.0} holds/s", wu.per_s());
+    let base = bench_dir()?;
+    // Dropped last: unmounted after every file on it is closed.
+    let journaled = match args.disk.as_str() {
+        "journaled" => {
+            eprintln!("==> mounting a journaled ext4 image ({} GiB, sparse)", args.disk_image_gib);
+            Some(disk::JournaledDisk::mount(&base, args.disk_image_gib)?)
         }
-        eprintln!("==> embedded store (durable, group commit)");
-        let (eu, eg, e_over) = embedded(&args, dir.path()).await?;
-        print_row("tessera embedded", "uniform", &eu);
-        print_row("tessera embedded", "ga", &eg);
-        let mut kv = vec![
-            format!("seats={seats}"),
-            format!("clients_uniform={}", args.clients),
-            format!("clients_ga={}", args.ga_clients),
-            format!("embedded_uniform_holds_per_s={:.0}", eu.per_s()),
-            format!("embedded_uniform_p50_ms={:.2}", eu.p50_ms),
-            format!("embedded_uniform_p99_ms={:.2}", eu.p99_ms),
-            format!("embedded_ga_holds_per_s={:.0}", eg.per_s()),
-            format!("embedded_ga_p50_ms={:.2}", eg.p50_ms),
-            format!("embedded_ga_p99_ms={:.2}", eg.p99_ms),
-        ];
-        let mut oversold = e_over;
-        if !args.skip_pg {
-            settle_disk();
-            eprintln!("==> PostgreSQL, SELECT ... FOR UPDATE SKIP LOCKED (durable)");
-            let (pu, pg_ga, p_over) = postgres(&args, dir.path()).await?;
-            oversold += p_over;
-            kv.push(format!("pg_uniform_holds_per_s={:.0}", pu.per_s()));
-            kv.push(format!("pg_uniform_p99_ms={:.2}", pu.p99_ms));
-            kv.push(format!("pg_ga_holds_per_s={:.0}", pg_ga.per_s()));
-            kv.push(format!("pg_ga_p99_ms={:.2}", pg_ga.p99_ms));
-            kv.push(format!("ratio_uniform={:.1}", eu.per_s() / pu.per_s().max(1e-9)));
-            kv.push(format!("ratio_ga={:.1}", eg.per_s() / pg_ga.per_s().max(1e-9)));
+        _ => None,
+    };
+    let (root, disk_name) = match &journaled {
+        Some(d) => {
+            eprintln!("    {}", d.describe());
+            (d.mount.clone(), "ext4-journal-ordered-loop")
         }
-        kv.push(format!("oversold={oversold}"));
-        println!("{}", kv.join(" "));
-        Ok(())
-    })
+        None => (base, "default"),
+    };
+    let result = rt.block_on(async {
+        tokio::select! {
+            r = run_all(&args, &root, cores, workers, disk_name) => r,
+            _ = tokio::signal::ctrl_c() => Err(anyhow::anyhow!("interrupted")),
+        }
+    });
+    // Everything the run started (PostgreSQL, the store's threads) is stopped before the
+    // disk goes away.
+    drop(rt);
+    drop(journaled);
+    result
 }
 
-/// Benchmarks write where the repository's `target/` is (a real disk), not to tmpfs.
-fn bench_dir() -> anyhow::Result<PathBuf> {
-    let dir = std::env::current_dir()?.join("target").join("bench");
-    std::fs::create_dir_all(&dir)?;
-    Ok(dir)
+async fn run_all(
+    args: &Args,
+    root: &Path,
+    cores: usize,
+    workers: usize,
+    disk_name: &str,
+) -> anyhow::Result<bool> {
+    let dir = tempfile::Builder::new().prefix("tessera-bench-inventory").tempdir_in(root)?;
+    let seats = args.sections * 1000;
+    println!(
+        "inventory benchmark: {seats} seats, {GA_CAPACITY}-place pool, {} s per workload, {cores} cores, {workers} request worker thread(s), {} clients on seats, {} on the pool, disk {disk_name}",
+        args.seconds, args.clients, args.ga_clients
+    );
+    // Start from a quiet disk: the build that precedes a benchmark leaves hundreds of
+    // megabytes being written back, which would slow the first fsyncs measured.
+    settle_disk();
+    if args.warmup_seconds > 0 {
+        // A short unmeasured run in a scratch store first: a freshly built machine (page
+        // cache, memory compaction, CPU clocks) runs the first seconds slower.
+        eprintln!("==> warm-up ({} s, not counted)", args.warmup_seconds);
+        let scratch = tempfile::Builder::new().prefix("warmup").tempdir_in(dir.path())?;
+        let warm = Args { seconds: args.warmup_seconds, sections: 50, ..args.clone() };
+        let inv = open_inventory(&warm, scratch.path())?;
+        let (wu, wg, _) = embedded_closed(&warm, &inv).await?;
+        eprintln!("    warm-up: {:.0} / {:.0} holds/s", wu.per_s(), wg.per_s());
+    }
+    eprintln!("==> embedded store (durable, group commit)");
+    let inv = open_inventory(args, dir.path())?;
+    let (eu, eg, e_over) = embedded_closed(args, &inv).await?;
+    print_row("tessera embedded", "uniform", &eu);
+    print_row("tessera embedded", "ga", &eg);
+    let mut kv = vec![
+        format!("disk={disk_name}"),
+        format!("seats={seats}"),
+        format!("clients_uniform={}", args.clients),
+        format!("clients_ga={}", args.ga_clients),
+        format!("embedded_uniform_holds_per_s={:.0}", eu.per_s()),
+        format!("embedded_uniform_p50_ms={:.2}", eu.p50_ms),
+        format!("embedded_uniform_p99_ms={:.2}", eu.p99_ms),
+        format!("embedded_ga_holds_per_s={:.0}", eg.per_s()),
+        format!("embedded_ga_p50_ms={:.2}", eg.p50_ms),
+        format!("embedded_ga_p99_ms={:.2}", eg.p99_ms),
+    ];
+    let mut ok = true;
+    let mut oversold = e_over;
+
+    // Contended rounds on the store.
+    let mut contended_oversold = 0u64;
+    let mut contended_errors = 0u64;
+    let mut contended_shards = Vec::new();
+    for round in 0..args.contended_rounds {
+        eprintln!(
+            "==> contended round {}: {} clients race for {} seats and {} places",
+            round + 1,
+            args.contended_clients,
+            args.contended_seats,
+            args.contended_places
+        );
+        let c = embedded_contended(args, &inv, round).await?;
+        print_contended("tessera embedded", round, &c);
+        contended_oversold += c.oversold;
+        contended_errors += c.errors;
+        if contended_shards.is_empty() {
+            contended_shards = shard_capacity(
+                &inv,
+                &EventId::parse(&format!("contended-{round}"))?,
+                &PoolId::parse("SMALL")?,
+            )
+            .await?;
+        }
+    }
+
+    // Open loop on the store, at fractions of the peak just measured.
+    if args.open_loop_seconds > 0 {
+        for &load in &args.open_loop_loads {
+            for (w, peak) in [(Workload::Uniform, eu.per_s()), (Workload::Ga, eg.per_s())] {
+                let rate = peak * load;
+                eprintln!(
+                    "==> embedded {} open loop: {rate:.0} holds/s offered ({:.0} % of {peak:.0})",
+                    w.name(),
+                    load * 100.0
+                );
+                let tag = format!("{:.0}", load * 100.0);
+                let (r, over) = embedded_open(&inv, w, rate, args.open_loop_seconds, &tag).await?;
+                open_loop::print_row("tessera embedded", w.name(), load, &r);
+                oversold += over;
+                ok &= r.errors == 0 && r.shed == 0;
+                push_open(&mut kv, &format!("embedded_{}_open{tag}", w.name()), &r);
+            }
+        }
+    }
+    let pool_shards = shard_capacity(&inv, &EventId::parse(EVENT)?, &PoolId::parse(POOL)?).await?;
+    drop(inv);
+
+    if !args.skip_pg {
+        settle_disk();
+        eprintln!("==> PostgreSQL");
+        let venue = pg::seat_names(&permutation(seats));
+        let pgb = PgBench::setup(dir.path(), venue, &pool_shards).await?;
+        let mut designs = vec![Design::SkipLocked, Design::Best];
+        if args.pg_commit_delay_us > 0 {
+            designs.push(Design::BestDelayed {
+                commit_delay_us: args.pg_commit_delay_us,
+                commit_siblings: args.pg_commit_siblings,
+            });
+        }
+        // (design, workload) -> best result.
+        let mut best: HashMap<(String, Workload), (Design, Result_)> = HashMap::new();
+        for &design in &designs {
+            eprintln!("==> {}", design.label());
+            if args.warmup_seconds > 0 {
+                pgb.warm_up(design, args.pg_clients[0], args.warmup_seconds).await?;
+            }
+            for &clients in &args.pg_clients {
+                for w in [Workload::Uniform, Workload::Ga] {
+                    let (r, over) = pgb.closed(design, w, clients, args.seconds).await?;
+                    print_row(&design.label(), w.name(), &r);
+                    oversold += over;
+                    let slot =
+                        best.entry((design.label(), w)).or_insert((design, Result_::default()));
+                    if r.per_s() > slot.1.per_s() {
+                        *slot = (design, r);
+                    }
+                }
+            }
+        }
+        let get = |d: Design, w: Workload| {
+            best.get(&(d.label(), w)).map(|(_, r)| r.clone()).unwrap_or_default()
+        };
+        let best_of = |w: Workload| {
+            designs
+                .iter()
+                .filter(|d| **d != Design::SkipLocked)
+                .map(|d| (*d, get(*d, w)))
+                .max_by(|a, b| a.1.per_s().total_cmp(&b.1.per_s()))
+                .unwrap_or((Design::Best, Result_::default()))
+        };
+        let (pu, pga) =
+            (get(Design::SkipLocked, Workload::Uniform), get(Design::SkipLocked, Workload::Ga));
+        let (bu_design, bu) = best_of(Workload::Uniform);
+        let (bg_design, bg) = best_of(Workload::Ga);
+        kv.push(format!("pg_uniform_holds_per_s={:.0}", pu.per_s()));
+        kv.push(format!("pg_uniform_p99_ms={:.2}", pu.p99_ms));
+        kv.push(format!("pg_ga_holds_per_s={:.0}", pga.per_s()));
+        kv.push(format!("pg_ga_p99_ms={:.2}", pga.p99_ms));
+        kv.push(format!("ratio_uniform={:.1}", eu.per_s() / pu.per_s().max(1e-9)));
+        kv.push(format!("ratio_ga={:.1}", eg.per_s() / pga.per_s().max(1e-9)));
+        for d in designs.iter().filter(|d| **d != Design::SkipLocked) {
+            let name = match d {
+                Design::BestDelayed { .. } => "pg_best_delay",
+                _ => "pg_best_plain",
+            };
+            kv.push(format!(
+                "{name}_uniform_holds_per_s={:.0}",
+                get(*d, Workload::Uniform).per_s()
+            ));
+            kv.push(format!("{name}_ga_holds_per_s={:.0}", get(*d, Workload::Ga).per_s()));
+        }
+        kv.push(format!("pg_best_uniform_holds_per_s={:.0}", bu.per_s()));
+        kv.push(format!("pg_best_uniform_clients={}", bu.clients));
+        kv.push(format!("pg_best_uniform_p99_ms={:.2}", bu.p99_ms));
+        kv.push(format!("pg_best_ga_holds_per_s={:.0}", bg.per_s()));
+        kv.push(format!("pg_best_ga_clients={}", bg.clients));
+        kv.push(format!("pg_best_ga_p99_ms={:.2}", bg.p99_ms));
+        let ratio_u = eu.per_s() / bu.per_s().max(1e-9);
+        let ratio_g = eg.per_s() / bg.per_s().max(1e-9);
+        kv.push(format!("ratio_best_uniform={ratio_u:.1}"));
+        kv.push(format!("ratio_best_ga={ratio_g:.1}"));
+        if ratio_u < 5.0 || ratio_g < 5.0 {
+            eprintln!(
+                "FLOOR MISSED: the store must do at least 5x the best PostgreSQL design (uniform {ratio_u:.1}x, ga {ratio_g:.1}x)"
+            );
+            ok = false;
+        }
+
+        // Contended rounds on both PostgreSQL designs.
+        let seat_list = contended_seat_names(args.contended_seats);
+        for design in [Design::SkipLocked, bu_design] {
+            for round in 0..args.contended_rounds {
+                let c = pgb
+                    .contended(design, round, args.contended_clients, &seat_list, &contended_shards)
+                    .await?;
+                print_contended(&design.label(), round, &c);
+                contended_oversold += c.oversold;
+                contended_errors += c.errors;
+            }
+        }
+
+        // Open loop on the best design, at its best connection count.
+        if args.open_loop_seconds > 0 {
+            for &load in &args.open_loop_loads {
+                for (w, design, r) in
+                    [(Workload::Uniform, bu_design, &bu), (Workload::Ga, bg_design, &bg)]
+                {
+                    let rate = r.per_s() * load;
+                    eprintln!(
+                        "==> {} {} open loop: {rate:.0} holds/s offered to {} connections",
+                        design.label(),
+                        w.name(),
+                        r.clients
+                    );
+                    let (o, over) =
+                        pgb.open(design, w, r.clients, rate, args.open_loop_seconds).await?;
+                    open_loop::print_row(&design.label(), w.name(), load, &o);
+                    oversold += over;
+                    ok &= o.errors == 0 && o.shed == 0;
+                    push_open(
+                        &mut kv,
+                        &format!("pg_best_{}_open{:.0}", w.name(), load * 100.0),
+                        &o,
+                    );
+                }
+            }
+        }
+    }
+    kv.push(format!("contended_rounds={}", args.contended_rounds));
+    kv.push(format!("contended_errors={contended_errors}"));
+    kv.push(format!("contended_oversold={contended_oversold}"));
+    kv.push(format!("oversold={oversold}"));
+    println!("{}", kv.join(" "));
+    if oversold + contended_oversold > 0 {
+        eprintln!(
+            "INVARIANT BROKEN: the recount found {oversold} + {contended_oversold} (contended) discrepancies"
+        );
+        ok = false;
+    }
+    if contended_errors > 0 {
+        eprintln!("{contended_errors} contended clients failed");
+        ok = false;
+    }
+    Ok(ok)
+}
+
+fn push_open(kv: &mut Vec<String>, prefix: &str, r: &OpenLoopResult) {
+    kv.push(format!("{prefix}_offered_per_s={:.0}", r.offered_per_s));
+    kv.push(format!("{prefix}_p50_ms={:.2}", r.p50_ms));
+    kv.push(format!("{prefix}_p99_ms={:.2}", r.p99_ms));
+    kv.push(format!("{prefix}_p999_ms={:.2}", r.p999_ms));
+}
+
+fn print_contended(system: &str, round: usize, c: &pg::Contended) {
+    println!(
+        "{system:<22} contended round {round}: {} seat holds, {} places, {} refused, {} errors in {:.0?}, oversold={}",
+        c.seat_holds, c.places, c.refused, c.errors, c.elapsed, c.oversold
+    );
 }
