@@ -31,13 +31,20 @@
 //!   than the previous snapshot and segment are deleted. Recovery uses the newest usable
 //!   snapshot and replays every segment after it; followers that still read an old
 //!   segment keep its file open.
+//! - **Files** go through [`crate::fs`]: the operating system's by default (the same
+//!   system calls as `std::fs::File`, `HEAD` mapped into memory), or a
+//!   [`FileSystem`](crate::fs::FileSystem) given to [`EmbeddedStore::open_on`]. The
+//!   power-loss tests (`tests/it/power_loss`) run two writers on one that drops every
+//!   write not yet synced at a random call, reopen, and check that every acknowledged
+//!   commit survived and that the state is a prefix of the commit order.
+//! - **History**: [`log_history`] lists every write under a key range that the log on
+//!   disk still holds (audits compare a published stream with the outbox entries written,
+//!   which the relay deletes once published).
 //! - **Memory**: opening the store turns transparent huge pages off for the process
 //!   unless [`EmbeddedOptions::transparent_huge_pages`] keeps them: the state grows by
 //!   kilobytes per commit, and a 2 MiB fault zeroed in the middle of a batch is a
 //!   commit's p99.
 
-use std::fs::{File, OpenOptions};
-use std::os::unix::fs::FileExt as _;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{Receiver, Sender};
@@ -47,6 +54,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use parking_lot::Mutex;
 
+use crate::fs::{Appender, FileSystem, Fs, StoreFile};
 use crate::headmap::HeadMap;
 use crate::local::{Host, LocalTrx};
 use crate::mvcc::{BatchScratch, CommitRequest, Engine, versionstamp};
@@ -104,7 +112,7 @@ struct Replica {
     applied_len: u64,
     /// The version of the last record applied (of the snapshot if none).
     version: u64,
-    log: Arc<File>,
+    log: Arc<StoreFile>,
 }
 
 /// A batch appended to the log, for the syncer to make durable and acknowledge.
@@ -113,7 +121,7 @@ struct SyncJob {
     /// The log's end after this batch.
     end: u64,
     version: u64,
-    log: Arc<File>,
+    log: Arc<StoreFile>,
     replies: Vec<(tokio::sync::oneshot::Sender<Result<CommitInfo, StoreError>>, CommitInfo)>,
     started: Instant,
 }
@@ -125,12 +133,13 @@ struct Waiting {
 
 pub struct EmbeddedHost {
     dir: PathBuf,
+    fs: Fs,
     opts: EmbeddedOptions,
     engine: Engine,
-    head: File,
+    head: StoreFile,
     /// `head`, mapped: taking a read version reads it without a system call.
     head_map: Option<HeadMap>,
-    lock: File,
+    lock: StoreFile,
     replica: Mutex<Replica>,
     /// Held with the `LOCK`: `flock` excludes other processes, this mutex the other thread
     /// of this one (a lock taken through one file description is shared by its threads).
@@ -166,8 +175,8 @@ fn snapshot_path(dir: &Path, segment: u64) -> PathBuf {
     dir.join(format!("snap-{segment:016x}.bin"))
 }
 
-fn sync_dir(dir: &Path) -> Result<(), StoreError> {
-    File::open(dir).and_then(|d| d.sync_all()).map_err(io)
+fn sync_dir(fs: &Fs, dir: &Path) -> Result<(), StoreError> {
+    fs.sync_dir(dir).map_err(io)
 }
 
 impl EmbeddedStore {
@@ -178,17 +187,25 @@ impl EmbeddedStore {
 
     /// Opens (or creates) the store in `dir`.
     pub fn open_with(dir: impl AsRef<Path>, opts: EmbeddedOptions) -> Result<Self, StoreError> {
-        let dir = dir.as_ref().to_path_buf();
-        std::fs::create_dir_all(&dir).map_err(io)?;
-        let lock = OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .read(true)
-            .write(true)
-            .open(dir.join("LOCK"))
-            .map_err(io)?;
+        Self::open_in(Fs::Os, dir.as_ref(), opts)
+    }
+
+    /// Opens (or creates) the store in `dir` of the file system `fs` instead of the
+    /// operating system's (see [`crate::fs`]).
+    pub fn open_on(
+        fs: Arc<dyn FileSystem>,
+        dir: impl AsRef<Path>,
+        opts: EmbeddedOptions,
+    ) -> Result<Self, StoreError> {
+        Self::open_in(Fs::Custom(fs), dir.as_ref(), opts)
+    }
+
+    fn open_in(fs: Fs, dir: &Path, opts: EmbeddedOptions) -> Result<Self, StoreError> {
+        let dir = dir.to_path_buf();
+        fs.create_dir_all(&dir).map_err(io)?;
+        let lock = fs.open(&dir.join("LOCK"), true, false).map_err(io)?;
         lock.lock().map_err(io)?;
-        let result = Self::open_locked(&dir, opts, lock);
+        let result = Self::open_locked(fs, &dir, opts, lock);
         match result {
             Ok(store) => {
                 store.host.lock.unlock().map_err(io)?;
@@ -198,22 +215,21 @@ impl EmbeddedStore {
         }
     }
 
-    fn open_locked(dir: &Path, opts: EmbeddedOptions, lock: File) -> Result<Self, StoreError> {
+    fn open_locked(
+        fs: Fs,
+        dir: &Path,
+        opts: EmbeddedOptions,
+        lock: StoreFile,
+    ) -> Result<Self, StoreError> {
         let head_path = dir.join("HEAD");
-        let fresh = !head_path.exists();
-        let head_file = OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .read(true)
-            .write(true)
-            .open(&head_path)
-            .map_err(io)?;
+        let fresh = !fs.exists(&head_path).map_err(io)?;
+        let head_file = fs.open(&head_path, true, false).map_err(io)?;
         if fresh {
-            File::create(segment_path(dir, 1)).map_err(io)?.sync_all().map_err(io)?;
+            fs.open(&segment_path(dir, 1), true, true).map_err(io)?.sync_all().map_err(io)?;
             let head = Head { segment: 1, committed_len: 0, version: 0, prev_segment_len: 0 };
             head_file.write_all_at(&head.encode(), 0).map_err(io)?;
             head_file.sync_all().map_err(io)?;
-            sync_dir(dir)?;
+            sync_dir(&fs, dir)?;
         }
         let mut head_buf = [0u8; HEAD_LEN];
         head_file.read_exact_at(&mut head_buf, 0).map_err(io)?;
@@ -223,18 +239,20 @@ impl EmbeddedStore {
             disable_transparent_huge_pages();
         }
         let engine = Engine::new();
-        let rep = load_state(dir, &engine, &head)?;
+        let rep = load_state(&fs, dir, &engine, &head)?;
         let (sync_tx, sync_rx) = std::sync::mpsc::channel();
         let host = Arc::new(EmbeddedHost {
             dir: dir.to_path_buf(),
+            fs,
             opts,
             engine,
-            head_map: match HeadMap::new(&head_file) {
-                Ok(m) => Some(m),
-                Err(e) => {
+            head_map: match head_file.as_os().map(HeadMap::new) {
+                Some(Ok(m)) => Some(m),
+                Some(Err(e)) => {
                     tracing::info!("store.open: HEAD is read with pread ({e})");
                     None
                 }
+                None => None,
             },
             head: head_file,
             lock,
@@ -288,6 +306,85 @@ impl EmbeddedStore {
     }
 }
 
+/// One write found in the log by [`log_history`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LoggedWrite {
+    /// The commit's version.
+    pub version: u64,
+    pub key: Bytes,
+    /// `None` for a clear.
+    pub value: Option<Bytes>,
+}
+
+/// What [`log_history`] found.
+#[derive(Debug, Clone, Default)]
+pub struct LogHistory {
+    /// The log on disk holds every commit after this version (0: every commit since the
+    /// store was created). Older segments are deleted after a snapshot.
+    pub since_version: u64,
+    pub writes: Vec<LoggedWrite>,
+}
+
+/// Every write to a key in `[begin, end)` that the store in `dir` has in its log on disk,
+/// in commit order; for audits (what was written, e.g. to an outbox whose entries are
+/// deleted once published) and tools. Reads the files only: it takes no lock and may run
+/// beside the processes using the store. Complete records past `HEAD` (appended, not yet
+/// synced) are included.
+pub fn log_history(
+    dir: impl AsRef<Path>,
+    begin: &[u8],
+    end: &[u8],
+) -> Result<LogHistory, StoreError> {
+    let dir = dir.as_ref();
+    let mut segments: Vec<u64> = std::fs::read_dir(dir)
+        .map_err(io)?
+        .flatten()
+        .filter_map(|e| {
+            let name = e.file_name().to_str()?.to_owned();
+            let hex = name.strip_prefix("wal-")?.strip_suffix(".log")?.to_owned();
+            u64::from_str_radix(&hex, 16).ok()
+        })
+        .collect();
+    segments.sort_unstable();
+    let mut out = LogHistory::default();
+    let mut last_version = None::<u64>;
+    for (i, segment) in segments.iter().enumerate() {
+        let data = match std::fs::read(segment_path(dir, *segment)) {
+            Ok(d) => Bytes::from(d),
+            // Deleted by a writer that just finished a snapshot: its records are older
+            // than what the next segment starts from.
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(io(e)),
+        };
+        let mut at = 0;
+        while let Some(rec) = wal::decode_record(&data.slice(at..)) {
+            if i == 0 && last_version.is_none() {
+                out.since_version = if *segment == 1 { 0 } else { rec.version - 1 };
+            }
+            if let Some(v) = last_version
+                && rec.version != v + 1
+            {
+                return Err(StoreError::Corrupt(format!(
+                    "log segment {segment} jumps from version {v} to {}",
+                    rec.version
+                )));
+            }
+            last_version = Some(rec.version);
+            for w in rec.writes {
+                let (key, value) = match w {
+                    crate::mvcc::Resolved::Set(k, v) => (k, Some(v)),
+                    crate::mvcc::Resolved::Clear(k) => (k, None),
+                };
+                if key.as_ref() >= begin && key.as_ref() < end {
+                    out.writes.push(LoggedWrite { version: rec.version, key, value });
+                }
+            }
+            at += rec.len;
+        }
+    }
+    Ok(out)
+}
+
 impl EmbeddedHost {
     fn read_head(&self) -> Result<Head, StoreError> {
         let mut buf = [0u8; HEAD_LEN];
@@ -319,11 +416,7 @@ impl EmbeddedHost {
             apply_log(&self.engine, rep, head.committed_len)?;
         } else if head.segment == rep.segment + 1 {
             apply_log(&self.engine, rep, head.prev_segment_len)?;
-            match OpenOptions::new()
-                .read(true)
-                .write(true)
-                .open(segment_path(&self.dir, head.segment))
-            {
+            match self.fs.open(&segment_path(&self.dir, head.segment), false, false) {
                 Ok(log) => {
                     *rep = Replica {
                         segment: head.segment,
@@ -346,7 +439,7 @@ impl EmbeddedHost {
     /// Starts over from the newest snapshot (this process fell more than a segment
     /// behind). Transactions in flight here get `TooOld` and retry.
     fn reload(&self, rep: &mut Replica, head: &Head) -> Result<(), StoreError> {
-        *rep = load_state(&self.dir, &self.engine, head)?;
+        *rep = load_state(&self.fs, &self.dir, &self.engine, head)?;
         Ok(())
     }
 
@@ -354,7 +447,7 @@ impl EmbeddedHost {
     /// of another writer still waiting for its sync, or left by one that died), and cuts
     /// off a torn tail. Returns how many records it adopted.
     fn adopt_tail(&self, rep: &mut Replica) -> Result<usize, StoreError> {
-        let file_len = rep.log.metadata().map_err(io)?.len();
+        let file_len = rep.log.size().map_err(io)?;
         if file_len <= rep.applied_len {
             return Ok(0);
         }
@@ -394,7 +487,7 @@ impl EmbeddedHost {
     /// `HEAD` say so.
     fn recover_tail(&self, rep: &mut Replica, head: &mut Head) -> Result<(), StoreError> {
         let len_before = rep.applied_len;
-        let file_len = rep.log.metadata().map_err(io)?.len();
+        let file_len = rep.log.size().map_err(io)?;
         if file_len <= len_before {
             return Ok(());
         }
@@ -565,15 +658,9 @@ impl EmbeddedHost {
         rep.log.sync_data().map_err(io)?;
         let next = rep.segment + 1;
         let version = rep.version;
-        let log = OpenOptions::new()
-            .create(true)
-            .truncate(true)
-            .read(true)
-            .write(true)
-            .open(segment_path(&self.dir, next))
-            .map_err(io)?;
+        let log = self.fs.open(&segment_path(&self.dir, next), true, true).map_err(io)?;
         log.sync_all().map_err(io)?;
-        sync_dir(&self.dir)?;
+        sync_dir(&self.fs, &self.dir)?;
         let head =
             Head { segment: next, committed_len: 0, version, prev_segment_len: rep.applied_len };
         self.write_head(&head, true)?;
@@ -619,7 +706,8 @@ impl EmbeddedHost {
         // leader waiting for milliseconds.
         let tmp = self.dir.join(format!("snap-{segment:016x}.tmp"));
         let (keys, bytes) = {
-            let f = Paced { file: File::create(&tmp).map_err(io)?, unsynced: 0 };
+            let file = self.fs.open(&tmp, true, true).map_err(io)?;
+            let f = Paced { file: Appender { file: &file, at: 0 }, unsynced: 0 };
             let w = std::io::BufWriter::with_capacity(1 << 20, f);
             let mut w = wal::SnapshotWriter::new(w, version);
             let mut after: Option<Vec<u8>> = None;
@@ -643,24 +731,22 @@ impl EmbeddedHost {
             }
             let (w, bytes, keys) = w.finish().map_err(io)?;
             let f = w.into_inner().map_err(|e| io(e.into_error()))?;
-            f.file.sync_all().map_err(io)?;
+            f.file.file.sync_all().map_err(io)?;
             (keys, bytes)
         };
-        std::fs::rename(&tmp, snapshot_path(&self.dir, segment)).map_err(io)?;
-        sync_dir(&self.dir)?;
+        self.fs.rename(&tmp, &snapshot_path(&self.dir, segment)).map_err(io)?;
+        sync_dir(&self.fs, &self.dir)?;
         // Keep the previous snapshot and segment too, so a damaged newest snapshot is not
         // fatal; delete anything older (also what writers that died left behind). Followers
         // still reading an older segment keep their open file.
-        for entry in std::fs::read_dir(&self.dir).map_err(io)?.flatten() {
-            let name = entry.file_name();
-            let older = name
-                .to_str()
+        for name in self.fs.list_dir(&self.dir).map_err(io)? {
+            let older = Some(name.as_str())
                 .and_then(|n| n.strip_prefix("wal-").or_else(|| n.strip_prefix("snap-")))
                 .and_then(|n| n.split_once('.'))
                 .and_then(|(hex, _)| u64::from_str_radix(hex, 16).ok())
                 .is_some_and(|n| n + 1 < segment);
             if older {
-                let _ = std::fs::remove_file(entry.path());
+                let _ = self.fs.remove_file(&self.dir.join(&name));
             }
         }
         self.last_snapshot_bytes.store(bytes, Ordering::Release);
@@ -701,11 +787,11 @@ fn apply_log(engine: &Engine, rep: &mut Replica, end: u64) -> Result<(), StoreEr
 /// snapshot of the current segment may still be being written (or its writer died, or it
 /// is damaged); then an older one and the segments after it serve. Files deleted under us
 /// by a writer that just finished a newer snapshot make us start over.
-fn load_state(dir: &Path, engine: &Engine, head: &Head) -> Result<Replica, StoreError> {
+fn load_state(fs: &Fs, dir: &Path, engine: &Engine, head: &Head) -> Result<Replica, StoreError> {
     let mut attempt = 0;
     loop {
         attempt += 1;
-        match load_state_once(dir, engine, head) {
+        match load_state_once(fs, dir, engine, head) {
             Err(StoreError::Io(e)) if e.kind() == std::io::ErrorKind::NotFound && attempt < 5 => {
                 tracing::debug!("store.load: a file went away while loading ({e}); again");
             }
@@ -714,11 +800,16 @@ fn load_state(dir: &Path, engine: &Engine, head: &Head) -> Result<Replica, Store
     }
 }
 
-fn load_state_once(dir: &Path, engine: &Engine, head: &Head) -> Result<Replica, StoreError> {
+fn load_state_once(
+    fs: &Fs,
+    dir: &Path,
+    engine: &Engine,
+    head: &Head,
+) -> Result<Replica, StoreError> {
     let mut base = head.segment;
     let mut loaded = false;
     while base > 1 {
-        match std::fs::read(snapshot_path(dir, base)) {
+        match fs.read(&snapshot_path(dir, base)) {
             Ok(data) => match wal::decode_snapshot(Bytes::from(data)) {
                 Ok((version, entries)) => {
                     engine.load(version, entries);
@@ -742,11 +833,7 @@ fn load_state_once(dir: &Path, engine: &Engine, head: &Head) -> Result<Replica, 
     }
     let mut version = engine.visible_version();
     let open = |segment: u64, version: u64| -> Result<Replica, StoreError> {
-        let log = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .open(segment_path(dir, segment))
-            .map_err(io)?;
+        let log = fs.open(&segment_path(dir, segment), false, false).map_err(io)?;
         Ok(Replica { segment, applied_len: 0, version, log: Arc::new(log) })
     };
     for segment in base..head.segment {
@@ -755,7 +842,7 @@ fn load_state_once(dir: &Path, engine: &Engine, head: &Head) -> Result<Replica, 
         let end = if segment + 1 == head.segment {
             head.prev_segment_len
         } else {
-            rep.log.metadata().map_err(io)?.len()
+            rep.log.size().map_err(io)?
         };
         apply_log(engine, &mut rep, end)?;
         version = rep.version;
@@ -789,19 +876,19 @@ const SNAPSHOT_SYNC_BYTES: usize = 256 << 10;
 /// A snapshot file that is synced every [`SNAPSHOT_SYNC_BYTES`], so the disk never has
 /// more than a fraction of a millisecond of snapshot pages queued ahead of the log's next
 /// `fdatasync`.
-struct Paced {
-    file: File,
+struct Paced<'a> {
+    file: Appender<'a>,
     unsynced: usize,
 }
 
-impl std::io::Write for Paced {
+impl std::io::Write for Paced<'_> {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
         // A short write: the caller's buffer holds a megabyte.
         let room = SNAPSHOT_SYNC_BYTES - self.unsynced;
         let n = self.file.write(&buf[..buf.len().min(room)])?;
         self.unsynced += n;
         if self.unsynced >= SNAPSHOT_SYNC_BYTES {
-            self.file.sync_data()?;
+            self.file.file.sync_data()?;
             self.unsynced = 0;
         }
         Ok(n)
@@ -811,7 +898,7 @@ impl std::io::Write for Paced {
     }
 }
 
-struct Unlock<'a>(&'a File);
+struct Unlock<'a>(&'a StoreFile);
 impl Drop for Unlock<'_> {
     fn drop(&mut self) {
         let _ = self.0.unlock();

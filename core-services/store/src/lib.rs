@@ -16,7 +16,10 @@
 //! - `fdb::FdbStore` (feature `fdb`): a real FoundationDB cluster through the
 //!   `foundationdb` crate.
 //!
-//! [`conformance`] is one test suite that every backend must pass.
+//! [`conformance`] is one test suite that every backend must pass. [`fs`] is the file layer
+//! under the embedded backend: the operating system's files, or a [`fs::FileSystem`] of the
+//! caller's (the power-loss tests use one that forgets every unsynced write at a random
+//! moment).
 //!
 //! This crate knows nothing about seats: keys are bytes. The key space lives in
 //! `tessera-fdb-schema`.
@@ -31,6 +34,7 @@ pub mod embedded;
 pub mod faults;
 #[cfg(feature = "fdb")]
 pub mod fdb;
+pub mod fs;
 mod headmap;
 mod local;
 pub mod memory;

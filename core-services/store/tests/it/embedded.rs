@@ -359,3 +359,47 @@ async fn kill_9_writers(segment_bytes: Option<u64>) {
         present.len()
     );
 }
+
+/// The log on disk tells every write under a prefix, in commit order, even writes cleared
+/// since (as a relay clears published outbox entries); once rotations have deleted old
+/// segments it says from which version on it is complete.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_log_history_lists_every_write_under_a_prefix() {
+    for segment_bytes_max in [1 << 20, 4096] {
+        let dir = tempfile::tempdir().unwrap();
+        let opts = EmbeddedOptions { segment_bytes_max, ..EmbeddedOptions::default() };
+        let store = EmbeddedStore::open_with(dir.path(), opts).unwrap();
+        let mut versions = Vec::new();
+        for i in 0..200u32 {
+            let t = store.create_trx().unwrap();
+            t.set(format!("out/{i:04}").as_bytes(), &i.to_le_bytes());
+            t.set(format!("other/{i:04}").as_bytes(), &[0u8; 64]);
+            if i % 3 == 0 {
+                t.clear(format!("out/{:04}", i / 2).as_bytes());
+            }
+            versions.push(t.commit().await.unwrap().version);
+        }
+        // Let a snapshot started by the last rotation finish (and delete old segments).
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let h = tessera_store::embedded::log_history(dir.path(), b"out/", b"out0").unwrap();
+        let expected: Vec<(usize, u64)> = versions
+            .iter()
+            .enumerate()
+            .filter(|(_, v)| **v > h.since_version)
+            .map(|(i, v)| (i, *v))
+            .collect();
+        let sets: Vec<_> = h.writes.iter().filter(|w| w.value.is_some()).collect();
+        assert_eq!(sets.len(), expected.len());
+        for (w, (i, v)) in sets.iter().zip(&expected) {
+            assert_eq!(w.key.as_ref(), format!("out/{i:04}").as_bytes());
+            assert_eq!(w.version, *v);
+        }
+        assert!(h.writes.iter().all(|w| w.key.starts_with(b"out/")));
+        if segment_bytes_max == 1 << 20 {
+            assert_eq!(h.since_version, 0);
+            assert_eq!(h.writes.iter().filter(|w| w.value.is_none()).count(), 67);
+        } else {
+            assert!(h.since_version > 0, "tiny segments were rotated and deleted");
+        }
+    }
+}

@@ -4,24 +4,25 @@
 mod embedded;
 #[cfg(feature = "fdb")]
 mod fdb;
+mod power_loss;
 
 use tessera_store::embedded::{EmbeddedOptions, EmbeddedStore};
 use tessera_store::memory::MemoryStore;
 
-async fn memory() -> Option<(MemoryStore, Vec<u8>)> {
-    Some((MemoryStore::new(), b"conf/".to_vec()))
+async fn memory() -> (MemoryStore, Vec<u8>) {
+    (MemoryStore::new(), b"conf/".to_vec())
 }
 
-async fn embedded() -> Option<(EmbeddedStore, Vec<u8>)> {
+async fn embedded() -> (EmbeddedStore, Vec<u8>) {
     let dir = tempfile::tempdir().unwrap().keep();
-    Some((EmbeddedStore::open(dir).unwrap(), b"conf/".to_vec()))
+    (EmbeddedStore::open(dir).unwrap(), b"conf/".to_vec())
 }
 
 /// The embedded store with tiny segments, so that rotation happens during the suite.
-async fn embedded_rotating() -> Option<(EmbeddedStore, Vec<u8>)> {
+async fn embedded_rotating() -> (EmbeddedStore, Vec<u8>) {
     let dir = tempfile::tempdir().unwrap().keep();
     let opts = EmbeddedOptions { segment_bytes_max: 2048, ..EmbeddedOptions::default() };
-    Some((EmbeddedStore::open_with(dir, opts).unwrap(), b"conf/".to_vec()))
+    (EmbeddedStore::open_with(dir, opts).unwrap(), b"conf/".to_vec())
 }
 
 tessera_store::conformance_tests!(memory_conformance, memory());
