@@ -94,10 +94,22 @@ impl Api {
         self.call(reqwest::Method::POST, path, headers, Some(body)).await
     }
 
-    /// An identity token from the development issuer.
-    /// Minting is safe to repeat, so a failed region is simply asked again.
+    /// An identity token from the development issuer (`operator` adds the `operator`,
+    /// `gate` and `admin` roles). Minting is safe to repeat, so a failed region is simply
+    /// asked again.
     pub async fn dev_token(&self, customer: &str, operator: bool) -> anyhow::Result<String> {
-        let body = json!({"customer_id": customer, "operator": operator});
+        let roles: &[&str] = if operator { &["admin"] } else { &[] };
+        self.dev_token_with_roles(customer, operator, roles).await
+    }
+
+    /// [`Api::dev_token`] with exactly these extra roles.
+    pub async fn dev_token_with_roles(
+        &self,
+        customer: &str,
+        operator: bool,
+        roles: &[&str],
+    ) -> anyhow::Result<String> {
+        let body = json!({"customer_id": customer, "operator": operator, "roles": roles});
         let mut last = None;
         for _ in 0..10 {
             match self.post("/v1/dev/token", &[], &body).await {

@@ -104,12 +104,14 @@ pub fn bin_dir() -> anyhow::Result<PathBuf> {
     Ok(dir)
 }
 
-/// The keys and secrets of a local stack. Derived from fixed phrases: development only.
+/// The keys and secrets of a local stack. Derived from fixed phrases
+/// (`tessera_identity::dev`): development only, and refused by production mode.
 #[derive(Debug, Clone)]
 pub struct DevKeys {
     pub identity: SigningKeyPair,
     pub edge: SigningKeyPair,
     pub tickets: SigningKeyPair,
+    pub watermark: SigningKeyPair,
     pub shadow_secret: String,
     pub pow_secret: String,
     pub webhook_secret: String,
@@ -118,10 +120,12 @@ pub struct DevKeys {
 
 impl DevKeys {
     pub fn local() -> Self {
+        use tessera_identity::dev::{Purpose, key};
         DevKeys {
-            identity: SigningKeyPair::derive_for_development("dev-1", "tessera-local-identity"),
-            edge: SigningKeyPair::derive_for_development("edge-1", "tessera-local-edge"),
-            tickets: SigningKeyPair::derive_for_development("tickets-1", "tessera-local-tickets"),
+            identity: key(Purpose::Identity, "dev-1"),
+            edge: key(Purpose::Edge, "edge-1"),
+            tickets: key(Purpose::Tickets, "tickets-1"),
+            watermark: key(Purpose::Watermark, "wm-dev"),
             shadow_secret: "tessera-local-shadow-secret".into(),
             pow_secret: "tessera-local-pow-secret".into(),
             webhook_secret: "whsec_tessera_local".into(),
@@ -354,7 +358,7 @@ impl Stack {
         std::fs::write(
             &paysim_cfg,
             format!(
-                "listen = \"127.0.0.1:{paysim_port}\"\nsecret_key = {}\njournal_path = {}\n{}\n[[webhooks]]\nurl = {}\nsecret = {}\n{telemetry}",
+                "mode = \"local\"\nlisten = \"127.0.0.1:{paysim_port}\"\nsecret_key = {}\njournal_path = {}\n{}\n[[webhooks]]\nurl = {}\nsecret = {}\n{telemetry}",
                 toml_str(&keys.payments_secret),
                 toml_str(&run.join("paysim").join("journal.jsonl").display().to_string()),
                 options.paysim_toml,
@@ -376,7 +380,7 @@ impl Stack {
         std::fs::write(
             &mail_cfg,
             format!(
-                "smtp_listen = \"127.0.0.1:{smtp_port}\"\nhttp_listen = \"127.0.0.1:{mail_http_port}\"\ndir = {}\n{telemetry}",
+                "mode = \"local\"\nsmtp_listen = \"127.0.0.1:{smtp_port}\"\nhttp_listen = \"127.0.0.1:{mail_http_port}\"\ndir = {}\n{telemetry}",
                 toml_str(&run.join("mail").display().to_string())
             ),
         )?;
@@ -392,6 +396,9 @@ impl Stack {
 
         let identity_keys = Keyset::new([keys.identity.public()]).to_config_string();
         let edge_keys = Keyset::new([keys.edge.public()]).to_config_string();
+        // The development issuer lives in the cores (local mode); everyone reaches it, and
+        // its discovery document and JWKS, through the router, as they would a real one.
+        let issuer = format!("{router}/v1/dev");
         let store_dir = run.join("store");
         let regions_toml = format!(
             "[{}]",
@@ -402,12 +409,13 @@ impl Stack {
             std::fs::write(
                 &cfg,
                 format!(
-                    "region = {region_s}\nregions = {regions_toml}\nlisten = \"127.0.0.1:{port}\"\npublic_url = \"http://127.0.0.1:{port}\"\n\
+                    "mode = \"local\"\nregion = {region_s}\nregions = {regions_toml}\nlisten = \"127.0.0.1:{port}\"\npublic_url = \"http://127.0.0.1:{port}\"\n\
                      [store]\npath = {store}\n\
                      [nats]\nurl = {nats}\n\
                      [bus]\nprojection_dir = {projection}\n\
-                     [identity]\nkeys = {identity_keys}\ndev_issuer_seed = {dev_seed}\ndev_issuer_kid = {dev_kid}\n\
-                     [queue]\nedge_keys = {edge_keys}\n\
+                     [identity]\nissuer = {issuer}\n\
+                     [dev_issuer]\nseed = {dev_seed}\nkid = {dev_kid}\n\
+                     [queue]\nedge_keys = {edge_keys}\nwatermark_signing_key = {wm_key}\n\
                      [payments]\nbase_url = {paysim}\nsecret_key = {psk}\nwebhook_secret = {whsec}\nrequest_timeout_ms = 2000\n\
                      [tickets]\nsigning_seed = {tseed}\nkid = {tkid}\n\
                      [notifications.smtp]\nhost = \"127.0.0.1\"\nport = {smtp_port}\n\
@@ -419,8 +427,9 @@ impl Stack {
                     nats = toml_str(
                         urls.nats_leaves.get(region).map(String::as_str).unwrap_or_default()
                     ),
-                    identity_keys = toml_str(&identity_keys),
+                    issuer = toml_str(&issuer),
                     dev_seed = toml_str(&keys.identity.seed_base64()),
+                    wm_key = toml_str(&keys.watermark.to_config_string()),
                     dev_kid = toml_str(&keys.identity.kid),
                     edge_keys = toml_str(&edge_keys),
                     paysim = toml_str(&urls.paysim),
@@ -454,11 +463,12 @@ impl Stack {
         std::fs::write(
             &router_cfg,
             format!(
-                "listen = \"127.0.0.1:{router_port}\"\npop = \"local\"\nnats_url = {}\nstate_file = {}\n\
-                 [identity]\nissuer = \"https://id.tessera.local\"\nkeys = {}\n{regions_cfg}{telemetry}",
-                toml_str(urls.nats_leaves.values().next().map(String::as_str).unwrap_or_default()),
+                "mode = \"local\"\nlisten = \"127.0.0.1:{router_port}\"\npop = \"local\"\nstate_file = {}\n\
+                 [nats]\nurl = {}\n\
+                 [identity]\nissuer = {}\n{regions_cfg}{telemetry}",
                 toml_str(&run.join("router-state.json").display().to_string()),
-                toml_str(&identity_keys),
+                toml_str(urls.nats_leaves.values().next().map(String::as_str).unwrap_or_default()),
+                toml_str(&issuer),
             ),
         )?;
         services.push(Service {
@@ -481,14 +491,15 @@ impl Stack {
                 &edge_cfg,
                 format!(
                     "listen = \"127.0.0.1:{edge_port}\"\nadmin_listen = \"127.0.0.1:{edge_admin_port}\"\nmanifest = {}\npop = \"local\"\nnats_url = {}\nspin_strict = {spin_strict}\n\
-                     [variables]\nrouter_url = {}\nidentity_keys = {}\nqueue_signing_key = {}\nqueue_keys = {}\nshadow_secret = {}\npow_secret = {}\nbot_policy = {}\n{telemetry}",
+                     [variables]\nrouter_url = {}\nidentity_issuer = {}\nidentity_keys = {}\nqueue_signing_key = {}\nqueue_keys = {}\nshadow_secret = {}\npow_secret = {}\nbot_policy = {}\n{telemetry}",
                     toml_str(&manifest.display().to_string()),
                     toml_str(
                         urls.nats_leaves.values().next().map(String::as_str).unwrap_or_default()
                     ),
                     toml_str(&router),
+                    toml_str(&issuer),
                     toml_str(&identity_keys),
-                    toml_str(&format!("{}:{}", keys.edge.kid, keys.edge.seed_base64())),
+                    toml_str(&keys.edge.to_config_string()),
                     toml_str(&edge_keys),
                     toml_str(&keys.shadow_secret),
                     toml_str(&keys.pow_secret),

@@ -350,6 +350,28 @@ impl Keyspace {
         self.range(&("qadm",))
     }
 
+    // ---- payment provider webhooks -------------------------------------------------------
+
+    /// `("whk", signed_at_s, provider_event_id)` → empty: a webhook delivery accepted once.
+    /// Keyed by the signature's timestamp so deliveries older than the tolerance (which
+    /// the signature check refuses anyway) can be cleared as a range.
+    pub fn webhook_delivery(&self, signed_at_s: u64, provider_event_id: &str) -> Vec<u8> {
+        self.key(&("whk", signed_at_s as i64, provider_event_id))
+    }
+    /// Deliveries signed strictly before `signed_at_s`.
+    pub fn webhook_deliveries_before(&self, signed_at_s: u64) -> (Vec<u8>, Vec<u8>) {
+        let (begin, _) = self.range(&("whk",));
+        (begin, self.key(&("whk", signed_at_s as i64)))
+    }
+
+    // ---- admission ----------------------------------------------------------------------
+
+    /// `("adm", event_id, queue_ticket_id)` → `AdmissionUse`: the one hold an admission
+    /// was used for, written in that hold's transaction.
+    pub fn admission_use(&self, event: &EventId, ticket: &QueueTicketId) -> Vec<u8> {
+        self.key(&("adm", event.as_str(), ticket.as_str()))
+    }
+
     // ---- notifications ------------------------------------------------------------------
 
     /// `("note", consumer, bus_event_id)` → empty: a bus event this consumer already applied.

@@ -274,6 +274,35 @@ pub struct IdempotencyRecord {
     pub created_at_ms: u64,
 }
 
+/// What became of an admission: `used` by a hold, or `released` (the hold failed or
+/// expired and the place went back to the waiting room). Either way the admission token
+/// that carried it admits no other hold.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AdmissionUseState {
+    Used,
+    Released,
+    /// A state a newer release wrote; read as used.
+    #[serde(other)]
+    Unknown,
+}
+
+/// `("adm", event_id, ticket_id)`: the one hold an admission was used for, written in that
+/// hold's own transaction (or `released` with no hold, when the admission lapsed unused
+/// or its fan left).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AdmissionUse {
+    #[serde(default = "v1")]
+    pub v: u32,
+    pub state: AdmissionUseState,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hold_id: Option<HoldId>,
+    pub customer_id: CustomerId,
+    pub used_at_ms: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub released_at_ms: Option<u64>,
+}
+
 /// `("out", region, versionstamp)`: an event waiting to be published.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct OutboxRecord {
@@ -403,8 +432,13 @@ pub struct OrderRecord {
     pub payment_id: Option<String>,
     /// The provider's payment method token (not card data).
     pub payment_method: String,
-    /// The fan's idempotency key; every provider call derives its key from it.
+    /// The fan's idempotency key (unique per customer, not across customers).
     pub idempotency_key: String,
+    /// The key provider calls derive theirs from: the fan's key scoped to the customer
+    /// (`IdempotencyKey::scoped_to`). Orders written before it existed derive from
+    /// `idempotency_key`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub provider_key: Option<String>,
     /// Where the confirmation goes. Never logged.
     #[serde(default)]
     pub email: Option<String>,

@@ -1,22 +1,26 @@
 //! The router's configuration (`tessera_runtime::config::load("router", ...)`).
 //!
 //! ```toml
+//! mode = "production"              # or "local"
 //! listen = "127.0.0.1:8080"
 //! pop = "fra"                      # this router's PoP, when a request names none
-//! nats_url = "nats://127.0.0.1:4223"
 //! state_file = "/var/lib/tessera/router-state.json"
+//!
+//! [nats]
+//! url = "tls://127.0.0.1:4223"
+//! ca_file = "/etc/tessera/nats-ca.pem"
+//! nkey_seed = "SU..."              # from the environment: TESSERA_ROUTER__NATS__NKEY_SEED
 //!
 //! [[regions]]
 //! id = "eu-west"
-//! url = "http://10.0.1.10:9000"
+//! url = "https://10.0.1.10:9000"   # https: set upstream.ca_file (and a client certificate)
 //!
 //! [latency_ms.fra]                 # PoP → region → round trip
 //! eu-west = 12
 //! us-east = 95
 //!
-//! [identity]
-//! issuer = "https://id.tessera.local"
-//! keys = "k1:base64,..."
+//! [identity]                       # any OIDC issuer (discovery + JWKS), or pinned `keys`
+//! issuer = "https://login.example.com"
 //! ```
 
 use std::collections::BTreeMap;
@@ -24,10 +28,12 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use anyhow::{Context as _, bail, ensure};
+use anyhow::Context as _;
 use serde::{Deserialize, Serialize};
 use tessera_api::RegionId;
-use tessera_identity::{IdentityVerifier, Keyset};
+use tessera_bus::NatsClientConfig;
+use tessera_identity::oidc::OidcConfig;
+use tessera_runtime::config::{Checks, ConfigError, ConfigSource, Mode};
 use tessera_runtime::telemetry::TelemetryConfig;
 
 /// One region's core service.
@@ -36,27 +42,6 @@ pub struct RegionEntry {
     pub id: RegionId,
     /// Base URL of the region's core (`http://host:port`), no trailing path.
     pub url: String,
-}
-
-/// Verification of operator tokens.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(default)]
-pub struct IdentityConfig {
-    pub issuer: String,
-    /// Trusted public keys, `kid:base64url,...`.
-    pub keys: String,
-    /// Allowed clock skew, in seconds.
-    pub leeway_s: u64,
-}
-
-impl Default for IdentityConfig {
-    fn default() -> Self {
-        IdentityConfig {
-            issuer: "https://id.tessera.local".into(),
-            keys: String::new(),
-            leeway_s: 30,
-        }
-    }
 }
 
 /// Active health probes.
@@ -115,6 +100,12 @@ pub struct UpstreamConfig {
     pub attempts_max: usize,
     /// Largest request body the router buffers (so that it can resend it).
     pub body_limit_bytes: usize,
+    /// PEM certificate authority of the cores' HTTPS certificates (`https://` region
+    /// URLs); the public web roots when unset.
+    pub ca_file: Option<PathBuf>,
+    /// The router's client certificate and key, for cores that require one (mutual TLS).
+    pub client_cert_file: Option<PathBuf>,
+    pub client_key_file: Option<PathBuf>,
 }
 
 impl Default for UpstreamConfig {
@@ -124,6 +115,9 @@ impl Default for UpstreamConfig {
             response_timeout_ms: 15_000,
             attempts_max: 3,
             body_limit_bytes: 16 * 1024,
+            ca_file: None,
+            client_cert_file: None,
+            client_key_file: None,
         }
     }
 }
@@ -132,6 +126,8 @@ impl Default for UpstreamConfig {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default)]
 pub struct RouterConfig {
+    /// `local` (development conveniences allowed) or `production` (the default).
+    pub mode: Mode,
     pub listen: String,
     /// This router's PoP: the latency table row used when a request names no PoP.
     pub pop: Option<String>,
@@ -140,7 +136,7 @@ pub struct RouterConfig {
     pub latency_ms: BTreeMap<String, BTreeMap<String, u32>>,
     /// NATS for heartbeats and the replicated region state; without it the router runs
     /// alone on its state file.
-    pub nats_url: Option<String>,
+    pub nats: NatsClientConfig,
     /// The JetStream domain and key-value bucket holding the region state.
     pub control_domain: String,
     pub control_bucket: String,
@@ -150,7 +146,8 @@ pub struct RouterConfig {
     pub control_max_bytes: i64,
     /// Where the region state is kept across restarts.
     pub state_file: Option<PathBuf>,
-    pub identity: IdentityConfig,
+    /// Who may sign operator tokens (any OIDC issuer).
+    pub identity: OidcConfig,
     pub probe: ProbeConfig,
     pub breaker: BreakerConfig,
     pub upstream: UpstreamConfig,
@@ -160,17 +157,18 @@ pub struct RouterConfig {
 impl Default for RouterConfig {
     fn default() -> Self {
         RouterConfig {
+            mode: Mode::default(),
             listen: "127.0.0.1:8080".into(),
             pop: None,
             regions: Vec::new(),
             latency_ms: BTreeMap::new(),
-            nats_url: None,
+            nats: NatsClientConfig::default(),
             control_domain: tessera_bus::topology::HUB_DOMAIN.into(),
             control_bucket: "tessera_regions".into(),
             control_replicas: 1,
             control_max_bytes: 64 << 20,
             state_file: None,
-            identity: IdentityConfig::default(),
+            identity: OidcConfig::default(),
             probe: ProbeConfig::default(),
             breaker: BreakerConfig::default(),
             upstream: UpstreamConfig::default(),
@@ -180,50 +178,78 @@ impl Default for RouterConfig {
 }
 
 impl RouterConfig {
-    /// Checks what must hold before the router starts.
-    pub fn validate(&self) -> anyhow::Result<()> {
-        ensure!(!self.regions.is_empty(), "configure at least one region ([[regions]] id, url)");
-        let mut seen = std::collections::BTreeSet::new();
-        for r in &self.regions {
-            ensure!(seen.insert(r.id.clone()), "region {} is configured twice", r.id);
-            let uri: http::Uri =
-                r.url.parse().with_context(|| format!("parse the url of region {}", r.id))?;
-            ensure!(
-                uri.scheme_str() == Some("http") && uri.authority().is_some(),
-                "region {} url must be http://host:port, got {}",
-                r.id,
-                r.url
-            );
+    /// Checks what must hold before the router starts, as if every setting came from code.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        self.check(&ConfigSource::in_code())
+    }
+
+    /// Every problem of this configuration in its mode, one per setting.
+    pub fn check(&self, source: &ConfigSource) -> Result<(), ConfigError> {
+        let mut c = Checks::new(self.mode, source);
+        if self.regions.is_empty() {
+            c.error("regions", "configure at least one region ([[regions]] id, url)");
         }
-        self.listen_addr()?;
-        self.verifier()?;
-        ensure!(self.upstream.attempts_max >= 1, "upstream.attempts_max must be at least 1");
-        ensure!(self.probe.interval_ms >= 10, "probe.interval_ms is too small");
-        ensure!(matches!(self.control_replicas, 1..=5), "control_replicas must be between 1 and 5");
-        ensure!(self.control_max_bytes > 0, "control_max_bytes must be a positive size");
+        let mut seen = std::collections::BTreeSet::new();
+        for (i, r) in self.regions.iter().enumerate() {
+            if !seen.insert(r.id.clone()) {
+                c.error(
+                    &format!("regions[{i}].id"),
+                    format!("region {} is configured twice", r.id),
+                );
+            }
+            let ok = r.url.parse::<http::Uri>().ok().is_some_and(|uri| {
+                matches!(uri.scheme_str(), Some("http" | "https")) && uri.authority().is_some()
+            });
+            if !ok {
+                c.error(
+                    &format!("regions[{i}].url"),
+                    format!("must be http(s)://host:port, got {}", r.url),
+                );
+            }
+        }
+        if self.listen_addr().is_err() {
+            c.error("listen", format!("{:?} is not host:port", self.listen));
+        }
+        self.nats.check("nats", &mut c);
+        self.identity.check("identity", &mut c);
+        if self.upstream.attempts_max < 1 {
+            c.error("upstream.attempts_max", "must be at least 1");
+        }
+        for (key, file) in [
+            ("upstream.ca_file", &self.upstream.ca_file),
+            ("upstream.client_cert_file", &self.upstream.client_cert_file),
+            ("upstream.client_key_file", &self.upstream.client_key_file),
+        ] {
+            if let Some(f) = file
+                && !f.is_file()
+            {
+                c.error(key, format!("{} does not exist", f.display()));
+            }
+        }
+        if self.upstream.client_cert_file.is_some() != self.upstream.client_key_file.is_some() {
+            c.error("upstream.client_key_file", "client_cert_file and client_key_file go together");
+        }
+        if self.probe.interval_ms < 10 {
+            c.error("probe.interval_ms", "is too small");
+        }
+        if !matches!(self.control_replicas, 1..=5) {
+            c.error("control_replicas", "must be between 1 and 5");
+        }
+        if self.control_max_bytes == 0 {
+            c.error("control_max_bytes", "must be a positive size");
+        }
         for (pop, row) in &self.latency_ms {
             for region in row.keys() {
                 if !self.regions.iter().any(|r| r.id.as_str() == region) {
-                    bail!("latency_ms.{pop} names unknown region {region}");
+                    c.error(&format!("latency_ms.{pop}"), format!("names unknown region {region}"));
                 }
             }
         }
-        Ok(())
+        c.finish()
     }
 
     pub fn listen_addr(&self) -> anyhow::Result<SocketAddr> {
         self.listen.parse().with_context(|| format!("parse listen address {}", self.listen))
-    }
-
-    /// The operator-token verifier.
-    pub fn verifier(&self) -> anyhow::Result<IdentityVerifier> {
-        let keys = Keyset::parse(&self.identity.keys)
-            .map_err(|e| anyhow::anyhow!("parse identity.keys: {e}"))?;
-        Ok(IdentityVerifier {
-            issuer: self.identity.issuer.clone(),
-            keys,
-            leeway_s: self.identity.leeway_s,
-        })
     }
 
     pub fn probe_interval(&self) -> Duration {
@@ -239,11 +265,11 @@ mod tests {
     fn the_shipped_production_config_has_no_unknown_keys() {
         let file = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
             .join("../deploy/production/router.toml");
-        let (cfg, ignored): (RouterConfig, _) =
-            tessera_runtime::config::load("router-shipped", Some(&file)).unwrap();
-        assert!(ignored.is_empty(), "{ignored:?}");
+        let cfg: RouterConfig =
+            tessera_runtime::config::read("router-shipped", Some(&file)).unwrap().config;
         assert!(cfg.regions.len() >= 2);
-        assert!(cfg.nats_url.is_some() && cfg.state_file.is_some());
+        assert!(cfg.nats.url.is_some() && cfg.state_file.is_some());
+        assert_eq!(cfg.mode, Mode::Production);
     }
 
     #[test]
@@ -258,14 +284,19 @@ mod tests {
                  [[regions]]\nid = \"eu-west\"\nurl = \"http://127.0.0.1:1\"\n\
                  [[regions]]\nid = \"us-east\"\nurl = \"http://127.0.0.1:2\"\n\
                  [latency_ms.fra]\neu-west = 12\nus-east = 95\n\
-                 [identity]\nkeys = \"k1:{}\"\n",
+                 [identity]\nissuer = \"https://id.example.org\"\nkeys = \"k1:{}\"\n",
                 keys.to_base64()
             ),
         )
         .unwrap();
-        let (cfg, ignored): (RouterConfig, _) =
-            tessera_runtime::config::load("router", Some(&file)).unwrap();
-        assert!(ignored.is_empty(), "{ignored:?}");
+        let cfg: RouterConfig =
+            tessera_runtime::config::read("router", Some(&file)).unwrap().config;
+        // Production by default: this file has no NATS, which production refuses.
+        let lines = cfg.validate().unwrap_err().lines();
+        assert_eq!(lines.len(), 1, "{lines:?}");
+        assert!(lines[0].starts_with("production mode refuses `nats.url`"), "{lines:?}");
+        let mut cfg = cfg;
+        cfg.mode = Mode::Local;
         cfg.validate().unwrap();
         assert_eq!(cfg.latency_ms["fra"]["us-east"], 95);
         assert_eq!(cfg.regions[1].id.as_str(), "us-east");
@@ -274,13 +305,13 @@ mod tests {
         bad.latency_ms.get_mut("fra").unwrap().insert("mars".into(), 1);
         assert_eq!(
             bad.validate().unwrap_err().to_string(),
-            "latency_ms.fra names unknown region mars"
+            "`latency_ms.fra` (set in code): names unknown region mars"
         );
         let mut bad = cfg.clone();
         bad.regions.push(bad.regions[0].clone());
         assert!(bad.validate().is_err());
         let mut bad = cfg;
-        bad.regions[0].url = "https://x".into();
+        bad.regions[0].url = "ftp://x".into();
         assert!(bad.validate().is_err());
     }
 }

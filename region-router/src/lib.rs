@@ -62,12 +62,15 @@ impl RouterService {
     /// router starts and routes even while NATS is unreachable) and starts probing.
     pub async fn start(cfg: RouterConfig, clock: Arc<dyn Clock>) -> anyhow::Result<Self> {
         cfg.validate()?;
-        let verifier = cfg.verifier()?;
-        let control = ControlPlane::load(cfg.state_file.clone(), cfg.nats_url.is_some())?;
+        let verifier = Arc::new(tessera_identity::oidc::Oidc::new(&cfg.identity)?);
+        let control = ControlPlane::load(cfg.state_file.clone(), cfg.nats.url.is_some())?;
         let mut tasks = Vec::new();
-        let heartbeats = match &cfg.nats_url {
-            Some(url) => {
-                let client = tessera_bus::connect(url, "tessera-router").await?;
+        if let Some(refresh) = verifier.spawn_refresh() {
+            tasks.push(refresh);
+        }
+        let heartbeats = match &cfg.nats.url {
+            Some(_) => {
+                let client = cfg.nats.connect("tessera-router").await?;
                 tasks.push(control.spawn_replication(
                     client.clone(),
                     cfg.control_domain.clone(),
@@ -83,7 +86,7 @@ impl RouterService {
             }
             None => None,
         };
-        let shared = Arc::new(Shared::new(cfg, control, heartbeats, clock, verifier));
+        let shared = Arc::new(Shared::new(cfg, control, heartbeats, clock, verifier)?);
         for index in 0..shared.regions.len() {
             tasks.push(tokio::spawn(shared.clone().probe_loop(index)));
         }

@@ -4,9 +4,11 @@
 //! - `POST /v1/ops/regions/{region}/drain` (body [`DrainRequest`], optional) → [`RegionList`]
 //! - `POST /v1/ops/regions/{region}/restore` → [`RegionList`]
 //!
-//! Every call needs `Authorization: Bearer <identity token>` with the `operator` role:
-//! 401 `unauthenticated` without a token, 401 `invalid_token`/`token_expired` for a bad
-//! one, 403 `forbidden` without the role. A refused call changes nothing.
+//! Every call needs `Authorization: Bearer <identity token>`: listing with the `viewer`
+//! role (operators and admins have it), drain and restore with `operator`. 401
+//! `unauthenticated` without a token, 401 `invalid_token`/`token_expired` for a bad one
+//! (the log says which check failed, the caller is not told), 403 `forbidden` without the
+//! role. A refused call changes nothing.
 
 use std::sync::Arc;
 
@@ -15,14 +17,18 @@ use bytes::Bytes;
 use http::HeaderMap;
 use tessera_api::ops::{DrainRequest, RegionList, RegionMode};
 use tessera_api::{ErrorCode, RegionId};
-use tessera_identity::{IdentityClaims, ROLE_OPERATOR, TokenError, bearer};
+use tessera_identity::{IdentityClaims, ROLE_OPERATOR, ROLE_VIEWER, TokenError, bearer};
 use tessera_runtime::{ApiError, Json};
 
 use crate::control::{ChangeError, ModeEntry};
 use crate::state::Shared;
 
-/// Checks the caller's operator token.
-pub(crate) fn authorize(shared: &Shared, headers: &HeaderMap) -> Result<IdentityClaims, ApiError> {
+/// Checks the caller's token and that it grants `role`.
+pub(crate) async fn authorize(
+    shared: &Shared,
+    headers: &HeaderMap,
+    role: &'static str,
+) -> Result<IdentityClaims, ApiError> {
     let Some(value) = headers.get(http::header::AUTHORIZATION) else {
         return Err(ApiError::new(
             ErrorCode::Unauthenticated,
@@ -30,19 +36,30 @@ pub(crate) fn authorize(shared: &Shared, headers: &HeaderMap) -> Result<Identity
         ));
     };
     let Some(token) = value.to_str().ok().and_then(bearer) else {
-        return Err(ApiError::new(
+        return Err(ApiError::refused(
             ErrorCode::Unauthenticated,
             "the Authorization header is not a bearer token",
+            "authorization header is not a bearer token",
         ));
     };
     let now = shared.clock.now_ms();
-    shared.verifier.verify_role(token, now, ROLE_OPERATOR).map_err(|e| match e {
-        TokenError::MissingRole => {
-            ApiError::new(ErrorCode::Forbidden, "this call needs the operator role")
+    let claims = shared.verifier.verify(token, now).await.map_err(|e| {
+        let reason = format!("operator token refused: {}", e.reason());
+        match e {
+            TokenError::Expired => {
+                ApiError::refused(ErrorCode::TokenExpired, "the token has expired", reason)
+            }
+            _ => ApiError::refused(ErrorCode::InvalidToken, "the token is not valid", reason),
         }
-        TokenError::Expired => ApiError::new(ErrorCode::TokenExpired, "the token has expired"),
-        other => ApiError::new(ErrorCode::InvalidToken, format!("the token is not valid: {other}")),
-    })
+    })?;
+    if !claims.has_role(role) {
+        return Err(ApiError::refused(
+            ErrorCode::Forbidden,
+            format!("this call needs the {role} role"),
+            format!("caller lacks the {role} role"),
+        ));
+    }
+    Ok(claims)
 }
 
 fn region_of(shared: &Shared, raw: &str) -> Result<RegionId, ApiError> {
@@ -55,7 +72,7 @@ pub(crate) async fn list(
     State(shared): State<Arc<Shared>>,
     headers: HeaderMap,
 ) -> Result<Json<RegionList>, ApiError> {
-    authorize(&shared, &headers)?;
+    authorize(&shared, &headers, ROLE_VIEWER).await?;
     Ok(Json(shared.region_list()))
 }
 
@@ -69,7 +86,7 @@ pub(crate) async fn drain(
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Json<RegionList>, ApiError> {
-    let claims = authorize(&shared, &headers)?;
+    let claims = authorize(&shared, &headers, ROLE_OPERATOR).await?;
     let region = region_of(&shared, &region)?;
     let request: DrainRequest = if body.iter().all(u8::is_ascii_whitespace) {
         DrainRequest::default()
@@ -124,7 +141,7 @@ pub(crate) async fn restore(
     Path(region): Path<String>,
     headers: HeaderMap,
 ) -> Result<Json<RegionList>, ApiError> {
-    let claims = authorize(&shared, &headers)?;
+    let claims = authorize(&shared, &headers, ROLE_OPERATOR).await?;
     let region = region_of(&shared, &region)?;
     let now = shared.clock.now_ms();
     let operator = claims.sub.to_string();

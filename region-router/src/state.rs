@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http_body_util::{BodyExt as _, Full};
+use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
@@ -14,7 +15,7 @@ use tessera_api::RegionId;
 use tessera_api::ops::{RegionList, RegionMode, RegionStatus};
 use tessera_bus::heartbeat::HeartbeatMonitor;
 use tessera_common::Clock;
-use tessera_identity::IdentityVerifier;
+use tessera_identity::oidc::Oidc;
 use tokio::sync::Notify;
 
 use crate::breaker::{Breaker, BreakerState};
@@ -22,17 +23,57 @@ use crate::config::RouterConfig;
 use crate::control::{ControlDoc, ControlPlane};
 use crate::select::{Candidate, RouteHint, rank};
 
-/// The HTTP client used for probes and forwarding.
-pub(crate) type HttpClient = Client<HttpConnector, Full<Bytes>>;
+/// The HTTP client used for probes and forwarding: `http://` and `https://` region URLs
+/// (rustls; the cores' CA from `upstream.ca_file`, a client certificate for mutual TLS).
+pub(crate) type HttpClient = Client<HttpsConnector<HttpConnector>, Full<Bytes>>;
 
-pub(crate) fn http_client(cfg: &RouterConfig) -> HttpClient {
+fn tls_config(cfg: &RouterConfig) -> anyhow::Result<rustls::ClientConfig> {
+    use rustls::pki_types::pem::PemObject as _;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let mut roots = rustls::RootCertStore::empty();
+    match &cfg.upstream.ca_file {
+        Some(ca) => {
+            for c in CertificateDer::pem_file_iter(ca)
+                .map_err(|e| anyhow::anyhow!("read upstream.ca_file {}: {e}", ca.display()))?
+            {
+                roots.add(c?)?;
+            }
+        }
+        None => roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned()),
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let builder = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()?
+        .with_root_certificates(roots);
+    let config = match (&cfg.upstream.client_cert_file, &cfg.upstream.client_key_file) {
+        (Some(cert), Some(key)) => {
+            let chain = CertificateDer::pem_file_iter(cert)
+                .and_then(|i| i.collect::<Result<Vec<_>, _>>())
+                .map_err(|e| anyhow::anyhow!("read upstream.client_cert_file: {e}"))?;
+            let key = PrivateKeyDer::from_pem_file(key)
+                .map_err(|e| anyhow::anyhow!("read upstream.client_key_file: {e}"))?;
+            builder.with_client_auth_cert(chain, key)?
+        }
+        _ => builder.with_no_client_auth(),
+    };
+    // ALPN is left to the connector (HTTP/1.1, which the forwarder speaks).
+    Ok(config)
+}
+
+pub(crate) fn http_client(cfg: &RouterConfig) -> anyhow::Result<HttpClient> {
     let mut connector = HttpConnector::new();
     connector.set_connect_timeout(Some(Duration::from_millis(cfg.upstream.connect_timeout_ms)));
     connector.set_nodelay(true);
-    Client::builder(TokioExecutor::new())
+    connector.enforce_http(false);
+    let https = hyper_rustls::HttpsConnectorBuilder::new()
+        .with_tls_config(tls_config(cfg)?)
+        .https_or_http()
+        .enable_http1()
+        .wrap_connector(connector);
+    Ok(Client::builder(TokioExecutor::new())
         .pool_idle_timeout(Duration::from_secs(30))
         .pool_max_idle_per_host(256)
-        .build(connector)
+        .build(https))
 }
 
 #[derive(Debug)]
@@ -61,7 +102,7 @@ pub(crate) struct Shared {
     pub(crate) heartbeats: Option<HeartbeatMonitor>,
     pub(crate) clock: Arc<dyn Clock>,
     pub(crate) client: HttpClient,
-    pub(crate) verifier: IdentityVerifier,
+    pub(crate) verifier: Arc<Oidc>,
     /// Wakes the probers early (a refused connection, a heartbeat from a region marked
     /// down).
     pub(crate) wake_probes: Notify,
@@ -79,8 +120,8 @@ impl Shared {
         control: Arc<ControlPlane>,
         heartbeats: Option<HeartbeatMonitor>,
         clock: Arc<dyn Clock>,
-        verifier: IdentityVerifier,
-    ) -> Self {
+        verifier: Arc<Oidc>,
+    ) -> anyhow::Result<Self> {
         let regions = cfg
             .regions
             .iter()
@@ -95,8 +136,8 @@ impl Shared {
                 }),
             })
             .collect();
-        let client = http_client(&cfg);
-        Shared {
+        let client = http_client(&cfg)?;
+        Ok(Shared {
             cfg,
             regions,
             control,
@@ -105,7 +146,7 @@ impl Shared {
             client,
             verifier,
             wake_probes: Notify::new(),
-        }
+        })
     }
 
     pub(crate) fn slot(&self, id: &RegionId) -> Option<&RegionSlot> {

@@ -76,6 +76,7 @@ async fn fixture() -> Fixture {
         key: SigningKeyPair::derive_for_development("k1", "cli-tests"),
     };
     let mut cfg = RouterConfig {
+        mode: tessera_runtime::config::Mode::Local,
         regions: vec![
             RegionEntry { id: "eu-west".parse().unwrap(), url: core("eu-west").await },
             RegionEntry { id: "us-east".parse().unwrap(), url: core("us-east").await },

@@ -52,6 +52,8 @@ pub enum ErrorCode {
     IdempotencyKeyRequired,
     // --- waiting room ---
     AdmissionRequired,
+    /// The admission token already admitted a hold (each admits one).
+    AdmissionUsed,
     QueueTicketInvalid,
     QueueTokenWrongEvent,
     QueueTokenWrongDevice,
@@ -105,9 +107,8 @@ impl ErrorCode {
             | LimitExceeded | InvalidSeatMap => 422,
             SeatHeld | SeatSold | NotEnoughAdjacent | SoldOut | EventNotOnSale | EventExists
             | HoldNotActive | HoldPaymentInFlight | IdempotencyConflict | QueueClosed
-            | CheckoutInProgress | OrderNotRefundable | TicketAlreadyUsed | LastHealthyRegion => {
-                409
-            }
+            | CheckoutInProgress | OrderNotRefundable | TicketAlreadyUsed | LastHealthyRegion
+            | AdmissionUsed => 409,
             HoldExpired => 410,
             PaymentDeclined => 402,
             PaymentFailed => 502,
@@ -173,6 +174,7 @@ fn code_name(code: ErrorCode) -> &'static str {
         IdempotencyConflict => "idempotency_conflict",
         IdempotencyKeyRequired => "idempotency_key_required",
         AdmissionRequired => "admission_required",
+        AdmissionUsed => "admission_used",
         QueueTicketInvalid => "queue_ticket_invalid",
         QueueTokenWrongEvent => "queue_token_wrong_event",
         QueueTokenWrongDevice => "queue_token_wrong_device",

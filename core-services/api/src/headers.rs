@@ -29,3 +29,6 @@ pub const AUTHORIZATION: &str = "authorization";
 pub const TRACEPARENT: &str = "traceparent";
 /// Webhook signature header (`t=<unix>,v1=<hex hmac-sha256>`).
 pub const WEBHOOK_SIGNATURE: &str = "tessera-signature";
+/// A Tessera service's credential for `/v1/internal/...` (the edge registering a fan's
+/// place): one of the core's `service_credentials`. Fans never have one.
+pub const SERVICE_CREDENTIAL: &str = "x-tessera-service";

@@ -9,8 +9,12 @@ use crate::ids::{CustomerId, RegionId};
 #[serde(deny_unknown_fields)]
 pub struct DevTokenRequest {
     pub customer_id: CustomerId,
+    /// Adds the `operator` and `gate` roles.
     #[serde(default)]
     pub operator: bool,
+    /// More roles (`viewer`, `operator`, `admin`, `gate`); every token has `fan`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub roles: Vec<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ttl_s: Option<u64>,
     /// Put into the token's `email` claim (where notifications go).

@@ -132,6 +132,19 @@ pub struct AdmissionWatermark {
     pub published_at_ms: u64,
 }
 
+/// What the core publishes on `tessera.admission.<event_id>` and answers on
+/// `GET /v1/events/{id}/admission`: the watermark's fields, plus `signed`, the same
+/// watermark as a compact Ed25519 JWT signed by the core's watermark key. An edge admits
+/// only by what a valid signature covers and ignores a stale one
+/// (`tessera_queue::watermark::verify`); readers that predate `signed` see a plain
+/// [`AdmissionWatermark`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SignedWatermark {
+    #[serde(flatten)]
+    pub watermark: AdmissionWatermark,
+    pub signed: String,
+}
+
 /// Claims of a signed queue ticket (an Ed25519-signed token issued by an edge).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct QueueTicketClaims {

@@ -24,8 +24,7 @@
 //! event means for inventory or orders; it moves events and guarantees they take effect
 //! once.
 
-use std::time::Duration;
-
+pub mod client;
 pub mod consumer;
 pub mod event;
 pub mod heartbeat;
@@ -34,6 +33,7 @@ pub mod relay;
 pub mod streams;
 pub mod topology;
 
+pub use client::NatsClientConfig;
 pub use event::{decode_event, encode_outbox_entry};
 
 /// What went wrong on the bus.
@@ -80,19 +80,8 @@ impl<E: std::fmt::Debug> From<tessera_store::RunError<E>> for BusError {
     }
 }
 
-/// Connects to NATS the way every Tessera process does: named, retrying the first
-/// connection in the background (so a process can start while its leaf node is still
-/// coming up), and reconnecting quickly after a loss.
+/// Connects to `url` without TLS or credentials (see [`NatsClientConfig::connect`] for
+/// how services connect).
 pub async fn connect(url: &str, name: &str) -> Result<async_nats::Client, BusError> {
-    async_nats::ConnectOptions::new()
-        .name(name)
-        .retry_on_initial_connect()
-        .connection_timeout(Duration::from_secs(2))
-        .reconnect_delay_callback(|attempts| {
-            // 0, 100 ms, 200 ms, ... capped at 1 s: a healed link is used again quickly.
-            Duration::from_millis((attempts as u64 * 100).min(1_000))
-        })
-        .connect(url)
-        .await
-        .map_err(|source| BusError::Connect { url: url.to_owned(), source })
+    NatsClientConfig::plain(url).connect(name).await
 }

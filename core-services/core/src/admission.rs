@@ -309,10 +309,11 @@ async fn tick_event<S: Store>(
     let mut wm = d.controller.tick(&input, |i| ranks.get(i as usize).cloned());
     wm.published_at_ms = now;
     persist(app, event_id, &wm, &record).await?;
-    app.watermarks.write().insert(event_id.clone(), wm.clone());
+    let signed = tessera_queue::watermark::sign(&app.watermark_key, &wm);
+    app.watermarks.write().insert(event_id.clone(), signed.clone());
     if let Some(nats) = &app.nats {
         let subject = tessera_api::bus::admission_subject(event_id);
-        let payload = serde_json::to_vec(&wm)?;
+        let payload = serde_json::to_vec(&signed)?;
         if let Err(e) = nats.publish(subject, payload.into()).await {
             tracing::warn!("admission: publish failed: {e}");
         }

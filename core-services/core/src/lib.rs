@@ -19,6 +19,7 @@ pub mod http;
 pub mod lease;
 pub mod store_status;
 pub mod tasks;
+pub mod webhooks;
 
 use std::sync::Arc;
 
@@ -26,10 +27,12 @@ use anyhow::Context as _;
 use parking_lot::RwLock;
 use tessera_common::{Clock, Rng};
 use tessera_fdb_schema::Keyspace;
-use tessera_identity::{IdentityIssuer, IdentityVerifier, Keyset, SigningKeyPair};
+use tessera_identity::oidc::Oidc;
+use tessera_identity::{IdentityIssuer, Keyset, SigningKeyPair};
 use tessera_inventory::{Inventory, InventoryConfig};
 use tessera_orders::{Orders, OrdersConfig, TicketKeys};
 use tessera_payments::PaymentProvider;
+use tessera_runtime::config::Mode;
 use tessera_store::Store;
 
 pub use config::Config;
@@ -40,9 +43,13 @@ pub struct App<S: Store> {
     pub region: tessera_api::RegionId,
     pub inv: Inventory<S>,
     pub orders: Orders<S>,
-    pub identity: IdentityVerifier,
+    /// Identity tokens: the issuer's keys, pinned or fetched (discovery + JWKS).
+    pub identity: Arc<Oidc>,
+    /// The development issuer (local mode only).
     pub dev_issuer: Option<IdentityIssuer>,
     pub edge_keys: Keyset,
+    /// Signs the admission watermarks the edges admit by.
+    pub watermark_key: SigningKeyPair,
     pub clock: Arc<dyn Clock>,
     pub rng: Arc<dyn Rng>,
     pub nats: Option<async_nats::Client>,
@@ -50,7 +57,7 @@ pub struct App<S: Store> {
     pub outbox_written: Arc<tokio::sync::Notify>,
     /// The newest admission watermark per event this process knows of.
     pub watermarks: RwLock<
-        std::collections::HashMap<tessera_api::EventId, tessera_api::queue::AdmissionWatermark>,
+        std::collections::HashMap<tessera_api::EventId, tessera_api::queue::SignedWatermark>,
     >,
     /// A unique name of this process (leases).
     pub instance: String,
@@ -66,14 +73,9 @@ impl<S: Store> std::fmt::Debug for App<S> {
     }
 }
 
-/// The development issuer's private key for a local stack: derived from a fixed phrase, so
-/// every process of the stack (and its tests) agrees on it. Never used outside `local`.
-pub fn dev_key(kid: &str, purpose: &str) -> SigningKeyPair {
-    SigningKeyPair::derive_for_development(kid, &format!("tessera-local-{purpose}"))
-}
-
 impl<S: Store> App<S> {
-    /// Wires the core over `store` and `provider`.
+    /// Wires the core over `store` and `provider`. The configuration must pass
+    /// [`Config::validate`] in its mode.
     pub fn build(
         config: Config,
         store: S,
@@ -89,50 +91,26 @@ impl<S: Store> App<S> {
         inv_config.payment_window_ms = config.inventory.payment_window_s * 1000;
         let inv = Inventory::new(store, keys, clock.clone(), rng.clone(), inv_config);
 
-        let dev_issuer = match &config.identity.dev_issuer_seed {
-            Some(seed) => Some(IdentityIssuer {
+        // Validation refuses a development issuer outside local mode; this keeps the
+        // route from existing even if a caller skipped it.
+        let dev_issuer = match &config.dev_issuer.seed {
+            Some(seed) if config.mode == Mode::Local => Some(IdentityIssuer {
                 issuer: config.identity.issuer.clone(),
-                key: SigningKeyPair::from_base64(&config.identity.dev_issuer_kid, seed.expose())
-                    .map_err(|e| anyhow::anyhow!("identity.dev_issuer_seed: {e}"))?,
+                key: SigningKeyPair::from_base64(&config.dev_issuer.kid, seed.expose())
+                    .map_err(|e| anyhow::anyhow!("dev_issuer.seed: {e}"))?,
             }),
-            None => None,
+            _ => None,
         };
-        let mut id_keys = if config.identity.keys.is_empty() {
-            Keyset::default()
-        } else {
-            Keyset::parse(&config.identity.keys)
-                .map_err(|e| anyhow::anyhow!("identity.keys: {e}"))?
-        };
-        if let Some(dev) = &dev_issuer {
-            id_keys.insert(dev.key.public());
+        let identity = Arc::new(Oidc::new(&config.identity)?);
+        let edge_keys = Keyset::parse(&config.queue.edge_keys)
+            .map_err(|e| anyhow::anyhow!("queue.edge_keys: {e}"))?;
+        let signing = config.ticket_signing_key()?;
+        if config.tickets.signing_seed.is_none() {
+            tracing::info!("local mode: tickets are signed with the development key");
         }
-        let identity = IdentityVerifier {
-            issuer: config.identity.issuer.clone(),
-            keys: id_keys,
-            leeway_s: config.identity.leeway_s,
-        };
-        let edge_keys = if config.queue.edge_keys.is_empty() {
-            Keyset::default()
-        } else {
-            Keyset::parse(&config.queue.edge_keys)
-                .map_err(|e| anyhow::anyhow!("queue.edge_keys: {e}"))?
-        };
-        let signing = match &config.tickets.signing_seed {
-            Some(seed) => SigningKeyPair::from_base64(&config.tickets.kid, seed.expose())
-                .map_err(|e| anyhow::anyhow!("tickets.signing_seed: {e}"))?,
-            None => {
-                tracing::warn!(
-                    "tickets.signing_seed is unset: signing tickets with the development key"
-                );
-                dev_key(&config.tickets.kid, "tickets")
-            }
-        };
-        let mut verifying = if config.tickets.verify_keys.is_empty() {
-            Keyset::default()
-        } else {
-            Keyset::parse(&config.tickets.verify_keys)
-                .map_err(|e| anyhow::anyhow!("tickets.verify_keys: {e}"))?
-        };
+        let watermark_key = config.watermark_signing_key()?;
+        let mut verifying = Keyset::parse(&config.tickets.verify_keys)
+            .map_err(|e| anyhow::anyhow!("tickets.verify_keys: {e}"))?;
         verifying.insert(signing.public());
         let instance = format!("{}-{:08x}", region, rng.next_u64() as u32);
         let orders = Orders::new(
@@ -152,6 +130,7 @@ impl<S: Store> App<S> {
             identity,
             dev_issuer,
             edge_keys,
+            watermark_key,
             clock,
             rng,
             nats,

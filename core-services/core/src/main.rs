@@ -1,10 +1,16 @@
 //! `tessera-core`: one region's core services.
 //!
 //! ```text
-//! tessera-core --config deploy/local/core-us-east.toml
+//! tessera-core --config deploy/production/core.toml
+//! tessera-core --config deploy/production/core.toml --check-config
 //! ```
+//!
+//! A configuration problem (an unknown key, a missing secret, a development key in
+//! production mode...) stops it before anything starts, with one line per problem naming
+//! the setting and where it came from, and exit status 2.
 
 use std::path::PathBuf;
+use std::process::ExitCode;
 use std::sync::Arc;
 
 use anyhow::Context as _;
@@ -24,19 +30,29 @@ struct Args {
     /// Config file (TOML); `TESSERA_CORE__<KEY>` variables override it.
     #[arg(long)]
     config: Option<PathBuf>,
+    /// Load and check the configuration in its mode, print `configuration ok`, and exit.
+    #[arg(long)]
+    check_config: bool,
 }
 
-fn main() -> anyhow::Result<()> {
+fn main() -> ExitCode {
+    tessera_runtime::config::exit_on_error("tessera-core", run())
+}
+
+fn run() -> anyhow::Result<()> {
     let args = Args::parse();
-    let (config, ignored): (Config, _) =
-        tessera_runtime::config::load("core", args.config.as_deref())?;
+    let loaded = tessera_runtime::config::read::<Config>("core", args.config.as_deref())?;
+    loaded.config.check(&loaded.source)?;
+    let config = loaded.config;
+    if args.check_config {
+        println!("tessera-core: configuration ok (mode {})", config.mode);
+        return Ok(());
+    }
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     runtime.block_on(async move {
         let _telemetry = tessera_runtime::telemetry::init("tessera-core", &config.telemetry)?;
-        for key in ignored {
-            tracing::warn!(key, "ignoring an unknown configuration key");
-        }
         tessera_runtime::metrics::install();
+        tracing::info!(mode = %config.mode, "configuration loaded");
         match config.store.backend.as_str() {
             "embedded" => {
                 let store = tessera_store::embedded::EmbeddedStore::open(&config.store.path)
@@ -63,20 +79,25 @@ async fn serve<S: Store>(config: Config, store: S) -> anyhow::Result<()> {
         secrecy::SecretString::from(config.payments.secret_key.expose().to_owned()),
     );
     stripe.request_timeout = std::time::Duration::from_millis(config.payments.request_timeout_ms);
+    if let Some(ca) = &config.payments.ca_file {
+        stripe.extra_roots_pem = Some(
+            std::fs::read(ca).with_context(|| format!("read payments.ca_file {}", ca.display()))?,
+        );
+    }
     let provider = Arc::new(StripeClient::new(stripe).context("build the payment client")?);
     let nats = match &config.nats.url {
-        Some(url) => Some(
-            async_nats::ConnectOptions::new()
-                .name(format!("tessera-core-{}", config.region))
-                .retry_on_initial_connect()
-                .connect(url.as_str())
+        Some(_) => Some(
+            config
+                .nats
+                .connect(&format!("tessera-core-{}", config.region))
                 .await
-                .with_context(|| format!("connect to NATS at {url}"))?,
+                .context("connect to NATS")?,
         ),
         None => None,
     };
     let listen = config.listen.clone();
     let fingerprint = config.shared_fingerprint();
+    let tls = config.tls.acceptor().context("set up TLS")?;
     let app = App::build(config, store, provider, Arc::new(SystemClock), Arc::new(OsRng), nats)?;
     let shutdown = Shutdown::new();
     let mut tasks = tessera_core::tasks::spawn_all(app.clone(), shutdown.clone()).await?;
@@ -89,6 +110,7 @@ async fn serve<S: Store>(config: Config, store: S) -> anyhow::Result<()> {
     tracing::info!(
         region = %app.region,
         addr = %listener.local_addr()?,
+        tls = tls.is_some(),
         instance = %app.instance,
         shared_config = %fingerprint,
         "core listening"
@@ -101,7 +123,7 @@ async fn serve<S: Store>(config: Config, store: S) -> anyhow::Result<()> {
             shutdown.trigger();
         }
     };
-    tessera_runtime::http::serve(listener, router, signal).await?;
+    tessera_runtime::http::serve_maybe_tls(listener, router, tls, signal).await?;
     tasks.join().await;
     tracing::info!("stopped");
     Ok(())

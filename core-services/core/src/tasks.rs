@@ -1,5 +1,6 @@
-//! Background work of a core process: the hold sweeper and the order reconciler. Both are
-//! safe to run in every region at once (their transactions check state before acting).
+//! Background work of a core process: the hold sweeper, the order reconciler, clearing old
+//! webhook deliveries and refreshing the identity issuer's keys. All are safe to run in
+//! every region at once (their transactions check state before acting).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -89,6 +90,15 @@ pub async fn spawn_all<S: Store>(app: Arc<App<S>>, shutdown: Shutdown) -> anyhow
         tasks
             .handles
             .push(tokio::spawn(crate::store_status::run_poller(app.clone(), shutdown.clone())));
+    }
+    tasks.handles.push(tokio::spawn(crate::webhooks::run_cleanup(app.clone(), shutdown.clone())));
+    if let Some(refresh) = app.identity.spawn_refresh() {
+        // Aborted with the process; it only keeps the issuer's keys fresh.
+        let shutdown = shutdown.clone();
+        tasks.handles.push(tokio::spawn(async move {
+            shutdown.wait().await;
+            refresh.abort();
+        }));
     }
     let (handles, routes) = crate::bus::start(app, shutdown).await?;
     tasks.handles.extend(handles);

@@ -1,23 +1,33 @@
-//! Signed tokens for Tessera: compact EdDSA (Ed25519) JWTs.
+//! Signed tokens for Tessera.
 //!
-//! Two users: the fan/operator **identity token** ([`IdentityClaims`], an OIDC-style JWT
-//! whose `sub` is the customer id that holds, orders and queue tickets are bound to), and
-//! the waiting room's queue and admission tokens, which reuse [`sign`] and [`verify`] with
-//! their own claims.
+//! - **Identity tokens** ([`IdentityClaims`]): OIDC-style JWTs from any issuer, signed
+//!   with EdDSA (Ed25519) or RS256, whose `sub` is the customer id that holds, orders and
+//!   queue tickets are bound to. [`IdentityVerifier`] checks the signature against a
+//!   [`Keyset`] (the algorithm is pinned to each key), issuer, audience and validity, and
+//!   reads the roles ([`ROLES`]) from a configurable claim. With the `fetch` feature,
+//!   [`oidc::Oidc`] keeps the keyset current from the issuer's discovery document and
+//!   JWKS.
+//! - **Tessera's own tokens** (queue tickets and admission tokens, tickets, admission
+//!   watermarks): compact Ed25519 JWTs made with [`sign`] and checked with [`verify`].
+//! - [`dev`]: the keys of local stacks, which production refuses.
 //!
-//! What it is not: an OIDC client. Keys arrive as configuration ([`Keyset`]), rotation is
-//! done by adding the next key under a new `kid` before signing with it.
-//! Pure and I/O free; compiles to WASM for the edge components.
+//! Verification is the `jsonwebtoken` crate's. Without `fetch` the crate does no I/O and
+//! compiles to `wasm32-wasip1` for the edge components, which get the issuer's keys as a
+//! variable instead of fetching them.
 
-use std::collections::HashMap;
-use std::fmt;
+mod claims;
+pub mod dev;
+mod jws;
+mod keys;
+#[cfg(feature = "fetch")]
+pub mod oidc;
 
-use base64::Engine as _;
-use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
-use ed25519_dalek::{Signature, Signer as _, SigningKey, Verifier as _, VerifyingKey};
-use serde::de::DeserializeOwned;
-use serde::{Deserialize, Serialize};
-use tessera_api::CustomerId;
+pub use claims::{
+    AUDIENCE, IdentityClaims, IdentityIssuer, IdentityVerifier, ROLE_ADMIN, ROLE_FAN, ROLE_GATE,
+    ROLE_OPERATOR, ROLE_VIEWER, ROLES, bearer, role_grants,
+};
+pub use jws::{TOKEN_LEN_MAX, Unverified, decode_unverified, sign, verify};
+pub use keys::{Keyset, PublicKey, SigningKeyPair};
 
 /// Why a token was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -42,364 +52,105 @@ pub enum TokenError {
     MissingRole,
 }
 
-/// A private signing key with its key id.
-#[derive(Clone)]
-pub struct SigningKeyPair {
-    pub kid: String,
-    key: SigningKey,
-}
-
-impl fmt::Debug for SigningKeyPair {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("SigningKeyPair").field("kid", &self.kid).finish_non_exhaustive()
-    }
-}
-
-impl SigningKeyPair {
-    /// From a 32-byte seed.
-    pub fn from_seed(kid: impl Into<String>, seed: [u8; 32]) -> Self {
-        SigningKeyPair { kid: kid.into(), key: SigningKey::from_bytes(&seed) }
-    }
-    /// From the base64url (no padding) encoding of a 32-byte seed, as kept in config.
-    pub fn from_base64(kid: impl Into<String>, seed_b64: &str) -> Result<Self, TokenError> {
-        let bytes = B64.decode(seed_b64.trim()).map_err(|_| TokenError::Malformed)?;
-        let seed: [u8; 32] = bytes.try_into().map_err(|_| TokenError::Malformed)?;
-        Ok(Self::from_seed(kid, seed))
-    }
-    /// Derives a key from a passphrase. For local development stacks and tests only.
-    pub fn derive_for_development(kid: impl Into<String>, passphrase: &str) -> Self {
-        use sha2::Digest as _;
-        let seed: [u8; 32] = sha2::Sha256::digest(passphrase.as_bytes()).into();
-        Self::from_seed(kid, seed)
-    }
-    pub fn public(&self) -> PublicKey {
-        PublicKey { kid: self.kid.clone(), key: self.key.verifying_key() }
-    }
-    /// The base64url seed, as config files carry it. Handle like any private key.
-    pub fn seed_base64(&self) -> String {
-        B64.encode(self.key.to_bytes())
-    }
-}
-
-/// A public key with its key id.
-#[derive(Clone, PartialEq, Eq)]
-pub struct PublicKey {
-    pub kid: String,
-    key: VerifyingKey,
-}
-
-impl fmt::Debug for PublicKey {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "PublicKey({}, {})", self.kid, self.to_base64())
-    }
-}
-
-impl PublicKey {
-    pub fn from_base64(kid: impl Into<String>, b64: &str) -> Result<Self, TokenError> {
-        let bytes = B64.decode(b64.trim()).map_err(|_| TokenError::Malformed)?;
-        let arr: [u8; 32] = bytes.try_into().map_err(|_| TokenError::Malformed)?;
-        let key = VerifyingKey::from_bytes(&arr).map_err(|_| TokenError::Malformed)?;
-        Ok(PublicKey { kid: kid.into(), key })
-    }
-    pub fn to_base64(&self) -> String {
-        B64.encode(self.key.as_bytes())
-    }
-}
-
-/// The public keys a verifier trusts, by key id. Rotation: publish the next key here
-/// before anyone signs with it; drop the old one after its longest-lived token expired.
-#[derive(Debug, Clone, Default)]
-pub struct Keyset {
-    keys: HashMap<String, VerifyingKey>,
-}
-
-impl Keyset {
-    pub fn new(keys: impl IntoIterator<Item = PublicKey>) -> Self {
-        Keyset { keys: keys.into_iter().map(|k| (k.kid, k.key)).collect() }
-    }
-    /// Parses `kid:base64,kid:base64` (the config and env format).
-    pub fn parse(list: &str) -> Result<Self, TokenError> {
-        let mut keys = Vec::new();
-        for item in list.split(',').map(str::trim).filter(|s| !s.is_empty()) {
-            let (kid, b64) = item.split_once(':').ok_or(TokenError::Malformed)?;
-            keys.push(PublicKey::from_base64(kid, b64)?);
+impl TokenError {
+    /// A short stable name for logs and metric labels.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            TokenError::Malformed => "malformed",
+            TokenError::Algorithm => "algorithm",
+            TokenError::UnknownKey => "unknown_kid",
+            TokenError::BadSignature => "bad_signature",
+            TokenError::Expired => "expired",
+            TokenError::NotYetValid => "not_yet_valid",
+            TokenError::WrongAudience => "wrong_audience",
+            TokenError::WrongIssuer => "wrong_issuer",
+            TokenError::MissingRole => "missing_role",
         }
-        Ok(Keyset::new(keys))
     }
-    pub fn insert(&mut self, key: PublicKey) {
-        self.keys.insert(key.kid, key.key);
-    }
-    pub fn is_empty(&self) -> bool {
-        self.keys.is_empty()
-    }
-    /// `kid:base64,...`, sorted by kid.
-    pub fn to_config_string(&self) -> String {
-        let mut v: Vec<_> = self
-            .keys
-            .iter()
-            .map(|(kid, k)| format!("{kid}:{}", B64.encode(k.as_bytes())))
-            .collect();
-        v.sort();
-        v.join(",")
-    }
-}
-
-#[derive(Serialize, Deserialize)]
-struct Header<'a> {
-    alg: &'a str,
-    typ: &'a str,
-    kid: &'a str,
-}
-
-/// Signs `claims` as a compact JWT (`header.claims.signature`, base64url, EdDSA).
-pub fn sign<C: Serialize>(key: &SigningKeyPair, claims: &C) -> String {
-    let header = Header { alg: "EdDSA", typ: "JWT", kid: &key.kid };
-    // Serializing plain structs of strings and numbers cannot fail.
-    let header = serde_json::to_vec(&header).unwrap_or_default();
-    let claims = serde_json::to_vec(claims).unwrap_or_default();
-    let mut out = String::with_capacity(64 + header.len() * 4 / 3 + claims.len() * 4 / 3 + 88);
-    B64.encode_string(&header, &mut out);
-    out.push('.');
-    B64.encode_string(&claims, &mut out);
-    let sig = key.key.sign(out.as_bytes());
-    out.push('.');
-    B64.encode_string(sig.to_bytes(), &mut out);
-    out
-}
-
-/// The parts of a token, split and decoded but not yet verified.
-#[derive(Debug)]
-pub struct Unverified<'a> {
-    pub kid: String,
-    signed_part: &'a str,
-    claims_json: Vec<u8>,
-    signature: [u8; 64],
-}
-
-/// Splits and decodes a compact JWT without verifying it.
-pub fn decode_unverified(token: &str) -> Result<Unverified<'_>, TokenError> {
-    if token.len() > 8 * 1024 {
-        return Err(TokenError::Malformed);
-    }
-    let (signed_part, sig_b64) = token.rsplit_once('.').ok_or(TokenError::Malformed)?;
-    let (header_b64, claims_b64) = signed_part.split_once('.').ok_or(TokenError::Malformed)?;
-    let header_json = B64.decode(header_b64).map_err(|_| TokenError::Malformed)?;
-    let header: Header<'_> =
-        serde_json::from_slice(&header_json).map_err(|_| TokenError::Malformed)?;
-    if header.alg != "EdDSA" {
-        return Err(TokenError::Algorithm);
-    }
-    let kid = header.kid.to_owned();
-    let claims_json = B64.decode(claims_b64).map_err(|_| TokenError::Malformed)?;
-    let sig = B64.decode(sig_b64).map_err(|_| TokenError::Malformed)?;
-    let signature: [u8; 64] = sig.try_into().map_err(|_| TokenError::Malformed)?;
-    Ok(Unverified { kid, signed_part, claims_json, signature })
-}
-
-impl Unverified<'_> {
-    /// Checks the signature against the keyset and decodes the claims.
-    pub fn verify<C: DeserializeOwned>(&self, keys: &Keyset) -> Result<C, TokenError> {
-        let key = keys.keys.get(&self.kid).ok_or(TokenError::UnknownKey)?;
-        let sig = Signature::from_bytes(&self.signature);
-        key.verify(self.signed_part.as_bytes(), &sig).map_err(|_| TokenError::BadSignature)?;
-        self.claims()
-    }
-    /// Decodes the claims without checking the signature. Only for callers that verified
-    /// this exact token before (a verification cache keyed by the whole token).
-    pub fn claims<C: DeserializeOwned>(&self) -> Result<C, TokenError> {
-        serde_json::from_slice(&self.claims_json).map_err(|_| TokenError::Malformed)
-    }
-    pub fn signature(&self) -> &[u8; 64] {
-        &self.signature
-    }
-}
-
-/// Verifies a compact JWT and decodes its claims. Time checks are the caller's, since
-/// claims differ; see [`IdentityClaims::check`].
-pub fn verify<C: DeserializeOwned>(keys: &Keyset, token: &str) -> Result<C, TokenError> {
-    decode_unverified(token)?.verify(keys)
-}
-
-/// The audience every Tessera identity token carries.
-pub const AUDIENCE: &str = "tessera";
-
-/// Roles a token can grant.
-pub const ROLE_FAN: &str = "fan";
-pub const ROLE_OPERATOR: &str = "operator";
-pub const ROLE_GATE: &str = "gate";
-
-/// Claims of an identity token (OIDC-style).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct IdentityClaims {
-    pub iss: String,
-    pub sub: CustomerId,
-    pub aud: String,
-    /// Expiry, seconds since the Unix epoch.
-    pub exp: u64,
-    pub iat: u64,
-    #[serde(default)]
-    pub roles: Vec<String>,
-    /// The OIDC `email` claim, when the issuer shares it (for notifications only).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub email: Option<String>,
-}
-
-impl IdentityClaims {
-    /// Checks audience, issuer and validity window (with `leeway_s` of clock skew).
-    pub fn check(&self, issuer: &str, now_ms: u64, leeway_s: u64) -> Result<(), TokenError> {
-        if self.aud != AUDIENCE {
-            return Err(TokenError::WrongAudience);
-        }
-        if self.iss != issuer {
-            return Err(TokenError::WrongIssuer);
-        }
-        let now_s = now_ms / 1000;
-        if now_s > self.exp.saturating_add(leeway_s) {
-            return Err(TokenError::Expired);
-        }
-        if self.iat > now_s.saturating_add(leeway_s) {
-            return Err(TokenError::NotYetValid);
-        }
-        Ok(())
-    }
-    pub fn has_role(&self, role: &str) -> bool {
-        self.roles.iter().any(|r| r == role)
-    }
-}
-
-/// Verifies identity tokens: signature, audience, issuer, time.
-#[derive(Debug, Clone)]
-pub struct IdentityVerifier {
-    pub issuer: String,
-    pub keys: Keyset,
-    pub leeway_s: u64,
-}
-
-impl IdentityVerifier {
-    pub fn verify(&self, token: &str, now_ms: u64) -> Result<IdentityClaims, TokenError> {
-        let claims: IdentityClaims = verify(&self.keys, token)?;
-        claims.check(&self.issuer, now_ms, self.leeway_s)?;
-        Ok(claims)
-    }
-    /// Verifies and requires `role`.
-    pub fn verify_role(
-        &self,
-        token: &str,
-        now_ms: u64,
-        role: &str,
-    ) -> Result<IdentityClaims, TokenError> {
-        let claims = self.verify(token, now_ms)?;
-        if !claims.has_role(role) {
-            return Err(TokenError::MissingRole);
-        }
-        Ok(claims)
-    }
-}
-
-/// Mints identity tokens. In production an OIDC provider does this; locally the
-/// development issuer in the core does.
-#[derive(Debug, Clone)]
-pub struct IdentityIssuer {
-    pub issuer: String,
-    pub key: SigningKeyPair,
-}
-
-impl IdentityIssuer {
-    pub fn mint(&self, sub: CustomerId, roles: Vec<String>, now_ms: u64, ttl_s: u64) -> String {
-        self.mint_with_email(sub, roles, None, now_ms, ttl_s)
-    }
-
-    /// [`Self::mint`] with the `email` claim.
-    pub fn mint_with_email(
-        &self,
-        sub: CustomerId,
-        roles: Vec<String>,
-        email: Option<String>,
-        now_ms: u64,
-        ttl_s: u64,
-    ) -> String {
-        let iat = now_ms / 1000;
-        let claims = IdentityClaims {
-            iss: self.issuer.clone(),
-            sub,
-            aud: AUDIENCE.to_owned(),
-            exp: iat + ttl_s,
-            iat,
-            roles,
-            email,
-        };
-        sign(&self.key, &claims)
-    }
-}
-
-/// Extracts the token from an `Authorization: Bearer <token>` header value.
-pub fn bearer(header_value: &str) -> Option<&str> {
-    let (scheme, token) = header_value.trim().split_once(' ')?;
-    scheme.eq_ignore_ascii_case("bearer").then(|| token.trim()).filter(|t| !t.is_empty())
 }
 
 #[cfg(test)]
 mod tests {
+    use base64::Engine as _;
+    use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
+    use tessera_api::CustomerId;
+
     use super::*;
 
+    const ISSUER: &str = "https://id.example.org";
+
+    fn key(kid: &str, pass: &str) -> SigningKeyPair {
+        SigningKeyPair::derive_for_development(kid, pass)
+    }
     fn issuer() -> IdentityIssuer {
-        IdentityIssuer {
-            issuer: "https://id.tessera.local".into(),
-            key: SigningKeyPair::derive_for_development("k1", "test"),
-        }
+        IdentityIssuer { issuer: ISSUER.into(), key: key("k1", "test") }
     }
     fn verifier() -> IdentityVerifier {
-        IdentityVerifier {
-            issuer: "https://id.tessera.local".into(),
-            keys: Keyset::new([issuer().key.public()]),
-            leeway_s: 5,
-        }
+        IdentityVerifier::new(ISSUER, Keyset::new([issuer().key.public()]))
+    }
+    fn fan(id: &str) -> CustomerId {
+        CustomerId::parse(id).unwrap()
     }
     const NOW: u64 = 1_800_000_000_000;
 
+    /// Builds a token from raw parts, for attacks the signer never produces.
+    fn raw_token(header: &serde_json::Value, claims: &serde_json::Value, sig: &[u8]) -> String {
+        format!(
+            "{}.{}.{}",
+            B64.encode(header.to_string()),
+            B64.encode(claims.to_string()),
+            B64.encode(sig)
+        )
+    }
+
+    fn claims_json(roles: &[&str]) -> serde_json::Value {
+        serde_json::json!({
+            "iss": ISSUER, "sub": "fan-1", "aud": "tessera",
+            "exp": NOW / 1000 + 60, "iat": NOW / 1000, "roles": roles,
+        })
+    }
+
     #[test]
-    fn round_trips_a_fan_token() {
-        let t = issuer().mint(CustomerId::parse("fan-1").unwrap(), vec![ROLE_FAN.into()], NOW, 600);
+    fn round_trips_a_fan_token_with_default_and_implied_roles() {
+        let t = issuer().mint(fan("fan-1"), vec![ROLE_OPERATOR.into()], NOW, 600);
         let c = verifier().verify(&t, NOW + 1000).unwrap();
         assert_eq!(c.sub.as_str(), "fan-1");
-        assert!(c.has_role(ROLE_FAN));
-        assert_eq!(verifier().verify_role(&t, NOW, ROLE_OPERATOR), Err(TokenError::MissingRole));
+        assert_eq!(c.roles, vec!["fan".to_owned(), "operator".to_owned()]);
+        assert!(c.has_role(ROLE_VIEWER), "operator implies viewer");
+        assert!(!c.has_role(ROLE_ADMIN));
+        assert_eq!(verifier().verify_role(&t, NOW, ROLE_GATE), Err(TokenError::MissingRole));
+        let admin = issuer().mint(fan("a-1"), vec![ROLE_ADMIN.into()], NOW, 600);
+        let c = verifier().verify(&admin, NOW).unwrap();
+        assert!(c.has_role(ROLE_OPERATOR) && c.has_role(ROLE_GATE) && c.has_role(ROLE_VIEWER));
     }
 
     #[test]
     fn rejects_expired_forged_and_foreign_tokens() {
-        let t = issuer().mint(CustomerId::parse("fan-1").unwrap(), vec![], NOW, 60);
-        assert_eq!(verifier().verify(&t, NOW + 70_000), Err(TokenError::Expired));
+        let t = issuer().mint(fan("fan-1"), vec![], NOW, 60);
+        assert_eq!(verifier().verify(&t, NOW + 120_000), Err(TokenError::Expired));
+        assert_eq!(verifier().verify(&t, NOW - 120_000), Err(TokenError::NotYetValid));
 
         // Same claims signed by another key under the same kid.
-        let forger = IdentityIssuer {
-            issuer: "https://id.tessera.local".into(),
-            key: SigningKeyPair::derive_for_development("k1", "attacker"),
-        };
-        let forged = forger.mint(CustomerId::parse("fan-1").unwrap(), vec![], NOW, 60);
+        let forger = IdentityIssuer { issuer: ISSUER.into(), key: key("k1", "attacker") };
+        let forged = forger.mint(fan("fan-1"), vec![], NOW, 60);
         assert_eq!(verifier().verify(&forged, NOW), Err(TokenError::BadSignature));
 
         // Claims edited after signing.
         let mut parts: Vec<String> = t.split('.').map(str::to_owned).collect();
-        let edited = serde_json::to_vec(&IdentityClaims {
-            iss: "https://id.tessera.local".into(),
-            sub: CustomerId::parse("fan-2").unwrap(),
-            aud: AUDIENCE.into(),
-            exp: NOW / 1000 + 60,
-            iat: NOW / 1000,
-            roles: vec![ROLE_OPERATOR.into()],
-            email: None,
-        })
-        .unwrap();
-        parts[1] = B64.encode(edited);
+        parts[1] = B64.encode(claims_json(&["admin"]).to_string());
         assert_eq!(verifier().verify(&parts.join("."), NOW), Err(TokenError::BadSignature));
 
-        let other_kid = IdentityIssuer {
-            issuer: "https://id.tessera.local".into(),
-            key: SigningKeyPair::derive_for_development("k2", "test"),
-        };
-        let t2 = other_kid.mint(CustomerId::parse("fan-1").unwrap(), vec![], NOW, 60);
+        let other_kid = IdentityIssuer { issuer: ISSUER.into(), key: key("k2", "test") };
+        let t2 = other_kid.mint(fan("fan-1"), vec![], NOW, 60);
         assert_eq!(verifier().verify(&t2, NOW), Err(TokenError::UnknownKey));
+
+        let other_iss = IdentityIssuer { issuer: "https://evil.example".into(), ..issuer() };
+        let t3 = other_iss.mint(fan("fan-1"), vec![], NOW, 60);
+        assert_eq!(verifier().verify(&t3, NOW), Err(TokenError::WrongIssuer));
+
+        let mut v = verifier();
+        v.audience = "another-app".into();
+        assert_eq!(v.verify(&t, NOW), Err(TokenError::WrongAudience));
 
         for junk in ["", "a.b", "a.b.c", "....", "eyJhbGciOiJub25lIn0.e30."] {
             assert!(verifier().verify(junk, NOW).is_err(), "{junk}");
@@ -407,14 +158,95 @@ mod tests {
     }
 
     #[test]
-    fn keysets_round_trip_through_config_strings() {
-        let ks = Keyset::new([
-            SigningKeyPair::derive_for_development("a", "1").public(),
-            SigningKeyPair::derive_for_development("b", "2").public(),
-        ]);
+    fn refuses_alg_none_and_algorithm_confusion() {
+        let none = raw_token(
+            &serde_json::json!({"alg": "none", "typ": "JWT", "kid": "k1"}),
+            &claims_json(&["admin"]),
+            b"",
+        );
+        assert_eq!(verifier().verify(&none, NOW), Err(TokenError::Algorithm));
+        // HS256 with the Ed25519 public key as the HMAC secret: the key is pinned to EdDSA.
+        let public = issuer().key.public();
+        let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256);
+        header.kid = Some("k1".into());
+        let hs = jsonwebtoken::encode(
+            &header,
+            &claims_json(&["admin"]),
+            &jsonwebtoken::EncodingKey::from_secret(public.as_bytes()).unwrap(),
+        )
+        .unwrap();
+        assert_eq!(verifier().verify(&hs, NOW), Err(TokenError::Algorithm));
+        // RS256 named under an Ed25519 key id.
+        let rs = raw_token(
+            &serde_json::json!({"alg": "RS256", "typ": "JWT", "kid": "k1"}),
+            &claims_json(&["admin"]),
+            &[0u8; 256],
+        );
+        assert_eq!(verifier().verify(&rs, NOW), Err(TokenError::Algorithm));
+        // A key embedded in the header is never trusted.
+        let attacker = key("k1", "attacker");
+        let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::EdDSA);
+        header.kid = Some("k1".into());
+        header.jwk = Some(attacker.public().to_jwk());
+        let embedded = jws::sign(&attacker, &claims_json(&["admin"]));
+        assert_eq!(verifier().verify(&embedded, NOW), Err(TokenError::BadSignature));
+    }
+
+    #[test]
+    fn what_sign_makes_verifies_with_jsonwebtoken_and_back() {
+        let k = key("k1", "test");
+        let t = sign(&k, &claims_json(&["fan"]));
+        let mut v = jsonwebtoken::Validation::new(jsonwebtoken::Algorithm::EdDSA);
+        v.validate_exp = false;
+        v.validate_aud = false;
+        let dk = jsonwebtoken::DecodingKey::from_ed_components(&k.public().to_base64()).unwrap();
+        let back = jsonwebtoken::decode::<serde_json::Value>(&t, &dk, &v).unwrap();
+        assert_eq!(back.claims["sub"], "fan-1");
+        assert_eq!(back.header.kid.as_deref(), Some("k1"));
+        // The other way: jsonwebtoken's own signer, verified here.
+        use ed25519_dalek::pkcs8::EncodePrivateKey as _;
+        let der = k.key.to_pkcs8_der().unwrap();
+        let ek = jsonwebtoken::EncodingKey::from_ed_der(der.as_bytes());
+        let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::EdDSA);
+        header.kid = Some("k1".into());
+        let t2 = jsonwebtoken::encode(&header, &claims_json(&["fan"]), &ek).unwrap();
+        assert_eq!(verifier().verify(&t2, NOW).unwrap().sub.as_str(), "fan-1");
+    }
+
+    #[test]
+    fn reads_roles_from_a_configured_claim() {
+        let k = key("k1", "test");
+        let mut c = claims_json(&[]);
+        c["realm_access"] = serde_json::json!({"roles": ["gate", "unknown-role"]});
+        c["https://tessera/roles"] = serde_json::json!("viewer operator");
+        let t = sign(&k, &c);
+        let mut v = verifier();
+        v.roles_claim = "realm_access.roles".into();
+        assert_eq!(v.verify(&t, NOW).unwrap().roles, vec!["fan".to_owned(), "gate".to_owned()]);
+        v.roles_claim = "https://tessera/roles".into();
+        v.default_roles = vec![];
+        assert_eq!(
+            v.verify(&t, NOW).unwrap().roles,
+            vec!["operator".to_owned(), "viewer".to_owned()]
+        );
+        // The `roles` claim counts only when it is the configured one.
+        let t = sign(&k, &claims_json(&["admin"]));
+        v.roles_claim = "groups".into();
+        assert!(v.verify(&t, NOW).unwrap().roles.is_empty());
+    }
+
+    #[test]
+    fn keysets_round_trip_through_config_strings_and_jwks() {
+        let ks = Keyset::new([key("a", "1").public(), key("b", "2").public()]);
         let s = ks.to_config_string();
         assert_eq!(Keyset::parse(&s).unwrap().to_config_string(), s);
+        let jwks = serde_json::to_string(&ks.to_jwks()).unwrap();
+        assert!(jwks.contains("\"kty\":\"OKP\"") && jwks.contains("\"alg\":\"EdDSA\""));
+        assert_eq!(Keyset::parse(&jwks).unwrap().to_config_string(), s);
         assert!(Keyset::parse("nonsense").is_err());
+        // An OKP key that claims RS256 is a malformed set.
+        let bad = jwks.replace("EdDSA", "RS256");
+        assert!(Keyset::parse(&bad).is_err());
     }
 
     #[test]
@@ -429,6 +261,14 @@ mod tests {
         #[test]
         fn never_panics_on_arbitrary_input(s in ".{0,300}") {
             let _ = verifier().verify(&s, NOW);
+        }
+
+        #[test]
+        fn never_panics_on_arbitrary_dotted_input(
+            a in "[A-Za-z0-9_-]{0,60}", b in "[A-Za-z0-9_-]{0,60}", c in "[A-Za-z0-9_-]{0,90}"
+        ) {
+            let _ = verifier().verify(&format!("{a}.{b}.{c}"), NOW);
+            let _ = verifier().verify(&format!("eyJhbGciOiJFZERTQSIsImtpZCI6ImsxIn0.{b}.{c}"), NOW);
         }
     }
 }

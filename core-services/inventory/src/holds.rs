@@ -6,10 +6,11 @@ use std::sync::Arc;
 use parking_lot::RwLock;
 use tessera_api::bus::BusEventBody;
 use tessera_api::inventory::{HOLD_SEATS_MAX, Hold, HoldSpec, HoldState};
-use tessera_api::{CustomerId, EventId, HoldId, PoolId, SeatId, SectionId};
+use tessera_api::{CustomerId, EventId, HoldId, PoolId, QueueTicketId, SeatId, SectionId};
 use tessera_fdb_schema::keys::Tally;
 use tessera_fdb_schema::values::{
-    self, EventRecord, HoldRecord, IdempotencyRecord, PoolRecord, SectionRecord, ShardTake,
+    self, AdmissionUse, AdmissionUseState, EventRecord, HoldRecord, IdempotencyRecord, PoolRecord,
+    SectionRecord, ShardTake,
 };
 use tessera_fdb_schema::{Keyspace, SeatState, SeatStatus};
 use tessera_store::{Bytes, RangeRequest, Store, Transaction, TrxError, decode_i64, run};
@@ -147,16 +148,39 @@ fn into_hold(r: HoldRecord, now_ms: u64) -> Hold {
     }
 }
 
+/// The waiting room's admission a hold uses: the queue ticket it was issued for. Each
+/// admits one hold (invariant 9), recorded in that hold's transaction.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Admission {
+    pub ticket_id: QueueTicketId,
+}
+
 impl<S: Store> Inventory<S> {
     /// Places a hold for `customer`. With an idempotency key, a retry of the same request
     /// returns the same hold and a different request with the key is refused.
-    #[tracing::instrument(name = "inventory.hold", skip_all, fields(event_id = %event_id))]
     pub async fn hold(
         &self,
         event_id: &EventId,
         customer: &CustomerId,
         spec: &HoldSpec,
         idempotency_key: Option<&str>,
+    ) -> Result<Hold, InventoryError> {
+        self.hold_admitted(event_id, customer, spec, idempotency_key, None).await
+    }
+
+    /// [`Inventory::hold`] that uses up `admission`: the hold's own transaction reads the
+    /// admission's record with a conflict and writes it, so of two holds with one
+    /// admission (at once, in any region) one commits and the other is refused
+    /// ([`InventoryError::AdmissionUsed`]). A retry with the same idempotency key still
+    /// returns the first hold.
+    #[tracing::instrument(name = "inventory.hold", skip_all, fields(event_id = %event_id))]
+    pub async fn hold_admitted(
+        &self,
+        event_id: &EventId,
+        customer: &CustomerId,
+        spec: &HoldSpec,
+        idempotency_key: Option<&str>,
+        admission: Option<&Admission>,
     ) -> Result<Hold, InventoryError> {
         let started = std::time::Instant::now();
         let hold_id = HoldId::from_random(self.rng.next_u128());
@@ -192,6 +216,13 @@ impl<S: Store> Inventory<S> {
                         };
                         return Ok(hold_view(&rec, now));
                     }
+                }
+                let admission_key =
+                    admission.map(|a| self.keys.admission_use(event_id, &a.ticket_id));
+                if let Some(key) = &admission_key
+                    && trx.get(key, false).await?.is_some()
+                {
+                    return fail(InventoryError::AdmissionUsed);
                 }
                 let event = read_event(&trx, &self.keys, event_id, false).await?;
                 if !event.state.accepts_holds() {
@@ -307,6 +338,17 @@ impl<S: Store> Inventory<S> {
                 };
                 trx.set(&self.keys.hold(&hold_id), &values::encode(&record));
                 trx.set(&self.keys.hold_expiry(expires_at_ms, &hold_id), &[]);
+                if let Some(key) = &admission_key {
+                    let used = AdmissionUse {
+                        v: 1,
+                        state: AdmissionUseState::Used,
+                        hold_id: Some(hold_id.clone()),
+                        customer_id: customer.clone(),
+                        used_at_ms: now,
+                        released_at_ms: None,
+                    };
+                    trx.set(key, &values::encode(&used));
+                }
                 outbox(
                     &trx,
                     &self.keys,

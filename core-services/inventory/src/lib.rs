@@ -38,6 +38,7 @@ use tessera_fdb_schema::values::{self, OutboxRecord};
 use tessera_store::{MutationType, RunError, Store, StoreError, Transaction, TrxError};
 
 pub use events::{EVENT_CAPACITY_MAX, EventRecordView};
+pub use holds::Admission;
 pub use sale::Confirmed;
 pub use sweep::SweepReport;
 pub use views::summary;
@@ -112,6 +113,8 @@ pub enum InventoryError {
     HoldPaymentInFlight(HoldId),
     #[error("this idempotency key was used with a different request")]
     IdempotencyConflict,
+    #[error("this admission was already used for a hold")]
+    AdmissionUsed,
     #[error("event {event} cannot go from {from:?} to {to:?}")]
     InvalidTransition { event: EventId, from: SaleState, to: SaleState },
     #[error("store failed")]
@@ -145,6 +148,7 @@ impl InventoryError {
             E::HoldNotActive { .. } => ErrorCode::HoldNotActive,
             E::HoldPaymentInFlight(_) => ErrorCode::HoldPaymentInFlight,
             E::IdempotencyConflict => ErrorCode::IdempotencyConflict,
+            E::AdmissionUsed => ErrorCode::AdmissionUsed,
             E::Store(StoreError::Unavailable(_)) => ErrorCode::Unavailable,
             E::Store(_) | E::Corrupt(_) => ErrorCode::Internal,
         }

@@ -30,6 +30,8 @@ const RECIPIENTS_MAX: usize = 100;
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default)]
 pub struct MailsinkConfig {
+    /// A development tool: runs only in `local` mode (production, the default, refuses).
+    pub mode: tessera_runtime::config::Mode,
     pub smtp_listen: String,
     pub http_listen: String,
     /// Where messages are kept, one JSON file each.
@@ -41,6 +43,7 @@ pub struct MailsinkConfig {
 impl Default for MailsinkConfig {
     fn default() -> Self {
         MailsinkConfig {
+            mode: tessera_runtime::config::Mode::default(),
             smtp_listen: "127.0.0.1:2525".to_owned(),
             http_listen: "127.0.0.1:7425".to_owned(),
             dir: PathBuf::from("var/mailsink"),

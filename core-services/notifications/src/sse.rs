@@ -28,7 +28,8 @@ use serde::{Deserialize, Serialize};
 use tessera_api::bus::{BusEvent, BusEventBody};
 use tessera_api::{CustomerId, ErrorCode, EventId};
 use tessera_common::Clock;
-use tessera_identity::{IdentityVerifier, TokenError};
+use tessera_identity::TokenError;
+use tessera_identity::oidc::Oidc;
 use tessera_runtime::ApiError;
 use tokio::sync::broadcast;
 use tokio_stream::wrappers::BroadcastStream;
@@ -181,11 +182,11 @@ impl SseHub {
     /// The SSE route, ready to merge into the core's router.
     pub fn router(
         &self,
-        verifier: IdentityVerifier,
+        verifier: Arc<Oidc>,
         clock: Arc<dyn Clock>,
         keep_alive: Duration,
     ) -> Router {
-        let state = SseState { hub: self.clone(), verifier: Arc::new(verifier), clock, keep_alive };
+        let state = SseState { hub: self.clone(), verifier, clock, keep_alive };
         Router::new().route("/v1/events/{event_id}/stream", get(stream)).with_state(state)
     }
 }
@@ -224,7 +225,7 @@ impl Drop for StreamGuard {
 #[derive(Clone)]
 struct SseState {
     hub: SseHub,
-    verifier: Arc<IdentityVerifier>,
+    verifier: Arc<Oidc>,
     clock: Arc<dyn Clock>,
     keep_alive: Duration,
 }
@@ -235,11 +236,12 @@ struct StreamQuery {
 }
 
 fn token_error(e: TokenError) -> ApiError {
+    let reason = format!("identity token refused: {}", e.reason());
     match e {
         TokenError::Expired => {
-            ApiError::new(ErrorCode::TokenExpired, "the identity token has expired")
+            ApiError::refused(ErrorCode::TokenExpired, "the identity token has expired", reason)
         }
-        _ => ApiError::new(ErrorCode::InvalidToken, "the identity token is not valid"),
+        _ => ApiError::refused(ErrorCode::InvalidToken, "the identity token is not valid", reason),
     }
 }
 
@@ -258,7 +260,7 @@ async fn stream(
     let token = header_token.or(q.access_token.as_deref()).ok_or_else(|| {
         ApiError::new(ErrorCode::Unauthenticated, "an identity token is required")
     })?;
-    let claims = st.verifier.verify(token, st.clock.now_ms()).map_err(token_error)?;
+    let claims = st.verifier.verify(token, st.clock.now_ms()).await.map_err(token_error)?;
     let event_id = EventId::parse(&event_id)
         .map_err(|e| ApiError::new(ErrorCode::InvalidRequest, format!("bad event id: {e}")))?;
 

@@ -25,8 +25,8 @@ pub struct WebhookEndpoint {
     /// Stable id; deliveries refer to the endpoint by it.
     pub id: String,
     pub url: String,
-    /// The signing secret shared with the receiver.
-    pub secret: String,
+    /// The signing secret shared with the receiver (never logged).
+    pub secret: tessera_runtime::config::Secret,
     /// Event kinds to send (`order.completed`, `hold.expiring`...); empty sends all.
     #[serde(default)]
     pub events: Vec<String>,
@@ -113,7 +113,7 @@ pub(crate) async fn post(
     timeout: Duration,
 ) -> Result<(), String> {
     let body = serde_json::to_vec(event).map_err(|e| format!("encode event: {e}"))?;
-    let signature = sign(&endpoint.secret, now_s, &body);
+    let signature = sign(endpoint.secret.expose(), now_s, &body);
     let mut headers = http::HeaderMap::new();
     tessera_runtime::telemetry::inject_headers(&mut headers);
     let resp = http
@@ -160,8 +160,12 @@ mod tests {
 
     #[test]
     fn endpoints_filter_by_kind() {
-        let mut e =
-            WebhookEndpoint { id: "a".into(), url: "u".into(), secret: "s".into(), events: vec![] };
+        let mut e = WebhookEndpoint {
+            id: "a".into(),
+            url: "u".into(),
+            secret: tessera_runtime::config::Secret::new("s"),
+            events: vec![],
+        };
         assert!(e.wants("order.completed"));
         e.events = vec!["order.completed".into()];
         assert!(e.wants("order.completed") && !e.wants("hold.expiring"));

@@ -208,6 +208,9 @@ impl<S: Store> Orders<S> {
             payment_id: None,
             payment_method: req.payment_method.clone(),
             idempotency_key: key.as_str().to_owned(),
+            // Provider calls derive their keys from this: the fan's key scoped to the fan,
+            // so no two fans' keys meet at the provider.
+            provider_key: Some(key.scoped_to(customer).as_str().to_owned()),
             email: req.email.clone(),
             failure_code: None,
             tickets: Vec::new(),
@@ -303,7 +306,9 @@ impl<S: Store> Orders<S> {
     pub async fn drive(&self, order_id: &OrderId) -> Result<OrderRecord, OrderError> {
         for _ in 0..16 {
             let r = self.order_record(order_id).await?;
-            let key = match IdempotencyKey::new(r.idempotency_key.clone()) {
+            let key = match IdempotencyKey::new(
+                r.provider_key.clone().unwrap_or_else(|| r.idempotency_key.clone()),
+            ) {
                 Ok(k) => k,
                 Err(e) => return Err(OrderError::Corrupt(e.to_string())),
             };

@@ -33,6 +33,22 @@ impl IdempotencyKey {
         Ok(IdempotencyKey(key))
     }
 
+    /// This key as `customer`'s: the key every provider call of a checkout derives from.
+    /// The provider keeps one namespace of keys for the whole merchant account, so the
+    /// fan's own key (`checkout-1`) must never reach it as it is: two fans who pick the
+    /// same key would meet there, and the second fan's payment would be refused. The
+    /// customer id and the key are hashed with a separator, so no two (customer, key)
+    /// pairs give the same result.
+    pub fn scoped_to(&self, customer: &CustomerId) -> IdempotencyKey {
+        use sha2::Digest as _;
+        let mut h = sha2::Sha256::new();
+        h.update(b"tessera-idempotency-v1\0");
+        h.update((customer.as_str().len() as u64).to_be_bytes());
+        h.update(customer.as_str().as_bytes());
+        h.update(self.0.as_bytes());
+        IdempotencyKey(format!("cus-{}", hex::encode(h.finalize())))
+    }
+
     /// The key of one step (`authorize`, `capture`, `void`, `refund`...) of the operation
     /// this key names. Deterministic, so a retry derives the same key. Keys that would grow
     /// past the provider's limit are shortened to a SHA-256 of the full text.

@@ -33,6 +33,9 @@ pub struct StripeConfig {
     pub connect_timeout: Duration,
     /// Pins `Stripe-Version`; the account default applies when unset.
     pub api_version: Option<String>,
+    /// PEM certificates trusted besides the public web roots (a provider reached through
+    /// a private certificate authority, such as an egress proxy).
+    pub extra_roots_pem: Option<Vec<u8>>,
 }
 
 impl StripeConfig {
@@ -43,6 +46,7 @@ impl StripeConfig {
             request_timeout: Duration::from_secs(10),
             connect_timeout: Duration::from_secs(2),
             api_version: None,
+            extra_roots_pem: None,
         }
     }
 }
@@ -58,11 +62,16 @@ pub struct StripeClient {
 
 impl StripeClient {
     pub fn new(config: StripeConfig) -> anyhow::Result<Self> {
-        let http = reqwest::Client::builder()
+        let mut builder = reqwest::Client::builder()
             .timeout(config.request_timeout)
             .connect_timeout(config.connect_timeout)
-            .user_agent(concat!("tessera-payments/", env!("CARGO_PKG_VERSION")))
-            .build()?;
+            .user_agent(concat!("tessera-payments/", env!("CARGO_PKG_VERSION")));
+        if let Some(pem) = &config.extra_roots_pem {
+            for cert in reqwest::Certificate::from_pem_bundle(pem)? {
+                builder = builder.add_root_certificate(cert);
+            }
+        }
+        let http = builder.build()?;
         Ok(StripeClient {
             http,
             base_url: config.base_url.trim_end_matches('/').to_owned(),

@@ -57,14 +57,15 @@ pub fn sign(secret: &str, timestamp_s: u64, payload: &[u8]) -> String {
     format!("t={timestamp_s},v1={}", hex::encode(sig))
 }
 
-/// Checks a `Stripe-Signature` header against the raw request body.
+/// Checks a `Stripe-Signature` header against the raw request body. The MAC comparison is
+/// constant-time (`hmac`'s `verify_slice`). Returns the signed timestamp.
 pub fn verify(
     secret: &str,
     header: Option<&str>,
     payload: &[u8],
     now_s: u64,
     tolerance_s: u64,
-) -> Result<(), WebhookError> {
+) -> Result<u64, WebhookError> {
     let header = header.ok_or(WebhookError::MissingHeader)?;
     let mut timestamp = None;
     let mut signatures = Vec::new();
@@ -91,7 +92,28 @@ pub fn verify(
     if now_s.abs_diff(timestamp) > tolerance_s {
         return Err(WebhookError::TimestampOutsideTolerance);
     }
-    Ok(())
+    Ok(timestamp)
+}
+
+/// A verified delivery: the event and when the provider signed this delivery of it. The
+/// provider signs each delivery (retries included) anew, so `(signed_at_s, event.id)`
+/// names one delivery, and a second request with the same pair is a replay.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VerifiedDelivery {
+    pub event: ProviderEvent,
+    pub signed_at_s: u64,
+}
+
+/// Verifies a webhook request and parses its event, keeping the signed timestamp.
+pub fn verify_delivery(
+    secret: &str,
+    header: Option<&str>,
+    payload: &[u8],
+    now_s: u64,
+    tolerance_s: u64,
+) -> Result<VerifiedDelivery, WebhookError> {
+    let signed_at_s = verify(secret, header, payload, now_s, tolerance_s)?;
+    Ok(VerifiedDelivery { event: parse_event(payload)?, signed_at_s })
 }
 
 /// A verified provider event, reduced to what the saga acts on.
@@ -147,8 +169,7 @@ pub fn verify_event(
     now_s: u64,
     tolerance_s: u64,
 ) -> Result<ProviderEvent, WebhookError> {
-    verify(secret, header, payload, now_s, tolerance_s)?;
-    parse_event(payload)
+    Ok(verify_delivery(secret, header, payload, now_s, tolerance_s)?.event)
 }
 
 /// Parses an event body (after [`verify`]).
@@ -197,7 +218,7 @@ mod tests {
         let body = br#"{"id":"evt_1"}"#;
         let header = sign(SECRET, 1_700_000_000, body);
         assert!(header.starts_with("t=1700000000,v1="));
-        assert_eq!(verify(SECRET, Some(&header), body, 1_700_000_010, 300), Ok(()));
+        assert_eq!(verify(SECRET, Some(&header), body, 1_700_000_010, 300), Ok(1_700_000_000));
         assert_eq!(
             verify(SECRET, Some(&header), br#"{"id":"evt_2"}"#, 1_700_000_010, 300),
             Err(WebhookError::NoMatchingSignature)
@@ -221,7 +242,7 @@ mod tests {
         let old = sign("whsec_old", 100, body);
         let new = sign(SECRET, 100, body);
         let both = format!("{},{}", new, old.split_once(',').unwrap().1);
-        assert_eq!(verify("whsec_old", Some(&both), body, 100, 300), Ok(()));
-        assert_eq!(verify(SECRET, Some(&both), body, 100, 300), Ok(()));
+        assert_eq!(verify("whsec_old", Some(&both), body, 100, 300), Ok(100));
+        assert_eq!(verify(SECRET, Some(&both), body, 100, 300), Ok(100));
     }
 }

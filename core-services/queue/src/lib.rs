@@ -11,6 +11,8 @@
 //!   a watermark.
 //! - [`controller`]: the admission controller the core runs, turning queue counts,
 //!   remaining inventory, core health and the operator's rate into a watermark.
+//! - [`watermark`]: watermarks signed by the core's key, which edges verify (and ignore
+//!   when stale) before admitting anyone by them.
 //!
 //! It does no I/O and reads no clock: time arrives as `now_ms`, randomness as bytes. It
 //! compiles to WASM for the edge components.
@@ -19,6 +21,7 @@ pub mod admission;
 pub mod controller;
 pub mod lottery;
 pub mod token;
+pub mod watermark;
 
 pub use admission::{QueueView, is_admitted, view};
 pub use controller::{AdmissionController, ControllerConfig, ControllerInput};

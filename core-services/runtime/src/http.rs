@@ -6,6 +6,7 @@
 
 use std::future::Future;
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::time::Instant;
 
 use axum::Router;
@@ -27,11 +28,19 @@ pub struct ApiError {
     pub message: String,
     /// The cause of an internal error; logged, never sent.
     pub source: Option<anyhow::Error>,
+    /// Why a request was refused, for the log only (see [`ApiError::refused`]).
+    pub reason: Option<String>,
 }
 
 impl ApiError {
     pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
-        ApiError { code, message: message.into(), source: None }
+        ApiError { code, message: message.into(), source: None, reason: None }
+    }
+    /// A refusal at a security check: the caller gets `code` and a `message` that does not
+    /// say which check failed; the `reason` is logged once at WARN (never a token or a
+    /// secret in it) and the refusal is counted in `tessera_http_refusals_total{code}`.
+    pub fn refused(code: ErrorCode, message: impl Into<String>, reason: impl Into<String>) -> Self {
+        ApiError { code, message: message.into(), source: None, reason: Some(reason.into()) }
     }
     /// A 500 whose cause is logged and not shown.
     pub fn internal(source: anyhow::Error) -> Self {
@@ -39,6 +48,7 @@ impl ApiError {
             code: ErrorCode::Internal,
             message: "internal error".into(),
             source: Some(source),
+            reason: None,
         }
     }
     pub fn unavailable(message: impl Into<String>) -> Self {
@@ -60,8 +70,17 @@ impl IntoResponse for ApiError {
         if let Some(source) = &self.source {
             tracing::error!(code = self.code.as_str(), "request failed: {source:#}");
         }
+        if let Some(reason) = &self.reason {
+            record_refusal(self.code, reason);
+        }
         error_response(self.code, &self.message)
     }
+}
+
+/// Logs a refusal once at WARN and counts it (`tessera_http_refusals_total{code}`).
+pub fn record_refusal(code: ErrorCode, reason: &str) {
+    tracing::warn!(code = code.as_str(), reason, "request refused");
+    metrics::counter!("tessera_http_refusals_total", "code" => code.as_str()).increment(1);
 }
 
 /// Builds an error response.
@@ -95,27 +114,50 @@ where
     }
 }
 
+/// Body rejections are bad input at the service's edge: refused with a code, logged once
+/// with the parser's reason, counted.
 fn json_rejection(r: JsonRejection) -> ApiError {
     match r {
-        JsonRejection::JsonDataError(e) => ApiError::new(
-            ErrorCode::InvalidRequest,
-            format!("invalid request body: {}", e.body_text()),
-        ),
-        JsonRejection::JsonSyntaxError(e) => {
-            ApiError::new(ErrorCode::MalformedJson, format!("malformed JSON: {}", e.body_text()))
+        JsonRejection::JsonDataError(e) => {
+            let text = e.body_text();
+            ApiError::refused(
+                ErrorCode::InvalidRequest,
+                format!("invalid request body: {text}"),
+                "body does not match the request type",
+            )
         }
-        JsonRejection::MissingJsonContentType(_) => ApiError::new(
+        JsonRejection::JsonSyntaxError(e) => {
+            let text = e.body_text();
+            let reason = if text.contains("recursion limit") {
+                "body nests too deeply"
+            } else {
+                "body is not JSON"
+            };
+            ApiError::refused(ErrorCode::MalformedJson, format!("malformed JSON: {text}"), reason)
+        }
+        JsonRejection::MissingJsonContentType(_) => ApiError::refused(
             ErrorCode::UnsupportedMediaType,
             "expected a request with `content-type: application/json`",
+            "content type is not JSON",
         ),
         JsonRejection::BytesRejection(e) => {
             if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
-                ApiError::new(ErrorCode::BodyTooLarge, "request body is too large")
+                ApiError::refused(
+                    ErrorCode::BodyTooLarge,
+                    "request body is too large",
+                    "body over the limit",
+                )
             } else {
-                ApiError::new(ErrorCode::InvalidRequest, "failed to read request body")
+                ApiError::refused(
+                    ErrorCode::InvalidRequest,
+                    "failed to read request body",
+                    "body could not be read",
+                )
             }
         }
-        other => ApiError::new(ErrorCode::InvalidRequest, other.body_text()),
+        other => {
+            ApiError::refused(ErrorCode::InvalidRequest, other.body_text(), "body was refused")
+        }
     }
 }
 
@@ -261,6 +303,146 @@ pub async fn serve(
     axum::serve(listener, router.into_make_service_with_connect_info::<SocketAddr>())
         .with_graceful_shutdown(shutdown)
         .await?;
+    Ok(())
+}
+
+/// HTTPS for a service's listener (the `[tls]` table): its certificate chain and key, and
+/// optionally the certificate authority whose client certificates it requires (mutual
+/// TLS between the router and the cores).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, serde::Deserialize)]
+#[serde(default)]
+pub struct ServerTlsConfig {
+    /// PEM certificate chain; HTTPS is on when set.
+    pub cert_file: Option<PathBuf>,
+    /// PEM private key of the certificate.
+    pub key_file: Option<PathBuf>,
+    /// PEM certificate authority; when set, clients must present a certificate it signed.
+    pub client_ca_file: Option<PathBuf>,
+}
+
+impl ServerTlsConfig {
+    pub fn enabled(&self) -> bool {
+        self.cert_file.is_some()
+    }
+
+    /// Adds the problems of these settings (under `prefix`) to `checks`.
+    pub fn check(&self, prefix: &str, checks: &mut crate::config::Checks<'_>) {
+        let files = [
+            ("cert_file", &self.cert_file),
+            ("key_file", &self.key_file),
+            ("client_ca_file", &self.client_ca_file),
+        ];
+        for (name, file) in files {
+            if let Some(f) = file
+                && !f.is_file()
+            {
+                checks
+                    .error(&format!("{prefix}.{name}"), format!("{} does not exist", f.display()));
+            }
+        }
+        if self.cert_file.is_some() != self.key_file.is_some() {
+            checks.error(&format!("{prefix}.key_file"), "cert_file and key_file go together");
+        }
+        if self.client_ca_file.is_some() && self.cert_file.is_none() {
+            checks.error(&format!("{prefix}.client_ca_file"), "needs cert_file and key_file");
+        }
+    }
+
+    /// The TLS acceptor, when HTTPS is on.
+    pub fn acceptor(&self) -> anyhow::Result<Option<tokio_rustls::TlsAcceptor>> {
+        use rustls::pki_types::pem::PemObject as _;
+        use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+        let (Some(cert), Some(key)) = (&self.cert_file, &self.key_file) else {
+            return Ok(None);
+        };
+        let chain = CertificateDer::pem_file_iter(cert)
+            .and_then(|i| i.collect::<Result<Vec<_>, _>>())
+            .map_err(|e| anyhow::anyhow!("read tls.cert_file {}: {e}", cert.display()))?;
+        let key = PrivateKeyDer::from_pem_file(key)
+            .map_err(|e| anyhow::anyhow!("read tls.key_file {}: {e}", key.display()))?;
+        let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+        let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
+            .with_safe_default_protocol_versions()?;
+        let builder = match &self.client_ca_file {
+            Some(ca) => {
+                let mut roots = rustls::RootCertStore::empty();
+                for c in CertificateDer::pem_file_iter(ca)
+                    .map_err(|e| anyhow::anyhow!("read tls.client_ca_file {}: {e}", ca.display()))?
+                {
+                    roots.add(c?)?;
+                }
+                let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+                    std::sync::Arc::new(roots),
+                    provider,
+                )
+                .build()?;
+                builder.with_client_cert_verifier(verifier)
+            }
+            None => builder.with_no_client_auth(),
+        };
+        let mut config = builder.with_single_cert(chain, key)?;
+        config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+        Ok(Some(tokio_rustls::TlsAcceptor::from(std::sync::Arc::new(config))))
+    }
+}
+
+/// [`serve`], over TLS when `tls` is set: each connection completes its handshake (10 s
+/// at most) before HTTP/1.1 or HTTP/2 is served on it; a failed handshake is counted in
+/// `tessera_http_tls_handshake_failures_total` and closes only that connection.
+pub async fn serve_maybe_tls(
+    listener: tokio::net::TcpListener,
+    router: Router,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let Some(acceptor) = tls else {
+        return serve(listener, router, shutdown).await;
+    };
+    use hyper_util::rt::{TokioExecutor, TokioIo};
+    use tower::ServiceExt as _;
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    let mut shutdown = std::pin::pin!(shutdown);
+    loop {
+        let (tcp, peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(a) => a,
+                Err(e) => {
+                    tracing::debug!("accept failed: {e}");
+                    continue;
+                }
+            },
+            () = &mut shutdown => break,
+        };
+        let _ = tcp.set_nodelay(true);
+        let acceptor = acceptor.clone();
+        let router = router.clone();
+        let watcher = graceful.watcher();
+        tokio::spawn(async move {
+            let stream = match tokio::time::timeout(
+                std::time::Duration::from_secs(10),
+                acceptor.accept(tcp),
+            )
+            .await
+            {
+                Ok(Ok(s)) => s,
+                _ => {
+                    metrics::counter!("tessera_http_tls_handshake_failures_total").increment(1);
+                    return;
+                }
+            };
+            let service =
+                hyper::service::service_fn(move |req: http::Request<hyper::body::Incoming>| {
+                    let mut req = req.map(Body::new);
+                    req.extensions_mut().insert(axum::extract::ConnectInfo(peer));
+                    router.clone().oneshot(req)
+                });
+            let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+            let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
+            let _ = watcher.watch(conn.into_owned()).await;
+        });
+    }
+    drop(listener);
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(30), graceful.shutdown()).await;
     Ok(())
 }
 

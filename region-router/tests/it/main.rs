@@ -232,6 +232,7 @@ fn token(roles: &[&str]) -> String {
 
 fn config(upstreams: &[&Upstream]) -> RouterConfig {
     let mut cfg = RouterConfig {
+        mode: tessera_runtime::config::Mode::Local,
         listen: "127.0.0.1:0".into(),
         pop: Some("fra".into()),
         regions: upstreams
@@ -692,7 +693,7 @@ async fn a_drain_reaches_every_router_within_a_second_and_survives_restarts() {
     let us = Upstream::start("us-east").await;
     let with_nats = |url: String, file: &str| {
         let mut cfg = config(&[&us, &eu]);
-        cfg.nats_url = Some(url);
+        cfg.nats = tessera_bus::NatsClientConfig::plain(url);
         cfg.state_file = Some(dir.path().join(file));
         cfg
     };
@@ -779,7 +780,7 @@ async fn a_region_whose_heartbeat_says_unhealthy_gets_no_traffic() {
     let eu = Upstream::start("eu-west").await;
     let us = Upstream::start("us-east").await;
     let mut cfg = config(&[&us, &eu]);
-    cfg.nats_url = Some(nats.hub_url());
+    cfg.nats = tessera_bus::NatsClientConfig::plain(nats.hub_url());
     let router = start_router(cfg).await;
     let echo = format!("{}/v1/echo", router.url);
     assert_eq!(get_json(&echo, &[]).await.1.as_deref(), Some("eu-west"));

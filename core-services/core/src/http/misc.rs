@@ -3,13 +3,13 @@
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use tessera_api::ops::{DevTokenRequest, DevTokenResponse};
-use tessera_api::queue::{AdmissionWatermark, QueuePlace, QueueRegistration};
+use tessera_api::queue::{QueuePlace, QueueRegistration, SignedWatermark};
 use tessera_api::{ErrorCode, EventId, OrderId};
 use tessera_identity::{ROLE_FAN, ROLE_OPERATOR};
 use tessera_runtime::{ApiError, Json};
 use tessera_store::{Store, Transaction as _};
 
-use super::{AppState, authenticate, path_id};
+use super::{AppState, authenticate, path_id, service};
 use crate::admission::{self, RegisterError};
 
 /// `GET /livez`: the process is up and serving HTTP. It reads nothing, so a store that is
@@ -34,18 +34,18 @@ pub(crate) async fn health<S: Store>(
     })))
 }
 
-/// `GET /v1/events/{event_id}/admission`: the newest watermark (edges that cannot listen
-/// to NATS poll this).
+/// `GET /v1/events/{event_id}/admission`: the newest watermark, signed (edges that cannot
+/// listen to NATS poll this).
 pub(crate) async fn admission<S: Store>(
     State(app): State<AppState<S>>,
     Path(event_id): Path<String>,
-) -> Result<Json<AdmissionWatermark>, ApiError> {
+) -> Result<Json<SignedWatermark>, ApiError> {
     let event_id = path_id(&event_id, EventId::parse, ErrorCode::UnknownEvent, "event")?;
     if let Some(wm) = app.watermarks.read().get(&event_id) {
         return Ok(Json(wm.clone()));
     }
     match admission::stored_watermark(&app, &event_id).await.map_err(ApiError::internal)? {
-        Some(wm) => Ok(Json(wm)),
+        Some(wm) => Ok(Json(tessera_queue::watermark::sign(&app.watermark_key, &wm))),
         None => Err(ApiError::new(
             ErrorCode::UnknownEvent,
             format!("event {event_id} has no waiting room (yet)"),
@@ -53,19 +53,22 @@ pub(crate) async fn admission<S: Store>(
     }
 }
 
-/// `POST /v1/internal/events/{event_id}/queue`: an edge registers a fan's place. The fan's
-/// identity token is forwarded and must name the customer being registered.
+/// `POST /v1/internal/events/{event_id}/queue`: an edge registers a fan's place. The
+/// edge proves itself with its service credential; the fan's identity token is forwarded
+/// too and must name the customer being registered.
 pub(crate) async fn register<S: Store>(
     State(app): State<AppState<S>>,
     Path(event_id): Path<String>,
     h: HeaderMap,
     Json(reg): Json<QueueRegistration>,
 ) -> Result<(StatusCode, Json<QueuePlace>), ApiError> {
-    let claims = authenticate(&app, &h)?;
+    service(&app, &h)?;
+    let claims = authenticate(&app, &h).await?;
     if claims.sub != reg.customer_id {
-        return Err(ApiError::new(
+        return Err(ApiError::refused(
             ErrorCode::Forbidden,
             "a place can only be registered for the token's own customer",
+            "queue registration for another customer",
         ));
     }
     let event_id = path_id(&event_id, EventId::parse, ErrorCode::UnknownEvent, "event")?;
@@ -81,22 +84,30 @@ pub(crate) async fn register<S: Store>(
     Ok((StatusCode::OK, Json(place)))
 }
 
-/// `POST /v1/dev/token`: mints an identity token with the development issuer.
+fn no_dev_issuer() -> ApiError {
+    ApiError::refused(ErrorCode::NotFound, "no such route", "development route outside local mode")
+}
+
+/// `POST /v1/dev/token` (local mode only): mints an identity token with the development
+/// issuer. `operator: true` adds `operator` and `gate`; `roles` names roles exactly.
 pub(crate) async fn dev_token<S: Store>(
     State(app): State<AppState<S>>,
     Json(req): Json<DevTokenRequest>,
 ) -> Result<Json<DevTokenResponse>, ApiError> {
     let Some(issuer) = &app.dev_issuer else {
-        return Err(ApiError::new(
-            ErrorCode::NotFound,
-            "the development issuer is off in this deployment",
-        ));
+        return Err(no_dev_issuer());
     };
     let ttl_s = req.ttl_s.unwrap_or(3600).clamp(1, 24 * 3600);
     let mut roles = vec![ROLE_FAN.to_owned()];
     if req.operator {
         roles.push(ROLE_OPERATOR.to_owned());
         roles.push(tessera_identity::ROLE_GATE.to_owned());
+    }
+    for r in &req.roles {
+        if !tessera_identity::ROLES.contains(&r.as_str()) {
+            return Err(ApiError::new(ErrorCode::InvalidRequest, format!("unknown role {r:?}")));
+        }
+        roles.push(r.clone());
     }
     let now = app.clock.now_ms();
     if req.email.as_ref().is_some_and(|e| e.len() > 254 || !e.contains('@')) {
@@ -106,23 +117,74 @@ pub(crate) async fn dev_token<S: Store>(
     Ok(Json(DevTokenResponse { token, expires_at_ms: now + ttl_s * 1000 }))
 }
 
-/// `POST /v1/webhooks/payments`: the provider's signed events. A valid event about an
-/// order wakes that order's saga; a bad signature is refused and changes nothing.
+/// `GET /v1/dev/.well-known/openid-configuration` (local mode only): the development
+/// issuer's discovery document, so the core verifies its tokens the way it verifies any
+/// issuer's. The issuer is `identity.issuer` (a URL ending in `/v1/dev`).
+pub(crate) async fn dev_discovery<S: Store>(
+    State(app): State<AppState<S>>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let Some(issuer) = &app.dev_issuer else {
+        return Err(no_dev_issuer());
+    };
+    let base = issuer.issuer.trim_end_matches('/');
+    Ok(Json(serde_json::json!({
+        "issuer": issuer.issuer,
+        "jwks_uri": format!("{base}/jwks"),
+        "token_endpoint": format!("{base}/token"),
+        "id_token_signing_alg_values_supported": ["EdDSA"],
+        "subject_types_supported": ["public"],
+        "response_types_supported": ["id_token"],
+    })))
+}
+
+/// `GET /v1/dev/jwks` (local mode only): the development issuer's public key.
+pub(crate) async fn dev_jwks<S: Store>(
+    State(app): State<AppState<S>>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let Some(issuer) = &app.dev_issuer else {
+        return Err(no_dev_issuer());
+    };
+    let jwks = tessera_identity::Keyset::new([issuer.key.public()]).to_jwks();
+    Ok(Json(serde_json::to_value(jwks).map_err(|e| ApiError::internal(e.into()))?))
+}
+
+/// `POST /v1/webhooks/payments`: the provider's signed events, through the public edge.
+/// Every failure (no signature, a wrong one, a stale or replayed delivery, a body that is
+/// not an event) answers the same `400 webhook_signature_invalid`; the log says which.
+/// A delivery is accepted once: its signature is recorded in the store, so a captured
+/// request sent again is refused, while the provider's own retries (signed anew) are
+/// answered 204 and handled idempotently. A valid event about an order wakes that
+/// order's saga.
 pub(crate) async fn payment_webhook<S: Store>(
     State(app): State<AppState<S>>,
     h: HeaderMap,
     body: axum::body::Bytes,
 ) -> Result<StatusCode, ApiError> {
-    let signature = h.get("stripe-signature").and_then(|v| v.to_str().ok());
-    let now_s = app.clock.now_ms() / 1000;
-    let event = tessera_payments::webhook::verify_event(
+    let refuse = |reason: String| {
+        ApiError::refused(
+            ErrorCode::WebhookSignatureInvalid,
+            "the webhook could not be verified",
+            reason,
+        )
+    };
+    let signature =
+        h.get(tessera_payments::webhook::SIGNATURE_HEADER).and_then(|v| v.to_str().ok());
+    let now_ms = app.clock.now_ms();
+    let verified = tessera_payments::webhook::verify_delivery(
         app.config.payments.webhook_secret.expose(),
         signature,
         &body,
-        now_s,
-        tessera_payments::webhook::DEFAULT_TOLERANCE_S,
+        now_ms / 1000,
+        app.config.payments.webhook_tolerance_s,
     )
-    .map_err(|e| ApiError::new(e.code(), e.to_string()))?;
+    .map_err(|e| refuse(format!("payment webhook: {e}")))?;
+    let first = crate::webhooks::record_delivery(&app, &verified, now_ms)
+        .await
+        .map_err(ApiError::internal)?;
+    if !first {
+        return Err(refuse(format!("payment webhook: delivery {} replayed", verified.event.id)));
+    }
+    let event = verified.event;
     let order = match &event.data {
         tessera_payments::webhook::ProviderEventData::Payment(p) => p.order_id.clone(),
         tessera_payments::webhook::ProviderEventData::Charge { order_id, .. } => order_id.clone(),

@@ -3,14 +3,19 @@
 //! | route | who |
 //! |---|---|
 //! | `GET /v1/events`, `/v1/events/{id}`, `/availability`, `/sections/{sid}/seats`, `/admission` | anyone |
-//! | `POST /v1/events/{id}/holds`, `GET`/`DELETE /v1/holds/{id}` | fan (+ admission token) |
+//! | `POST /v1/events/{id}/holds`, `GET`/`DELETE /v1/holds/{id}` | fan (+ an admission token, used once) |
 //! | `POST /v1/orders`, `GET /v1/orders`, `GET /v1/orders/{id}` | fan |
-//! | `POST /v1/checkin` | gate or operator |
-//! | `POST /v1/internal/events/{id}/queue` | edge, on behalf of a fan |
-//! | `/v1/ops/...` | operator |
-//! | `POST /v1/dev/token` | anyone, only with the development issuer on |
-//! | `POST /v1/webhooks/payments` | the payment provider (signed) |
+//! | `POST /v1/checkin` | gate (or admin) |
+//! | `POST /v1/internal/events/{id}/queue` | a service credential (the edge), on behalf of a fan |
+//! | `/v1/ops/...` | operator; refunds: admin |
+//! | `POST /v1/dev/token`, `GET /v1/dev/.well-known/openid-configuration`, `/v1/dev/jwks` | anyone, local mode only (the development issuer) |
+//! | `POST /v1/webhooks/payments` | the payment provider (signed, each delivery once) |
 //! | `GET /healthz` (ready: the store answers), `GET /livez` (the process serves), `GET /metrics` | probes |
+//!
+//! Roles come from the identity token (`tessera_identity::ROLES`); `admin` includes
+//! `operator`, `viewer` and `gate`. Security refusals are logged once at WARN with their
+//! reason and counted in `tessera_http_refusals_total{code}`; the caller gets the code and
+//! a message that does not say which check failed.
 
 mod catalog;
 mod misc;
@@ -23,10 +28,13 @@ use axum::Router;
 use axum::http::HeaderMap;
 use axum::routing::{get, post, put};
 use tessera_api::{CustomerId, ErrorCode};
-use tessera_identity::{IdentityClaims, ROLE_GATE, ROLE_OPERATOR, TokenError};
+use tessera_identity::{
+    IdentityClaims, ROLE_ADMIN, ROLE_FAN, ROLE_GATE, ROLE_OPERATOR, TokenError,
+};
 use tessera_inventory::InventoryError;
 use tessera_orders::OrderError;
 use tessera_runtime::ApiError;
+use tessera_runtime::config::Mode;
 use tessera_store::Store;
 
 use crate::App;
@@ -57,69 +65,133 @@ pub fn router<S: Store>(app: Arc<App<S>>, extra: Router) -> Router {
         .route("/v1/ops/events/{event_id}/{action}", post(ops::sale_action::<S>))
         .route("/v1/ops/events/{event_id}/admission", put(ops::admission_rate::<S>))
         .route("/v1/ops/orders/{order_id}/refund", post(ops::refund::<S>))
-        .route("/v1/dev/token", post(misc::dev_token::<S>))
-        .route("/v1/webhooks/payments", post(misc::payment_webhook::<S>))
-        .with_state(app)
-        .merge(extra);
+        .route("/v1/webhooks/payments", post(misc::payment_webhook::<S>));
+    // The development issuer and its routes exist only in local mode (`App::build`
+    // leaves `dev_issuer` empty otherwise): production answers 404 as for any path.
+    let api = if app.dev_issuer.is_some() {
+        api.route("/v1/dev/token", post(misc::dev_token::<S>))
+            .route("/v1/dev/.well-known/openid-configuration", get(misc::dev_discovery::<S>))
+            .route("/v1/dev/jwks", get(misc::dev_jwks::<S>))
+    } else {
+        api
+    };
+    let api = api.with_state(app).merge(extra);
     tessera_runtime::http::with_common_layers("core", api, limit)
 }
 
-/// The verified identity of the caller.
-pub(crate) fn authenticate<S: Store>(
+/// The verified identity of the caller. Every failure answers `unauthenticated`,
+/// `token_expired` or `invalid_token` without saying which check failed; the log says.
+pub(crate) async fn authenticate<S: Store>(
     app: &App<S>,
     headers: &HeaderMap,
 ) -> Result<IdentityClaims, ApiError> {
-    let Some(value) = headers.get(http::header::AUTHORIZATION).and_then(|v| v.to_str().ok()) else {
+    let Some(value) = headers.get(http::header::AUTHORIZATION) else {
         return Err(ApiError::new(
             ErrorCode::Unauthenticated,
             "an `Authorization: Bearer <token>` header is required",
         ));
     };
-    let Some(token) = tessera_identity::bearer(value) else {
-        return Err(ApiError::new(
+    let Some(token) = value.to_str().ok().and_then(tessera_identity::bearer) else {
+        return Err(ApiError::refused(
             ErrorCode::Unauthenticated,
             "the Authorization header must be `Bearer <token>`",
+            "authorization header is not a bearer token",
         ));
     };
-    app.identity.verify(token, app.clock.now_ms()).map_err(token_error)
+    app.identity.verify(token, app.clock.now_ms()).await.map_err(token_error)
 }
 
 pub(crate) fn token_error(e: TokenError) -> ApiError {
+    let reason = format!("identity token refused: {}", e.reason());
     match e {
         TokenError::Expired => {
-            ApiError::new(ErrorCode::TokenExpired, "the identity token has expired")
+            ApiError::refused(ErrorCode::TokenExpired, "the identity token has expired", reason)
         }
-        TokenError::MissingRole => ApiError::new(ErrorCode::Forbidden, "this needs another role"),
-        e => ApiError::new(ErrorCode::InvalidToken, format!("the identity token is invalid: {e}")),
+        TokenError::MissingRole => ApiError::refused(ErrorCode::Forbidden, "forbidden", reason),
+        _ => ApiError::refused(ErrorCode::InvalidToken, "the identity token is invalid", reason),
     }
 }
 
-/// The caller, who must be a fan (any authenticated customer).
-pub(crate) fn fan<S: Store>(app: &App<S>, headers: &HeaderMap) -> Result<CustomerId, ApiError> {
-    Ok(authenticate(app, headers)?.sub)
+/// The caller, who must hold `role`.
+pub(crate) async fn with_role<S: Store>(
+    app: &App<S>,
+    headers: &HeaderMap,
+    role: &'static str,
+) -> Result<IdentityClaims, ApiError> {
+    let claims = authenticate(app, headers).await?;
+    if !claims.has_role(role) {
+        return Err(ApiError::refused(
+            ErrorCode::Forbidden,
+            "this needs another role",
+            format!("caller lacks the {role} role"),
+        ));
+    }
+    Ok(claims)
+}
+
+/// The caller, who must be a fan.
+pub(crate) async fn fan<S: Store>(
+    app: &App<S>,
+    headers: &HeaderMap,
+) -> Result<CustomerId, ApiError> {
+    Ok(with_role(app, headers, ROLE_FAN).await?.sub)
 }
 
 /// The caller, who must hold the operator role.
-pub(crate) fn operator<S: Store>(
+pub(crate) async fn operator<S: Store>(
     app: &App<S>,
     headers: &HeaderMap,
 ) -> Result<IdentityClaims, ApiError> {
-    let claims = authenticate(app, headers)?;
-    if !claims.has_role(ROLE_OPERATOR) {
-        return Err(ApiError::new(ErrorCode::Forbidden, "this needs the operator role"));
-    }
-    Ok(claims)
+    with_role(app, headers, ROLE_OPERATOR).await
 }
 
-pub(crate) fn gate<S: Store>(
+/// The caller, who must hold the admin role (refunds move money back).
+pub(crate) async fn admin<S: Store>(
     app: &App<S>,
     headers: &HeaderMap,
 ) -> Result<IdentityClaims, ApiError> {
-    let claims = authenticate(app, headers)?;
-    if !claims.has_role(ROLE_GATE) && !claims.has_role(ROLE_OPERATOR) {
-        return Err(ApiError::new(ErrorCode::Forbidden, "this needs the gate role"));
+    with_role(app, headers, ROLE_ADMIN).await
+}
+
+/// A gate (or someone whose role includes scanning tickets).
+pub(crate) async fn gate<S: Store>(
+    app: &App<S>,
+    headers: &HeaderMap,
+) -> Result<IdentityClaims, ApiError> {
+    with_role(app, headers, ROLE_GATE).await
+}
+
+/// The calling service, for `/v1/internal/...`: `x-tessera-service` must carry one of
+/// `service_credentials` (compared in constant time). A fan's token is never enough.
+pub(crate) fn service<S: Store>(app: &App<S>, headers: &HeaderMap) -> Result<String, ApiError> {
+    if app.config.service_credentials.is_empty() && app.config.mode == Mode::Local {
+        // A local stack that configures no credentials (production refuses an empty
+        // table): internal endpoints stay reachable for the development tools.
+        return Ok("local".to_owned());
     }
-    Ok(claims)
+    let presented =
+        headers.get(tessera_api::headers::SERVICE_CREDENTIAL).and_then(|v| v.to_str().ok());
+    let Some(presented) = presented else {
+        return Err(ApiError::refused(
+            ErrorCode::Forbidden,
+            "this endpoint is for Tessera's services",
+            "internal endpoint called without a service credential",
+        ));
+    };
+    // Every credential is compared, so the time taken does not tell which one was close.
+    let mut found = None;
+    for (name, secret) in &app.config.service_credentials {
+        if tessera_runtime::config::constant_time_eq(secret.expose(), presented.trim()) {
+            found = Some(name.clone());
+        }
+    }
+    found.ok_or_else(|| {
+        ApiError::refused(
+            ErrorCode::Forbidden,
+            "this endpoint is for Tessera's services",
+            "internal endpoint called with an unknown service credential",
+        )
+    })
 }
 
 pub(crate) fn inventory_error(e: InventoryError) -> ApiError {

@@ -9,7 +9,7 @@ use tessera_api::{ErrorCode, EventId, OrderId};
 use tessera_runtime::{ApiError, Json};
 use tessera_store::Store;
 
-use super::{AppState, inventory_error, operator, order_error, path_id};
+use super::{AppState, admin, inventory_error, operator, order_error, path_id};
 
 /// `POST /v1/ops/events`: creates an event from a seat map.
 pub(crate) async fn create_event<S: Store>(
@@ -17,7 +17,7 @@ pub(crate) async fn create_event<S: Store>(
     h: HeaderMap,
     Json(spec): Json<CreateEvent>,
 ) -> Result<(StatusCode, Json<EventDetail>), ApiError> {
-    let who = operator(&app, &h)?;
+    let who = operator(&app, &h).await?;
     tracing::info!(operator = %who.sub, event_id = %spec.event_id, "creating event");
     let detail = app.inv.create_event(spec).await.map_err(inventory_error)?;
     app.outbox_written.notify_one();
@@ -30,7 +30,7 @@ pub(crate) async fn sale_action<S: Store>(
     Path((event_id, action)): Path<(String, String)>,
     h: HeaderMap,
 ) -> Result<Json<EventSummary>, ApiError> {
-    let who = operator(&app, &h)?;
+    let who = operator(&app, &h).await?;
     let event_id = path_id(&event_id, EventId::parse, ErrorCode::UnknownEvent, "event")?;
     let to = match action.as_str() {
         "open" | "resume" => SaleState::OnSale,
@@ -56,7 +56,7 @@ pub(crate) async fn admission_rate<S: Store>(
     h: HeaderMap,
     Json(req): Json<AdmissionRateRequest>,
 ) -> Result<StatusCode, ApiError> {
-    operator(&app, &h)?;
+    operator(&app, &h).await?;
     let event_id = path_id(&event_id, EventId::parse, ErrorCode::UnknownEvent, "event")?;
     if !req.rate_per_s.is_finite() || req.rate_per_s < 0.0 || req.rate_per_s > 1_000_000.0 {
         return Err(ApiError::new(
@@ -75,7 +75,7 @@ pub(crate) async fn refund<S: Store>(
     h: HeaderMap,
     body: axum::body::Bytes,
 ) -> Result<Json<Order>, ApiError> {
-    let who = operator(&app, &h)?;
+    let who = admin(&app, &h).await?;
     let order_id = path_id(&order_id, OrderId::parse, ErrorCode::UnknownOrder, "order")?;
     let reason = if body.is_empty() {
         String::new()

@@ -8,6 +8,7 @@ use tessera_api::orders::{
     CheckinRequest, CheckinResponse, CheckoutRequest, Order, OrderList, OrderState,
 };
 use tessera_api::{ErrorCode, EventId, HoldId, OrderId};
+use tessera_inventory::{Admission, InventoryError};
 use tessera_payments::IdempotencyKey;
 use tessera_runtime::{ApiError, Json};
 use tessera_store::Store;
@@ -34,7 +35,7 @@ pub(crate) async fn hold<S: Store>(
     h: HeaderMap,
     Json(req): Json<HoldRequest>,
 ) -> Result<(StatusCode, Json<Hold>), ApiError> {
-    let claims = super::authenticate(&app, &h)?;
+    let claims = super::with_role(&app, &h, tessera_identity::ROLE_FAN).await?;
     let customer = claims.sub.clone();
     let event_id = path_id(&event_id, EventId::parse, ErrorCode::UnknownEvent, "event")?;
     let spec = req.validate().map_err(|e| {
@@ -45,20 +46,23 @@ pub(crate) async fn hold<S: Store>(
         };
         ApiError::new(code, e.to_string())
     })?;
+    let mut admission = None;
     if app.config.queue.require_admission {
         let Some(token) = header(&h, headers::ADMISSION) else {
-            return Err(ApiError::new(
+            return Err(ApiError::refused(
                 ErrorCode::AdmissionRequired,
                 "holds need an admission token from the waiting room (`x-tessera-admission`)",
+                "hold without an admission token",
             ));
         };
         let Some(device) = header(&h, headers::DEVICE) else {
-            return Err(ApiError::new(
+            return Err(ApiError::refused(
                 ErrorCode::QueueTokenWrongDevice,
                 "the `x-tessera-device` header is required",
+                "hold without a device id",
             ));
         };
-        tessera_queue::verify_admission(
+        let claims = tessera_queue::verify_admission(
             &app.edge_keys,
             token,
             &event_id,
@@ -66,14 +70,34 @@ pub(crate) async fn hold<S: Store>(
             &tessera_queue::device_hash(device),
             app.clock.now_ms(),
         )
-        .map_err(|e| ApiError::new(e.code(), e.to_string()))?;
+        .map_err(|e| {
+            ApiError::refused(
+                e.code(),
+                "the admission token is not valid for this hold",
+                format!("admission token refused: {e}"),
+            )
+        })?;
+        admission = Some(Admission { ticket_id: claims.ticket_id });
     }
     let key = idempotency_key(&h)?;
     let hold = app
         .inv
-        .hold(&event_id, &customer, &spec, key.as_ref().map(IdempotencyKey::as_str))
+        .hold_admitted(
+            &event_id,
+            &customer,
+            &spec,
+            key.as_ref().map(IdempotencyKey::as_str),
+            admission.as_ref(),
+        )
         .await
-        .map_err(inventory_error)?;
+        .map_err(|e| match e {
+            InventoryError::AdmissionUsed => ApiError::refused(
+                ErrorCode::AdmissionUsed,
+                "this admission already admitted a hold",
+                "admission token reused",
+            ),
+            e => inventory_error(e),
+        })?;
     app.outbox_written.notify_one();
     if let Some(email) = claims.email {
         // Where "your hold is about to expire" goes; off the request's path.
@@ -90,7 +114,7 @@ pub(crate) async fn get_hold<S: Store>(
     Path(hold_id): Path<String>,
     h: HeaderMap,
 ) -> Result<Json<Hold>, ApiError> {
-    let customer = fan(&app, &h)?;
+    let customer = fan(&app, &h).await?;
     let hold_id = path_id(&hold_id, HoldId::parse, ErrorCode::UnknownHold, "hold")?;
     let hold = app.inv.get_hold(&hold_id).await.map_err(inventory_error)?;
     if hold.customer_id != customer {
@@ -108,7 +132,7 @@ pub(crate) async fn release<S: Store>(
     Path(hold_id): Path<String>,
     h: HeaderMap,
 ) -> Result<Json<Hold>, ApiError> {
-    let customer = fan(&app, &h)?;
+    let customer = fan(&app, &h).await?;
     let hold_id = path_id(&hold_id, HoldId::parse, ErrorCode::UnknownHold, "hold")?;
     let hold = app.inv.release(&hold_id, &customer).await.map_err(inventory_error)?;
     app.outbox_written.notify_one();
@@ -122,7 +146,7 @@ pub(crate) async fn checkout<S: Store>(
     h: HeaderMap,
     Json(req): Json<CheckoutRequest>,
 ) -> Result<(StatusCode, Json<Order>), ApiError> {
-    let customer = fan(&app, &h)?;
+    let customer = fan(&app, &h).await?;
     let Some(key) = idempotency_key(&h)? else {
         return Err(ApiError::new(
             ErrorCode::IdempotencyKeyRequired,
@@ -170,7 +194,7 @@ pub(crate) async fn list_orders<S: Store>(
     State(app): State<AppState<S>>,
     h: HeaderMap,
 ) -> Result<Json<OrderList>, ApiError> {
-    let customer = fan(&app, &h)?;
+    let customer = fan(&app, &h).await?;
     app.orders.list_orders(&customer).await.map(Json).map_err(order_error)
 }
 
@@ -180,7 +204,7 @@ pub(crate) async fn get_order<S: Store>(
     Path(order_id): Path<String>,
     h: HeaderMap,
 ) -> Result<Json<Order>, ApiError> {
-    let customer = fan(&app, &h)?;
+    let customer = fan(&app, &h).await?;
     let order_id = path_id(&order_id, OrderId::parse, ErrorCode::UnknownOrder, "order")?;
     app.orders.get_order(&order_id, &customer).await.map(Json).map_err(order_error)
 }
@@ -191,7 +215,7 @@ pub(crate) async fn checkin<S: Store>(
     h: HeaderMap,
     Json(req): Json<CheckinRequest>,
 ) -> Result<Json<CheckinResponse>, ApiError> {
-    gate(&app, &h)?;
+    gate(&app, &h).await?;
     if req.gate.is_empty() || req.gate.len() > 64 {
         return Err(ApiError::new(ErrorCode::InvalidRequest, "gate must be 1 to 64 characters"));
     }

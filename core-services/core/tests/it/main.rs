@@ -16,6 +16,9 @@ use tessera_payments::stripe::{StripeClient, StripeConfig};
 use tessera_store::embedded::EmbeddedStore;
 use tower::ServiceExt as _;
 
+const DEV_SEED: &str = "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8";
+const WHSEC: &str = "whsec_core_tests";
+
 struct Core {
     router: axum::Router,
     edge: SigningKeyPair,
@@ -23,10 +26,16 @@ struct Core {
 }
 
 async fn core() -> Core {
+    core_with(|_| {}).await
+}
+
+/// A core whose configuration `tweak` adjusts first.
+async fn core_with(tweak: impl FnOnce(&mut Config)) -> Core {
     let store_dir = tempfile::tempdir().unwrap();
     let sim_dir = tempfile::tempdir().unwrap();
     let sim_cfg = tessera_payments::sim::SimConfig {
         journal_path: sim_dir.path().join("journal"),
+        secret_key: "sk_test_tessera".into(),
         ..Default::default()
     };
     let (addr, _sim) =
@@ -34,12 +43,19 @@ async fn core() -> Core {
             .await
             .unwrap();
     let edge = SigningKeyPair::derive_for_development("edge-1", "test-edge");
-    let mut config = Config::default();
-    config.identity.dev_issuer_seed =
-        Some(tessera_runtime::config::Secret::new("AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8"));
+    let dev = SigningKeyPair::from_base64("dev-1", DEV_SEED).unwrap();
+    let mut config = Config { mode: tessera_runtime::config::Mode::Local, ..Config::default() };
+    config.identity.issuer = "http://127.0.0.1:1/v1/dev".into();
+    // Keys pinned: nothing to fetch in-process (the local stack fetches them from the
+    // development issuer's JWKS, through the router).
+    config.identity.keys = Keyset::new([dev.public()]).to_config_string();
+    config.dev_issuer.seed = Some(tessera_runtime::config::Secret::new(DEV_SEED));
     config.queue.edge_keys = Keyset::new([edge.public()]).to_config_string();
     config.payments.base_url = format!("http://{addr}");
+    config.payments.secret_key = tessera_runtime::config::Secret::new("sk_test_tessera");
+    config.payments.webhook_secret = tessera_runtime::config::Secret::new(WHSEC);
     config.body_limit_bytes = 4096;
+    tweak(&mut config);
     let provider = Arc::new(
         StripeClient::new(StripeConfig::new(
             config.payments.base_url.clone(),
@@ -97,13 +113,15 @@ impl Core {
         v["token"].as_str().unwrap().to_owned()
     }
 
+    /// An admission token as an edge issues it; one queue place per fan and event.
     fn admission(&self, event: &str, who: &str, device: &str) -> String {
         let now = tessera_common::Clock::now_ms(&SystemClock);
+        let place = who.bytes().chain(event.bytes()).fold(7u128, |h, b| h * 131 + u128::from(b));
         tessera_queue::issue(
             &self.edge,
             &QueueTicketClaims {
                 typ: "adm".into(),
-                ticket_id: QueueTicketId::from_random(7),
+                ticket_id: QueueTicketId::from_random(place),
                 event_id: EventId::parse(event).unwrap(),
                 customer_id: CustomerId::parse(who).unwrap(),
                 device: tessera_queue::device_hash(device),
@@ -415,9 +433,13 @@ impl tessera_store::Store for DownStore {
 
 #[tokio::test]
 async fn liveness_answers_while_the_store_is_down_and_readiness_does_not() {
-    let mut config = Config::default();
-    config.identity.dev_issuer_seed =
-        Some(tessera_runtime::config::Secret::new("AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8"));
+    let mut config = Config { mode: tessera_runtime::config::Mode::Local, ..Config::default() };
+    config.identity.issuer = "http://127.0.0.1:1/v1/dev".into();
+    config.identity.keys =
+        Keyset::new([SigningKeyPair::from_base64("dev-1", DEV_SEED).unwrap().public()])
+            .to_config_string();
+    config.payments.secret_key = tessera_runtime::config::Secret::new("sk_test_tessera");
+    config.payments.webhook_secret = tessera_runtime::config::Secret::new(WHSEC);
     config.queue.require_admission = false;
     let provider = Arc::new(
         StripeClient::new(StripeConfig::new(
@@ -440,4 +462,269 @@ async fn liveness_answers_while_the_store_is_down_and_readiness_does_not() {
     assert_eq!(status("/livez").await, StatusCode::OK);
     // Readiness takes the core out of rotation until the store answers.
     assert_eq!(status("/healthz").await, StatusCode::SERVICE_UNAVAILABLE);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_admission_admits_one_hold_even_when_six_are_sent_at_once() {
+    let c = Arc::new(core().await);
+    let op = c.token("ops-1", true).await;
+    c.call("POST", "/v1/ops/events", Some(&op), &[], Some(seat_map())).await;
+    let fan = c.token("fan-1", false).await;
+    let adm = c.admission("demo-night", "fan-1", "d1");
+    let mut tasks = Vec::new();
+    for i in 0..6 {
+        let (c, fan, adm) = (c.clone(), fan.clone(), adm.clone());
+        tasks.push(tokio::spawn(async move {
+            let h = [("x-tessera-admission", adm.as_str()), ("x-tessera-device", "d1")];
+            let body = json!({"seats": [format!("A-4-{}", i + 1)]});
+            let body = if i % 2 == 0 { body } else { json!({"pool": "FLOOR", "quantity": 1}) };
+            c.call("POST", "/v1/events/demo-night/holds", Some(&fan), &h, Some(body)).await
+        }));
+    }
+    let mut created = 0;
+    for t in tasks {
+        let (s, v) = t.await.unwrap();
+        match s.as_u16() {
+            201 => created += 1,
+            409 => assert_eq!(v["code"], "admission_used", "{v}"),
+            other => panic!("unexpected {other}: {v}"),
+        }
+    }
+    assert_eq!(created, 1, "one admission, one hold");
+    let (_, avail) = c.call("GET", "/v1/events/demo-night/availability", None, &[], None).await;
+    let held: u64 = avail["sections"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .chain(avail["pools"].as_array().unwrap())
+        .map(|s| s["held"].as_u64().unwrap())
+        .sum();
+    assert_eq!(held, 1, "{avail}");
+    // Sent straight to the core again later: still used.
+    let h = [("x-tessera-admission", adm.as_str()), ("x-tessera-device", "d1")];
+    let (s, v) = c
+        .call(
+            "POST",
+            "/v1/events/demo-night/holds",
+            Some(&fan),
+            &h,
+            Some(json!({"seats": ["A-4-9"]})),
+        )
+        .await;
+    assert_eq!((s.as_u16(), v["code"].as_str()), (409, Some("admission_used")));
+    // A retry of the successful request with its idempotency key is not a second hold.
+    let adm2 = c.admission("demo-night", "fan-2", "d2");
+    let fan2 = c.token("fan-2", false).await;
+    let h2 = [
+        ("x-tessera-admission", adm2.as_str()),
+        ("x-tessera-device", "d2"),
+        ("idempotency-key", "hold-once"),
+    ];
+    let body = json!({"seats": ["A-4-10"]});
+    let (s1, first) =
+        c.call("POST", "/v1/events/demo-night/holds", Some(&fan2), &h2, Some(body.clone())).await;
+    let (s2, again) =
+        c.call("POST", "/v1/events/demo-night/holds", Some(&fan2), &h2, Some(body)).await;
+    assert_eq!((s1.as_u16(), s2.as_u16()), (201, 201), "{first} {again}");
+    assert_eq!(first["hold_id"], again["hold_id"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn internal_endpoints_need_a_service_credential_not_a_fan_token() {
+    const CREDENTIAL: &str = "edge-credential-0123456789abcdef";
+    let c = core_with(|cfg| {
+        cfg.service_credentials
+            .insert("edge".into(), tessera_runtime::config::Secret::new(CREDENTIAL));
+    })
+    .await;
+    let op = c.token("ops-1", true).await;
+    c.call("POST", "/v1/ops/events", Some(&op), &[], Some(seat_map())).await;
+    let fan = c.token("fan-1", false).await;
+    let uri = "/v1/internal/events/demo-night/queue";
+    let body = json!({"ticket_id": "q_abcdefghij", "customer_id": "fan-1"});
+    for headers in [vec![], vec![("x-tessera-service", "edge-credential-0123456789abcdeX")]] {
+        let (s, v) = c.call("POST", uri, Some(&fan), &headers, Some(body.clone())).await;
+        assert_eq!((s.as_u16(), v["code"].as_str()), (403, Some("forbidden")), "{headers:?}");
+    }
+    let (s, v) = c.call("POST", uri, Some(&op), &[], Some(body.clone())).await;
+    assert_eq!(
+        (s.as_u16(), v["code"].as_str()),
+        (403, Some("forbidden")),
+        "an operator is not a service"
+    );
+    let (s, v) =
+        c.call("POST", uri, Some(&fan), &[("x-tessera-service", CREDENTIAL)], Some(body)).await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_fans_with_the_same_idempotency_key_both_pay() {
+    let c = core().await;
+    let op = c.token("ops-1", true).await;
+    c.call("POST", "/v1/ops/events", Some(&op), &[], Some(seat_map())).await;
+    for (who, seat) in [("fan-1", "A-2-1"), ("fan-2", "A-2-2")] {
+        let fan = c.token(who, false).await;
+        let adm = c.admission("demo-night", who, "d");
+        let h = [("x-tessera-admission", adm.as_str()), ("x-tessera-device", "d")];
+        let (s, hold) = c
+            .call(
+                "POST",
+                "/v1/events/demo-night/holds",
+                Some(&fan),
+                &h,
+                Some(json!({"seats": [seat]})),
+            )
+            .await;
+        assert_eq!(s, StatusCode::CREATED, "{hold}");
+        // The README's literal key, used by both fans.
+        let (s, order) = c
+            .call(
+                "POST",
+                "/v1/orders",
+                Some(&fan),
+                &[("idempotency-key", "checkout-1")],
+                Some(json!({"hold_id": hold["hold_id"], "payment_method": "pm_card_visa"})),
+            )
+            .await;
+        assert_eq!(
+            (s, &order["state"]),
+            (StatusCode::CREATED, &json!("completed")),
+            "{who}: {order}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refunds_need_an_admin_and_roles_come_from_the_token() {
+    let c = core().await;
+    let op = c.token("ops-1", true).await;
+    c.call("POST", "/v1/ops/events", Some(&op), &[], Some(seat_map())).await;
+    let fan = c.token("fan-1", false).await;
+    let adm = c.admission("demo-night", "fan-1", "d");
+    let h = [("x-tessera-admission", adm.as_str()), ("x-tessera-device", "d")];
+    let (_, hold) = c
+        .call(
+            "POST",
+            "/v1/events/demo-night/holds",
+            Some(&fan),
+            &h,
+            Some(json!({"seats": ["A-3-1"]})),
+        )
+        .await;
+    let (_, order) = c
+        .call(
+            "POST",
+            "/v1/orders",
+            Some(&fan),
+            &[("idempotency-key", "k1")],
+            Some(json!({"hold_id": hold["hold_id"], "payment_method": "pm_card_visa"})),
+        )
+        .await;
+    let uri = format!("/v1/ops/orders/{}/refund", order["order_id"].as_str().unwrap());
+    for who in [&fan, &op] {
+        let (s, v) = c.call("POST", &uri, Some(who), &[], None).await;
+        assert_eq!((s.as_u16(), v["code"].as_str()), (403, Some("forbidden")), "{v}");
+    }
+    let (s, v) = c
+        .call(
+            "POST",
+            "/v1/dev/token",
+            None,
+            &[],
+            Some(json!({"customer_id": "admin-1", "roles": ["admin"]})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    let admin = v["token"].as_str().unwrap().to_owned();
+    let (s, v) = c.call("POST", &uri, Some(&admin), &[], None).await;
+    assert_eq!((s, &v["state"]), (StatusCode::OK, &json!("refunded")), "{v}");
+    let (s, v) = c
+        .call(
+            "POST",
+            "/v1/dev/token",
+            None,
+            &[],
+            Some(json!({"customer_id": "x", "roles": ["root"]})),
+        )
+        .await;
+    assert_eq!((s.as_u16(), v["code"].as_str()), (400, Some("invalid_request")));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_webhook_delivery_is_accepted_once_and_every_failure_looks_the_same() {
+    let c = core().await;
+    let now_s = tessera_common::Clock::now_ms(&SystemClock) / 1000;
+    let body = json!({"id": "evt_1", "type": "payment_intent.succeeded", "created": now_s,
+        "data": {"object": {"object": "balance"}}})
+    .to_string();
+    let post = |sig: String, body: String| {
+        let req = Request::post("/v1/webhooks/payments")
+            .header("stripe-signature", sig)
+            .header("content-type", "application/json")
+            .body(Body::from(body))
+            .unwrap();
+        let router = c.router.clone();
+        async move {
+            let resp = router.oneshot(req).await.unwrap();
+            let status = resp.status().as_u16();
+            let bytes = resp.into_body().collect().await.unwrap().to_bytes();
+            (status, String::from_utf8_lossy(&bytes).into_owned())
+        }
+    };
+    let sig = tessera_payments::webhook::sign(WHSEC, now_s, body.as_bytes());
+    assert_eq!(post(sig.clone(), body.clone()).await.0, 204);
+    // The same signed request again: a replay.
+    let replay = post(sig, body.clone()).await;
+    // The provider's retry of the same event is signed anew: accepted (and idempotent).
+    let retry =
+        post(tessera_payments::webhook::sign(WHSEC, now_s + 1, body.as_bytes()), body.clone())
+            .await;
+    assert_eq!(retry.0, 204);
+    let forged =
+        post(tessera_payments::webhook::sign("whsec_guess", now_s, body.as_bytes()), body.clone())
+            .await;
+    let stale =
+        post(tessera_payments::webhook::sign(WHSEC, now_s - 3600, body.as_bytes()), body.clone())
+            .await;
+    let tampered = post(
+        tessera_payments::webhook::sign(WHSEC, now_s + 2, body.as_bytes()),
+        body.replace("evt_1", "evt_2"),
+    )
+    .await;
+    let not_json =
+        post(tessera_payments::webhook::sign(WHSEC, now_s + 3, b"nope"), "nope".into()).await;
+    for (name, got) in [
+        ("replay", replay),
+        ("forged", forged),
+        ("stale", stale),
+        ("tampered", tampered),
+        ("not json", not_json),
+    ] {
+        assert_eq!(got.0, 400, "{name}");
+        assert_eq!(
+            got.1,
+            r#"{"code":"webhook_signature_invalid","message":"the webhook could not be verified"}"#,
+            "{name}: one uniform answer"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_the_development_issuer_its_routes_do_not_exist() {
+    let c = core().await;
+    let keys = c.call("GET", "/v1/dev/jwks", None, &[], None).await;
+    assert_eq!(keys.0, StatusCode::OK);
+    assert_eq!(keys.1["keys"][0]["kty"], "OKP");
+    let d = c.call("GET", "/v1/dev/.well-known/openid-configuration", None, &[], None).await;
+    assert_eq!(d.1["jwks_uri"], "http://127.0.0.1:1/v1/dev/jwks");
+    let c = core_with(|cfg| cfg.dev_issuer.seed = None).await;
+    for (m, uri) in [
+        ("POST", "/v1/dev/token"),
+        ("GET", "/v1/dev/jwks"),
+        ("GET", "/v1/dev/.well-known/openid-configuration"),
+    ] {
+        let (s, v) =
+            c.call(m, uri, None, &[], Some(json!({"customer_id": "x", "operator": true}))).await;
+        assert_eq!((s.as_u16(), v["code"].as_str()), (404, Some("not_found")), "{m} {uri}");
+    }
 }

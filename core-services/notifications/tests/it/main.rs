@@ -13,7 +13,7 @@ use tessera_api::bus::{BusEvent, BusEventBody, ReleaseReason};
 use tessera_api::{CustomerId, EventId, HoldId, OrderId, RegionId};
 use tessera_common::{Clock as _, SeededRng, SystemClock};
 use tessera_fdb_schema::Keyspace;
-use tessera_identity::{IdentityIssuer, IdentityVerifier, Keyset, SigningKeyPair};
+use tessera_identity::{IdentityIssuer, Keyset, SigningKeyPair};
 use tessera_notifications::email::{SmtpConfig, SmtpMailer};
 use tessera_notifications::mailsink::{self, Mailbox, MessageList};
 use tessera_notifications::sse::{QueueUpdate, SseHub};
@@ -242,7 +242,7 @@ fn endpoint(url: String, events: &[&str]) -> WebhookEndpoint {
     WebhookEndpoint {
         id: "ops".into(),
         url,
-        secret: WHSEC.into(),
+        secret: tessera_runtime::config::Secret::new(WHSEC),
         events: events.iter().map(|s| (*s).to_owned()).collect(),
     }
 }
@@ -432,12 +432,14 @@ fn issuer() -> IdentityIssuer {
 
 /// Serves a hub's SSE route on a free port; returns the base URL.
 async fn serve_sse(hub: &SseHub) -> String {
-    let verifier = IdentityVerifier {
+    let verifier = tessera_identity::oidc::Oidc::new(&tessera_identity::oidc::OidcConfig {
         issuer: "https://id.test".into(),
-        keys: Keyset::new([issuer().key.public()]),
+        keys: Keyset::new([issuer().key.public()]).to_config_string(),
         leeway_s: 5,
-    };
-    let app = hub.router(verifier, Arc::new(SystemClock), Duration::from_secs(15));
+        ..Default::default()
+    })
+    .unwrap();
+    let app = hub.router(Arc::new(verifier), Arc::new(SystemClock), Duration::from_secs(15));
     let app = tessera_runtime::http::with_common_layers("test", app, 1024);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let base = format!("http://{}", listener.local_addr().unwrap());

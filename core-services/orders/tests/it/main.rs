@@ -69,8 +69,11 @@ struct World {
 
 async fn world(timeout_ms: u64) -> World {
     let dir = tempfile::tempdir().unwrap();
-    let mut cfg =
-        SimConfig { journal_path: dir.path().join("journal.jsonl"), ..SimConfig::default() };
+    let mut cfg = SimConfig {
+        journal_path: dir.path().join("journal.jsonl"),
+        secret_key: "sk_test_tessera".into(),
+        ..SimConfig::default()
+    };
     cfg.faults.timeout_delay_ms = timeout_ms * 3;
     let (addr, sim) =
         tessera_payments::sim::spawn_local(cfg, Arc::new(SystemClock), SeededRng::new(3))

@@ -52,8 +52,13 @@ use state::{Applied, CardAnswer, EventRec, Ledger, Params, WireErr, intent_json,
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default)]
 pub struct SimConfig {
+    /// A simulator runs only in `local` mode (production, the default, refuses to start).
+    pub mode: tessera_runtime::config::Mode,
     /// HTTP listen address.
     pub listen: String,
+    /// Serve HTTPS with this certificate (tests of production-mode cores, which refuse a
+    /// plaintext provider).
+    pub tls: tessera_runtime::http::ServerTlsConfig,
     /// The secret key clients must send as `Authorization: Bearer ...`.
     pub secret_key: String,
     /// Journal file (created if missing).
@@ -72,8 +77,10 @@ pub struct SimConfig {
 impl Default for SimConfig {
     fn default() -> Self {
         SimConfig {
+            mode: tessera_runtime::config::Mode::default(),
             listen: "127.0.0.1:7420".to_owned(),
-            secret_key: "sk_test_tessera".to_owned(),
+            tls: Default::default(),
+            secret_key: String::new(),
             journal_path: PathBuf::from("var/paysim/journal.jsonl"),
             seed: 1,
             latency: LatencyConfig::default(),
@@ -344,8 +351,9 @@ pub async fn serve(
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     let limit = sim.inner.config.body_limit_bytes;
+    let tls = sim.inner.config.tls.acceptor()?;
     let app = tessera_runtime::http::with_common_layers("paysim", sim.router(), limit);
-    tessera_runtime::http::serve(listener, app, shutdown).await
+    tessera_runtime::http::serve_maybe_tls(listener, app, tls, shutdown).await
 }
 
 /// Which operation a POST is, for faults and metrics.
@@ -395,13 +403,18 @@ fn authorized(sim: &Simulator, headers: &HeaderMap) -> bool {
         return false;
     };
     let key = &sim.inner.config.secret_key;
+    if key.is_empty() {
+        return false;
+    }
     if let Some(token) = value.strip_prefix("Bearer ") {
-        return token == key;
+        return tessera_runtime::config::constant_time_eq(token, key);
     }
     value
         .strip_prefix("Basic ")
         .and_then(|b| base64::engine::general_purpose::STANDARD.decode(b.trim()).ok())
-        .is_some_and(|user_pass| user_pass.strip_suffix(b":") == Some(key.as_bytes()))
+        .and_then(|user_pass| user_pass.strip_suffix(b":").map(<[u8]>::to_vec))
+        .and_then(|user| String::from_utf8(user).ok())
+        .is_some_and(|user| tessera_runtime::config::constant_time_eq(&user, key))
 }
 
 fn unauthorized() -> Response {

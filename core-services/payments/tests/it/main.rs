@@ -426,6 +426,7 @@ impl Drop for Proc {
 
 async fn run_paysim(journal: &std::path::Path, port: u16) -> Proc {
     let child = std::process::Command::new(env!("CARGO_BIN_EXE_tessera-paysim"))
+        .env("TESSERA_PAYSIM__MODE", "local")
         .env("TESSERA_PAYSIM__LISTEN", format!("127.0.0.1:{port}"))
         .env("TESSERA_PAYSIM__JOURNAL_PATH", journal)
         .env("TESSERA_PAYSIM__SECRET_KEY", SECRET)
