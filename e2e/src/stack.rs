@@ -116,6 +116,8 @@ pub struct DevKeys {
     pub pow_secret: String,
     pub webhook_secret: String,
     pub payments_secret: String,
+    /// The edge's credential for the cores' internal endpoints.
+    pub service_credential: String,
 }
 
 impl DevKeys {
@@ -126,6 +128,7 @@ impl DevKeys {
             edge: key(Purpose::Edge, "edge-1"),
             tickets: key(Purpose::Tickets, "tickets-1"),
             watermark: key(Purpose::Watermark, "wm-dev"),
+            service_credential: tessera_identity::dev::SERVICE_CREDENTIAL.into(),
             shadow_secret: "tessera-local-shadow-secret".into(),
             pow_secret: "tessera-local-pow-secret".into(),
             webhook_secret: "whsec_tessera_local".into(),
@@ -418,6 +421,7 @@ impl Stack {
                      [queue]\nedge_keys = {edge_keys}\nwatermark_signing_key = {wm_key}\n\
                      [payments]\nbase_url = {paysim}\nsecret_key = {psk}\nwebhook_secret = {whsec}\nrequest_timeout_ms = 2000\n\
                      [tickets]\nsigning_seed = {tseed}\nkid = {tkid}\n\
+                     [service_credentials]\nedge = {svc}\n\
                      [notifications.smtp]\nhost = \"127.0.0.1\"\nport = {smtp_port}\n\
                      {telemetry}{extra}\n",
                     region_s = toml_str(region),
@@ -437,6 +441,7 @@ impl Stack {
                     whsec = toml_str(&keys.webhook_secret),
                     tseed = toml_str(&keys.tickets.seed_base64()),
                     tkid = toml_str(&keys.tickets.kid),
+                    svc = toml_str(&keys.service_credential),
                     extra = options.core_toml,
                 ),
             )?;
@@ -490,8 +495,8 @@ impl Stack {
             std::fs::write(
                 &edge_cfg,
                 format!(
-                    "listen = \"127.0.0.1:{edge_port}\"\nadmin_listen = \"127.0.0.1:{edge_admin_port}\"\nmanifest = {}\npop = \"local\"\nnats_url = {}\nspin_strict = {spin_strict}\n\
-                     [variables]\nrouter_url = {}\nidentity_issuer = {}\nidentity_keys = {}\nqueue_signing_key = {}\nqueue_keys = {}\nshadow_secret = {}\npow_secret = {}\nbot_policy = {}\n{telemetry}",
+                    "mode = \"local\"\nlisten = \"127.0.0.1:{edge_port}\"\nadmin_listen = \"127.0.0.1:{edge_admin_port}\"\nmanifest = {}\npop = \"local\"\nnats_url = {}\nspin_strict = {spin_strict}\n\
+                     [variables]\nrouter_url = {}\nidentity_issuer = {}\nidentity_keys = {}\nqueue_signing_key = {}\nqueue_keys = {}\nshadow_secret = {}\npow_secret = {}\nbot_policy = {}\nwatermark_keys = {}\nservice_credential = {}\n{telemetry}",
                     toml_str(&manifest.display().to_string()),
                     toml_str(
                         urls.nats_leaves.values().next().map(String::as_str).unwrap_or_default()
@@ -504,6 +509,8 @@ impl Stack {
                     toml_str(&keys.shadow_secret),
                     toml_str(&keys.pow_secret),
                     toml_str(&options.bot_policy),
+                    toml_str(&Keyset::new([keys.watermark.public()]).to_config_string()),
+                    toml_str(&keys.service_credential),
                 ),
             )?;
             services.push(Service {

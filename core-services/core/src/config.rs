@@ -357,6 +357,11 @@ impl Config {
                 c.error(&key, "missing: an empty credential");
             } else if secret.expose().len() < 24 {
                 c.production(&key, "shorter than 24 characters");
+            } else if dev::SECRETS
+                .iter()
+                .any(|d| tessera_runtime::config::constant_time_eq(d, secret.expose()))
+            {
+                c.production(&key, "is a well-known development value");
             }
         }
         self.check_queue(&mut c);

@@ -50,12 +50,16 @@ pub fn is_development_signing_key(key: &SigningKeyPair) -> bool {
 }
 
 /// Secrets of local stacks that production mode refuses wherever they appear.
-pub const SECRETS: [&str; 4] = [
+pub const SECRETS: [&str; 5] = [
     "sk_test_tessera",
     "whsec_tessera_local",
     "tessera-local-shadow-secret",
     "tessera-local-pow-secret",
+    SERVICE_CREDENTIAL,
 ];
+
+/// The edge's service credential on local stacks.
+pub const SERVICE_CREDENTIAL: &str = "tessera-local-edge-service-credential";
 
 #[cfg(test)]
 mod tests {

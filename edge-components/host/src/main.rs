@@ -3,6 +3,7 @@
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::process::ExitCode;
 
 use anyhow::Context as _;
 use clap::Parser;
@@ -39,13 +40,21 @@ struct Cli {
     /// Load everything, print components and routes, and exit.
     #[arg(long)]
     check: bool,
+    /// Load and check the configuration in its mode (without compiling components),
+    /// print `configuration ok`, and exit.
+    #[arg(long)]
+    check_config: bool,
 }
 
 #[tokio::main]
-async fn main() -> anyhow::Result<()> {
+async fn main() -> ExitCode {
+    tessera_runtime::config::exit_on_error("tessera-edge", run().await)
+}
+
+async fn run() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    let (mut config, ignored): (EdgeConfig, _) =
-        tessera_runtime::config::load("edge", cli.config.as_deref())?;
+    let loaded = tessera_runtime::config::read::<EdgeConfig>("edge", cli.config.as_deref())?;
+    let mut config = loaded.config;
     if let Some(m) = cli.manifest {
         config.manifest = m;
     }
@@ -58,6 +67,14 @@ async fn main() -> anyhow::Result<()> {
     if cli.nats_url.is_some() {
         config.nats_url = cli.nats_url;
     }
+    // Like Spin's environment provider: SPIN_VARIABLE_<NAME> sets variable <name>.
+    let spin_env: BTreeMap<String, String> =
+        std::env::vars().filter(|(k, _)| k.starts_with("SPIN_VARIABLE_")).collect();
+    config.check(&loaded.source, &spin_env)?;
+    if cli.check_config {
+        println!("tessera-edge: configuration ok (mode {})", config.mode);
+        return Ok(());
+    }
     let mut telemetry = config.telemetry.clone();
     if !telemetry.log_filter.contains("wasmtime_internal_cache") {
         // Edges sharing a compile cache race to write the same entry, and the loser warns
@@ -66,17 +83,29 @@ async fn main() -> anyhow::Result<()> {
         telemetry.log_filter.push_str(",wasmtime_internal_cache=error");
     }
     let _telemetry = tessera_runtime::telemetry::init("tessera-edge", &telemetry)?;
-    for key in ignored {
-        tracing::warn!(key = %key, "unknown configuration key ignored");
-    }
     tessera_runtime::metrics::install();
-    // Like Spin's environment provider: SPIN_VARIABLE_<NAME> sets variable <name>.
-    let spin_env: BTreeMap<String, String> =
-        std::env::vars().filter(|(k, _)| k.starts_with("SPIN_VARIABLE_")).collect();
+    tracing::info!(mode = %config.mode, "configuration loaded");
+    let variable = |name: &str| {
+        spin_env
+            .get(&format!("SPIN_VARIABLE_{}", name.to_ascii_uppercase()))
+            .or_else(|| config.variables.get(name))
+            .filter(|v| !v.trim().is_empty())
+            .cloned()
+    };
+    let watermark_keys = match variable("watermark_keys") {
+        Some(spec) => Some(tessera_identity::Keyset::parse(&spec).context("watermark_keys")?),
+        None => None,
+    };
+    let nats_settings = config.nats_url.clone().map(|url| nats::Settings {
+        url,
+        ca_file: config.nats_ca_file.clone(),
+        nkey_seed: Some(config.nats_nkey_seed.expose().trim().to_owned()).filter(|s| !s.is_empty()),
+        watermark_keys,
+    });
     let edge = Edge::new(EdgeOptions {
         manifest: config.manifest.clone(),
         spin_env,
-        variables: config.variables.clone(),
+        variables: config.component_variables(),
         limits: config.limits.clone(),
         pop: config.pop.clone(),
         compile_cache_dir: config.compile_cache_dir.clone(),
@@ -98,8 +127,8 @@ async fn main() -> anyhow::Result<()> {
         .await
         .with_context(|| format!("bind {}", config.admin_listen))?;
     tracing::info!(listen = %public.local_addr()?, admin = %admin.local_addr()?, "tessera-edge listening");
-    if let Some(url) = config.nats_url.clone() {
-        tokio::spawn(nats::run(url, edge.kv(), stop_rx.clone()));
+    if let Some(settings) = nats_settings {
+        tokio::spawn(nats::run_with(settings, edge.kv(), stop_rx.clone()));
     }
     let admin_task = tokio::spawn(serve::serve_admin(admin, stop_rx.clone()));
     let public_task =

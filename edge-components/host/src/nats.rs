@@ -2,13 +2,17 @@
 //! key-value store, where the components find it on their next request.
 //!
 //! - `tessera.admission.<event_id>`: [`AdmissionWatermark`] JSON; the highest `version`
-//!   is kept under `wm:<event_id>`.
+//!   is kept under `wm:<event_id>`. With the cores' watermark keys configured (the
+//!   `watermark_keys` variable), only a fresh watermark the core signed is stored (as
+//!   published, signature included, so the components check it again): a forged one
+//!   with a huge `version` cannot shadow the genuine ones.
 //! - `tessera.<region>.<kind>.<event_id>` ([`BusEvent`]): `seats.*`, `hold.*` and `order.*`
 //!   mark the event's counts (availability, section seats) invalidated; `event.changed`
 //!   marks the event, the event list and the counts.
 //! - While connected it refreshes `bus:alive` every 500 ms, so components know pushed
 //!   updates are flowing and can cache longer.
 
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -57,15 +61,72 @@ pub fn apply_bus_event(store: &KvStores, payload: &[u8], now_ms: u64) -> Option<
     Some(kind)
 }
 
+/// Applies one watermark only if `keys` verify the core's signature over it and it is
+/// fresh at `now_ms`; returns whether it replaced the stored one.
+pub fn apply_signed_watermark(
+    store: &KvStores,
+    keys: &tessera_identity::Keyset,
+    payload: &[u8],
+    now_ms: u64,
+) -> bool {
+    let Ok(published) = serde_json::from_slice::<AdmissionWatermark>(payload) else {
+        return false;
+    };
+    let event_id = published.event_id;
+    let Ok(wm) = tessera_queue::watermark::verify(
+        keys,
+        payload,
+        &event_id,
+        now_ms,
+        tessera_queue::watermark::MAX_AGE_MS,
+    ) else {
+        return false;
+    };
+    store.set_if(LABEL, &kv::watermark(&event_id), payload.to_vec(), |old| {
+        // What is stored passed this same check, so its version can be believed.
+        let old_version = old
+            .and_then(|o| serde_json::from_slice::<AdmissionWatermark>(o).ok())
+            .map(|o| o.version);
+        old_version.is_none_or(|v| wm.version > v)
+    })
+}
+
+/// How the subscriber connects and what it believes.
+#[derive(Debug, Clone, Default)]
+pub struct Settings {
+    pub url: String,
+    /// PEM certificate authority of the NATS servers (turns TLS on).
+    pub ca_file: Option<PathBuf>,
+    /// The edge's NKey user seed.
+    pub nkey_seed: Option<String>,
+    /// The cores' watermark keys; `None` stores unsigned watermarks (local stacks only).
+    pub watermark_keys: Option<tessera_identity::Keyset>,
+}
+
+/// [`run_with`] a plaintext connection that stores watermarks unchecked (tests).
+pub async fn run(url: String, store: Arc<KvStores>, shutdown: watch::Receiver<bool>) {
+    run_with(Settings { url, ..Default::default() }, store, shutdown).await
+}
+
 /// Runs until `shutdown` flips: connects (retrying), subscribes and applies messages.
-pub async fn run(url: String, store: Arc<KvStores>, mut shutdown: watch::Receiver<bool>) {
+pub async fn run_with(
+    settings: Settings,
+    store: Arc<KvStores>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let url = settings.url.clone();
     let client = loop {
-        match async_nats::ConnectOptions::new()
-            .name("tessera-edge")
-            .retry_on_initial_connect()
-            .connect(url.as_str())
-            .await
-        {
+        let mut options =
+            async_nats::ConnectOptions::new().name("tessera-edge").retry_on_initial_connect();
+        if let Some(ca) = &settings.ca_file {
+            options = options.add_root_certificates(ca.clone()).require_tls(true);
+        } else if url.starts_with("tls://") {
+            options = options.require_tls(true);
+        }
+        if let Some(seed) = &settings.nkey_seed {
+            options = options.nkey(seed.clone());
+        }
+        match options.connect(url.as_str()).await {
             Ok(c) => break c,
             Err(e) => {
                 tracing::warn!("connect to NATS at {url}: {e}; retrying");
@@ -98,7 +159,10 @@ pub async fn run(url: String, store: Arc<KvStores>, mut shutdown: watch::Receive
                 }
             }
             Some(msg) = watermarks.next() => {
-                let applied = apply_watermark(&store, &msg.payload);
+                let applied = match &settings.watermark_keys {
+                    Some(keys) => apply_signed_watermark(&store, keys, &msg.payload, SystemClock.now_ms()),
+                    None => apply_watermark(&store, &msg.payload),
+                };
                 let outcome = if applied { "applied" } else { "ignored" };
                 metrics::counter!("tessera_edge_nats_messages_total", "kind" => "watermark", "outcome" => outcome).increment(1);
             }

@@ -41,7 +41,11 @@ pub enum Route {
         order_id: OrderId,
     },
     Checkin,
+    /// `POST /v1/dev/token`: the development issuer; the edge serves it only in local mode.
     DevToken,
+    /// `POST /v1/webhooks/payments`: the payment provider's signed events, passed to the
+    /// router byte for byte (the core checks the signature), without bot scoring.
+    PaymentWebhook,
     EventStream {
         event_id: EventId,
     },
@@ -81,6 +85,7 @@ impl Route {
             Route::GetOrder { .. } => "get_order",
             Route::Checkin => "checkin",
             Route::DevToken => "dev_token",
+            Route::PaymentWebhook => "payment_webhook",
             Route::EventStream { .. } => "event_stream",
             Route::Ops { .. } => "ops",
         }
@@ -187,6 +192,7 @@ pub fn classify(method: &str, path: &str) -> Result<Route, ApiErrorBody> {
         ["orders", o] => only("GET", Route::GetOrder { order_id: id(OrderId::parse(o))? }),
         ["checkin"] => only("POST", Route::Checkin),
         ["dev", "token"] => only("POST", Route::DevToken),
+        ["webhooks", "payments"] => only("POST", Route::PaymentWebhook),
         ["ops", more @ ..] if !more.is_empty() && more.len() <= 8 => {
             let ok = more.iter().all(|s| {
                 s.len() <= 128
@@ -228,6 +234,7 @@ mod tests {
         check("DELETE", "/v1/holds/h_abcdefgh1", expect!["release_hold Router"]);
         check("POST", "/v1/orders", expect!["checkout Router"]);
         check("PUT", "/v1/ops/events/summer-26/admission", expect!["ops Router"]);
+        check("POST", "/v1/webhooks/payments", expect!["payment_webhook Router"]);
     }
 
     #[test]

@@ -180,6 +180,14 @@ fn check_route(req: &RequestView<'_>, route: &Route) -> Result<(), ApiErrorBody>
             let _: DevTokenRequest = json_body(req)?;
             Ok(())
         }
+        // The provider signs the exact bytes: they go on unparsed, only size-limited.
+        Route::PaymentWebhook => {
+            if req.body.is_empty() {
+                Err(err(ErrorCode::InvalidRequest, "empty webhook"))
+            } else {
+                Ok(())
+            }
+        }
         Route::Ops { method } => {
             bearer(req)?;
             if method == "GET" || method == "DELETE" {

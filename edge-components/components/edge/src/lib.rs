@@ -27,7 +27,8 @@ mod waiting_room;
 use spin_sdk::http::Request;
 use spin_sdk::http_service;
 use tessera_edge_guest as guest;
-use tessera_edge_logic::routes::Stage;
+use tessera_api::ErrorCode;
+use tessera_edge_logic::routes::{Route, Stage};
 use tessera_edge_logic::{Limits, RequestView, validate};
 
 use crate::ctx::Ctx;
@@ -63,6 +64,18 @@ async fn pipeline(req: Request) -> guest::Reply {
         Ok(ctx) => ctx,
         Err(reply) => return reply,
     };
+    match route {
+        // The development issuer exists only on a local stack: elsewhere the route is not
+        // there at all (the same answer as any unknown path).
+        Route::DevToken if &*ctx.var("mode").await != "local" => {
+            ctx.count("refusals", "dev_route");
+            return guest::error(ErrorCode::NotFound, "no such route");
+        }
+        // Servers, not fans, call here, and the core verifies the signature over the
+        // exact bytes: no bot scoring, no proof of work.
+        Route::PaymentWebhook => return guest::forward(&parts, body, &ctx.upstream).await,
+        _ => {}
+    }
     let pass = match bot::check(&ctx, &mut parts, &route).await {
         Ok(pass) => pass,
         Err(reply) => return reply,

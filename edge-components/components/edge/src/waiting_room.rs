@@ -13,7 +13,14 @@
 //!
 //! The watermark arrives in the key-value store from the host's NATS subscriber; without
 //! one (plain `spin up`) the component polls `GET {router_url}/v1/events/{id}/admission`
-//! when what it has is older than two seconds.
+//! when what it has is older than two seconds. Either way it admits only by a watermark
+//! the core signed (`tessera_queue::watermark::verify` against the `watermark_keys`
+//! variable) that is fresh; a forged or stale one counts as none. Only in `mode = local`
+//! with no `watermark_keys` are unsigned watermarks believed.
+//!
+//! The queue registration carries the edge's service credential (`service_credential`,
+//! header `x-tessera-service`): the core serves `/v1/internal/...` to Tessera's services
+//! only, never on a fan's token alone.
 
 use bytes::Bytes;
 use serde::{Deserialize, Serialize, de::DeserializeOwned};
@@ -121,9 +128,42 @@ impl Ctx {
         Ok(claims)
     }
 
+    /// What a published watermark (stored or polled) says, if the core's signature covers
+    /// it and it is fresh; `None` otherwise.
+    async fn trusted_watermark(
+        &self,
+        event_id: &EventId,
+        raw: &[u8],
+    ) -> Option<AdmissionWatermark> {
+        let keys_spec = self.var("watermark_keys").await;
+        if keys_spec.trim().is_empty() {
+            // Unsigned watermarks only where nothing is at stake.
+            return if &*self.var("mode").await == "local" {
+                serde_json::from_slice(raw).ok()
+            } else {
+                self.count("watermarks", "no_keys");
+                None
+            };
+        }
+        let keys = Keyset::parse(&keys_spec).ok()?;
+        match tessera_queue::watermark::verify(
+            &keys,
+            raw,
+            event_id,
+            self.now_ms,
+            tessera_queue::watermark::MAX_AGE_MS,
+        ) {
+            Ok(wm) => Some(wm),
+            Err(_) => {
+                self.count("watermarks", "refused");
+                None
+            }
+        }
+    }
+
     async fn stored_watermark(&self, event_id: &EventId) -> Option<AdmissionWatermark> {
         let raw = self.store.get(kv::watermark(event_id)).await.ok()??;
-        serde_json::from_slice(&raw).ok()
+        self.trusted_watermark(event_id, &raw).await
     }
 
     async fn bus_alive(&self) -> bool {
@@ -156,17 +196,18 @@ impl Ctx {
         guest::stamp(req.headers_mut(), &self.upstream);
         let polled = match guest::try_send(req).await {
             Ok(resp) if resp.status().is_success() => match guest::read_response(resp).await {
-                Ok((_, body)) => serde_json::from_slice::<AdmissionWatermark>(&body).ok(),
+                Ok((_, body)) => {
+                    self.trusted_watermark(event_id, &body).await.map(|wm| (wm, body))
+                }
                 Err(_) => None,
             },
             _ => None,
         };
         match (stored, polled) {
-            (Some(s), Some(p)) if p.version < s.version => Some(s),
-            (_, Some(p)) => {
-                if let Ok(v) = serde_json::to_vec(&p) {
-                    let _ = self.store.set(kv::watermark(event_id), v).await;
-                }
+            (Some(s), Some((p, _))) if p.version < s.version => Some(s),
+            (_, Some((p, body))) => {
+                // Stored as published (with its signature), so the next reader checks it too.
+                let _ = self.store.set(kv::watermark(event_id), body.to_vec()).await;
                 Some(p)
             }
             (s, None) => s,
@@ -262,6 +303,12 @@ async fn join(
             if let Some(v) = parts.headers.get(name) {
                 req.headers_mut().insert(http::HeaderName::from_static(name), v.clone());
             }
+        }
+        let credential = ctx.var("service_credential").await;
+        if !credential.is_empty()
+            && let Ok(v) = http::HeaderValue::from_str(&credential)
+        {
+            req.headers_mut().insert(headers::SERVICE_CREDENTIAL, v);
         }
         guest::stamp(req.headers_mut(), &ctx.upstream);
         let resp = guest::try_send(req)
@@ -391,7 +438,9 @@ async fn hold(ctx: &Ctx, parts: &http::request::Parts, body: Bytes, event_id: Ev
     }
     let used_key = kv::admission_used(claims.ticket_id.as_str());
     if matches!(ctx.store.exists(&used_key).await, Ok(true)) {
-        return Err(fail(ErrorCode::Forbidden, "this admission was already used for a hold"));
+        // The same answer as the core's, which decides in the hold's own transaction;
+        // this check only spares the region a request it would refuse.
+        return Err(fail(ErrorCode::AdmissionUsed, "this admission already admitted a hold"));
     }
     let reply = guest::forward(parts, body, &ctx.upstream).await;
     if reply.status().is_success() {

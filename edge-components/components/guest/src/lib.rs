@@ -31,7 +31,12 @@ pub type Reply = Response<BoxBody>;
 /// Request headers that only the edge itself may set: dropped from what fans send, so a
 /// value arriving from outside is never trusted.
 pub const INTERNAL_HEADERS: &[&str] =
-    &[tessera_api::headers::BOT_SCORE, tessera_api::headers::EDGE_POP, tessera_api::headers::STALE];
+    &[
+        tessera_api::headers::BOT_SCORE,
+        tessera_api::headers::EDGE_POP,
+        tessera_api::headers::STALE,
+        tessera_api::headers::SERVICE_CREDENTIAL,
+    ];
 
 /// Headers that describe the edge's or the region's internals and never reach a fan, even
 /// when a region's reply carries them.

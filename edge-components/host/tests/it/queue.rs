@@ -108,7 +108,7 @@ async fn a_fan_joins_waits_is_admitted_and_holds_with_the_admission_token() {
     }
     assert_eq!(seen[0]["x-tessera-pop"], "test");
     // Replaying the same admission for a second hold at this edge is refused.
-    assert_eq!(code(hold("phone-1", "fan-1").await.unwrap()).await, (403, "forbidden".into()));
+    assert_eq!(code(hold("phone-1", "fan-1").await.unwrap()).await, (409, "admission_used".into()));
 }
 
 #[tokio::test]

@@ -228,6 +228,8 @@ pub fn watermark(event: &str, open_admitted: u64, open_count: u64) -> AdmissionW
 
 pub fn variables(router: SocketAddr) -> BTreeMap<String, String> {
     BTreeMap::from([
+        // Unsigned watermarks (these tests publish their own) are believed only locally.
+        ("mode".to_owned(), "local".to_owned()),
         ("router_url".to_owned(), format!("http://{router}")),
         ("identity_issuer".to_owned(), ISSUER.to_owned()),
         (
