@@ -4,7 +4,7 @@
 //! - `cargo xtask test`: run every test (unit, integration, e2e), installing or locating
 //!   what they need first. `.ci/run` runs exactly this.
 //! - `cargo xtask bench <inventory|edge|orders>`: run a benchmark and print its numbers.
-//! - `cargo xtask e2e <checkout|failover|partition>`: run one end-to-end scenario.
+//! - `cargo xtask e2e <checkout|failover|partition|security>`: run one end-to-end scenario.
 //! - `cargo xtask build-wasm`: build the edge components.
 //! - `cargo xtask check-deploy`: check `deploy/` with the real validators (part of `test`).
 
@@ -284,6 +284,11 @@ fn test(quick: bool) -> anyhow::Result<()> {
             .current_dir(root().join("edge-components/host"))
             .env("TESSERA_EDGE_SPIN_STRICT", "1"),
     )?;
+    // The red-team suite (about half a minute): every attack refused, nothing changed.
+    run(
+        "red-team suite `security`",
+        cargo().args(["run", "--locked", "-p", "tessera-e2e", "--bin", "security", "--", "--ci"]),
+    )?;
     if !quick {
         for scenario in ["checkout", "failover", "partition"] {
             run(
@@ -355,8 +360,10 @@ fn bench(name: &str, args: &[String]) -> anyhow::Result<()> {
 
 fn e2e(name: &str, args: &[String]) -> anyhow::Result<()> {
     match name {
-        "checkout" | "failover" | "partition" => {}
-        other => bail!("unknown scenario {other:?}: choose checkout, failover or partition"),
+        "checkout" | "failover" | "partition" | "security" => {}
+        other => {
+            bail!("unknown scenario {other:?}: choose checkout, failover, partition or security")
+        }
     }
     prereq::nats_server()?;
     step("building the WASM edge components");

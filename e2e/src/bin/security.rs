@@ -1,0 +1,33 @@
+//! `cargo xtask e2e security [--ci]`: the red-team suite, see
+//! `tessera_e2e::scenarios::security`. The last line is
+//! `attacks=N accepted=0 state_changed=0`; any accepted attack or changed state fails it.
+
+use tessera_e2e::scenarios::security;
+
+fn main() -> anyhow::Result<()> {
+    for a in std::env::args().skip(1) {
+        match a.as_str() {
+            // One variant: the whole suite takes about a minute.
+            "--ci" => {}
+            other => anyhow::bail!("unknown argument {other}"),
+        }
+    }
+    let rt = tokio::runtime::Runtime::new()?;
+    let (verdicts, kv) = rt.block_on(security::run())?;
+    for v in verdicts.iter().filter(|v| !v.refused || v.state_changed) {
+        eprintln!("NOT REFUSED OR STATE CHANGED: {}: {}", v.name, v.detail);
+    }
+    let get = |k: &str| kv.get(k).cloned().unwrap_or_default();
+    println!(
+        "attacks={} accepted={} state_changed={}",
+        get("attacks"),
+        get("accepted"),
+        get("state_changed")
+    );
+    if kv.get("accepted").is_some_and(|v| v != "0")
+        || kv.get("state_changed").is_some_and(|v| v != "0")
+    {
+        anyhow::bail!("the red-team suite found an open door");
+    }
+    Ok(())
+}
