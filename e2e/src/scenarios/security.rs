@@ -717,24 +717,53 @@ async fn input_attacks(c: &mut Ctx) -> anyhow::Result<()> {
 async fn nats_attacks(c: &mut Ctx) -> anyhow::Result<()> {
     let url = c.stack.urls.nats_leaves.values().next().cloned().context("a leaf")?;
     let client = async_nats::connect(url.as_str()).await?;
-    let wm = |version: u64| {
-        json!({
-            "event_id": LOCKED, "version": version, "state": "open",
-            "pre_open_admitted": 1_000_000, "pre_open_count": 1_000_000,
-            "open_admitted": 1_000_000, "open_admitted_rank": "ffffffffffffffffffff",
-            "open_count": 1_000_000, "rate_per_s": 100000.0, "remaining": 100,
-            "published_at_ms": now_ms()
+    // A genuine watermark of the locked event, rewritten to admit everyone, far ahead of
+    // any version the core will publish.
+    let genuine = c.core.get(&format!("/v1/events/{LOCKED}/admission"), &[]).await?;
+    anyhow::ensure!(
+        genuine.ok(),
+        "the locked event's watermark: {} {}",
+        genuine.status,
+        genuine.body
+    );
+    let template = genuine.body.clone();
+    // The attacker reads the rank format from their own queue ticket (not secret).
+    let rank_len = c
+        .victim
+        .ticket
+        .as_deref()
+        .and_then(|t| t.split('.').nth(1))
+        .and_then(|p| {
+            use base64::Engine as _;
+            base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(p).ok()
         })
+        .and_then(|b| serde_json::from_slice::<Value>(&b).ok())
+        .and_then(|v| v["rank"].as_str().map(str::len))
+        .unwrap_or(20);
+    let wm = move |version: u64| {
+        let mut w = template.clone();
+        if let Some(o) = w.as_object_mut() {
+            o.remove("signed");
+            o.insert("version".into(), json!(version));
+            o.insert("pre_open_threshold".into(), json!(u64::MAX));
+            o.insert("pre_open_admitted".into(), json!(1_000_000));
+            o.insert("open_admitted".into(), json!(1_000_000));
+            o.insert("open_admitted_rank".into(), json!("f".repeat(rank_len)));
+            o.insert("published_at_ms".into(), json!(now_ms()));
+        }
+        w
     };
     let subject = tessera_api::bus::admission_subject(&EventId::parse(LOCKED)?);
+    let unsigned: Vec<Value> = (0..5).map(|i| wm(u64::MAX - i)).collect();
+    let mut resigned = wm(u64::MAX);
     let (cl, s) = (client.clone(), subject.clone());
     let victim = c.victim.clone();
     c.attack(
         "nats: unsigned watermark admitting everyone",
         (200, "still_waiting"),
         || async move {
-            for i in 0..5 {
-                cl.publish(s.clone(), serde_json::to_vec(&wm(u64::MAX - i))?.into()).await?;
+            for w in &unsigned {
+                cl.publish(s.clone(), serde_json::to_vec(w)?.into()).await?;
             }
             cl.flush().await?;
             tokio::time::sleep(Duration::from_millis(500)).await;
@@ -746,10 +775,9 @@ async fn nats_attacks(c: &mut Ctx) -> anyhow::Result<()> {
     let (cl, s) = (client.clone(), subject.clone());
     let victim = c.victim.clone();
     c.attack("nats: watermark signed by another key", (200, "still_waiting"), || async move {
-        let mut body = wm(u64::MAX);
-        let signed = tessera_identity::sign(&forger, &body);
-        body["signed"] = json!(signed);
-        cl.publish(s, serde_json::to_vec(&body)?.into()).await?;
+        let signed = tessera_identity::sign(&forger, &resigned);
+        resigned["signed"] = json!(signed);
+        cl.publish(s, serde_json::to_vec(&resigned)?.into()).await?;
         cl.flush().await?;
         tokio::time::sleep(Duration::from_millis(500)).await;
         waiting(victim).await
