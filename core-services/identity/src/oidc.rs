@@ -372,3 +372,81 @@ async fn get(http: &reqwest::Client, url: &str) -> Result<Vec<u8>, FetchError> {
     }
     Ok(body)
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use axum::routing::get;
+    use tessera_api::CustomerId;
+
+    use super::*;
+    use crate::{IdentityIssuer, SigningKeyPair};
+
+    /// A minimal OIDC issuer: a discovery document and a JWKS that the test swaps.
+    async fn issuer(jwks: Arc<RwLock<String>>) -> String {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let base = format!("http://{}", listener.local_addr().unwrap());
+        let doc =
+            serde_json::json!({"issuer": base, "jwks_uri": format!("{base}/jwks")}).to_string();
+        let app = axum::Router::new()
+            .route("/.well-known/openid-configuration", get(move || async move { doc }))
+            .route("/jwks", get(move || async move { jwks.read().clone() }));
+        tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+        base
+    }
+
+    fn jwks(keys: &[&SigningKeyPair]) -> String {
+        serde_json::to_string(&Keyset::new(keys.iter().map(|k| k.public())).to_jwks()).unwrap()
+    }
+
+    #[tokio::test]
+    async fn keys_come_from_discovery_and_rotate_without_a_restart() {
+        let k1 = SigningKeyPair::from_seed("2026-1", [21; 32]);
+        let k2 = SigningKeyPair::from_seed("2026-2", [22; 32]);
+        let published = Arc::new(RwLock::new(jwks(&[&k1])));
+        let base = issuer(published.clone()).await;
+        let oidc = Oidc::new(&OidcConfig {
+            issuer: base.clone(),
+            refetch_min_s: 0,
+            ..OidcConfig::default()
+        })
+        .unwrap();
+        assert!(oidc.fetches());
+        let now_ms = 1_800_000_000_000;
+        let mint = |key: &SigningKeyPair| {
+            IdentityIssuer { issuer: base.clone(), key: key.clone() }.mint(
+                CustomerId::parse("fan-1").unwrap(),
+                vec!["fan".into()],
+                now_ms,
+                600,
+            )
+        };
+        // The first token fetches discovery and the JWKS.
+        let claims = oidc.verify(&mint(&k1), now_ms).await.unwrap();
+        assert_eq!(claims.sub.as_str(), "fan-1");
+        assert_eq!(oidc.keys().kids(), vec!["2026-1".to_owned()]);
+        // The issuer rotates to a new key: its first token (an unknown kid) fetches again.
+        *published.write() = jwks(&[&k2]);
+        oidc.verify(&mint(&k2), now_ms).await.unwrap();
+        assert_eq!(oidc.keys().kids(), vec!["2026-2".to_owned()]);
+        // The retired key is gone, and a stranger's key never verifies.
+        assert_eq!(oidc.verify(&mint(&k1), now_ms).await.unwrap_err(), TokenError::UnknownKey);
+        let stranger = SigningKeyPair::from_seed("2026-2", [23; 32]);
+        assert!(oidc.verify(&mint(&stranger), now_ms).await.is_err());
+    }
+
+    #[tokio::test]
+    async fn a_discovery_document_for_another_issuer_is_refused() {
+        let k1 = SigningKeyPair::from_seed("2026-1", [21; 32]);
+        let base = issuer(Arc::new(RwLock::new(jwks(&[&k1])))).await;
+        let oidc = Oidc::new(&OidcConfig {
+            // Fetched from the same place, but the document names `base`, not `base/`.
+            issuer: format!("{base}/"),
+            ..OidcConfig::default()
+        })
+        .unwrap();
+        assert!(oidc.refresh().await.is_err());
+        assert!(oidc.keys().is_empty());
+    }
+}
