@@ -332,6 +332,24 @@ impl Keyspace {
     pub fn queue_admission(&self, event: &EventId) -> Vec<u8> {
         self.key(&("qadm", event.as_str()))
     }
+    /// `("qlog", event_id, <versionstamp>)` → `QueueLogRecord`, versionstamped: what fans
+    /// did with their places and admissions, and the admission controller's progress, in
+    /// commit order. The controller reads it as it grows; a successor replays it.
+    pub fn queue_log_versionstamped(&self, event: &EventId, user_version: u16) -> Vec<u8> {
+        self.root.pack_with_versionstamp(&(
+            "qlog",
+            event.as_str(),
+            Versionstamp::incomplete(user_version),
+        ))
+    }
+    pub fn queue_log_all(&self, event: &EventId) -> (Vec<u8>, Vec<u8>) {
+        self.range(&("qlog", event.as_str()))
+    }
+    /// `("qgb", event_id, ticket_id)` → empty: this admission already gave its place back
+    /// once (a failed hold), so another failure with it logs nothing.
+    pub fn queue_gave_back(&self, event: &EventId, ticket: &QueueTicketId) -> Vec<u8> {
+        self.key(&("qgb", event.as_str(), ticket.as_str()))
+    }
 
     /// `("contact", customer_id)` → the customer's email (UTF-8), from their identity
     /// token, for notifications. Never logged.

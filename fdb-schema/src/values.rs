@@ -337,6 +337,53 @@ pub struct QueueRecord {
     pub joined_at_ms: u64,
 }
 
+/// Which place a queue-log entry is about, as the fan's ticket says.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct QueueTicketRef {
+    pub ticket_id: QueueTicketId,
+    pub phase: QueuePhase,
+    /// Open-phase rank (versionstamp hex).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rank: Option<String>,
+}
+
+/// One entry of an event's queue log.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum QueueLogEntry {
+    /// A hold was made with the place's admission (written in the hold's transaction).
+    Used { ticket: QueueTicketRef, seats: u32 },
+    /// A hold with the admission failed for lack of places: the place goes back.
+    GaveBack { ticket: QueueTicketRef },
+    /// The fan left the waiting room.
+    Left { ticket: QueueTicketRef },
+    /// The fan chose the waiting list for returns.
+    WaitingList { ticket: QueueTicketRef },
+    /// The controller moved its lines (positions in queue order).
+    Admitted {
+        main_from: u64,
+        main_to: u64,
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        waiting_list: Vec<u64>,
+        waiting_list_line: u64,
+        sold_out: bool,
+    },
+    /// The controller ended admissions whose window passed unused.
+    Expired { positions: Vec<u64> },
+    /// An entry a newer release wrote; skipped.
+    #[serde(other)]
+    Unknown,
+}
+
+/// `("qlog", event_id, versionstamp)`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct QueueLogRecord {
+    #[serde(default = "v1")]
+    pub v: u32,
+    pub at_ms: u64,
+    pub entry: QueueLogEntry,
+}
+
 /// `("qadm", event_id)`: the admission controller's progress, so it resumes after a
 /// restart or failover without re-admitting or skipping anyone.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]

@@ -211,6 +211,11 @@ fn watermark() -> AdmissionWatermark {
         remaining: 1_000_000,
         // Far in the future: the bench has no NATS; this keeps the watermark "fresh".
         published_at_ms: u64::MAX / 2,
+        outstanding: 0,
+        waiting_list_line: None,
+        expired_line: None,
+        expired_waiting_list_line: None,
+        estimate: None,
     }
 }
 
@@ -301,6 +306,7 @@ fn verify_rates() -> (f64, f64) {
         iat_ms: 0,
         exp_ms: u64::MAX,
         kid: String::new(),
+        waiting_list: false,
     };
     let tokens: Vec<String> = (0..64)
         .map(|i| {

@@ -59,6 +59,14 @@ pub enum ErrorCode {
     QueueTokenWrongDevice,
     QueueClosed,
     NotAdmittedYet,
+    /// A waiting-list join while places are still offered in queue order.
+    NotSoldOut,
+    /// The admission's window passed unused (or its fan left); join again.
+    AdmissionExpired,
+    /// The fan left the waiting room with this ticket; join again for a new place.
+    QueueLeft,
+    /// Status polls from one ticket faster than the waiting room answers them.
+    QueuePollTooFast,
     // --- orders, payments, tickets ---
     UnknownOrder,
     PaymentDeclined,
@@ -108,8 +116,9 @@ impl ErrorCode {
             SeatHeld | SeatSold | NotEnoughAdjacent | SoldOut | EventNotOnSale | EventExists
             | HoldNotActive | HoldPaymentInFlight | IdempotencyConflict | QueueClosed
             | CheckoutInProgress | OrderNotRefundable | TicketAlreadyUsed | LastHealthyRegion
-            | AdmissionUsed => 409,
-            HoldExpired => 410,
+            | AdmissionUsed | NotSoldOut => 409,
+            HoldExpired | AdmissionExpired | QueueLeft => 410,
+            QueuePollTooFast => 429,
             PaymentDeclined => 402,
             PaymentFailed => 502,
             Internal | Other => 500,
@@ -128,6 +137,7 @@ impl ErrorCode {
         matches!(
             self,
             ErrorCode::RateLimited
+                | ErrorCode::QueuePollTooFast
                 | ErrorCode::Unavailable
                 | ErrorCode::RegionUnavailable
                 | ErrorCode::Timeout
@@ -180,6 +190,10 @@ fn code_name(code: ErrorCode) -> &'static str {
         QueueTokenWrongDevice => "queue_token_wrong_device",
         QueueClosed => "queue_closed",
         NotAdmittedYet => "not_admitted_yet",
+        NotSoldOut => "not_sold_out",
+        AdmissionExpired => "admission_expired",
+        QueueLeft => "queue_left",
+        QueuePollTooFast => "queue_poll_too_fast",
         UnknownOrder => "unknown_order",
         PaymentDeclined => "payment_declined",
         PaymentFailed => "payment_failed",

@@ -265,6 +265,7 @@ async fn queue_updates<S: Store>(app: Arc<App<S>>, hub: SseHub, shutdown: Shutdo
                     iat_ms: rec.joined_at_ms,
                     exp_ms: u64::MAX,
                     kid: String::new(),
+                    waiting_list: false,
                 };
                 let view = tessera_queue::view(&claims, &wm);
                 hub.queue_update(

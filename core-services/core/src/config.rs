@@ -134,6 +134,11 @@ pub struct QueueConfig {
     /// The key that signs admission watermarks, `kid:base64url-seed`; the edges verify
     /// them with its public key (their `watermark_keys`).
     pub watermark_signing_key: Secret,
+    /// Time on top of `admission_ttl_s` before an unused admission goes to the next fan
+    /// (the edge issues the token on the fan's first status request after admission).
+    pub admission_grace_s: u64,
+    /// Tickets per order the controller assumes until it has seen holds.
+    pub tickets_per_order_prior: f64,
 }
 
 impl Default for QueueConfig {
@@ -145,6 +150,8 @@ impl Default for QueueConfig {
             tick_ms: 250,
             admission_ttl_s: 600,
             watermark_signing_key: Secret::default(),
+            admission_grace_s: 30,
+            tickets_per_order_prior: 2.0,
         }
     }
 }

@@ -6,11 +6,12 @@ use std::sync::Arc;
 use parking_lot::RwLock;
 use tessera_api::bus::BusEventBody;
 use tessera_api::inventory::{HOLD_SEATS_MAX, Hold, HoldSpec, HoldState};
+use tessera_api::queue::QueuePhase;
 use tessera_api::{CustomerId, EventId, HoldId, PoolId, QueueTicketId, SeatId, SectionId};
 use tessera_fdb_schema::keys::Tally;
 use tessera_fdb_schema::values::{
     self, AdmissionUse, AdmissionUseState, EventRecord, HoldRecord, IdempotencyRecord, PoolRecord,
-    SectionRecord, ShardTake,
+    QueueLogEntry, QueueLogRecord, QueueTicketRef, SectionRecord, ShardTake,
 };
 use tessera_fdb_schema::{Keyspace, SeatState, SeatStatus};
 use tessera_store::{Bytes, RangeRequest, Store, Transaction, TrxError, decode_i64, run};
@@ -148,11 +149,16 @@ fn into_hold(r: HoldRecord, now_ms: u64) -> Hold {
     }
 }
 
-/// The waiting room's admission a hold uses: the queue ticket it was issued for. Each
-/// admits one hold (invariant 9), recorded in that hold's transaction.
+/// The waiting room's admission a hold uses: the queue ticket it was issued for, and that
+/// ticket's place in queue order. Each admits one hold (invariant 9), recorded in that
+/// hold's transaction together with the queue-log entry that tells the admission
+/// controller the place was used.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Admission {
     pub ticket_id: QueueTicketId,
+    pub phase: QueuePhase,
+    /// Open-phase rank (versionstamp hex).
+    pub rank: Option<String>,
 }
 
 impl<S: Store> Inventory<S> {
@@ -220,9 +226,17 @@ impl<S: Store> Inventory<S> {
                 let admission_key =
                     admission.map(|a| self.keys.admission_use(event_id, &a.ticket_id));
                 if let Some(key) = &admission_key
-                    && trx.get(key, false).await?.is_some()
+                    && let Some(b) = trx.get(key, false).await?
                 {
-                    return fail(InventoryError::AdmissionUsed);
+                    // Released: the admission's window passed unused, or its fan left, and
+                    // the place went to the next fan.
+                    let released = values::decode::<AdmissionUse>(&b)
+                        .is_ok_and(|u| u.state == AdmissionUseState::Released);
+                    return fail(if released {
+                        InventoryError::AdmissionReleased
+                    } else {
+                        InventoryError::AdmissionUsed
+                    });
                 }
                 let event = read_event(&trx, &self.keys, event_id, false).await?;
                 if !event.state.accepts_holds() {
@@ -348,6 +362,25 @@ impl<S: Store> Inventory<S> {
                         released_at_ms: None,
                     };
                     trx.set(key, &values::encode(&used));
+                }
+                if let Some(a) = admission {
+                    let entry = QueueLogRecord {
+                        v: 1,
+                        at_ms: now,
+                        entry: QueueLogEntry::Used {
+                            ticket: QueueTicketRef {
+                                ticket_id: a.ticket_id.clone(),
+                                phase: a.phase,
+                                rank: a.rank.clone(),
+                            },
+                            seats: quantity,
+                        },
+                    };
+                    trx.atomic_op(
+                        &self.keys.queue_log_versionstamped(event_id, 0),
+                        &values::encode(&entry),
+                        tessera_store::MutationType::SetVersionstampedKey,
+                    );
                 }
                 outbox(
                     &trx,

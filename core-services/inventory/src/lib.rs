@@ -115,6 +115,8 @@ pub enum InventoryError {
     IdempotencyConflict,
     #[error("this admission was already used for a hold")]
     AdmissionUsed,
+    #[error("this admission ended unused (its window passed, or its fan left)")]
+    AdmissionReleased,
     #[error("event {event} cannot go from {from:?} to {to:?}")]
     InvalidTransition { event: EventId, from: SaleState, to: SaleState },
     #[error("store failed")]
@@ -149,6 +151,7 @@ impl InventoryError {
             E::HoldPaymentInFlight(_) => ErrorCode::HoldPaymentInFlight,
             E::IdempotencyConflict => ErrorCode::IdempotencyConflict,
             E::AdmissionUsed => ErrorCode::AdmissionUsed,
+            E::AdmissionReleased => ErrorCode::AdmissionExpired,
             E::Store(StoreError::Unavailable(_)) => ErrorCode::Unavailable,
             E::Store(_) | E::Corrupt(_) => ErrorCode::Internal,
         }

@@ -42,6 +42,15 @@ impl QueueTokenError {
             QueueTokenError::WrongCustomer => ErrorCode::Forbidden,
         }
     }
+
+    /// The code for an admission token: one past its life is `admission_expired` (its
+    /// place has gone to the next fan), not a generic expired token.
+    pub fn admission_code(&self) -> ErrorCode {
+        match self {
+            QueueTokenError::Expired => ErrorCode::AdmissionExpired,
+            e => e.code(),
+        }
+    }
 }
 
 /// The device binding: SHA-256 of the device id, hex, first 32 characters.
@@ -140,6 +149,7 @@ mod tests {
             iat_ms: NOW,
             exp_ms: NOW + 60_000,
             kid: String::new(),
+            waiting_list: false,
         }
     }
 

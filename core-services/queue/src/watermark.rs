@@ -88,6 +88,11 @@ mod tests {
             rate_per_s: 5.0,
             remaining: 50,
             published_at_ms: NOW,
+            outstanding: 0,
+            waiting_list_line: None,
+            expired_line: None,
+            expired_waiting_list_line: None,
+            estimate: None,
         }
     }
 

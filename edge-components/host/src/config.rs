@@ -78,7 +78,8 @@ pub struct Limits {
 impl Default for Limits {
     fn default() -> Self {
         Limits {
-            request_timeout: Duration::from_secs(15),
+            // Above the waiting room's longest long poll (25 s; pages ask for 20).
+            request_timeout: Duration::from_secs(30),
             stream_timeout: Duration::from_secs(3600),
             memory_max_bytes: 64 << 20,
             memory_keep_resident_bytes: 2 << 20,

@@ -23,6 +23,10 @@ pub struct Policy {
     pub client_soft_per_window: u32,
     pub network_soft_per_window: u32,
     pub token_soft_per_window: u32,
+    /// Queue status requests per 10 s window with one queue ticket beyond which they are
+    /// refused with `429 queue_poll_too_fast` (a page long-polls every 20 s, or polls
+    /// about once a second where it cannot).
+    pub ticket_polls_per_window: u32,
     pub events: BTreeMap<String, EventPolicy>,
 }
 
@@ -42,6 +46,7 @@ impl Default for Policy {
             client_soft_per_window: 30,
             network_soft_per_window: 600,
             token_soft_per_window: 30,
+            ticket_polls_per_window: 20,
             events: BTreeMap::new(),
         }
     }

@@ -51,6 +51,12 @@ pub fn admission_used(ticket_id: &str) -> String {
     format!("admused:{ticket_id}")
 }
 
+/// Marks a ticket whose fan left the waiting room here (`DELETE .../queue`): it is
+/// given no admission token (the core refuses its holds wherever it is used).
+pub fn queue_left(ticket_id: &str) -> String {
+    format!("left:{ticket_id}")
+}
+
 /// A rate counter for one window of one scope (`c` client, `n` network, `t` token).
 pub fn rate(scope: &str, key: &str, window: u64) -> String {
     format!("rl:{scope}:{key}:{window}")

@@ -23,6 +23,14 @@ pub enum Route {
     QueueStatus {
         event_id: EventId,
     },
+    /// `POST /v1/events/{id}/queue/waiting-list`: stay for returns after "sold out".
+    QueueWaitingList {
+        event_id: EventId,
+    },
+    /// `DELETE /v1/events/{id}/queue`: give the place up.
+    QueueLeave {
+        event_id: EventId,
+    },
     Admission {
         event_id: EventId,
     },
@@ -76,6 +84,8 @@ impl Route {
             Route::SectionSeats { .. } => "section_seats",
             Route::QueueJoin { .. } => "queue_join",
             Route::QueueStatus { .. } => "queue_status",
+            Route::QueueWaitingList { .. } => "queue_waiting_list",
+            Route::QueueLeave { .. } => "queue_leave",
             Route::Admission { .. } => "admission",
             Route::CreateHold { .. } => "create_hold",
             Route::GetHold { .. } => "get_hold",
@@ -97,9 +107,11 @@ impl Route {
             | Route::GetEvent { .. }
             | Route::Availability { .. }
             | Route::SectionSeats { .. } => Stage::Catalog,
-            Route::QueueJoin { .. } | Route::QueueStatus { .. } | Route::CreateHold { .. } => {
-                Stage::WaitingRoom
-            }
+            Route::QueueJoin { .. }
+            | Route::QueueStatus { .. }
+            | Route::QueueWaitingList { .. }
+            | Route::QueueLeave { .. }
+            | Route::CreateHold { .. } => Stage::WaitingRoom,
             _ => Stage::Router,
         }
     }
@@ -112,6 +124,8 @@ impl Route {
             | Route::SectionSeats { event_id, .. }
             | Route::QueueJoin { event_id }
             | Route::QueueStatus { event_id }
+            | Route::QueueWaitingList { event_id }
+            | Route::QueueLeave { event_id }
             | Route::Admission { event_id }
             | Route::CreateHold { event_id }
             | Route::EventStream { event_id } => Some(event_id),
@@ -164,8 +178,12 @@ pub fn classify(method: &str, path: &str) -> Result<Route, ApiErrorBody> {
             match m {
                 "POST" => Ok(Route::QueueJoin { event_id }),
                 "GET" => Ok(Route::QueueStatus { event_id }),
-                _ => Err(method_not_allowed("GET, POST")),
+                "DELETE" => Ok(Route::QueueLeave { event_id }),
+                _ => Err(method_not_allowed("GET, POST, DELETE")),
             }
+        }
+        ["events", ev, "queue", "waiting-list"] => {
+            only("POST", Route::QueueWaitingList { event_id: id(EventId::parse(ev))? })
         }
         ["events", ev, "admission"] => {
             only("GET", Route::Admission { event_id: id(EventId::parse(ev))? })
@@ -230,6 +248,12 @@ mod tests {
         check("GET", "/v1/events/summer-26/sections/A/seats", expect!["section_seats Catalog"]);
         check("POST", "/v1/events/summer-26/queue", expect!["queue_join WaitingRoom"]);
         check("GET", "/v1/events/summer-26/queue", expect!["queue_status WaitingRoom"]);
+        check("DELETE", "/v1/events/summer-26/queue", expect!["queue_leave WaitingRoom"]);
+        check(
+            "POST",
+            "/v1/events/summer-26/queue/waiting-list",
+            expect!["queue_waiting_list WaitingRoom"],
+        );
         check("POST", "/v1/events/summer-26/holds", expect!["create_hold WaitingRoom"]);
         check("DELETE", "/v1/holds/h_abcdefgh1", expect!["release_hold Router"]);
         check("POST", "/v1/orders", expect!["checkout Router"]);
@@ -255,7 +279,9 @@ mod tests {
         check(
             "PATCH",
             "/v1/events/summer-26/queue",
-            expect![[r#"{"code":"method_not_allowed","message":"this route accepts GET, POST"}"#]],
+            expect![[
+                r#"{"code":"method_not_allowed","message":"this route accepts GET, POST, DELETE"}"#
+            ]],
         );
         check(
             "GET",

@@ -7,7 +7,7 @@ use tessera_api::headers;
 use tessera_api::inventory::HoldRequest;
 use tessera_api::ops::{AdmissionRateRequest, DevTokenRequest, DrainRequest};
 use tessera_api::orders::{CheckinRequest, CheckoutRequest};
-use tessera_api::queue::QueueJoinRequest;
+use tessera_api::queue::{QueueJoinRequest, QueueStatusState};
 use tessera_api::{ApiErrorBody, ErrorCode};
 
 use crate::routes::{Route, classify};
@@ -125,13 +125,14 @@ fn check_route(req: &RequestView<'_>, route: &Route) -> Result<(), ApiErrorBody>
         Route::QueueStatus { .. } => {
             no_body(req)?;
             device(req)?;
-            match req.header(headers::QUEUE_TICKET) {
-                Some(t) if !t.is_empty() && t.len() <= 2048 => Ok(()),
-                _ => Err(err(
-                    ErrorCode::QueueTicketInvalid,
-                    format!("send your queue ticket in `{}`", headers::QUEUE_TICKET),
-                )),
-            }
+            long_poll(req.query)?;
+            queue_ticket(req)
+        }
+        Route::QueueWaitingList { .. } | Route::QueueLeave { .. } => {
+            no_body(req)?;
+            device(req)?;
+            bearer(req)?;
+            queue_ticket(req)
         }
         Route::CreateHold { .. } => {
             let hold: HoldRequest = json_body(req)?;
@@ -216,6 +217,73 @@ fn check_route(req: &RequestView<'_>, route: &Route) -> Result<(), ApiErrorBody>
             Ok(())
         }
     }
+}
+
+fn queue_ticket(req: &RequestView<'_>) -> Result<(), ApiErrorBody> {
+    match req.header(headers::QUEUE_TICKET) {
+        Some(t) if !t.is_empty() && t.len() <= 2048 => Ok(()),
+        _ => Err(err(
+            ErrorCode::QueueTicketInvalid,
+            format!("send your queue ticket in `{}`", headers::QUEUE_TICKET),
+        )),
+    }
+}
+
+/// The longest a status request may be held open (`wait_s`).
+pub const LONG_POLL_MAX_S: u64 = 30;
+
+/// A queue status request held open until the fan's state differs from `known`, or for
+/// `wait_s` seconds: `GET /v1/events/{id}/queue?wait_s=20&known=waiting`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct LongPoll {
+    pub wait_s: u64,
+    pub known: Option<QueueStatusState>,
+}
+
+/// Parses the query of a queue status request (`wait_s`, `known`; nothing else).
+pub fn long_poll(query: Option<&str>) -> Result<LongPoll, ApiErrorBody> {
+    let mut out = LongPoll::default();
+    let mut seen = (false, false);
+    for pair in query.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
+        let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
+        match name {
+            "wait_s" if !seen.0 => {
+                seen.0 = true;
+                out.wait_s = value
+                    .parse::<u64>()
+                    .ok()
+                    .filter(|w| *w <= LONG_POLL_MAX_S && !value.starts_with('+'))
+                    .ok_or_else(|| {
+                        err(
+                            ErrorCode::InvalidRequest,
+                            format!(
+                                "`wait_s` must be a whole number of seconds, 0 to {LONG_POLL_MAX_S}"
+                            ),
+                        )
+                    })?;
+            }
+            "known" if !seen.1 => {
+                seen.1 = true;
+                let state = serde_json::from_value::<QueueStatusState>(serde_json::Value::String(
+                    value.to_owned(),
+                ))
+                .map_err(|_| {
+                    err(
+                        ErrorCode::InvalidRequest,
+                        "`known` must be a queue state such as `waiting`",
+                    )
+                })?;
+                out.known = Some(state);
+            }
+            _ => {
+                return Err(err(
+                    ErrorCode::InvalidRequest,
+                    "a queue status takes only `wait_s` and `known` (each once)",
+                ));
+            }
+        }
+    }
+    Ok(out)
 }
 
 fn idempotency_key_ok(k: &str) -> bool {
@@ -419,6 +487,101 @@ mod tests {
             &[JSON],
             &big,
             expect![[r#"413 {"code":"body_too_large","message":"request body is too large"}"#]],
+        );
+    }
+
+    #[test]
+    fn queue_requests_carry_a_ticket_and_at_most_a_long_poll() {
+        const QT: (&str, &str) = ("x-tessera-queue-ticket", "a.b.c");
+        check(
+            "GET",
+            "/v1/events/e1/queue?wait_s=20&known=waiting",
+            &[DEV, QT],
+            "",
+            expect!["ok queue_status"],
+        );
+        check("GET", "/v1/events/e1/queue", &[DEV, QT], "", expect!["ok queue_status"]);
+        check(
+            "POST",
+            "/v1/events/e1/queue/waiting-list",
+            &[AUTH, DEV, QT],
+            "",
+            expect!["ok queue_waiting_list"],
+        );
+        check("DELETE", "/v1/events/e1/queue", &[AUTH, DEV, QT], "", expect!["ok queue_leave"]);
+        check(
+            "GET",
+            "/v1/events/e1/queue?wait_s=99",
+            &[DEV, QT],
+            "",
+            expect![[
+                r#"400 {"code":"invalid_request","message":"`wait_s` must be a whole number of seconds, 0 to 30"}"#
+            ]],
+        );
+        check(
+            "GET",
+            "/v1/events/e1/queue?wait_s=-1",
+            &[DEV, QT],
+            "",
+            expect![[
+                r#"400 {"code":"invalid_request","message":"`wait_s` must be a whole number of seconds, 0 to 30"}"#
+            ]],
+        );
+        check(
+            "GET",
+            "/v1/events/e1/queue?known=bogus",
+            &[DEV, QT],
+            "",
+            expect![[
+                r#"400 {"code":"invalid_request","message":"`known` must be a queue state such as `waiting`"}"#
+            ]],
+        );
+        check(
+            "GET",
+            "/v1/events/e1/queue?wait_s=1&wait_s=2",
+            &[DEV, QT],
+            "",
+            expect![[
+                r#"400 {"code":"invalid_request","message":"a queue status takes only `wait_s` and `known` (each once)"}"#
+            ]],
+        );
+        check(
+            "GET",
+            "/v1/events/e1/queue?limit=3",
+            &[DEV, QT],
+            "",
+            expect![[
+                r#"400 {"code":"invalid_request","message":"a queue status takes only `wait_s` and `known` (each once)"}"#
+            ]],
+        );
+        check(
+            "POST",
+            "/v1/events/e1/queue/waiting-list",
+            &[AUTH, DEV],
+            "",
+            expect![[
+                r#"403 {"code":"queue_ticket_invalid","message":"send your queue ticket in `x-tessera-queue-ticket`"}"#
+            ]],
+        );
+        check(
+            "DELETE",
+            "/v1/events/e1/queue",
+            &[DEV, QT],
+            "",
+            expect![[
+                r#"401 {"code":"unauthenticated","message":"send your identity token as `authorization: Bearer <token>`"}"#
+            ]],
+        );
+        check(
+            "GET",
+            "/v1/events/e1/queue/waiting-list",
+            &[DEV, QT],
+            "",
+            expect![[r#"405 {"code":"method_not_allowed","message":"this route accepts POST"}"#]],
+        );
+        assert_eq!(
+            long_poll(Some("known=sold_out&wait_s=0")),
+            Ok(LongPoll { wait_s: 0, known: Some(QueueStatusState::SoldOut) })
         );
     }
 }

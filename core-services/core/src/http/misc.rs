@@ -3,7 +3,7 @@
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use tessera_api::ops::{DevTokenRequest, DevTokenResponse};
-use tessera_api::queue::{QueuePlace, QueueRegistration, SignedWatermark};
+use tessera_api::queue::{QueuePlace, QueueRegistration, QueueTicketClaims, SignedWatermark};
 use tessera_api::{ErrorCode, EventId, OrderId};
 use tessera_identity::{ROLE_FAN, ROLE_OPERATOR};
 use tessera_runtime::{ApiError, Json};
@@ -82,6 +82,83 @@ pub(crate) async fn register<S: Store>(
         RegisterError::Store(m) => ApiError::internal(anyhow::anyhow!(m)),
     })?;
     Ok((StatusCode::OK, Json(place)))
+}
+
+/// The queue ticket a fan's request carries, verified (signature by an edge key, event,
+/// device) and bound to the caller's identity.
+async fn fan_ticket<S: Store>(
+    app: &AppState<S>,
+    h: &HeaderMap,
+    event_id: &EventId,
+) -> Result<QueueTicketClaims, ApiError> {
+    let claims = authenticate(app, h).await?;
+    let header = |name: &str| h.get(name).and_then(|v| v.to_str().ok()).filter(|v| !v.is_empty());
+    let Some(ticket) = header(tessera_api::headers::QUEUE_TICKET) else {
+        return Err(ApiError::new(ErrorCode::QueueTicketInvalid, "send your queue ticket"));
+    };
+    let Some(device) = header(tessera_api::headers::DEVICE) else {
+        return Err(ApiError::new(
+            ErrorCode::QueueTokenWrongDevice,
+            "the `x-tessera-device` header is required",
+        ));
+    };
+    let ticket = tessera_queue::verify_ticket(
+        &app.edge_keys,
+        ticket,
+        event_id,
+        &tessera_queue::device_hash(device),
+        app.clock.now_ms(),
+    )
+    .map_err(|e| ApiError::new(e.code(), e.to_string()))?;
+    if ticket.customer_id != claims.sub {
+        return Err(ApiError::new(
+            ErrorCode::Forbidden,
+            "this queue ticket belongs to someone else",
+        ));
+    }
+    Ok(ticket)
+}
+
+fn fan_request_error(e: admission::FanRequestError) -> ApiError {
+    match e {
+        admission::FanRequestError::NotSoldOut => ApiError::new(
+            ErrorCode::NotSoldOut,
+            "places are still offered in queue order: keep your place, no waiting list needed",
+        ),
+        admission::FanRequestError::Left => ApiError::new(
+            ErrorCode::QueueLeft,
+            "you left the waiting room with this ticket; join again for a new place",
+        ),
+        admission::FanRequestError::Store(m) => ApiError::internal(anyhow::anyhow!(m)),
+    }
+}
+
+/// `POST /v1/internal/events/{event_id}/queue/waiting-list`: an edge records that a fan
+/// told "sold out" stays for returns (the fan's ticket and identity are forwarded).
+pub(crate) async fn waiting_list<S: Store>(
+    State(app): State<AppState<S>>,
+    Path(event_id): Path<String>,
+    h: HeaderMap,
+) -> Result<StatusCode, ApiError> {
+    let event_id = path_id(&event_id, EventId::parse, ErrorCode::UnknownEvent, "event")?;
+    service(&app, &h)?;
+    let ticket = fan_ticket(&app, &h, &event_id).await?;
+    admission::join_waiting_list(&app, &event_id, &ticket).await.map_err(fan_request_error)?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// `POST /v1/internal/events/{event_id}/queue/leave`: an edge records that a fan gave
+/// their place up.
+pub(crate) async fn leave<S: Store>(
+    State(app): State<AppState<S>>,
+    Path(event_id): Path<String>,
+    h: HeaderMap,
+) -> Result<StatusCode, ApiError> {
+    let event_id = path_id(&event_id, EventId::parse, ErrorCode::UnknownEvent, "event")?;
+    service(&app, &h)?;
+    let ticket = fan_ticket(&app, &h, &event_id).await?;
+    admission::leave(&app, &event_id, &ticket).await.map_err(fan_request_error)?;
+    Ok(StatusCode::NO_CONTENT)
 }
 
 fn no_dev_issuer() -> ApiError {

@@ -6,7 +6,7 @@
 //! | `POST /v1/events/{id}/holds`, `GET`/`DELETE /v1/holds/{id}` | fan (+ an admission token, used once) |
 //! | `POST /v1/orders`, `GET /v1/orders`, `GET /v1/orders/{id}` | fan |
 //! | `POST /v1/checkin` | gate (or admin) |
-//! | `POST /v1/internal/events/{id}/queue` | a service credential (the edge), on behalf of a fan |
+//! | `POST /v1/internal/events/{id}/queue`, `.../queue/waiting-list`, `.../queue/leave` | a service credential (the edge), on behalf of a fan |
 //! | `/v1/ops/...` | operator; refunds: admin |
 //! | `POST /v1/dev/token`, `GET /v1/dev/.well-known/openid-configuration`, `/v1/dev/jwks` | anyone, local mode only (the development issuer) |
 //! | `POST /v1/webhooks/payments` | the payment provider (signed, each delivery once) |
@@ -61,6 +61,8 @@ pub fn router<S: Store>(app: Arc<App<S>>, extra: Router) -> Router {
         .route("/v1/orders/{order_id}", get(sales::get_order::<S>))
         .route("/v1/checkin", post(sales::checkin::<S>))
         .route("/v1/internal/events/{event_id}/queue", post(misc::register::<S>))
+        .route("/v1/internal/events/{event_id}/queue/waiting-list", post(misc::waiting_list::<S>))
+        .route("/v1/internal/events/{event_id}/queue/leave", post(misc::leave::<S>))
         .route("/v1/ops/events", post(ops::create_event::<S>))
         .route("/v1/ops/events/{event_id}/{action}", post(ops::sale_action::<S>))
         .route("/v1/ops/events/{event_id}/admission", put(ops::admission_rate::<S>))

@@ -47,6 +47,7 @@ pub(crate) async fn hold<S: Store>(
         ApiError::new(code, e.to_string())
     })?;
     let mut admission = None;
+    let mut admitted_with = None;
     if app.config.queue.require_admission {
         let Some(token) = header(&h, headers::ADMISSION) else {
             return Err(ApiError::refused(
@@ -72,15 +73,20 @@ pub(crate) async fn hold<S: Store>(
         )
         .map_err(|e| {
             ApiError::refused(
-                e.code(),
+                e.admission_code(),
                 "the admission token is not valid for this hold",
                 format!("admission token refused: {e}"),
             )
         })?;
-        admission = Some(Admission { ticket_id: claims.ticket_id });
+        admission = Some(Admission {
+            ticket_id: claims.ticket_id.clone(),
+            phase: claims.phase,
+            rank: claims.rank.clone(),
+        });
+        admitted_with = Some(claims);
     }
     let key = idempotency_key(&h)?;
-    let hold = app
+    let hold = match app
         .inv
         .hold_admitted(
             &event_id,
@@ -90,14 +96,45 @@ pub(crate) async fn hold<S: Store>(
             admission.as_ref(),
         )
         .await
-        .map_err(|e| match e {
-            InventoryError::AdmissionUsed => ApiError::refused(
+    {
+        Ok(hold) => hold,
+        Err(InventoryError::AdmissionUsed) => {
+            return Err(ApiError::refused(
                 ErrorCode::AdmissionUsed,
                 "this admission already admitted a hold",
                 "admission token reused",
-            ),
-            e => inventory_error(e),
-        })?;
+            ));
+        }
+        Err(InventoryError::AdmissionReleased) => {
+            return Err(ApiError::refused(
+                ErrorCode::AdmissionExpired,
+                "this admission ended unused (its window passed, or you left): join the queue again",
+                "admission token used after its release",
+            ));
+        }
+        Err(e) => {
+            if let Some(claims) = &admitted_with
+                && matches!(
+                    e,
+                    InventoryError::SoldOut { .. }
+                        | InventoryError::NotEnoughAdjacent(_)
+                        | InventoryError::SeatHeld(_)
+                        | InventoryError::SeatSold(_)
+                )
+            {
+                // Nothing the fan asked for was there: their place goes to the next fan at
+                // once (their token still allows another try until it expires).
+                let app = app.clone();
+                let (event_id, claims) = (event_id.clone(), claims.clone());
+                tokio::spawn(async move {
+                    if let Err(e) = crate::admission::gave_back(&app, &event_id, &claims).await {
+                        tracing::warn!("admission: {e:#}");
+                    }
+                });
+            }
+            return Err(inventory_error(e));
+        }
+    };
     app.outbox_written.notify_one();
     if let Some(email) = claims.email {
         // Where "your hold is about to expire" goes; off the request's path.

@@ -131,6 +131,7 @@ impl Core {
                 iat_ms: now,
                 exp_ms: now + 600_000,
                 kid: String::new(),
+                waiting_list: false,
             },
         )
     }

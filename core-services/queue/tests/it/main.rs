@@ -37,6 +37,7 @@ fn claims(typ: &str) -> QueueTicketClaims {
         iat_ms: NOW,
         exp_ms: NOW + 600_000,
         kid: String::new(),
+        waiting_list: false,
     }
 }
 
@@ -209,13 +210,14 @@ fn anyone_can_recompute_the_order_from_the_revealed_seed() {
         now_ms,
         state: SaleState::OnSale,
         pre_open_count: 50,
-        open_count: 0,
         remaining: 1000,
+        held: 0,
+        sold: 0,
         core_health: 1.0,
         operator_rate_per_s: 10.0,
     };
-    c.tick(&input(0), |_| None);
-    let wm = c.tick(&input(1000), |_| None);
+    c.tick(&input(0));
+    let (wm, _) = c.tick(&input(1000));
     let mut mine = claims(TYP_TICKET);
     mine.phase = QueuePhase::PreOpen;
     mine.ticket_id = drawn[3].clone();
@@ -239,6 +241,9 @@ fn after_opening_fans_are_admitted_first_come_first_served() {
     );
     c.reveal(&seed_hex, &[]).unwrap();
     let rank = |i: u64| Some(format!("{:020x}", 1000 + i * 7));
+    for i in 0..100 {
+        c.push_open(rank(i).unwrap(), QueueTicketId::from_random(u128::from(i) + 500));
+    }
     let ticket = |seq: u64| {
         let mut t = claims(TYP_TICKET);
         t.seq = seq;
@@ -247,18 +252,16 @@ fn after_opening_fans_are_admitted_first_come_first_served() {
     };
     let mut admitted_before = 0;
     for second in 0..20u64 {
-        let wm = c.tick(
-            &ControllerInput {
-                now_ms: second * 1000,
-                state: SaleState::OnSale,
-                pre_open_count: 0,
-                open_count: 100,
-                remaining: 1000,
-                core_health: 1.0,
-                operator_rate_per_s: 3.0,
-            },
-            rank,
-        );
+        let (wm, _) = c.tick(&ControllerInput {
+            now_ms: second * 1000,
+            state: SaleState::OnSale,
+            pre_open_count: 0,
+            remaining: 1000,
+            held: 0,
+            sold: 0,
+            core_health: 1.0,
+            operator_rate_per_s: 3.0,
+        });
         let admitted: Vec<bool> =
             (0..100).map(|s| admission::is_admitted(&ticket(s), &wm)).collect();
         let n = admitted.iter().filter(|a| **a).count();

@@ -40,6 +40,10 @@ const TIMES_KEPT: usize = 8;
 pub(crate) struct Pass {
     /// Its queue join goes to the shadow queue.
     pub shadow: bool,
+    /// Requests with its queue ticket (or identity token) in this window, this one
+    /// included, and how many queue status requests a ticket may make per window.
+    pub token_requests: u32,
+    pub ticket_polls_per_window: u32,
 }
 
 fn short_hash(s: &str) -> String {
@@ -72,7 +76,13 @@ pub(crate) async fn check(
         Ok(Some(v)) => serde_json::from_slice(&v).unwrap_or_default(),
         _ => ClientState::default(),
     };
-    state.times_ms.push(now);
+    // A long-polled status request comes back when the edge answers it: its timing is the
+    // edge's, not the client's, so it says nothing about who sends it.
+    let paced = matches!(route, Route::QueueStatus { .. })
+        && tessera_edge_logic::validate::long_poll(parts.uri.query()).is_ok_and(|l| l.wait_s > 0);
+    if !paced {
+        state.times_ms.push(now);
+    }
     if state.times_ms.len() > TIMES_KEPT {
         let excess = state.times_ms.len() - TIMES_KEPT;
         state.times_ms.drain(..excess);
@@ -150,7 +160,11 @@ pub(crate) async fn check(
         }
         Verdict::Allow | Verdict::Shadow => {
             guest::set_header(&mut parts.headers, headers::BOT_SCORE, &score.total.to_string());
-            Ok(Pass { shadow: verdict == Verdict::Shadow })
+            Ok(Pass {
+                shadow: verdict == Verdict::Shadow,
+                token_requests,
+                ticket_polls_per_window: policy.ticket_polls_per_window,
+            })
         }
     }
 }

@@ -82,7 +82,7 @@ async fn pipeline(req: Request) -> guest::Reply {
     };
     match route.stage() {
         Stage::Catalog => catalog::serve(&ctx, &parts, body, &route).await,
-        Stage::WaitingRoom => waiting_room::serve(&ctx, &parts, body, route, pass.shadow).await,
+        Stage::WaitingRoom => waiting_room::serve(&ctx, &parts, body, route, &pass).await,
         Stage::Router => guest::forward(&parts, body, &ctx.upstream).await,
     }
 }

@@ -6,8 +6,15 @@
 //!   shadow ticket instead: it looks the same and never admits.
 //! - `GET /v1/events/{id}/queue`: verifies the ticket (signature checked once, then served
 //!   from a verified-token cache keyed by the token's hash), compares it with the
-//!   admission watermark, and returns place, honest wait and, once admitted, a signed
-//!   admission token.
+//!   admission watermark, and returns place, an honest estimate (a wait range and the
+//!   chance of a ticket) and, once admitted, a signed admission token. With
+//!   `?wait_s=20&known=<state>` it is a long poll: the instance waits (a monotonic-clock
+//!   wait, re-reading the watermark from the key-value store) until the fan's state
+//!   differs from `known` or `wait_s` runs out, so "it's your turn" arrives within a
+//!   second without the page polling faster than every 20 s.
+//! - `POST /v1/events/{id}/queue/waiting-list`: a fan told "sold out" stays for returns;
+//!   the core records it and the edge re-issues the ticket marked for the waiting list.
+//! - `DELETE /v1/events/{id}/queue`: the fan gives the place up (the core records it).
 //! - `POST /v1/events/{id}/holds`: checks the admission token against identity and device
 //!   and passes the request to the router.
 //!
@@ -27,8 +34,8 @@ use serde::{Deserialize, Serialize, de::DeserializeOwned};
 use sha2::{Digest as _, Sha256};
 use spin_sdk::key_value::Store;
 use tessera_api::queue::{
-    AdmissionWatermark, QueueJoinRequest, QueueJoined, QueuePhase, QueuePlace, QueueRegistration,
-    QueueStatus, QueueStatusState, QueueTicketClaims,
+    AdmissionWatermark, QueueChoice, QueueJoinRequest, QueueJoined, QueuePhase, QueuePlace,
+    QueueRegistration, QueueStatus, QueueStatusState, QueueTicketClaims,
 };
 use tessera_api::{CustomerId, ErrorCode, EventId, headers};
 use tessera_edge_guest as guest;
@@ -123,17 +130,25 @@ impl Ctx {
         })
         .await
         .map_err(|e| token_error(&QueueTokenError::Invalid(e)))?;
-        token::check_claims(&claims, typ, event_id, device_hash, self.now_ms)
-            .map_err(|e| token_error(&e))?;
+        token::check_claims(&claims, typ, event_id, device_hash, self.now_ms).map_err(|e| {
+            if typ == TYP_ADMISSION {
+                fail(e.admission_code(), e.to_string())
+            } else {
+                token_error(&e)
+            }
+        })?;
         Ok(claims)
     }
 
     /// What a published watermark (stored or polled) says, if the core's signature covers
-    /// it and it is fresh; `None` otherwise.
+    /// it and it is fresh at `now_ms`; `None` otherwise. The signature of one published
+    /// watermark is checked once per edge (cached by its hash, as tokens are): the long
+    /// polls parked on an event all re-read the same few watermarks.
     async fn trusted_watermark(
         &self,
         event_id: &EventId,
         raw: &[u8],
+        now_ms: u64,
     ) -> Option<AdmissionWatermark> {
         let keys_spec = self.var("watermark_keys").await;
         if keys_spec.trim().is_empty() {
@@ -145,15 +160,25 @@ impl Ctx {
                 None
             };
         }
+        let max_age = tessera_queue::watermark::MAX_AGE_MS;
+        let cache_key = kv::verified_token(&token_hash("wm", &hex::encode(Sha256::digest(raw))));
+        if let Ok(Some(cached)) = self.store.get(&cache_key).await
+            && let Ok(c) = serde_json::from_slice::<Cached<AdmissionWatermark>>(&cached)
+            && c.claims.event_id == *event_id
+        {
+            let wm = c.claims;
+            let fresh = now_ms <= wm.published_at_ms + max_age
+                && wm.published_at_ms <= now_ms + max_age;
+            return fresh.then_some(wm);
+        }
         let keys = Keyset::parse(&keys_spec).ok()?;
-        match tessera_queue::watermark::verify(
-            &keys,
-            raw,
-            event_id,
-            self.now_ms,
-            tessera_queue::watermark::MAX_AGE_MS,
-        ) {
-            Ok(wm) => Some(wm),
+        match tessera_queue::watermark::verify(&keys, raw, event_id, now_ms, max_age) {
+            Ok(wm) => {
+                if let Ok(v) = serde_json::to_vec(&Cached { at_ms: now_ms, claims: &wm }) {
+                    let _ = self.store.set(&cache_key, v).await;
+                }
+                Some(wm)
+            }
             Err(_) => {
                 self.count("watermarks", "refused");
                 None
@@ -161,34 +186,37 @@ impl Ctx {
         }
     }
 
-    async fn stored_watermark(&self, event_id: &EventId) -> Option<AdmissionWatermark> {
+    async fn stored_watermark(
+        &self,
+        event_id: &EventId,
+        now_ms: u64,
+    ) -> Option<AdmissionWatermark> {
         let raw = self.store.get(kv::watermark(event_id)).await.ok()??;
-        self.trusted_watermark(event_id, &raw).await
+        self.trusted_watermark(event_id, &raw, now_ms).await
     }
 
-    async fn bus_alive(&self) -> bool {
+    async fn bus_alive(&self, now_ms: u64) -> bool {
         match self.store.get(kv::BUS_ALIVE).await {
             Ok(Some(v)) => std::str::from_utf8(&v)
                 .ok()
                 .and_then(|s| s.parse::<u64>().ok())
-                .is_some_and(|t| self.now_ms.saturating_sub(t) < kv::BUS_ALIVE_MAX_AGE_MS),
+                .is_some_and(|t| now_ms.saturating_sub(t) < kv::BUS_ALIVE_MAX_AGE_MS),
             _ => false,
         }
     }
 
-    /// The latest watermark: pushed by the host, or polled from the region when stale.
-    async fn watermark(&self, event_id: &EventId) -> Option<AdmissionWatermark> {
-        let stored = self.stored_watermark(event_id).await;
+    /// The latest watermark at `now_ms`: pushed by the host, or polled from the region
+    /// when stale.
+    async fn watermark(&self, event_id: &EventId, now_ms: u64) -> Option<AdmissionWatermark> {
+        let stored = self.stored_watermark(event_id, now_ms).await;
         let fresh = stored
             .as_ref()
-            .is_some_and(|w| self.now_ms.saturating_sub(w.published_at_ms) < WATERMARK_MAX_AGE_MS);
-        if fresh || (stored.is_some() && self.bus_alive().await) {
+            .is_some_and(|w| now_ms.saturating_sub(w.published_at_ms) < WATERMARK_MAX_AGE_MS);
+        if fresh || (stored.is_some() && self.bus_alive(now_ms).await) {
             return stored;
         }
-        let url = format!(
-            "{}/v1/events/{event_id}/admission",
-            self.upstream.base.trim_end_matches('/')
-        );
+        let url =
+            format!("{}/v1/events/{event_id}/admission", self.upstream.base.trim_end_matches('/'));
         let mut req = http::Request::new(http_body_util::Full::new(Bytes::new()));
         if let Ok(uri) = url.parse() {
             *req.uri_mut() = uri;
@@ -197,7 +225,7 @@ impl Ctx {
         let polled = match guest::try_send(req).await {
             Ok(resp) if resp.status().is_success() => match guest::read_response(resp).await {
                 Ok((_, body)) => {
-                    self.trusted_watermark(event_id, &body).await.map(|wm| (wm, body))
+                    self.trusted_watermark(event_id, &body, now_ms).await.map(|wm| (wm, body))
                 }
                 Err(_) => None,
             },
@@ -276,7 +304,7 @@ async fn join(
     let (ticket_id, phase, seq, rank) = if shadow {
         // Looks like any other place; no region ever hears of it.
         let secret = ctx.var("shadow_secret").await;
-        let wm = ctx.watermark(&event_id).await;
+        let wm = ctx.watermark(&event_id, ctx.now_ms).await;
         let id = lottery::shadow_ticket_id(secret.as_bytes(), random16());
         let phase = match wm.as_ref().map(|w| w.state) {
             Some(tessera_api::inventory::SaleState::Scheduled) | None => QueuePhase::PreOpen,
@@ -341,6 +369,7 @@ async fn join(
         iat_ms: ctx.now_ms,
         exp_ms: ctx.now_ms + ttl_ms,
         kid: String::new(),
+        waiting_list: false,
     };
     let ticket = token::issue(&key, &claims);
     let joined = QueueJoined { ticket, ticket_id, event_id, phase };
@@ -353,40 +382,55 @@ struct IssuedAdmission {
     exp_ms: u64,
 }
 
-async fn status(ctx: &Ctx, parts: &http::request::Parts, event_id: EventId) -> Outcome {
-    let device = device_of(parts)?;
-    let ticket = guest::header(&parts.headers, headers::QUEUE_TICKET)
-        .ok_or_else(|| fail(ErrorCode::QueueTicketInvalid, "send your queue ticket"))?;
-    let claims = ctx.queue_claims(ticket, TYP_TICKET, &event_id, &device).await?;
-    let Some(wm) = ctx.watermark(&event_id).await else {
+/// The longest a long poll is held when `queue_long_poll_max_s` is unset (the host's
+/// per-request limit must allow it).
+const LONG_POLL_MAX_S: u64 = 25;
+/// How often a long poll re-reads the watermark when the fan may be admitted within a few
+/// seconds, and otherwise: "it's your turn" within a second, "sold out" within a few.
+const LONG_POLL_NEAR_MS: u64 = 250;
+const LONG_POLL_FAR_MS: u64 = 1_000;
+
+/// The fan's status under the current watermark (without an admission token yet).
+fn standing(
+    claims: &QueueTicketClaims,
+    wm: Option<&AdmissionWatermark>,
+    shadow: bool,
+) -> QueueStatus {
+    let Some(wm) = wm else {
         // The controller has not published for this event yet (it just opened, or this
         // edge just started): the fan's place is recorded; they wait without an estimate.
-        let waiting = QueueStatus {
-            event_id: event_id.clone(),
+        return QueueStatus {
+            event_id: claims.event_id.clone(),
             ticket_id: claims.ticket_id.clone(),
             state: match claims.phase {
-                tessera_api::queue::QueuePhase::PreOpen => QueueStatusState::PreOpen,
-                tessera_api::queue::QueuePhase::Open => QueueStatusState::Waiting,
+                QueuePhase::PreOpen => QueueStatusState::PreOpen,
+                QueuePhase::Open => QueueStatusState::Waiting,
             },
             ahead: None,
             estimated_wait_s: None,
             admission_token: None,
             admission_expires_at_ms: None,
             lottery: None,
+            wait_s: None,
+            chance: None,
+            waiting_list: claims.waiting_list,
+            choices: vec![QueueChoice::Leave],
         };
-        return Ok(json_reply(200, &waiting));
     };
-    let secret = ctx.var("shadow_secret").await;
-    let shadow = lottery::is_shadow(secret.as_bytes(), &claims.ticket_id);
-    let mut view = admission::view(&claims, &wm);
-    if shadow && view.state == QueueStatusState::Admitted {
-        // The shadow queue moves, slowly, and never reaches the front.
-        view.state = QueueStatusState::Waiting;
-        view.ahead = Some(wm.open_count.saturating_sub(wm.open_admitted).max(1));
-        view.estimated_wait_s = None;
+    let mut view = admission::view(claims, wm);
+    if shadow && matches!(view.state, QueueStatusState::Admitted | QueueStatusState::Expired) {
+        // The shadow queue moves, slowly, and never reaches the front: it always sees
+        // itself at the back of the line as it is now.
+        let mut back = claims.clone();
+        back.phase = QueuePhase::Open;
+        back.rank = None;
+        back.seq = wm.open_count.max(wm.open_admitted + 1);
+        let lottery = view.lottery.take();
+        view = admission::view(&back, wm);
+        view.lottery = lottery;
     }
-    let mut out = QueueStatus {
-        event_id: event_id.clone(),
+    QueueStatus {
+        event_id: claims.event_id.clone(),
         ticket_id: claims.ticket_id.clone(),
         state: view.state,
         ahead: view.ahead,
@@ -394,14 +438,83 @@ async fn status(ctx: &Ctx, parts: &http::request::Parts, event_id: EventId) -> O
         admission_token: None,
         admission_expires_at_ms: None,
         lottery: view.lottery,
+        wait_s: view.wait_s,
+        chance: view.chance,
+        waiting_list: claims.waiting_list,
+        choices: view.choices,
+    }
+}
+
+/// How long a long poll sleeps before looking again: briefly when the fan may be admitted
+/// soon, longer when many are ahead (only a sale-wide change can reach them, and that
+/// must reach them within a few seconds).
+fn poll_interval_ms(status: &QueueStatus) -> u64 {
+    match (status.state, status.wait_s) {
+        // `low` is from the fastest measured spell: nobody is admitted sooner than that
+        // unless the rate jumps, which the margin covers.
+        (QueueStatusState::Waiting, Some(w)) if w.low <= 5 => LONG_POLL_NEAR_MS,
+        (QueueStatusState::Waiting, None) => LONG_POLL_NEAR_MS,
+        // Returns go to the waiting list at once, whatever the estimate says.
+        (QueueStatusState::SoldOut, _) if status.waiting_list => LONG_POLL_NEAR_MS,
+        _ => LONG_POLL_FAR_MS,
+    }
+}
+
+async fn status(
+    ctx: &Ctx,
+    parts: &http::request::Parts,
+    event_id: EventId,
+    pass: &crate::bot::Pass,
+) -> Outcome {
+    let device = device_of(parts)?;
+    let ticket = guest::header(&parts.headers, headers::QUEUE_TICKET)
+        .ok_or_else(|| fail(ErrorCode::QueueTicketInvalid, "send your queue ticket"))?;
+    if pass.token_requests > pass.ticket_polls_per_window {
+        // A flood from one ticket changes nothing and is told when to come back.
+        let window_ends = (ctx.now_ms / tessera_edge_logic::bot::WINDOW_MS + 1)
+            * tessera_edge_logic::bot::WINDOW_MS;
+        let mut r = fail(
+            ErrorCode::QueuePollTooFast,
+            "too many status requests with this ticket: long-poll with `?wait_s=20&known=<state>`",
+        );
+        let retry = window_ends.saturating_sub(ctx.now_ms).div_ceil(1000).max(1);
+        guest::set_header(r.headers_mut(), "retry-after", &retry.to_string());
+        return Err(r);
+    }
+    let poll = tessera_edge_logic::validate::long_poll(parts.uri.query())
+        .map_err(|e| guest::error_body(&e))?;
+    let claims = ctx.queue_claims(ticket, TYP_TICKET, &event_id, &device).await?;
+    let secret = ctx.var("shadow_secret").await;
+    let shadow = lottery::is_shadow(secret.as_bytes(), &claims.ticket_id);
+    let max_s = ctx.var_u64("queue_long_poll_max_s", LONG_POLL_MAX_S).await;
+    let wait_ms = poll.wait_s.min(max_s) * 1000;
+    let started = guest::now_ms();
+    let mut out = loop {
+        let now = guest::now_ms();
+        let wm = ctx.watermark(&event_id, now).await;
+        let out = standing(&claims, wm.as_ref(), shadow);
+        let elapsed = now.saturating_sub(started);
+        let changed = poll.known.is_none_or(|k| k != out.state);
+        if wait_ms == 0 || changed || elapsed >= wait_ms {
+            break out;
+        }
+        let nap = poll_interval_ms(&out).min(wait_ms - elapsed);
+        spin_sdk::time::sleep(std::time::Duration::from_millis(nap)).await;
     };
-    if view.state == QueueStatusState::Admitted && !shadow {
+    if out.state == QueueStatusState::Admitted && !shadow {
+        let now = guest::now_ms();
+        if matches!(ctx.store.exists(&kv::queue_left(claims.ticket_id.as_str())).await, Ok(true)) {
+            return Err(fail(
+                ErrorCode::QueueLeft,
+                "you left the waiting room with this ticket; join again for a new place",
+            ));
+        }
         let ttl_ms = ctx.var_u64("admission_ttl_s", 600).await * 1000;
         let issued_key = kv::admission_issued(claims.ticket_id.as_str());
         let reuse = match ctx.store.get(&issued_key).await {
             Ok(Some(raw)) => serde_json::from_slice::<IssuedAdmission>(&raw)
                 .ok()
-                .filter(|a| a.exp_ms.saturating_sub(ctx.now_ms) > ttl_ms / 2),
+                .filter(|a| a.exp_ms.saturating_sub(now) > ttl_ms / 2),
             _ => None,
         };
         let issued = match reuse {
@@ -412,8 +525,8 @@ async fn status(ctx: &Ctx, parts: &http::request::Parts, event_id: EventId) -> O
                 })?;
                 let mut adm = claims.clone();
                 adm.typ = TYP_ADMISSION.to_owned();
-                adm.iat_ms = ctx.now_ms;
-                adm.exp_ms = ctx.now_ms + ttl_ms;
+                adm.iat_ms = now;
+                adm.exp_ms = now + ttl_ms;
                 let a = IssuedAdmission { token: token::issue(&key, &adm), exp_ms: adm.exp_ms };
                 if let Ok(v) = serde_json::to_vec(&a) {
                     let _ = ctx.store.set(&issued_key, v).await;
@@ -425,6 +538,107 @@ async fn status(ctx: &Ctx, parts: &http::request::Parts, event_id: EventId) -> O
         out.admission_expires_at_ms = Some(issued.exp_ms);
     }
     Ok(json_reply(200, &out))
+}
+
+/// The ticket a fan's waiting-list or leave request is about, checked against their
+/// identity and device.
+async fn own_ticket(
+    ctx: &Ctx,
+    parts: &http::request::Parts,
+    event_id: &EventId,
+) -> Result<QueueTicketClaims, guest::Reply> {
+    let device = device_of(parts)?;
+    let ticket = guest::header(&parts.headers, headers::QUEUE_TICKET)
+        .ok_or_else(|| fail(ErrorCode::QueueTicketInvalid, "send your queue ticket"))?;
+    let claims = ctx.queue_claims(ticket, TYP_TICKET, event_id, &device).await?;
+    let customer_id = ctx.identity(parts).await?;
+    if claims.customer_id != customer_id {
+        return Err(token_error(&QueueTokenError::WrongCustomer));
+    }
+    Ok(claims)
+}
+
+/// Sends a fan's waiting-room request to the core (`POST {router}/v1/internal/...`),
+/// with the fan's identity, device and ticket for the core to check.
+async fn tell_core(
+    ctx: &Ctx,
+    parts: &http::request::Parts,
+    path: &str,
+) -> Result<(), guest::Reply> {
+    let url = format!("{}{path}", ctx.upstream.base.trim_end_matches('/'));
+    let mut req = http::Request::new(http_body_util::Full::new(Bytes::new()));
+    *req.method_mut() = http::Method::POST;
+    *req.uri_mut() =
+        url.parse().map_err(|_| fail(ErrorCode::Internal, "edge misconfigured: router_url"))?;
+    for name in [headers::AUTHORIZATION, headers::DEVICE, headers::QUEUE_TICKET, "tracestate"] {
+        if let Some(v) = parts.headers.get(name) {
+            req.headers_mut().insert(http::HeaderName::from_static(name), v.clone());
+        }
+    }
+    // The core serves `/v1/internal/...` to Tessera's services only.
+    let credential = ctx.var("service_credential").await;
+    if !credential.is_empty()
+        && let Ok(v) = http::HeaderValue::from_str(&credential)
+    {
+        req.headers_mut().insert(headers::SERVICE_CREDENTIAL, v);
+    }
+    guest::stamp(req.headers_mut(), &ctx.upstream);
+    let resp = guest::try_send(req)
+        .await
+        .map_err(|e| fail(ErrorCode::RegionUnavailable, format!("region unreachable: {e}")))?;
+    let status = resp.status().as_u16();
+    let (rparts, rbody) =
+        guest::read_response(resp).await.map_err(|e| fail(ErrorCode::RegionUnavailable, e))?;
+    if (200..300).contains(&status) { Ok(()) } else { Err(guest::from_parts(rparts, rbody)) }
+}
+
+/// `POST /v1/events/{id}/queue/waiting-list`.
+async fn waiting_list(ctx: &Ctx, parts: &http::request::Parts, event_id: EventId) -> Outcome {
+    let mut claims = own_ticket(ctx, parts, &event_id).await?;
+    let key = signing_key(&ctx.var("queue_signing_key").await)
+        .ok_or_else(|| fail(ErrorCode::Internal, "edge misconfigured: queue_signing_key"))?;
+    if !claims.waiting_list {
+        let secret = ctx.var("shadow_secret").await;
+        let shadow = lottery::is_shadow(secret.as_bytes(), &claims.ticket_id);
+        let wm = ctx.watermark(&event_id, ctx.now_ms).await;
+        let state = standing(&claims, wm.as_ref(), shadow).state;
+        if state != QueueStatusState::SoldOut {
+            return Err(fail(
+                ErrorCode::NotSoldOut,
+                "places are still offered in queue order: keep your place (the waiting list opens when the sale is sold out)",
+            ));
+        }
+        if !shadow {
+            tell_core(ctx, parts, &format!("/v1/internal/events/{event_id}/queue/waiting-list"))
+                .await?;
+        }
+        claims.waiting_list = true;
+    }
+    // The same place, marked for the waiting list (choosing twice gets the same answer).
+    let joined = QueueJoined {
+        ticket: token::issue(&key, &claims),
+        ticket_id: claims.ticket_id.clone(),
+        event_id,
+        phase: claims.phase,
+    };
+    Ok(json_reply(200, &joined))
+}
+
+/// `DELETE /v1/events/{id}/queue`.
+async fn leave(ctx: &Ctx, parts: &http::request::Parts, event_id: EventId) -> Outcome {
+    let claims = own_ticket(ctx, parts, &event_id).await?;
+    let secret = ctx.var("shadow_secret").await;
+    if !lottery::is_shadow(secret.as_bytes(), &claims.ticket_id) {
+        tell_core(ctx, parts, &format!("/v1/internal/events/{event_id}/queue/leave")).await?;
+        let _ =
+            ctx.store.set(&kv::queue_left(claims.ticket_id.as_str()), ctx.now_ms.to_string()).await;
+    }
+    let (parts, ()) = http::Response::builder()
+        .status(204)
+        .body(())
+        .map_err(|_| fail(ErrorCode::Internal, "failed to build a response"))?
+        .into_parts();
+    Ok(guest::from_parts(parts, Bytes::new()))
 }
 
 async fn hold(ctx: &Ctx, parts: &http::request::Parts, body: Bytes, event_id: EventId) -> Outcome {
@@ -442,6 +656,12 @@ async fn hold(ctx: &Ctx, parts: &http::request::Parts, body: Bytes, event_id: Ev
         // this check only spares the region a request it would refuse.
         return Err(fail(ErrorCode::AdmissionUsed, "this admission already admitted a hold"));
     }
+    if matches!(ctx.store.exists(&kv::queue_left(claims.ticket_id.as_str())).await, Ok(true)) {
+        return Err(fail(
+            ErrorCode::QueueLeft,
+            "you left the waiting room with this ticket; join again for a new place",
+        ));
+    }
     let reply = guest::forward(parts, body, &ctx.upstream).await;
     if reply.status().is_success() {
         let _ = ctx.store.set(&used_key, ctx.now_ms.to_string()).await;
@@ -455,14 +675,22 @@ pub(crate) async fn serve(
     parts: &http::request::Parts,
     body: Bytes,
     route: Route,
-    shadow: bool,
+    pass: &crate::bot::Pass,
 ) -> guest::Reply {
+    let shadow = pass.shadow;
     let (out, what) = match route {
-        Route::QueueJoin { event_id } => {
-            (join(ctx, parts, &body, event_id, shadow).await, if shadow { "shadow_joined" } else { "joined" })
+        Route::QueueJoin { event_id } => (
+            join(ctx, parts, &body, event_id, shadow).await,
+            if shadow { "shadow_joined" } else { "joined" },
+        ),
+        Route::QueueStatus { event_id } => (status(ctx, parts, event_id, pass).await, "status"),
+        Route::QueueWaitingList { event_id } => {
+            (waiting_list(ctx, parts, event_id).await, "waiting_list")
         }
-        Route::QueueStatus { event_id } => (status(ctx, parts, event_id).await, "status"),
-        Route::CreateHold { event_id } => (hold(ctx, parts, body, event_id).await, "hold_forwarded"),
+        Route::QueueLeave { event_id } => (leave(ctx, parts, event_id).await, "left"),
+        Route::CreateHold { event_id } => {
+            (hold(ctx, parts, body, event_id).await, "hold_forwarded")
+        }
         _ => return guest::forward(parts, body, &ctx.upstream).await,
     };
     match out {

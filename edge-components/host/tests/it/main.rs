@@ -12,3 +12,4 @@ mod ops;
 mod queue;
 mod spin_parity;
 mod validation;
+mod waiting_room;

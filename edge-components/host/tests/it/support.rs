@@ -87,6 +87,9 @@ pub struct Upstream {
     pub slow_ms: AtomicU64,
     /// Headers of the requests that reached the router's pass-through routes.
     pub seen: Mutex<Vec<HeaderMap>>,
+    /// Fans' waiting-list choices and departures the core was told of (ticket headers).
+    pub waiting_list: Mutex<Vec<String>>,
+    pub left: Mutex<Vec<String>>,
 }
 
 async fn seats(
@@ -145,6 +148,20 @@ async fn register(
     Json(place.clone())
 }
 
+fn ticket_of(headers: &HeaderMap) -> String {
+    headers.get("x-tessera-queue-ticket").and_then(|v| v.to_str().ok()).unwrap_or("").to_owned()
+}
+
+async fn waiting_list(State(up): State<Arc<Upstream>>, headers: HeaderMap) -> StatusCode {
+    up.waiting_list.lock().unwrap().push(ticket_of(&headers));
+    StatusCode::NO_CONTENT
+}
+
+async fn leave(State(up): State<Arc<Upstream>>, headers: HeaderMap) -> StatusCode {
+    up.left.lock().unwrap().push(ticket_of(&headers));
+    StatusCode::NO_CONTENT
+}
+
 async fn hold(State(up): State<Arc<Upstream>>, headers: HeaderMap) -> (StatusCode, &'static str) {
     up.holds.lock().unwrap().push(headers);
     (StatusCode::CREATED, r#"{"hold_id":"h_abcdefgh12"}"#)
@@ -196,6 +213,8 @@ pub async fn upstream() -> (Arc<Upstream>, SocketAddr) {
         .route("/v1/events/{event}/sections/{section}/seats", get(seats))
         .route("/v1/events/{event}/admission", get(admission))
         .route("/v1/internal/events/{event}/queue", post(register))
+        .route("/v1/internal/events/{event}/queue/waiting-list", post(waiting_list))
+        .route("/v1/internal/events/{event}/queue/leave", post(leave))
         .route("/v1/events/{event}/holds", post(hold))
         .route("/v1/orders", get(echo))
         .route("/v1/events/{event}/stream", get(stream))
@@ -223,6 +242,11 @@ pub fn watermark(event: &str, open_admitted: u64, open_count: u64) -> AdmissionW
         rate_per_s: 10.0,
         remaining: 100,
         published_at_ms: now_ms(),
+        outstanding: 0,
+        waiting_list_line: None,
+        expired_line: None,
+        expired_waiting_list_line: None,
+        estimate: None,
     }
 }
 

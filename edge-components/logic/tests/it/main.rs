@@ -158,6 +158,7 @@ proptest! {
             iat_ms: 0,
             exp_ms: u64::MAX,
             kid: String::new(),
+            waiting_list: false,
         };
         let token = tessera_queue::issue(&key, &claims);
         prop_assert!(tessera_queue::verify_ticket(&keys, &token, &ev, &dev, 1).is_ok());
