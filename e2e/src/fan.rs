@@ -200,6 +200,87 @@ impl Fan {
         Ok(r)
     }
 
+    /// A long poll: answers as soon as the fan's state differs from `known`, or after
+    /// `wait_s` seconds (as the fan's page does instead of polling).
+    pub async fn status_wait(
+        &mut self,
+        event: &str,
+        wait_s: u64,
+        known: &str,
+    ) -> anyhow::Result<Reply> {
+        let ticket = self.ticket.clone().context("join first")?;
+        let r = self
+            .api
+            .get(
+                &format!("/v1/events/{event}/queue?wait_s={wait_s}&known={known}"),
+                &[
+                    (tessera_api::headers::DEVICE, &self.device),
+                    (tessera_api::headers::QUEUE_TICKET, &ticket),
+                ],
+            )
+            .await?;
+        if let Some(a) = r.body["admission_token"].as_str() {
+            self.admission = Some(a.to_owned());
+        }
+        Ok(r)
+    }
+
+    /// Stays on the waiting list for returns (after "sold out"); keeps the re-issued ticket.
+    pub async fn waiting_list(&mut self, event: &str) -> anyhow::Result<Reply> {
+        let ticket = self.ticket.clone().context("join first")?;
+        let auth = self.auth();
+        let r = self
+            .api
+            .call(
+                reqwest::Method::POST,
+                &format!("/v1/events/{event}/queue/waiting-list"),
+                &[
+                    ("authorization", &auth),
+                    (tessera_api::headers::DEVICE, &self.device),
+                    (tessera_api::headers::QUEUE_TICKET, &ticket),
+                ],
+                None,
+            )
+            .await?;
+        if r.ok()
+            && let Some(t) = r.body["ticket"].as_str()
+        {
+            self.ticket = Some(t.to_owned());
+        }
+        Ok(r)
+    }
+
+    /// Gives the place up.
+    pub async fn leave(&self, event: &str) -> anyhow::Result<Reply> {
+        let ticket = self.ticket.clone().context("join first")?;
+        let auth = self.auth();
+        self.api
+            .call(
+                reqwest::Method::DELETE,
+                &format!("/v1/events/{event}/queue"),
+                &[
+                    ("authorization", &auth),
+                    (tessera_api::headers::DEVICE, &self.device),
+                    (tessera_api::headers::QUEUE_TICKET, &ticket),
+                ],
+                None,
+            )
+            .await
+    }
+
+    /// Releases a hold.
+    pub async fn release(&self, hold_id: &str) -> anyhow::Result<Reply> {
+        let auth = self.auth();
+        self.api
+            .call(
+                reqwest::Method::DELETE,
+                &format!("/v1/holds/{hold_id}"),
+                &[("authorization", &auth), (tessera_api::headers::DEVICE, &self.device)],
+                None,
+            )
+            .await
+    }
+
     /// Polls until admitted (or `timeout`).
     pub async fn wait_admitted(&mut self, event: &str, timeout: Duration) -> anyhow::Result<()> {
         let deadline = std::time::Instant::now() + timeout;

@@ -43,6 +43,12 @@ pub struct StackOptions {
     pub bot_policy: String,
     /// Where every service exports its spans (OTLP/HTTP base URL); none when unset.
     pub otlp_endpoint: Option<String>,
+    /// Extra settings of the cores' `[queue]` table (TOML lines).
+    pub core_queue_toml: String,
+    /// Extra edge component variables (`[variables]` of the edge host's config).
+    pub edge_variables: BTreeMap<String, String>,
+    /// Extra edge host settings, as TOML appended to its file (e.g. a `[limits]` table).
+    pub edge_toml: String,
 }
 
 impl StackOptions {
@@ -65,6 +71,9 @@ impl StackOptions {
             log_filter: "info".into(),
             bot_policy: String::new(),
             otlp_endpoint: None,
+            core_queue_toml: String::new(),
+            edge_variables: BTreeMap::new(),
+            edge_toml: String::new(),
         })
     }
 }
@@ -418,7 +427,7 @@ impl Stack {
                      [bus]\nprojection_dir = {projection}\n\
                      [identity]\nissuer = {issuer}\n\
                      [dev_issuer]\nseed = {dev_seed}\nkid = {dev_kid}\n\
-                     [queue]\nedge_keys = {edge_keys}\nwatermark_signing_key = {wm_key}\n\
+                     [queue]\nedge_keys = {edge_keys}\nwatermark_signing_key = {wm_key}\n{core_queue}\
                      [payments]\nbase_url = {paysim}\nsecret_key = {psk}\nwebhook_secret = {whsec}\nrequest_timeout_ms = 2000\n\
                      [tickets]\nsigning_seed = {tseed}\nkid = {tkid}\n\
                      [service_credentials]\nedge = {svc}\n\
@@ -443,6 +452,7 @@ impl Stack {
                     tkid = toml_str(&keys.tickets.kid),
                     svc = toml_str(&keys.service_credential),
                     extra = options.core_toml,
+                    core_queue = options.core_queue_toml,
                 ),
             )?;
             services.push(Service {
@@ -496,7 +506,7 @@ impl Stack {
                 &edge_cfg,
                 format!(
                     "mode = \"local\"\nlisten = \"127.0.0.1:{edge_port}\"\nadmin_listen = \"127.0.0.1:{edge_admin_port}\"\nmanifest = {}\npop = \"local\"\nnats_url = {}\nspin_strict = {spin_strict}\n\
-                     [variables]\nrouter_url = {}\nidentity_issuer = {}\nidentity_keys = {}\nqueue_signing_key = {}\nqueue_keys = {}\nshadow_secret = {}\npow_secret = {}\nbot_policy = {}\nwatermark_keys = {}\nservice_credential = {}\n{telemetry}",
+                     [variables]\nrouter_url = {}\nidentity_issuer = {}\nidentity_keys = {}\nqueue_signing_key = {}\nqueue_keys = {}\nshadow_secret = {}\npow_secret = {}\nbot_policy = {}\nwatermark_keys = {}\nservice_credential = {}\n{extra_vars}{telemetry}{edge_toml}",
                     toml_str(&manifest.display().to_string()),
                     toml_str(
                         urls.nats_leaves.values().next().map(String::as_str).unwrap_or_default()
@@ -511,6 +521,12 @@ impl Stack {
                     toml_str(&options.bot_policy),
                     toml_str(&Keyset::new([keys.watermark.public()]).to_config_string()),
                     toml_str(&keys.service_credential),
+                    extra_vars = options
+                        .edge_variables
+                        .iter()
+                        .map(|(k, v)| format!("{k} = {}\n", toml_str(v)))
+                        .collect::<String>(),
+                    edge_toml = options.edge_toml,
                 ),
             )?;
             services.push(Service {

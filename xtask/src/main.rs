@@ -4,7 +4,7 @@
 //! - `cargo xtask test`: run every test (unit, integration, e2e), installing or locating
 //!   what they need first. `.ci/run` runs exactly this.
 //! - `cargo xtask bench <inventory|edge|orders>`: run a benchmark and print its numbers.
-//! - `cargo xtask e2e <checkout|failover|partition|security>`: run one end-to-end scenario.
+//! - `cargo xtask e2e <checkout|failover|partition|security|sellout>`: run one end-to-end scenario.
 //! - `cargo xtask build-wasm`: build the edge components.
 //! - `cargo xtask check-deploy`: check `deploy/` with the real validators (part of `test`).
 
@@ -198,6 +198,9 @@ fn up(
         // scores as automation); `deploy/production` keeps the defaults.
         bot_policy: r#"{"challenge_at": 75, "shadow_at": 95}"#.into(),
         otlp_endpoint: None,
+        core_queue_toml: String::new(),
+        edge_variables: Default::default(),
+        edge_toml: String::new(),
     };
     let rt = tokio::runtime::Runtime::new()?;
     rt.block_on(async move {
@@ -290,7 +293,7 @@ fn test(quick: bool) -> anyhow::Result<()> {
         cargo().args(["run", "--locked", "-p", "tessera-e2e", "--bin", "security", "--", "--ci"]),
     )?;
     if !quick {
-        for scenario in ["checkout", "failover", "partition"] {
+        for scenario in ["checkout", "failover", "partition", "sellout"] {
             run(
                 &format!("end-to-end scenario `{scenario}`"),
                 cargo().args([
@@ -360,9 +363,11 @@ fn bench(name: &str, args: &[String]) -> anyhow::Result<()> {
 
 fn e2e(name: &str, args: &[String]) -> anyhow::Result<()> {
     match name {
-        "checkout" | "failover" | "partition" | "security" => {}
+        "checkout" | "failover" | "partition" | "security" | "sellout" => {}
         other => {
-            bail!("unknown scenario {other:?}: choose checkout, failover, partition or security")
+            bail!(
+                "unknown scenario {other:?}: choose checkout, failover, partition, security or sellout"
+            )
         }
     }
     prereq::nats_server()?;
