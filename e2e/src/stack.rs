@@ -302,6 +302,23 @@ impl Ports {
     }
 }
 
+/// The edge component's variables for a local stack (the host's `[variables]`, or
+/// `SPIN_VARIABLE_<NAME>` for `spin up`).
+pub fn edge_variables(keys: &DevKeys, router: &str, bot_policy: &str) -> Vec<(String, String)> {
+    vec![
+        ("router_url".into(), router.to_owned()),
+        ("identity_issuer".into(), format!("{router}/v1/dev")),
+        ("identity_keys".into(), Keyset::new([keys.identity.public()]).to_config_string()),
+        ("queue_signing_key".into(), keys.edge.to_config_string()),
+        ("queue_keys".into(), Keyset::new([keys.edge.public()]).to_config_string()),
+        ("shadow_secret".into(), keys.shadow_secret.clone()),
+        ("pow_secret".into(), keys.pow_secret.clone()),
+        ("bot_policy".into(), bot_policy.to_owned()),
+        ("watermark_keys".into(), Keyset::new([keys.watermark.public()]).to_config_string()),
+        ("service_credential".into(), keys.service_credential.clone()),
+    ]
+}
+
 fn toml_str(s: &str) -> String {
     serde_json::to_string(s).unwrap_or_default()
 }
@@ -502,25 +519,19 @@ impl Stack {
                 std::env::var("TESSERA_EDGE_SPIN_STRICT").is_ok_and(|v| v == "1" || v == "true");
             let edge_cfg = run.join("edge.toml");
             let manifest = options.repo_root.join("edge-components").join("spin.toml");
+            let variables: String = edge_variables(&keys, &router, &options.bot_policy)
+                .iter()
+                .map(|(k, v)| format!("{k} = {}\n", toml_str(v)))
+                .collect();
             std::fs::write(
                 &edge_cfg,
                 format!(
                     "mode = \"local\"\nlisten = \"127.0.0.1:{edge_port}\"\nadmin_listen = \"127.0.0.1:{edge_admin_port}\"\nmanifest = {}\npop = \"local\"\nnats_url = {}\nspin_strict = {spin_strict}\n\
-                     [variables]\nrouter_url = {}\nidentity_issuer = {}\nidentity_keys = {}\nqueue_signing_key = {}\nqueue_keys = {}\nshadow_secret = {}\npow_secret = {}\nbot_policy = {}\nwatermark_keys = {}\nservice_credential = {}\n{extra_vars}{telemetry}{edge_toml}",
+                     [variables]\n{variables}{extra_vars}{telemetry}{edge_toml}",
                     toml_str(&manifest.display().to_string()),
                     toml_str(
                         urls.nats_leaves.values().next().map(String::as_str).unwrap_or_default()
                     ),
-                    toml_str(&router),
-                    toml_str(&issuer),
-                    toml_str(&identity_keys),
-                    toml_str(&keys.edge.to_config_string()),
-                    toml_str(&edge_keys),
-                    toml_str(&keys.shadow_secret),
-                    toml_str(&keys.pow_secret),
-                    toml_str(&options.bot_policy),
-                    toml_str(&Keyset::new([keys.watermark.public()]).to_config_string()),
-                    toml_str(&keys.service_credential),
                     extra_vars = options
                         .edge_variables
                         .iter()

@@ -4,10 +4,13 @@
 //! - `cargo xtask test`: run every test (unit, integration, e2e), installing or locating
 //!   what they need first. `.ci/run` runs exactly this.
 //! - `cargo xtask bench <inventory|edge|orders>`: run a benchmark and print its numbers.
-//! - `cargo xtask e2e <checkout|failover|partition|security|sellout>`: run one end-to-end scenario.
+//! - `cargo xtask e2e <checkout|failover|partition|security|sellout|spin-readme>`: run one
+//!   end-to-end scenario.
+//! - `cargo xtask spin-up`: the same local stack with `spin up` as its edge.
 //! - `cargo xtask build-wasm`: build the edge components.
 //! - `cargo xtask check-deploy`: check `deploy/` with the real validators (part of `test`).
 
+use std::os::unix::process::CommandExt as _;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Instant;
@@ -76,6 +79,19 @@ enum Cmd {
         #[arg(long)]
         no_build: bool,
     },
+    /// Like `up`, with `spin up` (Spin >= 4.1 on the PATH) as the edge instead of the
+    /// project's host.
+    SpinUp {
+        /// Fan-facing edge port.
+        #[arg(long, default_value_t = 8080)]
+        edge_port: u16,
+        /// First port of the other services (router, simulator, mail, cores...).
+        #[arg(long, default_value_t = 8081)]
+        base_port: u16,
+        /// Do not build; use the binaries as they are.
+        #[arg(long)]
+        no_build: bool,
+    },
     /// Build the WASM edge components.
     BuildWasm {
         /// Build with the release profile.
@@ -95,6 +111,7 @@ fn main() -> anyhow::Result<()> {
         Cmd::Up { release, regions, edge_port, base_port, fresh, no_build } => {
             up(release, regions, edge_port, base_port, fresh, no_build)
         }
+        Cmd::SpinUp { edge_port, base_port, no_build } => spin_up(edge_port, base_port, no_build),
         Cmd::Test { quick } => test(quick),
         Cmd::CheckDeploy { no_build } => check_deploy(no_build),
         Cmd::Bench { name, args } => bench(&name, &args),
@@ -194,9 +211,7 @@ fn up(
         paysim_toml: String::new(),
         core_toml: String::new(),
         log_filter: "info".into(),
-        // Local development: a bot policy that lets curl through (curl's user agent alone
-        // scores as automation); `deploy/production` keeps the defaults.
-        bot_policy: r#"{"challenge_at": 75, "shadow_at": 95}"#.into(),
+        bot_policy: LOCAL_BOT_POLICY.into(),
         otlp_endpoint: None,
         core_queue_toml: String::new(),
         edge_variables: Default::default(),
@@ -205,18 +220,7 @@ fn up(
     let rt = tokio::runtime::Runtime::new()?;
     rt.block_on(async move {
         let mut stack = tessera_e2e::stack::Stack::start(options, &|s| step(s)).await?;
-        step("seeding the demo event `riverside-live`");
-        let router = tessera_e2e::fan::Api::new(stack.http.clone(), stack.urls.router.clone());
-        let op = tessera_e2e::fan::Operator::new(router).await?;
-        let map = tessera_e2e::demo_seat_map(&root())?;
-        let created = op.create_event(&map).await?;
-        match (created.status, created.code()) {
-            (201, _) => {
-                op.admission_rate("riverside-live", 200.0).await?;
-            }
-            (409, Some("event_exists")) => step("  already there from an earlier run"),
-            (s, _) => bail!("seeding the demo event failed: {s} {}", created.body),
-        }
+        seed_demo_event(&stack).await?;
         let u = &stack.urls;
         let cores: Vec<String> = u.cores.iter().map(|(r, url)| format!("core-{r}={url}")).collect();
         println!(
@@ -236,6 +240,211 @@ fn up(
         step("stopped");
         Ok(())
     })
+}
+
+/// The local stack's core services with `spin up` as the edge.
+fn spin_up(edge_port: u16, base_port: u16, no_build: bool) -> anyhow::Result<()> {
+    step("checking prerequisites: spin (>= 4.1) and nats-server");
+    let spin = std::env::var_os("PATH")
+        .and_then(|p| std::env::split_paths(&p).map(|d| d.join("spin")).find(|f| f.is_file()));
+    let Some(spin) = spin else {
+        bail!(
+            "`spin` is not on the PATH. Install Spin 4.1 or later (https://spinframework.dev/install, \
+             or `cargo install --locked --git https://github.com/spinframework/spin spin-cli`), \
+             or run the same components on the project's host with `cargo xtask up`"
+        );
+    };
+    prereq::nats_server()?;
+    let bin_dir = if no_build {
+        target_dir().join("debug")
+    } else {
+        step("building the WASM edge components");
+        wasm::build_components(true)?;
+        build_services(false)?
+    };
+    let run_dir = root().join(".tessera").join("spin");
+    let options = tessera_e2e::stack::StackOptions {
+        run_dir: run_dir.clone(),
+        regions: vec!["us-east".into(), "eu-west".into()],
+        base_port: Some(base_port),
+        edge_port: Some(edge_port),
+        bin_dir,
+        repo_root: root(),
+        with_edge: false,
+        cuttable_links: false,
+        paysim_toml: String::new(),
+        core_toml: String::new(),
+        log_filter: "info".into(),
+        bot_policy: LOCAL_BOT_POLICY.into(),
+        otlp_endpoint: None,
+        core_queue_toml: String::new(),
+        edge_variables: Default::default(),
+        edge_toml: String::new(),
+    };
+    let rt = tokio::runtime::Runtime::new()?;
+    rt.block_on(async move {
+        let mut stack = tessera_e2e::stack::Stack::start(options, &|s| step(s)).await?;
+        seed_demo_event(&stack).await?;
+        let vars =
+            tessera_e2e::stack::edge_variables(&stack.keys, &stack.urls.router, LOCAL_BOT_POLICY);
+        step(&format!("starting `{} up` as the edge on :{edge_port}", spin.display()));
+        let mut cmd = tokio::process::Command::new(&spin);
+        cmd.current_dir(root())
+            .args(["up", "-f", "edge-components/spin.toml", "--listen"])
+            .arg(format!("127.0.0.1:{edge_port}"))
+            .args(["--runtime-config-file", "edge-components/runtime-config.toml"])
+            .kill_on_drop(true);
+        for (k, v) in &vars {
+            cmd.env(format!("SPIN_VARIABLE_{}", k.to_ascii_uppercase()), v);
+        }
+        let mut child = cmd.spawn().with_context(|| format!("start {}", spin.display()))?;
+        let edge = format!("http://127.0.0.1:{edge_port}");
+        let mut up = false;
+        for _ in 0..300 {
+            if let Ok(r) = stack.http.get(format!("{edge}/v1/events")).send().await
+                && r.status().is_success()
+            {
+                up = true;
+                break;
+            }
+            if let Ok(Some(status)) = child.try_wait() {
+                bail!("spin up exited: {status}");
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+        if !up {
+            bail!("spin up did not answer on {edge} within 30 s");
+        }
+        let u = &stack.urls;
+        println!(
+            "ready edge={edge} (spin up) router={} paysim={} mail={} nats={} logs={}",
+            u.router,
+            u.paysim,
+            u.mailsink,
+            u.nats_hub,
+            run_dir.join("logs").display()
+        );
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            status = child.wait() => step(&format!("spin up exited: {status:?}")),
+        }
+        step("stopping every service");
+        let _ = child.kill().await;
+        stack.stop();
+        Ok(())
+    })
+}
+
+/// The shell blocks of the README section `title` (fenced as `sh`), in order.
+fn readme_blocks(readme: &str, title: &str) -> anyhow::Result<Vec<String>> {
+    let start = readme.find(title).with_context(|| format!("README has no section {title:?}"))?;
+    let rest = &readme[start + title.len()..];
+    let section = &rest[..rest.find("\n## ").unwrap_or(rest.len())];
+    let mut blocks = Vec::new();
+    let mut lines = section.lines();
+    while let Some(line) = lines.next() {
+        if line.trim() == "```sh" {
+            let body: Vec<&str> = lines.by_ref().take_while(|l| l.trim() != "```").collect();
+            blocks.push(body.join("\n"));
+        }
+    }
+    Ok(blocks)
+}
+
+/// Follows the README's Spin section verbatim: its first block (the stack with `spin up`
+/// as the edge) in the background until `ready`, then the second (calls a developer makes)
+/// must succeed. Where no Spin CLI is installed, `e2e/fixtures/spin` stands in for it.
+fn spin_readme() -> anyhow::Result<()> {
+    use std::io::BufRead as _;
+    let readme = std::fs::read_to_string(root().join("README.md")).context("read README.md")?;
+    let blocks = readme_blocks(&readme, "## Running the edge components under Spin")?;
+    let [start, calls] = blocks.as_slice() else {
+        bail!("the README's Spin section should have two sh blocks, found {}", blocks.len());
+    };
+    prereq::nats_server()?;
+    step("building the WASM edge components and the services");
+    wasm::build_components(true)?;
+    let bin_dir = build_services(false)?;
+    let mut path = std::env::var_os("PATH").unwrap_or_default();
+    let has_spin = std::env::split_paths(&path).any(|d| d.join("spin").is_file());
+    if !has_spin {
+        step("no Spin CLI on the PATH: e2e/fixtures/spin (tessera-edge --spin-strict) stands in");
+        let mut dirs = vec![root().join("e2e/fixtures")];
+        dirs.extend(std::env::split_paths(&path));
+        path = std::env::join_paths(dirs)?;
+    }
+    step(&format!("running the README's first block: {start}"));
+    let mut stack = Command::new("bash")
+        .args(["-c", start])
+        .current_dir(root())
+        .env("PATH", &path)
+        .env("TESSERA_EDGE_BIN", bin_dir.join("tessera-edge"))
+        .stdout(std::process::Stdio::piped())
+        .process_group(0)
+        .spawn()
+        .context("run the README's first block")?;
+    let stdout = stack.stdout.take().context("stdout of the first block")?;
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stdout).lines().map_while(Result::ok) {
+            println!("{line}");
+            if line.starts_with("ready ") {
+                let _ = tx.send(());
+            }
+        }
+    });
+    let stop = |stack: &mut std::process::Child| {
+        // The whole group, as Ctrl-C in a terminal would.
+        let _ = Command::new("kill").args(["-INT", &format!("-{}", stack.id())]).status();
+        let _ = stack.wait();
+    };
+    if rx.recv_timeout(std::time::Duration::from_secs(600)).is_err() {
+        stop(&mut stack);
+        bail!("the README's first block never printed its `ready` line");
+    }
+    step(&format!("running the README's second block:\n{calls}"));
+    let out = Command::new("bash")
+        .args(["-c", &format!("set -e\n{calls}")])
+        .current_dir(root())
+        .env("PATH", &path)
+        .output()
+        .context("run the README's second block")?;
+    stop(&mut stack);
+    let text = String::from_utf8_lossy(&out.stdout);
+    println!("{text}");
+    if !out.status.success() {
+        bail!(
+            "the README's second block failed ({}): {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    if !text.contains("riverside-live") {
+        bail!("the README's calls did not show the demo event");
+    }
+    println!("spin_readme blocks=2 spin={} ok=1", if has_spin { "installed" } else { "stand-in" });
+    Ok(())
+}
+
+/// Local development: a bot policy that lets curl through (curl's user agent alone
+/// scores as automation); `deploy/production` keeps the defaults.
+const LOCAL_BOT_POLICY: &str = r#"{"challenge_at": 75, "shadow_at": 95}"#;
+
+/// Creates the demo event `riverside-live` (once; later runs find it there).
+async fn seed_demo_event(stack: &tessera_e2e::stack::Stack) -> anyhow::Result<()> {
+    step("seeding the demo event `riverside-live`");
+    let router = tessera_e2e::fan::Api::new(stack.http.clone(), stack.urls.router.clone());
+    let op = tessera_e2e::fan::Operator::new(router).await?;
+    let map = tessera_e2e::demo_seat_map(&root())?;
+    let created = op.create_event(&map).await?;
+    match (created.status, created.code()) {
+        (201, _) => {
+            op.admission_rate("riverside-live", 200.0).await?;
+        }
+        (409, Some("event_exists")) => step("  already there from an earlier run"),
+        (s, _) => bail!("seeding the demo event failed: {s} {}", created.body),
+    }
+    Ok(())
 }
 
 fn test(quick: bool) -> anyhow::Result<()> {
@@ -308,6 +517,7 @@ fn test(quick: bool) -> anyhow::Result<()> {
                 ]),
             )?;
         }
+        spin_readme()?;
     }
     step(&format!("all tests passed in {:.0?}", started.elapsed()));
     Ok(())
@@ -364,9 +574,10 @@ fn bench(name: &str, args: &[String]) -> anyhow::Result<()> {
 fn e2e(name: &str, args: &[String]) -> anyhow::Result<()> {
     match name {
         "checkout" | "failover" | "partition" | "security" | "sellout" => {}
+        "spin-readme" => return spin_readme(),
         other => {
             bail!(
-                "unknown scenario {other:?}: choose checkout, failover, partition, security or sellout"
+                "unknown scenario {other:?}: choose checkout, failover, partition, security, sellout or spin-readme"
             )
         }
     }

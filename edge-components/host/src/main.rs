@@ -37,6 +37,9 @@ struct Cli {
     /// NATS server (overrides `nats_url`).
     #[arg(long)]
     nats_url: Option<String>,
+    /// Fail wherever Spin would (overrides `spin_strict`; see the edge README).
+    #[arg(long)]
+    spin_strict: bool,
     /// Load everything, print components and routes, and exit.
     #[arg(long)]
     check: bool,
@@ -66,6 +69,9 @@ async fn run() -> anyhow::Result<()> {
     }
     if cli.nats_url.is_some() {
         config.nats_url = cli.nats_url;
+    }
+    if cli.spin_strict {
+        config.spin_strict = true;
     }
     // Like Spin's environment provider: SPIN_VARIABLE_<NAME> sets variable <name>.
     let spin_env: BTreeMap<String, String> =

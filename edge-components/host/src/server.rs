@@ -528,6 +528,9 @@ fn default_compile_cache_dir(manifest: &Manifest) -> PathBuf {
         .first()
         .and_then(|c| c.source.parent().map(|p| p.join(".cache")))
         .unwrap_or_else(|| PathBuf::from(".cache"));
+    // wasmtime's cache wants an absolute path; a manifest given relative to the working
+    // directory (as `spin up -f edge-components/spin.toml`) makes a relative one.
+    let beside = std::path::absolute(&beside).unwrap_or(beside);
     if std::fs::create_dir_all(&beside).is_ok() {
         return beside;
     }
