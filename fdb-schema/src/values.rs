@@ -174,6 +174,9 @@ pub struct EventRecord {
     pub name: String,
     pub venue: String,
     pub starts_at: String,
+    /// Announced opening time (RFC 3339), for fans' countdowns.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub on_sale_at: Option<String>,
     pub currency: String,
     pub state: SaleState,
     pub max_tickets_per_customer: u32,

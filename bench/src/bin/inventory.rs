@@ -238,6 +238,7 @@ fn event_spec(id: &str, sections: u32, rows: u16, pool: Option<(&str, u32)>) -> 
         name: "Bench Arena".into(),
         venue: "Bench".into(),
         starts_at: "2027-01-01T20:00:00Z".into(),
+        on_sale_at: None,
         currency: "EUR".into(),
         max_tickets_per_customer: 6,
         hold_ttl_s: 600,

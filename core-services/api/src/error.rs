@@ -90,6 +90,65 @@ pub enum ErrorCode {
 }
 
 impl ErrorCode {
+    /// Every code, in declaration order (for clients' message catalogues and their tests).
+    pub const ALL: &'static [ErrorCode] = &[
+        ErrorCode::NotFound,
+        ErrorCode::MethodNotAllowed,
+        ErrorCode::MalformedJson,
+        ErrorCode::InvalidRequest,
+        ErrorCode::BodyTooLarge,
+        ErrorCode::UnsupportedMediaType,
+        ErrorCode::RateLimited,
+        ErrorCode::ChallengeRequired,
+        ErrorCode::ChallengeFailed,
+        ErrorCode::Unauthenticated,
+        ErrorCode::InvalidToken,
+        ErrorCode::TokenExpired,
+        ErrorCode::Forbidden,
+        ErrorCode::UnknownEvent,
+        ErrorCode::UnknownSeat,
+        ErrorCode::UnknownPool,
+        ErrorCode::UnknownSection,
+        ErrorCode::UnknownHold,
+        ErrorCode::DuplicateSeat,
+        ErrorCode::InvalidQuantity,
+        ErrorCode::SeatHeld,
+        ErrorCode::SeatSold,
+        ErrorCode::NotEnoughAdjacent,
+        ErrorCode::SoldOut,
+        ErrorCode::LimitExceeded,
+        ErrorCode::EventNotOnSale,
+        ErrorCode::EventExists,
+        ErrorCode::InvalidSeatMap,
+        ErrorCode::HoldExpired,
+        ErrorCode::HoldNotActive,
+        ErrorCode::HoldForeign,
+        ErrorCode::HoldPaymentInFlight,
+        ErrorCode::IdempotencyConflict,
+        ErrorCode::IdempotencyKeyRequired,
+        ErrorCode::AdmissionRequired,
+        ErrorCode::QueueTicketInvalid,
+        ErrorCode::QueueTokenWrongEvent,
+        ErrorCode::QueueTokenWrongDevice,
+        ErrorCode::QueueClosed,
+        ErrorCode::NotAdmittedYet,
+        ErrorCode::UnknownOrder,
+        ErrorCode::PaymentDeclined,
+        ErrorCode::PaymentFailed,
+        ErrorCode::CheckoutInProgress,
+        ErrorCode::OrderNotRefundable,
+        ErrorCode::WebhookSignatureInvalid,
+        ErrorCode::TicketInvalid,
+        ErrorCode::TicketAlreadyUsed,
+        ErrorCode::UnknownRegion,
+        ErrorCode::LastHealthyRegion,
+        ErrorCode::Internal,
+        ErrorCode::Unavailable,
+        ErrorCode::RegionUnavailable,
+        ErrorCode::Timeout,
+        ErrorCode::Other,
+    ];
+
     /// The HTTP status every service uses for this code.
     pub fn status(self) -> u16 {
         use ErrorCode::*;
@@ -267,5 +326,74 @@ mod tests {
         ] {
             assert!((400..500).contains(&code.status()), "{code:?}");
         }
+    }
+
+    #[test]
+    fn all_lists_every_code_once() {
+        // A new variant must be added to this match, and then to `ALL`.
+        fn position(code: ErrorCode) -> usize {
+            use ErrorCode::*;
+            match code {
+                NotFound => 0,
+                MethodNotAllowed => 1,
+                MalformedJson => 2,
+                InvalidRequest => 3,
+                BodyTooLarge => 4,
+                UnsupportedMediaType => 5,
+                RateLimited => 6,
+                ChallengeRequired => 7,
+                ChallengeFailed => 8,
+                Unauthenticated => 9,
+                InvalidToken => 10,
+                TokenExpired => 11,
+                Forbidden => 12,
+                UnknownEvent => 13,
+                UnknownSeat => 14,
+                UnknownPool => 15,
+                UnknownSection => 16,
+                UnknownHold => 17,
+                DuplicateSeat => 18,
+                InvalidQuantity => 19,
+                SeatHeld => 20,
+                SeatSold => 21,
+                NotEnoughAdjacent => 22,
+                SoldOut => 23,
+                LimitExceeded => 24,
+                EventNotOnSale => 25,
+                EventExists => 26,
+                InvalidSeatMap => 27,
+                HoldExpired => 28,
+                HoldNotActive => 29,
+                HoldForeign => 30,
+                HoldPaymentInFlight => 31,
+                IdempotencyConflict => 32,
+                IdempotencyKeyRequired => 33,
+                AdmissionRequired => 34,
+                QueueTicketInvalid => 35,
+                QueueTokenWrongEvent => 36,
+                QueueTokenWrongDevice => 37,
+                QueueClosed => 38,
+                NotAdmittedYet => 39,
+                UnknownOrder => 40,
+                PaymentDeclined => 41,
+                PaymentFailed => 42,
+                CheckoutInProgress => 43,
+                OrderNotRefundable => 44,
+                WebhookSignatureInvalid => 45,
+                TicketInvalid => 46,
+                TicketAlreadyUsed => 47,
+                UnknownRegion => 48,
+                LastHealthyRegion => 49,
+                Internal => 50,
+                Unavailable => 51,
+                RegionUnavailable => 52,
+                Timeout => 53,
+                Other => 54,
+            }
+        }
+        for (i, code) in ErrorCode::ALL.iter().enumerate() {
+            assert_eq!(position(*code), i, "{code:?}");
+        }
+        assert_eq!(ErrorCode::ALL.len(), position(ErrorCode::Other) + 1);
     }
 }

@@ -102,6 +102,10 @@ pub struct CreateEvent {
     pub venue: String,
     /// RFC 3339 start time, shown to fans.
     pub starts_at: String,
+    /// RFC 3339 time the sale is announced to open, shown to fans as a countdown. The
+    /// sale still opens only when an operator opens it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub on_sale_at: Option<String>,
     /// ISO 4217 currency code.
     pub currency: String,
     #[serde(default = "default_limit")]
@@ -132,6 +136,9 @@ pub struct EventSummary {
     pub name: String,
     pub venue: String,
     pub starts_at: String,
+    /// When the sale is announced to open (RFC 3339), if announced.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub on_sale_at: Option<String>,
     pub currency: String,
     pub state: SaleState,
     pub capacity: u64,

@@ -163,6 +163,7 @@ impl<S: Store> Inventory<S> {
             name: spec.name.clone(),
             venue: spec.venue.clone(),
             starts_at: spec.starts_at.clone(),
+            on_sale_at: spec.on_sale_at.clone(),
             currency: spec.currency.clone(),
             state,
             max_tickets_per_customer: spec.max_tickets_per_customer,

@@ -22,6 +22,7 @@ pub fn summary(r: &EventRecord) -> EventSummary {
         name: r.name.clone(),
         venue: r.venue.clone(),
         starts_at: r.starts_at.clone(),
+        on_sale_at: r.on_sale_at.clone(),
         currency: r.currency.clone(),
         state: r.state,
         capacity: r.capacity,

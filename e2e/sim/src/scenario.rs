@@ -476,6 +476,7 @@ async fn align_ga_shard_rotation() -> anyhow::Result<()> {
         name: "Shard alignment".into(),
         venue: "Nowhere".into(),
         starts_at: "2030-01-01T00:00:00Z".into(),
+        on_sale_at: None,
         currency: "EUR".into(),
         max_tickets_per_customer: 1,
         hold_ttl_s: 60,

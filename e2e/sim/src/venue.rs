@@ -78,6 +78,7 @@ impl Venue {
             name: "Simulated Night".into(),
             venue: "Simulated Arena".into(),
             starts_at: "2030-06-01T20:00:00Z".into(),
+            on_sale_at: None,
             currency: "EUR".into(),
             max_tickets_per_customer: self.max_tickets_per_customer,
             hold_ttl_s: self.hold_ttl_s,

@@ -46,6 +46,7 @@ pub fn seat_map(ga_capacity: u32) -> CreateEvent {
         name: "Arena Night".into(),
         venue: "Riverside Arena".into(),
         starts_at: "2027-06-01T20:00:00Z".into(),
+        on_sale_at: None,
         currency: "EUR".into(),
         max_tickets_per_customer: 8,
         hold_ttl_s: 300,

@@ -38,6 +38,7 @@ fn seat_map() -> CreateEvent {
         name: "Checkout Night".into(),
         venue: "Hall".into(),
         starts_at: "2027-01-01T20:00:00Z".into(),
+        on_sale_at: None,
         currency: "EUR".into(),
         max_tickets_per_customer: 6,
         hold_ttl_s: 300,
