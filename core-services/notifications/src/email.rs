@@ -24,8 +24,10 @@ pub enum Recipient {
     Customer(tessera_api::CustomerId),
 }
 
-/// The email a bus event causes, if any, and whom it goes to.
-pub fn render(event: &BusEvent) -> Option<(Recipient, EmailContent)> {
+/// The email a bus event causes, if any, and whom it goes to. `fan_url` is where the fan's
+/// pages are (`https://tickets.example`): emails link to the fan's orders there.
+pub fn render(event: &BusEvent, fan_url: &str) -> Option<(Recipient, EmailContent)> {
+    let fan_url = fan_url.trim_end_matches('/');
     match &event.body {
         BusEventBody::OrderCompleted { order_id, amount_minor, currency, .. } => {
             let amount = format_amount(*amount_minor, currency);
@@ -34,7 +36,7 @@ pub fn render(event: &BusEvent) -> Option<(Recipient, EmailContent)> {
                 EmailContent {
                     subject: format!("Your tickets for {} are confirmed", event.event_id),
                     text: format!(
-                        "Thank you for your order.\r\n\r\nOrder: {order_id}\r\nEvent: {}\r\nPaid: {amount}\r\n\r\nYour tickets are in your account. Show the QR code at the gate.\r\n",
+                        "Thank you for your order.\r\n\r\nOrder: {order_id}\r\nEvent: {}\r\nPaid: {amount}\r\n\r\nYour tickets, with the QR code to show at the gate:\r\n{fan_url}/orders/{order_id}\r\n\r\nAll your orders: {fan_url}/orders\r\n",
                         event.event_id
                     ),
                 },
@@ -45,9 +47,10 @@ pub fn render(event: &BusEvent) -> Option<(Recipient, EmailContent)> {
             EmailContent {
                 subject: format!("Your seats for {} are about to be released", event.event_id),
                 text: format!(
-                    "Your seats for {} are held for you until {} UTC.\r\n\r\nComplete your checkout before then, or they go back on sale.\r\n\r\nHold: {hold_id}\r\n",
+                    "Your seats for {} are held for you until {} UTC.\r\n\r\nComplete your checkout before then, or they go back on sale:\r\n{fan_url}/events/{}/checkout?hold={hold_id}\r\n\r\nHold: {hold_id}\r\n",
                     event.event_id,
-                    format_utc(*expires_at_ms)
+                    format_utc(*expires_at_ms),
+                    event.event_id
                 ),
             },
         )),
@@ -194,23 +197,41 @@ mod tests {
 
     #[test]
     fn renders_the_confirmation_and_the_expiry_warning() {
-        let (to, mail) = render(&event(BusEventBody::OrderCompleted {
-            order_id: OrderId::parse("o_12345678").unwrap(),
-            customer_id: CustomerId::parse("fan-1").unwrap(),
-            amount_minor: 12_050,
-            currency: "eur".into(),
-        }))
+        let (to, mail) = render(
+            &event(BusEventBody::OrderCompleted {
+                order_id: OrderId::parse("o_12345678").unwrap(),
+                customer_id: CustomerId::parse("fan-1").unwrap(),
+                amount_minor: 12_050,
+                currency: "eur".into(),
+            }),
+            "https://tickets.example/",
+        )
         .unwrap();
         assert_eq!(to, Recipient::Order(OrderId::parse("o_12345678").unwrap()));
         assert_eq!(mail.subject, "Your tickets for rock-night are confirmed");
         assert!(mail.text.contains("Paid: 120.50 EUR"), "{}", mail.text);
+        assert!(
+            mail.text.contains("\r\nhttps://tickets.example/orders/o_12345678\r\n"),
+            "the confirmation links to the order's tickets: {}",
+            mail.text
+        );
+        assert!(mail.text.contains("https://tickets.example/orders\r\n"), "{}", mail.text);
 
-        let (to, mail) = render(&event(BusEventBody::HoldExpiring {
-            hold_id: HoldId::parse("h_12345678").unwrap(),
-            customer_id: CustomerId::parse("fan-1").unwrap(),
-            expires_at_ms: 1_795_602_907_000,
-        }))
+        let (to, mail) = render(
+            &event(BusEventBody::HoldExpiring {
+                hold_id: HoldId::parse("h_12345678").unwrap(),
+                customer_id: CustomerId::parse("fan-1").unwrap(),
+                expires_at_ms: 1_795_602_907_000,
+            }),
+            "https://tickets.example",
+        )
         .unwrap();
+        assert!(
+            mail.text
+                .contains("https://tickets.example/events/rock-night/checkout?hold=h_12345678"),
+            "{}",
+            mail.text
+        );
         assert_eq!(to, Recipient::Customer(CustomerId::parse("fan-1").unwrap()));
         assert!(mail.text.contains("until 2026-11-25 10:35:07 UTC"), "{}", mail.text);
     }

@@ -60,6 +60,8 @@ pub fn retry_delay_ms(policy: &RetryPolicy, attempts: u32, rng: &dyn Rng) -> u64
 #[serde(default)]
 pub struct NotifierConfig {
     pub smtp: email::SmtpConfig,
+    /// Where the fan's pages are served (the edge's public origin): emails link there.
+    pub fan_url: String,
     pub webhooks: Vec<WebhookEndpoint>,
     pub retry: RetryPolicy,
     pub webhook_timeout_ms: u64,
@@ -76,6 +78,7 @@ impl Default for NotifierConfig {
     fn default() -> Self {
         NotifierConfig {
             smtp: email::SmtpConfig::default(),
+            fan_url: "http://127.0.0.1:8080".to_owned(),
             webhooks: Vec::new(),
             retry: RetryPolicy::default(),
             webhook_timeout_ms: 5_000,
@@ -275,7 +278,7 @@ impl<S: Store> Notifier<S> {
 
     fn deliveries_for(&self, event: &BusEvent, now_ms: u64) -> Vec<DeliveryRecord> {
         let mut channels = Vec::new();
-        if email::render(event).is_some() {
+        if email::render(event, &self.inner.config.fan_url).is_some() {
             channels.push((format!("{}.email", event.id), DeliveryChannel::Email));
         }
         for ep in &self.inner.config.webhooks {
@@ -433,7 +436,9 @@ impl<S: Store> Notifier<S> {
         let inner = &self.inner;
         match &rec.channel {
             DeliveryChannel::Email => {
-                let Some((to, content)) = email::render(&rec.event) else { return Ok(true) };
+                let Some((to, content)) = email::render(&rec.event, &inner.config.fan_url) else {
+                    return Ok(true);
+                };
                 let address = match &to {
                     Recipient::Order(o) => inner.contacts.email_for_order(o).await,
                     Recipient::Customer(c) => inner.contacts.email_for_customer(c).await,
