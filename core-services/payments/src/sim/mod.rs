@@ -21,9 +21,13 @@
 //!   replayed at start, so a restart (or `kill -9`) loses no charge.
 //! - Signed webhooks (`Stripe-Signature`) to the configured endpoints, retried with
 //!   exponential backoff.
+//! - Hosted card fields (`GET /hosted/card`, an iframe for checkout pages) that turn Stripe's
+//!   test card numbers into payment methods (`POST /v1/payment_methods`, publishable key):
+//!   see [`hosted`].
 //! - `GET /_sim/ledger`: every intent with what it captured and refunded, and a summary
 //!   (`duplicate_charges`, `uncaptured_authorizations`) for tests and audits.
 
+mod hosted;
 mod journal;
 mod state;
 
@@ -61,6 +65,9 @@ pub struct SimConfig {
     pub tls: tessera_runtime::http::ServerTlsConfig,
     /// The secret key clients must send as `Authorization: Bearer ...`.
     pub secret_key: String,
+    /// The publishable key the hosted card fields send when they create a payment method
+    /// (public: it is in every checkout page).
+    pub publishable_key: String,
     /// Journal file (created if missing).
     pub journal_path: PathBuf,
     /// Seed of the randomness behind random faults, latencies and ids.
@@ -81,6 +88,7 @@ impl Default for SimConfig {
             listen: "127.0.0.1:7420".to_owned(),
             tls: Default::default(),
             secret_key: String::new(),
+            publishable_key: String::new(),
             journal_path: PathBuf::from("var/paysim/journal.jsonl"),
             seed: 1,
             latency: LatencyConfig::default(),
@@ -336,6 +344,7 @@ impl Simulator {
             .route("/_sim/ledger", get(ledger_report))
             .route("/healthz", get(|| async { "ok" }))
             .with_state(self.clone())
+            .merge(hosted::routes(self.clone()))
     }
 
     /// The ledger as `GET /_sim/ledger` reports it.
