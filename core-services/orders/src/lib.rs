@@ -36,7 +36,7 @@ use tessera_payments::{PaymentError, PaymentProvider};
 use tessera_store::{RunError, Store, StoreError};
 
 pub use saga::ReconcileReport;
-pub use tickets::{TicketClaims, verify_ticket};
+pub use tickets::{TicketClaims, qr_svg, verify_ticket};
 
 /// Tunables of the saga.
 #[derive(Debug, Clone)]

@@ -1,5 +1,6 @@
 //! Signed tickets: the QR payload is an Ed25519-signed token a gate verifies offline with
-//! the public key; it names the ticket, the event, the order and the seat.
+//! the public key; it names the ticket, the event, the order and the seat. [`qr_svg`]
+//! draws that payload as the QR code the fan shows at the gate.
 
 use serde::{Deserialize, Serialize};
 use sha2::Digest as _;
@@ -59,4 +60,17 @@ pub(crate) fn hash_parts(parts: &[&str]) -> String {
         h.update(p.as_bytes());
     }
     hex::encode(h.finalize())
+}
+
+/// The QR code (an SVG image) of a ticket's signed payload, with its quiet zone, error
+/// correction level M (15 % of the code may be lost), dark modules on white.
+pub fn qr_svg(payload: &str) -> Result<String, qrcode::types::QrError> {
+    let code = qrcode::QrCode::with_error_correction_level(payload.as_bytes(), qrcode::EcLevel::M)?;
+    Ok(code
+        .render::<qrcode::render::svg::Color<'_>>()
+        .min_dimensions(256, 256)
+        .dark_color(qrcode::render::svg::Color("#000000"))
+        .light_color(qrcode::render::svg::Color("#ffffff"))
+        .quiet_zone(true)
+        .build())
 }

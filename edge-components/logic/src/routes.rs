@@ -1,7 +1,7 @@
 //! The fan-facing route table of the edge. Anything not listed here is answered with
 //! `404 not_found` before it reaches a region.
 
-use tessera_api::{ApiErrorBody, ErrorCode, EventId, HoldId, OrderId, SectionId};
+use tessera_api::{ApiErrorBody, ErrorCode, EventId, HoldId, OrderId, SectionId, TicketId};
 
 /// A recognised fan route with its typed path parameters.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -48,6 +48,11 @@ pub enum Route {
     GetOrder {
         order_id: OrderId,
     },
+    /// `GET /v1/orders/{order_id}/tickets/{ticket_id}/qr.svg`: a ticket's QR code.
+    TicketQr {
+        order_id: OrderId,
+        ticket_id: TicketId,
+    },
     Checkin,
     /// `POST /v1/dev/token`: the development issuer; the edge serves it only in local mode.
     DevToken,
@@ -93,6 +98,7 @@ impl Route {
             Route::Checkout => "checkout",
             Route::ListOrders => "list_orders",
             Route::GetOrder { .. } => "get_order",
+            Route::TicketQr { .. } => "ticket_qr",
             Route::Checkin => "checkin",
             Route::DevToken => "dev_token",
             Route::PaymentWebhook => "payment_webhook",
@@ -208,6 +214,13 @@ pub fn classify(method: &str, path: &str) -> Result<Route, ApiErrorBody> {
             _ => Err(method_not_allowed("GET, POST")),
         },
         ["orders", o] => only("GET", Route::GetOrder { order_id: id(OrderId::parse(o))? }),
+        ["orders", o, "tickets", t, "qr.svg"] => only(
+            "GET",
+            Route::TicketQr {
+                order_id: id(OrderId::parse(o))?,
+                ticket_id: id(TicketId::parse(t))?,
+            },
+        ),
         ["checkin"] => only("POST", Route::Checkin),
         ["dev", "token"] => only("POST", Route::DevToken),
         ["webhooks", "payments"] => only("POST", Route::PaymentWebhook),
@@ -257,6 +270,11 @@ mod tests {
         check("POST", "/v1/events/summer-26/holds", expect!["create_hold WaitingRoom"]);
         check("DELETE", "/v1/holds/h_abcdefgh1", expect!["release_hold Router"]);
         check("POST", "/v1/orders", expect!["checkout Router"]);
+        check(
+            "GET",
+            "/v1/orders/o_abcdefgh1/tickets/t_abcdefgh1/qr.svg",
+            expect!["ticket_qr Router"],
+        );
         check("PUT", "/v1/ops/events/summer-26/admission", expect!["ops Router"]);
         check("POST", "/v1/webhooks/payments", expect!["payment_webhook Router"]);
     }

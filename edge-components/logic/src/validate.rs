@@ -105,6 +105,7 @@ fn check_route(req: &RequestView<'_>, route: &Route) -> Result<(), ApiErrorBody>
         | Route::ReleaseHold { .. }
         | Route::ListOrders
         | Route::GetOrder { .. }
+        | Route::TicketQr { .. }
         | Route::EventStream { .. } => no_body(req),
         Route::QueueJoin { .. } => {
             device(req)?;

@@ -5,6 +5,7 @@
 //! | `GET /v1/events`, `/v1/events/{id}`, `/availability`, `/sections/{sid}/seats`, `/admission` | anyone |
 //! | `POST /v1/events/{id}/holds`, `GET`/`DELETE /v1/holds/{id}` | fan (+ an admission token, used once) |
 //! | `POST /v1/orders`, `GET /v1/orders`, `GET /v1/orders/{id}` | fan |
+//! | `GET /v1/orders/{id}/tickets/{tid}/qr.svg` (the ticket's QR code, SVG) | fan |
 //! | `POST /v1/checkin` | gate (or admin) |
 //! | `POST /v1/internal/events/{id}/queue`, `.../queue/waiting-list`, `.../queue/leave` | a service credential (the edge), on behalf of a fan |
 //! | `/v1/ops/...` | operator; refunds: admin |
@@ -59,6 +60,7 @@ pub fn router<S: Store>(app: Arc<App<S>>, extra: Router) -> Router {
         .route("/v1/holds/{hold_id}", get(sales::get_hold::<S>).delete(sales::release::<S>))
         .route("/v1/orders", post(sales::checkout::<S>).get(sales::list_orders::<S>))
         .route("/v1/orders/{order_id}", get(sales::get_order::<S>))
+        .route("/v1/orders/{order_id}/tickets/{ticket_id}/qr.svg", get(sales::ticket_qr::<S>))
         .route("/v1/checkin", post(sales::checkin::<S>))
         .route("/v1/internal/events/{event_id}/queue", post(misc::register::<S>))
         .route("/v1/internal/events/{event_id}/queue/waiting-list", post(misc::waiting_list::<S>))

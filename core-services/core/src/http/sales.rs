@@ -7,7 +7,7 @@ use tessera_api::inventory::{Hold, HoldRequest, HoldRequestError};
 use tessera_api::orders::{
     CheckinRequest, CheckinResponse, CheckoutRequest, Order, OrderList, OrderState,
 };
-use tessera_api::{ErrorCode, EventId, HoldId, OrderId};
+use tessera_api::{ErrorCode, EventId, HoldId, OrderId, TicketId};
 use tessera_inventory::{Admission, InventoryError};
 use tessera_payments::IdempotencyKey;
 use tessera_runtime::{ApiError, Json};
@@ -244,6 +244,39 @@ pub(crate) async fn get_order<S: Store>(
     let customer = fan(&app, &h).await?;
     let order_id = path_id(&order_id, OrderId::parse, ErrorCode::UnknownOrder, "order")?;
     app.orders.get_order(&order_id, &customer).await.map(Json).map_err(order_error)
+}
+
+/// `GET /v1/orders/{order_id}/tickets/{ticket_id}/qr.svg`: the fan's own ticket as a QR
+/// code (SVG) of the signed payload the gates check (`POST /v1/checkin`).
+pub(crate) async fn ticket_qr<S: Store>(
+    State(app): State<AppState<S>>,
+    Path((order_id, ticket_id)): Path<(String, String)>,
+    h: HeaderMap,
+) -> Result<axum::response::Response, ApiError> {
+    let customer = fan(&app, &h)?;
+    let order_id = path_id(&order_id, OrderId::parse, ErrorCode::UnknownOrder, "order")?;
+    let ticket_id = path_id(&ticket_id, TicketId::parse, ErrorCode::NotFound, "ticket")?;
+    let order = app.orders.get_order(&order_id, &customer).await.map_err(order_error)?;
+    let Some(ticket) = order.tickets.iter().find(|t| t.ticket_id == ticket_id) else {
+        return Err(ApiError::new(
+            ErrorCode::NotFound,
+            format!("order {order_id} has no ticket {ticket_id}"),
+        ));
+    };
+    let svg = tessera_orders::qr_svg(&ticket.qr)
+        .map_err(|e| ApiError::internal(anyhow::anyhow!("draw the QR code: {e}")))?;
+    let mut resp = axum::response::Response::new(axum::body::Body::from(svg));
+    let headers = resp.headers_mut();
+    use axum::http::HeaderValue;
+    headers.insert(http::header::CONTENT_TYPE, HeaderValue::from_static("image/svg+xml"));
+    // The code stands for an entry ticket: only the fan's own browser may keep it.
+    headers.insert(http::header::CACHE_CONTROL, HeaderValue::from_static("private, no-store"));
+    headers.insert("x-content-type-options", HeaderValue::from_static("nosniff"));
+    headers.insert(
+        "content-security-policy",
+        HeaderValue::from_static("default-src 'none'; style-src 'unsafe-inline'"),
+    );
+    Ok(resp)
 }
 
 /// `POST /v1/checkin`: a gate scans a ticket.
