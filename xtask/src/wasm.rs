@@ -22,7 +22,7 @@ use anyhow::{Context as _, bail};
 use crate::prereq::{self, step};
 
 /// The components, by component id (the crate name; the library file uses `_`).
-pub(crate) const COMPONENTS: &[&str] = &["validation", "edge"];
+pub(crate) const COMPONENTS: &[&str] = &["validation", "edge", "pages"];
 
 fn workspace_root() -> PathBuf {
     let here = Path::new(env!("CARGO_MANIFEST_DIR"));
