@@ -127,6 +127,8 @@ pub struct DevKeys {
     pub payments_secret: String,
     /// The edge's credential for the cores' internal endpoints.
     pub service_credential: String,
+    /// The payment simulator's publishable key (for its hosted card fields).
+    pub payments_publishable: String,
 }
 
 impl DevKeys {
@@ -142,6 +144,7 @@ impl DevKeys {
             pow_secret: "tessera-local-pow-secret".into(),
             webhook_secret: "whsec_tessera_local".into(),
             payments_secret: "sk_test_tessera".into(),
+            payments_publishable: "pk_test_tessera".into(),
         }
     }
 }
@@ -304,7 +307,12 @@ impl Ports {
 
 /// The edge component's variables for a local stack (the host's `[variables]`, or
 /// `SPIN_VARIABLE_<NAME>` for `spin up`).
-pub fn edge_variables(keys: &DevKeys, router: &str, bot_policy: &str) -> Vec<(String, String)> {
+pub fn edge_variables(
+    keys: &DevKeys,
+    router: &str,
+    bot_policy: &str,
+    payments_url: &str,
+) -> Vec<(String, String)> {
     vec![
         ("router_url".into(), router.to_owned()),
         ("identity_issuer".into(), format!("{router}/v1/dev")),
@@ -316,6 +324,8 @@ pub fn edge_variables(keys: &DevKeys, router: &str, bot_policy: &str) -> Vec<(St
         ("bot_policy".into(), bot_policy.to_owned()),
         ("watermark_keys".into(), Keyset::new([keys.watermark.public()]).to_config_string()),
         ("service_credential".into(), keys.service_credential.clone()),
+        ("payments_url".into(), payments_url.to_owned()),
+        ("payments_publishable_key".into(), keys.payments_publishable.clone()),
     ]
 }
 
@@ -387,8 +397,9 @@ impl Stack {
         std::fs::write(
             &paysim_cfg,
             format!(
-                "mode = \"local\"\nlisten = \"127.0.0.1:{paysim_port}\"\nsecret_key = {}\njournal_path = {}\n{}\n[[webhooks]]\nurl = {}\nsecret = {}\n{telemetry}",
+                "mode = \"local\"\nlisten = \"127.0.0.1:{paysim_port}\"\nsecret_key = {}\npublishable_key = {}\njournal_path = {}\n{}\n[[webhooks]]\nurl = {}\nsecret = {}\n{telemetry}",
                 toml_str(&keys.payments_secret),
+                toml_str(&keys.payments_publishable),
                 toml_str(&run.join("paysim").join("journal.jsonl").display().to_string()),
                 options.paysim_toml,
                 toml_str(&format!("{router}/v1/webhooks/payments")),
@@ -448,6 +459,7 @@ impl Stack {
                      [payments]\nbase_url = {paysim}\nsecret_key = {psk}\nwebhook_secret = {whsec}\nrequest_timeout_ms = 2000\n\
                      [tickets]\nsigning_seed = {tseed}\nkid = {tkid}\n\
                      [service_credentials]\nedge = {svc}\n\
+                     [notifications]\nfan_url = {fan_url}\n\
                      [notifications.smtp]\nhost = \"127.0.0.1\"\nport = {smtp_port}\n\
                      {telemetry}{extra}\n",
                     region_s = toml_str(region),
@@ -468,6 +480,9 @@ impl Stack {
                     tseed = toml_str(&keys.tickets.seed_base64()),
                     tkid = toml_str(&keys.tickets.kid),
                     svc = toml_str(&keys.service_credential),
+                    fan_url = toml_str(
+                        urls.edge.as_deref().unwrap_or(&format!("http://127.0.0.1:{edge_port}"))
+                    ),
                     extra = options.core_toml,
                     core_queue = options.core_queue_toml,
                 ),
@@ -519,7 +534,7 @@ impl Stack {
                 std::env::var("TESSERA_EDGE_SPIN_STRICT").is_ok_and(|v| v == "1" || v == "true");
             let edge_cfg = run.join("edge.toml");
             let manifest = options.repo_root.join("edge-components").join("spin.toml");
-            let variables: String = edge_variables(&keys, &router, &options.bot_policy)
+            let variables: String = edge_variables(&keys, &router, &options.bot_policy, &urls.paysim)
                 .iter()
                 .map(|(k, v)| format!("{k} = {}\n", toml_str(v)))
                 .collect();

@@ -4,8 +4,8 @@
 //! - `cargo xtask test`: run every test (unit, integration, e2e), installing or locating
 //!   what they need first. `.ci/run` runs exactly this.
 //! - `cargo xtask bench <inventory|edge|orders>`: run a benchmark and print its numbers.
-//! - `cargo xtask e2e <checkout|failover|partition|security|sellout|spin-readme>`: run one
-//!   end-to-end scenario.
+//! - `cargo xtask e2e <checkout|failover|partition|security|sellout|web|spin-readme>`: run
+//!   one end-to-end scenario (`web`: fans in a real browser, screenshots under `target/e2e-web/`).
 //! - `cargo xtask spin-up`: the same local stack with `spin up` as its edge.
 //! - `cargo xtask build-wasm`: build the edge components.
 //! - `cargo xtask check-deploy`: check `deploy/` with the real validators (part of `test`).
@@ -56,7 +56,7 @@ enum Cmd {
     },
     /// Run every test: formatting, lints, unit, integration and end-to-end.
     Test {
-        /// Skip the long end-to-end scenarios (checkout, failover, partition).
+        /// Skip the long end-to-end scenarios (web, checkout, failover, partition).
         #[arg(long)]
         quick: bool,
     },
@@ -67,7 +67,7 @@ enum Cmd {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
-    /// Run one end-to-end scenario (`checkout`, `failover`, `partition`).
+    /// Run one end-to-end scenario (`checkout`, `failover`, `partition`, `web`).
     E2e {
         name: String,
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
@@ -286,7 +286,12 @@ fn spin_up(edge_port: u16, base_port: u16, no_build: bool) -> anyhow::Result<()>
         let mut stack = tessera_e2e::stack::Stack::start(options, &|s| step(s)).await?;
         seed_demo_event(&stack).await?;
         let vars =
-            tessera_e2e::stack::edge_variables(&stack.keys, &stack.urls.router, LOCAL_BOT_POLICY);
+            tessera_e2e::stack::edge_variables(
+                &stack.keys,
+                &stack.urls.router,
+                LOCAL_BOT_POLICY,
+                &stack.urls.paysim,
+            );
         step(&format!("starting `{} up` as the edge on :{edge_port}", spin.display()));
         let mut cmd = tokio::process::Command::new(&spin);
         cmd.current_dir(root())
@@ -435,7 +440,10 @@ async fn seed_demo_event(stack: &tessera_e2e::stack::Stack) -> anyhow::Result<()
     step("seeding the demo event `riverside-live`");
     let router = tessera_e2e::fan::Api::new(stack.http.clone(), stack.urls.router.clone());
     let op = tessera_e2e::fan::Operator::new(router).await?;
-    let map = tessera_e2e::demo_seat_map(&root())?;
+    let mut map = tessera_e2e::demo_seat_map(&root())?;
+    // Announced to open in 15 minutes: the event page counts down (the sale opens when an
+    // operator opens it).
+    map["on_sale_at"] = serde_json::json!(tessera_e2e::rfc3339_in(15 * 60));
     let created = op.create_event(&map).await?;
     match (created.status, created.code()) {
         (201, _) => {
@@ -502,6 +510,12 @@ fn test(quick: bool) -> anyhow::Result<()> {
         cargo().args(["run", "--locked", "-p", "tessera-e2e", "--bin", "security", "--", "--ci"]),
     )?;
     if !quick {
+        prereq::chromium()?;
+        prereq::web_test_tools(&root())?;
+        run(
+            "end-to-end scenario `web` (fans in a real browser)",
+            cargo().args(["run", "--locked", "-p", "tessera-e2e", "--bin", "web", "--", "--ci"]),
+        )?;
         for scenario in ["checkout", "failover", "partition", "sellout"] {
             run(
                 &format!("end-to-end scenario `{scenario}`"),
@@ -573,15 +587,19 @@ fn bench(name: &str, args: &[String]) -> anyhow::Result<()> {
 
 fn e2e(name: &str, args: &[String]) -> anyhow::Result<()> {
     match name {
-        "checkout" | "failover" | "partition" | "security" | "sellout" => {}
+        "checkout" | "failover" | "partition" | "security" | "sellout" | "web" => {}
         "spin-readme" => return spin_readme(),
         other => {
             bail!(
-                "unknown scenario {other:?}: choose checkout, failover, partition, security, sellout or spin-readme"
+                "unknown scenario {other:?}: choose checkout, failover, partition, security, sellout, web or spin-readme"
             )
         }
     }
     prereq::nats_server()?;
+    if name == "web" {
+        prereq::chromium()?;
+        prereq::web_test_tools(&root())?;
+    }
     step("building the WASM edge components");
     wasm::build_components(true)?;
     build_services(false)?;

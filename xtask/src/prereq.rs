@@ -1,5 +1,6 @@
-//! Locating (or installing) what the stack and the tests need outside cargo: `nats-server`
-//! and, for the FoundationDB backend's compile check, `libclang`.
+//! Locating (or installing) what the stack and the tests need outside cargo: `nats-server`,
+//! for the FoundationDB backend's compile check `libclang`, and for the web scenario
+//! Debian's `chromium` + `chromium-driver` and axe-core from npm (`npm ci`).
 
 use std::path::Path;
 use std::process::Command;
@@ -85,6 +86,46 @@ pub(crate) fn nats_server() -> anyhow::Result<()> {
     apt(&["nats-server"], "the NATS hub and leaf nodes")?;
     if !(on_path("nats-server") || Path::new("/usr/sbin/nats-server").is_file()) {
         bail!("nats-server is still missing after installing the nats-server package");
+    }
+    Ok(())
+}
+
+/// Debian's `chromium` and `chromium-driver` (the web scenario's browser).
+pub(crate) fn chromium() -> anyhow::Result<()> {
+    let have = |bin: &str| on_path(bin) || Path::new("/usr/bin").join(bin).is_file();
+    if have("chromium") && have("chromedriver") {
+        return Ok(());
+    }
+    apt(&["chromium", "chromium-driver"], "the browser of the web scenario")?;
+    if !(have("chromium") && have("chromedriver")) {
+        bail!("chromium or chromedriver is still missing after installing them");
+    }
+    Ok(())
+}
+
+/// The web scenario's npm tooling (axe-core), exactly as `e2e/web/package-lock.json` pins
+/// it (`npm ci`), when it is not installed yet or the lock file changed.
+pub(crate) fn web_test_tools(root: &Path) -> anyhow::Result<()> {
+    let dir = root.join("e2e").join("web");
+    let lock = dir.join("package-lock.json");
+    let stamp = dir.join("node_modules").join(".package-lock.json");
+    let fresh = |p: &Path| std::fs::metadata(p).and_then(|m| m.modified()).ok();
+    if dir.join("node_modules/axe-core/axe.min.js").is_file()
+        && matches!((fresh(&stamp), fresh(&lock)), (Some(s), Some(l)) if s >= l)
+    {
+        return Ok(());
+    }
+    if !on_path("npm") {
+        apt(&["npm"], "installing axe-core for the web scenario")?;
+    }
+    step("installing axe-core (npm ci in e2e/web)");
+    let ok = Command::new("npm")
+        .args(["ci", "--no-audit", "--no-fund", "--ignore-scripts"])
+        .current_dir(&dir)
+        .status()
+        .is_ok_and(|s| s.success());
+    if !ok {
+        bail!("npm ci in {} failed", dir.display());
     }
     Ok(())
 }

@@ -7,6 +7,7 @@ use std::collections::BTreeMap;
 pub mod checkout;
 pub mod security;
 pub mod sellout;
+pub mod web;
 
 /// WARN lines that the scenarios provoke on purpose (a killed core, a cut link, lost
 /// payment answers) and that therefore do not fail them. Anything else at WARN or ERROR
