@@ -28,7 +28,8 @@ fn source_of(id: &str) -> String {
 fn the_manifest_names_components_the_build_produces() {
     let m = manifest();
     let ids: BTreeSet<String> = m.components.iter().map(|c| c.id.clone()).collect();
-    assert_eq!(ids, BTreeSet::from(["edge".to_owned()]), "one component serves the pipeline");
+    // One component serves the API pipeline; `pages` serves the fan's web app.
+    assert_eq!(ids, BTreeSet::from(["edge".to_owned(), "pages".to_owned()]));
     for c in &m.components {
         let expected =
             workspace_root().join(format!("edge-components/components/target/wasm/{}.wasm", c.id));
@@ -48,6 +49,18 @@ fn the_edge_is_public_and_calls_only_the_router() {
     assert_eq!(edge.routes, vec![Route::Public("/...".into())]);
     assert_eq!(edge.allowed_outbound_hosts, vec!["{{ router_url }}".to_owned()]);
     assert!(!source_of("edge").contains(".spin.internal"), "no HTTP chaining between stages");
+}
+
+#[test]
+fn pages_serve_only_the_web_app_and_call_nothing() {
+    let m = manifest();
+    let pages = m.components.iter().find(|c| c.id == "pages").unwrap();
+    let public: Vec<Route> = ["/", "/assets/...", "/events/...", "/orders/...", "/signin"]
+        .map(|r| Route::Public(r.into()))
+        .into();
+    assert_eq!(pages.routes, public, "the API stays with `edge`");
+    assert!(pages.allowed_outbound_hosts.is_empty(), "pages call nothing");
+    assert!(pages.key_value_stores.is_empty(), "pages keep no state");
 }
 
 #[test]
