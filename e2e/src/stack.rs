@@ -434,7 +434,6 @@ impl Stack {
             child: None,
         });
 
-        let identity_keys = Keyset::new([keys.identity.public()]).to_config_string();
         let edge_keys = Keyset::new([keys.edge.public()]).to_config_string();
         // The development issuer lives in the cores (local mode); everyone reaches it, and
         // its discovery document and JWKS, through the router, as they would a real one.
@@ -534,10 +533,11 @@ impl Stack {
                 std::env::var("TESSERA_EDGE_SPIN_STRICT").is_ok_and(|v| v == "1" || v == "true");
             let edge_cfg = run.join("edge.toml");
             let manifest = options.repo_root.join("edge-components").join("spin.toml");
-            let variables: String = edge_variables(&keys, &router, &options.bot_policy, &urls.paysim)
-                .iter()
-                .map(|(k, v)| format!("{k} = {}\n", toml_str(v)))
-                .collect();
+            let variables: String =
+                edge_variables(&keys, &router, &options.bot_policy, &urls.paysim)
+                    .iter()
+                    .map(|(k, v)| format!("{k} = {}\n", toml_str(v)))
+                    .collect();
             std::fs::write(
                 &edge_cfg,
                 format!(

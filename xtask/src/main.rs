@@ -91,6 +91,10 @@ enum Cmd {
         /// Do not build; use the binaries as they are.
         #[arg(long)]
         no_build: bool,
+        /// Print the `SPIN_VARIABLE_*` lines of the local stack (for running `spin up`
+        /// yourself against `cargo xtask up`) and exit.
+        #[arg(long)]
+        print_env: bool,
     },
     /// Build the WASM edge components.
     BuildWasm {
@@ -111,7 +115,22 @@ fn main() -> anyhow::Result<()> {
         Cmd::Up { release, regions, edge_port, base_port, fresh, no_build } => {
             up(release, regions, edge_port, base_port, fresh, no_build)
         }
-        Cmd::SpinUp { edge_port, base_port, no_build } => spin_up(edge_port, base_port, no_build),
+        Cmd::SpinUp { print_env: true, base_port, .. } => {
+            // The stack's first two ports: the router, then the payment simulator.
+            let vars = tessera_e2e::stack::edge_variables(
+                &tessera_e2e::stack::DevKeys::local(),
+                &format!("http://127.0.0.1:{base_port}"),
+                LOCAL_BOT_POLICY,
+                &format!("http://127.0.0.1:{}", base_port + 1),
+            );
+            for (k, v) in vars {
+                println!("export SPIN_VARIABLE_{}='{v}'", k.to_ascii_uppercase());
+            }
+            Ok(())
+        }
+        Cmd::SpinUp { edge_port, base_port, no_build, .. } => {
+            spin_up(edge_port, base_port, no_build)
+        }
         Cmd::Test { quick } => test(quick),
         Cmd::CheckDeploy { no_build } => check_deploy(no_build),
         Cmd::Bench { name, args } => bench(&name, &args),
@@ -285,13 +304,12 @@ fn spin_up(edge_port: u16, base_port: u16, no_build: bool) -> anyhow::Result<()>
     rt.block_on(async move {
         let mut stack = tessera_e2e::stack::Stack::start(options, &|s| step(s)).await?;
         seed_demo_event(&stack).await?;
-        let vars =
-            tessera_e2e::stack::edge_variables(
-                &stack.keys,
-                &stack.urls.router,
-                LOCAL_BOT_POLICY,
-                &stack.urls.paysim,
-            );
+        let vars = tessera_e2e::stack::edge_variables(
+            &stack.keys,
+            &stack.urls.router,
+            LOCAL_BOT_POLICY,
+            &stack.urls.paysim,
+        );
         step(&format!("starting `{} up` as the edge on :{edge_port}", spin.display()));
         let mut cmd = tokio::process::Command::new(&spin);
         cmd.current_dir(root())

@@ -253,7 +253,7 @@ pub(crate) async fn ticket_qr<S: Store>(
     Path((order_id, ticket_id)): Path<(String, String)>,
     h: HeaderMap,
 ) -> Result<axum::response::Response, ApiError> {
-    let customer = fan(&app, &h)?;
+    let customer = fan(&app, &h).await?;
     let order_id = path_id(&order_id, OrderId::parse, ErrorCode::UnknownOrder, "order")?;
     let ticket_id = path_id(&ticket_id, TicketId::parse, ErrorCode::NotFound, "ticket")?;
     let order = app.orders.get_order(&order_id, &customer).await.map_err(order_error)?;
