@@ -314,6 +314,7 @@ pub fn edge_variables(
     payments_url: &str,
 ) -> Vec<(String, String)> {
     vec![
+        ("mode".into(), "local".into()),
         ("router_url".into(), router.to_owned()),
         ("identity_issuer".into(), format!("{router}/v1/dev")),
         ("identity_keys".into(), Keyset::new([keys.identity.public()]).to_config_string()),

@@ -511,12 +511,23 @@ async fn proof_of_work_is_solved_in_a_worker_while_the_page_stays_responsive(
         .map(|d| d.as_millis() as u64)
         .unwrap_or(0);
     let secret = cx.stack.keys.pow_secret.clone();
-    let challenge =
-        tessera_edge_logic::pow::issue(secret.as_bytes(), "web-e2e", 18, now_ms, [7; 8]);
-    let r = b
-        .client
-        .execute_async(
-            r#"const [challenge, done] = [arguments[0], arguments[arguments.length - 1]];
+    // A solve takes a random number of hashes: one lucky solve can end before the page's
+    // 50 ms timer could tick at all. Solve fresh challenges until half a second of solving
+    // has been watched, then compare the ticks with what that time allows.
+    let (mut ms, mut ticks, mut expected, mut solves) = (0.0, 0.0, 0.0, 0u8);
+    while ms < 500.0 && solves < 20 {
+        let challenge = tessera_edge_logic::pow::issue(
+            secret.as_bytes(),
+            "web-e2e",
+            18,
+            now_ms,
+            [solves.wrapping_add(7); 8],
+        );
+        solves += 1;
+        let r = b
+            .client
+            .execute_async(
+                r#"const [challenge, done] = [arguments[0], arguments[arguments.length - 1]];
                const map = JSON.parse(document.querySelector('script[type=importmap]').textContent);
                const w = new Worker(map.imports["/assets/pow-worker.js"]);
                let ticks = 0;
@@ -525,24 +536,28 @@ async fn proof_of_work_is_solved_in_a_worker_while_the_page_stays_responsive(
                w.onmessage = (e) => { clearInterval(timer); w.terminate();
                  done({nonce: e.data.nonce, ms: performance.now() - start, ticks}); };
                w.postMessage({challenge});"#,
-            vec![json!(challenge)],
-        )
-        .await?;
-    let nonce = r["nonce"].as_str().context("the worker found no solution")?;
-    let ms = r["ms"].as_f64().unwrap_or(0.0);
-    let ticks = r["ticks"].as_f64().unwrap_or(0.0);
-    let expected = (ms / 50.0).floor().max(1.0);
+                vec![json!(challenge)],
+            )
+            .await?;
+        let nonce = r["nonce"].as_str().context("the worker found no solution")?;
+        let one_ms = r["ms"].as_f64().unwrap_or(0.0);
+        ms += one_ms;
+        ticks += r["ticks"].as_f64().unwrap_or(0.0);
+        expected += (one_ms / 50.0).floor();
+        let verdict = tessera_edge_logic::pow::verify(
+            secret.as_bytes(),
+            "web-e2e",
+            &format!("{challenge}:{nonce}"),
+            now_ms + 1,
+        );
+        ensure!(verdict.is_ok(), "the edge refuses the worker's solution: {verdict:?}");
+    }
     eprintln!(
-        "[web] proof of work (18 bits) solved in a worker in {ms:.0} ms; page timer ticked {ticks}/{expected}"
+        "[web] proof of work (18 bits): {solves} solves in a worker in {ms:.0} ms; page timer ticked {ticks}/{expected}"
     );
-    let verdict = tessera_edge_logic::pow::verify(
-        secret.as_bytes(),
-        "web-e2e",
-        &format!("{challenge}:{nonce}"),
-        now_ms + 1,
-    );
-    ensure!(verdict.is_ok(), "the edge refuses the worker's solution: {verdict:?}");
+    ensure!(ms >= 500.0, "twenty solves took only {ms:.0} ms: too fast to watch the page");
     ensure!(ticks >= expected * 0.5, "the page froze while solving: {ticks} of {expected} ticks");
+    let ms = ms / f64::from(solves);
     cx.kv.insert("pow_worker_ms".into(), format!("{ms:.0}"));
     Ok(())
 }
@@ -761,16 +776,8 @@ async fn a_waiting_fan_is_told_at_once_when_the_sale_sells_out(cx: &mut Ctx) -> 
     // only when the edge holds the request open until the state changes.
     let long_poll = edge_holds_long_polls(cx, first).await?;
     cx.kv.insert("long_poll".into(), u8::from(long_poll).to_string());
-    let limit = if long_poll {
-        TOLD_SOLD_OUT_MS
-    } else {
-        // FIXME: without the edge's long poll the page learns it at its next status
-        // request (every 20 s); assert that today, and the 5 s once the edge holds polls.
-        eprintln!(
-            "[web] FIXME: the edge answers status polls at once (no long poll): told after {told_ms} ms, within the page's 20 s poll"
-        );
-        20_000 + 2_000
-    };
+    ensure!(long_poll, "the edge answers status polls at once: no long poll");
+    let limit = TOLD_SOLD_OUT_MS;
     ensure!(
         told_ms <= limit,
         "the waiting fan was told {told_ms} ms after the sale sold out (> {limit} ms)"
