@@ -417,8 +417,18 @@ fn spin_readme() -> anyhow::Result<()> {
         }
     });
     let stop = |stack: &mut std::process::Child| {
-        // The whole group, as Ctrl-C in a terminal would.
-        let _ = Command::new("kill").args(["-INT", &format!("-{}", stack.id())]).status();
+        // The whole group, as Ctrl-C in a terminal would (`--`: a negative id is a group,
+        // not an option); if it has not stopped within 30 s, it is killed.
+        let group = format!("-{}", stack.id());
+        let _ = Command::new("kill").args(["-INT", "--", &group]).status();
+        for _ in 0..300 {
+            if let Ok(Some(_)) = stack.try_wait() {
+                return;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+        eprintln!("the README's first block ignored Ctrl-C for 30 s; killing it");
+        let _ = Command::new("kill").args(["-KILL", "--", &group]).status();
         let _ = stack.wait();
     };
     if rx.recv_timeout(std::time::Duration::from_secs(600)).is_err() {
