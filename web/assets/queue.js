@@ -216,15 +216,18 @@ async function loop() {
       notice("bad", e.message);
       s = null;
     }
+    // A new state (or the first answer) is followed at once by a long poll on it: the edge
+    // holds that request until the state changes. An answer that brings nothing new (the
+    // long poll ran out, or a host that answers at once) and a failure are paced: never more
+    // than one request every POLL_S seconds unless woken.
+    const news = s !== null && s.state !== known;
     if (s) {
       notice(null, "");
       render(s);
       known = s.state;
       if (s.state === "closed") return;
     }
-    // Never ask again sooner than every POLL_S seconds unless woken (the edge holds the
-    // request open for up to POLL_S seconds itself when it supports it).
-    let left = POLL_S * 1000 - (performance.now() - started);
+    let left = news ? 0 : POLL_S * 1000 - (performance.now() - started);
     if (turnHint > 0 && s && s.state !== "admitted") { turnHint -= 1; left = 1000; }
     if (s && s.state === "admitted") turnHint = 0;
     if (left > 0) {
