@@ -123,6 +123,10 @@ pub struct DeliveryRecord {
     pub due_ms: u64,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_error: Option<String>,
+    /// W3C `traceparent` of the event's handling, so the delivery continues the trace of
+    /// the purchase that caused it (appended field; older records have none).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub traceparent: Option<String>,
 }
 
 /// `("ntf", "dead", delivery_id)`: a delivery that exhausted its attempts.

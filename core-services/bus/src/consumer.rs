@@ -223,13 +223,35 @@ impl<S: Store, H: Handler<S>> StoreConsumer<S, H> {
         if events.is_empty() {
             return;
         }
+        // Consecutive messages of one trace are applied together under one span that
+        // continues that trace; a batch mixing several purchases becomes several runs.
+        let traceparent = |m: &jetstream::Message| {
+            m.headers.as_ref().and_then(|h| h.get("traceparent")).map(|v| v.as_str().to_owned())
+        };
+        let mut events = events.into_iter();
+        let mut decoded = decoded.into_iter().peekable();
+        while let Some(first) = decoded.next() {
+            let tp = traceparent(&first);
+            let mut msgs = vec![first];
+            while decoded.peek().is_some_and(|m| traceparent(m) == tp) {
+                msgs.extend(decoded.next());
+            }
+            let run: Vec<BusEvent> = events.by_ref().take(msgs.len()).collect();
+            self.handle_run(run, msgs, tp).await;
+        }
+    }
+
+    async fn handle_run(
+        &self,
+        events: Vec<BusEvent>,
+        decoded: Vec<jetstream::Message>,
+        traceparent: Option<String>,
+    ) {
         let span =
             tracing::info_span!("bus.consume", consumer = %self.cfg.durable, count = events.len());
-        if let Some(first) = decoded.first()
-            && let Some(headers) = first.headers.as_ref()
-        {
+        if let Some(tp) = &traceparent {
             tessera_runtime::telemetry::set_parent_from_pairs(&span, |k| {
-                headers.get(k).map(|v| v.as_str())
+                (k == "traceparent").then_some(tp.as_str())
             });
         }
         match self.apply_batch(&events).instrument(span).await {

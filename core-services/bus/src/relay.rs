@@ -403,13 +403,22 @@ impl<S: Store, C: Clock> OutboxRelay<S, C> {
         let mut pending = Vec::with_capacity(batch.len());
         let mut send_failure = None;
         for (_, event) in batch {
+            // Each event continues the trace of the request that wrote it; consumers
+            // continue this span's.
+            let span = tracing::info_span!("bus.publish", subject = %event.subject);
+            if let Some(tp) = &event.traceparent {
+                tessera_runtime::telemetry::set_parent_from_pairs(&span, |k| {
+                    (k == "traceparent").then_some(tp.as_str())
+                });
+            }
+            let mut headers = event.headers(origin);
+            for (k, v) in span.in_scope(tessera_runtime::telemetry::current_context_pairs) {
+                headers.insert(k.as_str(), v.as_str());
+            }
             let sent = self
                 .js
-                .publish_with_headers(
-                    event.subject.clone(),
-                    event.headers(origin),
-                    event.payload.clone().into(),
-                )
+                .publish_with_headers(event.subject.clone(), headers, event.payload.clone().into())
+                .instrument(span)
                 .await;
             match sent {
                 Ok(ack) => pending.push(ack),

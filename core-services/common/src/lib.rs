@@ -145,3 +145,25 @@ mod tests {
         assert_eq!(c.now_ms(), 1_250);
     }
 }
+
+/// The W3C `traceparent` of the caller's current span, for records that carry a trace
+/// across a process boundary (outbox entries, queued notifications). Core crates stay free
+/// of tracing exporters: a process's telemetry registers the source once
+/// ([`trace::set_source`]); without one (unit tests, the simulator) there is none, so
+/// nothing nondeterministic enters a record.
+pub mod trace {
+    use std::sync::OnceLock;
+
+    static SOURCE: OnceLock<fn() -> Option<String>> = OnceLock::new();
+
+    /// Registers where the current `traceparent` comes from (first call wins).
+    pub fn set_source(source: fn() -> Option<String>) {
+        let _ = SOURCE.set(source);
+    }
+
+    /// The current span's `traceparent`, when telemetry registered a source and the span
+    /// belongs to a trace.
+    pub fn current_traceparent() -> Option<String> {
+        SOURCE.get().and_then(|f| f())
+    }
+}

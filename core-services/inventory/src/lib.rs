@@ -272,7 +272,9 @@ pub(crate) fn outbox<T: Transaction>(
     at_ms: u64,
     body: BusEventBody,
 ) {
-    let record = OutboxRecord { v: 1, event_id: event_id.clone(), at_ms, body, traceparent: None };
+    // The trace of the request that wrote the entry continues at the NATS publish.
+    let traceparent = tessera_common::trace::current_traceparent();
+    let record = OutboxRecord { v: 1, event_id: event_id.clone(), at_ms, body, traceparent };
     trx.atomic_op(
         &keys.outbox_entry_versionstamped(region, n),
         &values::encode(&record),

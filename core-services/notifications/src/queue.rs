@@ -300,6 +300,7 @@ impl<S: Store> Notifier<S> {
                 created_ms: now_ms,
                 due_ms: now_ms,
                 last_error: None,
+                traceparent: tessera_common::trace::current_traceparent(),
             })
             .collect()
     }
@@ -371,6 +372,11 @@ impl<S: Store> Notifier<S> {
             DeliveryChannel::Webhook { .. } => "webhook",
         };
         let span = tracing::info_span!("notifications.deliver", channel, attempt = rec.attempts, bus_event_id = %rec.event.id);
+        if let Some(tp) = &rec.traceparent {
+            tessera_runtime::telemetry::set_parent_from_pairs(&span, |k| {
+                (k == "traceparent").then_some(tp.as_str())
+            });
+        }
         let started = Instant::now();
         let result = self.deliver(&rec).instrument(span.clone()).await;
         metrics::histogram!("tessera_notifications_delivery_duration_seconds", "channel" => channel)

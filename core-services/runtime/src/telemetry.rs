@@ -54,6 +54,7 @@ impl Drop for TelemetryGuard {
 /// Installs the global subscriber. Call once, first thing in `main`.
 pub fn init(service: &'static str, config: &TelemetryConfig) -> anyhow::Result<TelemetryGuard> {
     opentelemetry::global::set_text_map_propagator(TraceContextPropagator::new());
+    tessera_common::trace::set_source(current_traceparent);
     let mut builder = SdkTracerProvider::builder()
         .with_resource(opentelemetry_sdk::Resource::builder().with_service_name(service).build());
     if let Some(endpoint) = &config.otlp_endpoint {
@@ -141,6 +142,11 @@ pub fn current_context_pairs() -> Vec<(String, String)> {
     let mut map: HashMap<String, String> = HashMap::new();
     TraceContextPropagator::new().inject_context(&cx, &mut map);
     map.into_iter().collect()
+}
+
+/// The current span's W3C `traceparent`, if it belongs to a trace.
+pub fn current_traceparent() -> Option<String> {
+    current_context_pairs().into_iter().find(|(k, _)| k == "traceparent").map(|(_, v)| v)
 }
 
 /// Makes `span` a child of a context carried as key/value pairs (NATS headers).
