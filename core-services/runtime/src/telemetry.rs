@@ -59,10 +59,14 @@ pub fn init(service: &'static str, config: &TelemetryConfig) -> anyhow::Result<T
         .with_resource(opentelemetry_sdk::Resource::builder().with_service_name(service).build());
     if let Some(endpoint) = &config.otlp_endpoint {
         use opentelemetry_otlp::WithExportConfig as _;
-        let exporter = opentelemetry_otlp::SpanExporter::builder()
+        use opentelemetry_otlp::WithHttpConfig as _;
+        let mut http = opentelemetry_otlp::SpanExporter::builder()
             .with_http()
-            .with_endpoint(format!("{}/v1/traces", endpoint.trim_end_matches('/')))
-            .build()?;
+            .with_endpoint(format!("{}/v1/traces", endpoint.trim_end_matches('/')));
+        if let Ok(handle) = tokio::runtime::Handle::try_current() {
+            http = http.with_http_client(OnRuntime { client: reqwest::Client::new(), handle });
+        }
+        let exporter = http.build()?;
         builder = builder.with_batch_exporter(exporter);
     }
     let provider = builder.build();
@@ -98,6 +102,27 @@ pub fn init(service: &'static str, config: &TelemetryConfig) -> anyhow::Result<T
             .try_init()?;
     }
     Ok(TelemetryGuard { provider })
+}
+
+/// OTLP/HTTP requests sent from the process's tokio runtime. The SDK's batch processor
+/// exports from a thread of its own, where reqwest's async client finds no reactor (the
+/// processor's thread panicked and no span ever left the process), so each export runs as
+/// a task on the runtime `init` was called in, and the processor waits for it.
+#[derive(Debug)]
+struct OnRuntime {
+    client: reqwest::Client,
+    handle: tokio::runtime::Handle,
+}
+
+#[async_trait::async_trait]
+impl opentelemetry_http::HttpClient for OnRuntime {
+    async fn send_bytes(
+        &self,
+        request: http::Request<bytes::Bytes>,
+    ) -> Result<http::Response<bytes::Bytes>, opentelemetry_http::HttpError> {
+        let client = self.client.clone();
+        self.handle.spawn(async move { client.send_bytes(request).await }).await?
+    }
 }
 
 struct HeaderExtractor<'a>(&'a http::HeaderMap);
