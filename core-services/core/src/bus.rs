@@ -16,6 +16,7 @@ use tessera_notifications::sse::{QueueUpdate, SseHub};
 use tessera_notifications::{Contacts, Notifier};
 use tessera_store::{Store, Transaction as _};
 use tokio::task::JoinHandle;
+use tracing::Instrument as _;
 
 use crate::App;
 use crate::admission::tokio_util_shutdown::Shutdown;
@@ -207,15 +208,31 @@ async fn notify_loop<S: Store>(
                 None => break,
             };
             match tessera_bus::decode_event(&msg.payload) {
-                Ok(event) => match notifier.handle(&event).await {
-                    Ok(_) => {
-                        let _ = msg.ack().await;
+                Ok(event) => {
+                    // The handling continues the trace in the message's headers (the relay's
+                    // `bus.publish` span); the deliveries it queues keep the handling's
+                    // trace, so the email's delivery joins the trace of the purchase.
+                    let span = tracing::info_span!(
+                        "bus.consume",
+                        consumer = tessera_notifications::CONSUMER,
+                        count = 1usize,
+                        bus_event_id = %event.id,
+                    );
+                    if let Some(headers) = msg.headers.as_ref() {
+                        tessera_runtime::telemetry::set_parent_from_pairs(&span, |k| {
+                            headers.get(k).map(|v| v.as_str())
+                        });
                     }
-                    // Not acknowledged: JetStream delivers it again after its ack wait.
-                    Err(e) => {
-                        tracing::warn!(bus_event_id = %event.id, "notifications: handling failed, will retry: {e:#}")
+                    match notifier.handle(&event).instrument(span).await {
+                        Ok(_) => {
+                            let _ = msg.ack().await;
+                        }
+                        // Not acknowledged: JetStream delivers it again after its ack wait.
+                        Err(e) => {
+                            tracing::warn!(bus_event_id = %event.id, "notifications: handling failed, will retry: {e:#}")
+                        }
                     }
-                },
+                }
                 Err(e) => {
                     tracing::error!("notifications: dropping an undecodable event: {e}");
                     let _ = msg.ack().await;

@@ -140,12 +140,29 @@ async fn one_purchase_is_one_trace_from_the_edge_to_the_email() {
         if sent && delivered {
             break;
         }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "no email delivery span in trace {trace_id} after 30 s (email sent: {sent}; {} export requests, {} spans)",
-            *otlp.requests.lock(),
-            otlp.spans.lock().len()
-        );
+        if tokio::time::Instant::now() >= deadline {
+            let spans = otlp.spans.lock();
+            let show = |s: &Received| {
+                format!(
+                    "{}:{} trace {} {} <- {}",
+                    s.service, s.name, s.trace_id, s.span_id, s.parent_span_id
+                )
+            };
+            let in_trace: Vec<String> =
+                spans.iter().filter(|s| s.trace_id == trace_id).map(show).collect();
+            let notifications: Vec<String> = spans
+                .iter()
+                .filter(|s| s.name.starts_with("notifications.") || s.name.starts_with("bus."))
+                .map(show)
+                .collect();
+            panic!(
+                "no email delivery span in trace {trace_id} after 30 s (email sent: {sent}; {} export requests, {} spans)\nthe trace:\n{}\nbus and notification spans:\n{}",
+                *otlp.requests.lock(),
+                spans.len(),
+                in_trace.join("\n"),
+                notifications.join("\n")
+            );
+        }
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
     // Later spans of the same export batch.

@@ -700,6 +700,8 @@ impl Edge {
             .map(|r| r.name())
             .unwrap_or("unmatched");
         span.record("route", route_name);
+        // The fan's trace is continued: the parent must be set before the span is entered.
+        tessera_runtime::telemetry::set_parent_from_headers(&span, req.headers());
         let resp = self.dispatch(req, client, &span).instrument(span.clone()).await;
         let status = resp.status().as_u16();
         span.record("status", status);

@@ -72,11 +72,10 @@ impl TraceCtx {
     }
 
     /// The `traceparent` a component receives for an incoming request: `span` (the edge's
-    /// request span) as the parent. With OpenTelemetry configured that is the exported
-    /// span, so the router's spans hang under it; otherwise a fresh span id in the caller's
-    /// trace, or in a new one.
+    /// request span, whose parent was set from `headers` before it was entered) as the
+    /// parent. With OpenTelemetry configured that is the exported span, so the router's
+    /// spans hang under it; otherwise a fresh span id in the caller's trace, or in a new one.
     pub fn continue_in(span: &tracing::Span, headers: &http::HeaderMap) -> String {
-        tessera_runtime::telemetry::set_parent_from_headers(span, headers);
         let mut injected = http::HeaderMap::new();
         span.in_scope(|| tessera_runtime::telemetry::inject_headers(&mut injected));
         if let Some(tp) = injected.get("traceparent").and_then(|v| v.to_str().ok()) {
