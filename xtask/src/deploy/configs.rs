@@ -127,7 +127,7 @@ fn deployment_env(objs: &[Value], deployment: &str) -> BTreeMap<String, Source> 
 }
 
 /// The value an object of the render holds for `key` (Secrets are base64).
-fn rendered_value(objs: &[Value], kind: &str, name: &str, key: &str) -> Option<String> {
+pub(crate) fn rendered_value(objs: &[Value], kind: &str, name: &str, key: &str) -> Option<String> {
     let o = Renders::find(objs, kind, name)?;
     if let Some(v) = o.get("data").and_then(|d| d.get(key)).and_then(Value::as_str) {
         return Some(if kind == "Secret" {

@@ -20,34 +20,200 @@ use super::{Ctx, Report};
 /// and the alert (`TesseraNatsJetStreamStoreFilling`) fires at 80%.
 const STREAM_SHARE_MAX: f64 = 0.8;
 
-fn certs(ctx: &Ctx) -> anyhow::Result<PathBuf> {
+/// Throwaway TLS files under the scratch directory: a CA (`ca.crt`) and a certificate
+/// it signed (`tls.crt`, `tls.key`) for `localhost`, `127.0.0.1` and `nats-leaf`.
+pub(crate) fn certs(ctx: &Ctx) -> anyhow::Result<PathBuf> {
     let dir = ctx.scratch.path().join("nats-tls");
     if dir.join("tls.crt").exists() {
         return Ok(dir);
     }
     std::fs::create_dir_all(&dir)?;
+    let key = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes"];
     output(
         Command::new(&ctx.tools.openssl)
-            .args([
-                "req",
-                "-x509",
-                "-newkey",
-                "ec",
-                "-pkeyopt",
-                "ec_paramgen_curve:P-256",
-                "-nodes",
-                "-days",
-                "1",
-                "-subj",
-                "/CN=tessera-check-deploy",
-            ])
+            .args(["req", "-x509", "-days", "1", "-subj", "/CN=tessera-check-deploy-ca"])
+            .args(key)
+            .arg("-keyout")
+            .arg(dir.join("ca.key"))
+            .arg("-out")
+            .arg(dir.join("ca.crt")),
+    )?;
+    output(
+        Command::new(&ctx.tools.openssl)
+            .args(["req", "-subj", "/CN=nats-leaf"])
+            .args(key)
             .arg("-keyout")
             .arg(dir.join("tls.key"))
             .arg("-out")
+            .arg(dir.join("tls.csr")),
+    )?;
+    std::fs::write(
+        dir.join("tls.ext"),
+        "subjectAltName=DNS:localhost,DNS:nats-leaf,IP:127.0.0.1\n\
+         extendedKeyUsage=serverAuth,clientAuth\nbasicConstraints=CA:FALSE\n",
+    )?;
+    output(
+        Command::new(&ctx.tools.openssl)
+            .args(["x509", "-req", "-days", "1", "-CAcreateserial"])
+            .arg("-in")
+            .arg(dir.join("tls.csr"))
+            .arg("-CA")
+            .arg(dir.join("ca.crt"))
+            .arg("-CAkey")
+            .arg(dir.join("ca.key"))
+            .arg("-extfile")
+            .arg(dir.join("tls.ext"))
+            .arg("-out")
             .arg(dir.join("tls.crt")),
     )?;
-    std::fs::copy(dir.join("tls.crt"), dir.join("ca.crt"))?;
     Ok(dir)
+}
+
+/// `text` with the top-level block `name { ... }` left out.
+fn without_block(text: &str, name: &str) -> String {
+    let mut out = String::new();
+    let mut depth = 0usize;
+    for line in text.lines() {
+        let code = line.split('#').next().unwrap_or("");
+        let opens = line.strip_prefix(name).is_some_and(|r| r.trim_start().starts_with('{'));
+        if depth == 0 && !opens {
+            out.push_str(line);
+            out.push('\n');
+            continue;
+        }
+        depth += code.matches('{').count();
+        depth -= code.matches('}').count().min(depth);
+    }
+    out
+}
+
+/// The variables holding the public NKeys of the leaf's users (core, router, edge).
+const USER_VARS: [&str; 3] = ["CORE_NKEY", "ROUTER_NKEY", "EDGE_NKEY"];
+
+/// The leaf's client users on a real server: the leaf config as deployed (throwaway TLS
+/// files, the JetStream store in scratch space; its cluster routes and hub link left out,
+/// its own ports), with fresh user keys in `CORE_NKEY`, `ROUTER_NKEY` and `EDGE_NKEY`
+/// whose seeds this check holds. Over TLS, a core's watermark reaches an edge; neither an
+/// edge nor a router can publish one; a client without a key is refused.
+fn leaf_users(
+    ctx: &Ctx,
+    name: &str,
+    text: &str,
+    env: &BTreeMap<String, String>,
+) -> anyhow::Result<()> {
+    let tls = certs(ctx)?;
+    let free_port = || -> anyhow::Result<u16> {
+        Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+    };
+    let port = free_port()?;
+    let store = ctx.scratch.path().join("nats-users-store").join(name);
+    let mut text = without_block(&without_block(text, "cluster"), "leafnodes")
+        .replace("/etc/nats/tls", &tls.display().to_string())
+        .replace("/data/jetstream", &store.display().to_string());
+    text = text
+        .lines()
+        .filter(|l| !l.starts_with("http:"))
+        .map(|l| if l.starts_with("port:") { format!("port: {port}") } else { l.to_owned() })
+        .collect::<Vec<_>>()
+        .join("\n");
+    let file = ctx.scratch.path().join(format!("{name}-users.conf"));
+    std::fs::write(&file, text)?;
+    let mut env = env.clone();
+    let mut seeds = Vec::new();
+    for var in USER_VARS {
+        let user = nkeys::KeyPair::new_user();
+        env.insert(var.to_owned(), user.public_key());
+        seeds.push(user.seed()?);
+    }
+    let log = ctx.scratch.path().join(format!("{name}-users.log"));
+    let mut server = Command::new(&ctx.tools.nats_server)
+        .arg("-c")
+        .arg(&file)
+        .envs(&env)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(&log)?)
+        .spawn()?;
+    let started = std::time::Instant::now();
+    let result = loop {
+        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            break users_behave(port, &tls.join("ca.crt"), &seeds);
+        }
+        if server.try_wait()?.is_some() || started.elapsed() > std::time::Duration::from_secs(15) {
+            break Err(anyhow::anyhow!("nats-server did not start"));
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    let _ = server.kill();
+    let _ = server.wait();
+    result.map_err(|e| {
+        let log = std::fs::read_to_string(&log).unwrap_or_default();
+        let tail: Vec<&str> = log.lines().rev().take(5).collect();
+        anyhow::anyhow!("{e:#} (server log, last lines: {:?})", tail)
+    })
+}
+
+fn users_behave(port: u16, ca: &Path, seeds: &[String]) -> anyhow::Result<()> {
+    use futures::StreamExt as _;
+    use std::time::Duration;
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    rt.block_on(async {
+        let url = format!("tls://localhost:{port}");
+        let connect = |seed: Option<&String>| {
+            let mut o = async_nats::ConnectOptions::new()
+                .add_root_certificates(ca.to_path_buf())
+                .require_tls(true)
+                .connection_timeout(Duration::from_secs(3));
+            if let Some(s) = seed {
+                o = o.nkey(s.clone());
+            }
+            o.connect(url.clone())
+        };
+        let core = connect(Some(&seeds[0])).await.context("the core's user cannot connect")?;
+        let router = connect(Some(&seeds[1])).await.context("the router's user cannot connect")?;
+        let edge = connect(Some(&seeds[2])).await.context("the edge's user cannot connect")?;
+        let subject = "tessera.admission.check-deploy";
+        let mut at_edge = edge.subscribe("tessera.admission.*").await?;
+        let mut at_core = core.subscribe("tessera.>").await?;
+        edge.flush().await?;
+        core.flush().await?;
+        // The edge's subscription reaches the server on its own connection: the core
+        // publishes until the edge hears it (3 s at most).
+        let mut heard = false;
+        for _ in 0..30 {
+            core.publish(subject, "core".into()).await?;
+            core.flush().await?;
+            if let Ok(Some(m)) =
+                tokio::time::timeout(Duration::from_millis(100), at_edge.next()).await
+                && &m.payload[..] == b"core"
+            {
+                heard = true;
+                break;
+            }
+        }
+        if !heard {
+            bail!("the edge's user did not receive the core's watermark within 3 s");
+        }
+        // A publish each from the edge and the router: refused (the server answers with a
+        // permissions violation and routes nothing), so the core hears only its own
+        // messages for the next second and a half.
+        edge.publish(subject, "edge".into()).await?;
+        let _ = edge.flush().await;
+        router.publish(subject, "router".into()).await?;
+        let _ = router.flush().await;
+        let until = tokio::time::Instant::now() + Duration::from_millis(1500);
+        while let Ok(Some(m)) = tokio::time::timeout_at(until, at_core.next()).await {
+            if &m.payload[..] != b"core" {
+                bail!(
+                    "the {} user published a watermark on {subject}",
+                    String::from_utf8_lossy(&m.payload)
+                );
+            }
+        }
+        if connect(None).await.is_ok() {
+            bail!("a client without an NKey was let in");
+        }
+        Ok(())
+    })
 }
 
 /// `nats-server -t` on `text` (written under the scratch directory) with `env`.
@@ -95,11 +261,63 @@ fn config_map_file<'a>(objs: &'a [Value], name: &str, key: &str) -> Option<&'a s
         .and_then(Value::as_str)
 }
 
+/// A StatefulSet's container variables that the render decides: literal values and
+/// ConfigMap keys (a key the render lacks is left out, so the config fails to expand).
+fn statefulset_env(objs: &[Value], sts: &str) -> BTreeMap<String, String> {
+    let mut env = BTreeMap::new();
+    let Some(set) = Renders::find(objs, "StatefulSet", sts) else { return env };
+    for c in
+        at(set, "spec.template.spec.containers").and_then(Value::as_array).into_iter().flatten()
+    {
+        for e in c.get("env").and_then(Value::as_array).into_iter().flatten() {
+            let Some(name) = str_at(e, "name") else { continue };
+            let value = if let Some(v) = str_at(e, "value") {
+                Some(v.to_owned())
+            } else if let Some(r) = at(e, "valueFrom.configMapKeyRef") {
+                super::configs::rendered_value(
+                    objs,
+                    "ConfigMap",
+                    str_at(r, "name").unwrap_or(""),
+                    str_at(r, "key").unwrap_or(""),
+                )
+            } else {
+                None
+            };
+            if let Some(v) = value {
+                env.insert(name.to_owned(), v);
+            }
+        }
+    }
+    env
+}
+
+/// The `[env]` of the `deploy/fly/*.toml` whose `[[files]]` ship `rel`.
+fn fly_app_env(ctx: &Ctx, rel: &str) -> BTreeMap<String, String> {
+    let mut env = BTreeMap::new();
+    for file in super::fly::files(ctx) {
+        let Ok(t) = ctx.read(&file).and_then(|s| Ok(s.parse::<toml::Table>()?)) else { continue };
+        let files = match t.get("files") {
+            Some(toml::Value::Array(a)) => a.clone(),
+            Some(v @ toml::Value::Table(_)) => vec![v.clone()],
+            _ => Vec::new(),
+        };
+        if !files.iter().any(|f| f.get("local_path").and_then(|l| l.as_str()) == Some(rel)) {
+            continue;
+        }
+        for (k, v) in t.get("env").and_then(|e| e.as_table()).into_iter().flatten() {
+            if let Some(v) = v.as_str() {
+                env.insert(k.clone(), v.to_owned());
+            }
+        }
+    }
+    env
+}
+
 fn replicas(objs: &[Value], kind: &str, name: &str) -> Option<u64> {
     Renders::find(objs, kind, name).and_then(|o| at(o, "spec.replicas")).and_then(Value::as_u64)
 }
 
-fn quantity_bytes(q: &str) -> Option<u64> {
+pub(crate) fn quantity_bytes(q: &str) -> Option<u64> {
     let (n, unit) = q.find(|c: char| !c.is_ascii_digit()).map(|i| q.split_at(i)).unwrap_or((q, ""));
     let n: u64 = n.parse().ok()?;
     let mul = match unit.to_ascii_lowercase().as_str() {
@@ -319,30 +537,42 @@ pub(crate) fn check(ctx: &Ctx, renders: &Renders, report: &mut Report) {
             ("nats-hub-config", "hub.conf", "nats-hub"),
         ] {
             let Some(text) = config_map_file(objs, cm, key) else { continue };
-            let mut env = BTreeMap::new();
+            // The StatefulSet's environment as the pod gets it: literal values and
+            // ConfigMap keys of the render (REGION, the users' public NKeys), and POD_NAME.
+            let mut env = statefulset_env(objs, sts);
             env.insert("POD_NAME".to_owned(), format!("{sts}-0"));
-            if let Some(region) = config_map_file(objs, "tessera-region", "region") {
-                env.insert("REGION".to_owned(), region.to_owned());
-            }
             let name = format!("{}-{key}", dir.replace('/', "_"));
             report
                 .check(&format!("nats-server -t {dir} {key}"), test_config(ctx, &name, text, &env));
+            if cm == "nats-leaf-config" {
+                report.check(
+                    &format!("NATS users on a running leaf server {dir}"),
+                    leaf_users(ctx, &name, text, &env),
+                );
+            }
         }
     }
     // Fly and the local stack's rendered configs.
     for dir in ["deploy/fly/nats", "deploy/nats/local"] {
         for file in files_in(&ctx.path(dir), "conf") {
             let text = std::fs::read_to_string(&file).unwrap_or_default();
-            let mut env = BTreeMap::new();
-            env.insert("FLY_MACHINE_ID".to_owned(), "check".to_owned());
             let name =
                 file.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
             let rel = file.strip_prefix(&ctx.root).unwrap_or(&file).display().to_string();
+            // The `[env]` of the Fly app that ships this file, as its machine gets it.
+            let mut env = fly_app_env(ctx, &rel);
+            env.insert("FLY_MACHINE_ID".to_owned(), "check".to_owned());
             report.check(
                 &format!("nats-server -t {rel}"),
                 test_config(ctx, &format!("{}-{name}", dir.replace('/', "_")), &text, &env)
                     .context(rel.clone()),
             );
+            if dir == "deploy/fly/nats" && name.starts_with("leaf-") {
+                report.check(
+                    &format!("NATS users on a running leaf server {rel}"),
+                    leaf_users(ctx, &format!("fly-{name}"), &text, &env),
+                );
+            }
         }
     }
     report.check_all("NATS limits (Kubernetes)", k8s_limits(ctx, renders));
@@ -361,5 +591,12 @@ mod tests {
         assert_eq!(leaf_remote_urls(conf), vec!["nats-leaf://a:7422", "nats-leaf://b:7422"]);
         assert_eq!(quantity_bytes("20Gi"), Some(20 << 30));
         assert_eq!(quantity_bytes("20gb"), Some(20 << 30));
+    }
+
+    #[test]
+    fn leaves_out_a_top_level_block() {
+        let conf = "port: 4222\ncluster {\n  name: x # {\n  routes: [\n    \"a\"\n  ]\n}\nleafnodes { remotes: [ { urls: [\"b\"] } ] }\njetstream {\n  domain: d\n}\n";
+        let out = without_block(&without_block(conf, "cluster"), "leafnodes");
+        assert_eq!(out, "port: 4222\njetstream {\n  domain: d\n}\n");
     }
 }
