@@ -53,6 +53,10 @@ struct Material {
     identity_public: String,
     edge_public: String,
     edge_signing: String,
+    watermark_public: String,
+    watermark_signing: String,
+    /// The edges' credential for the cores (the same value on both sides).
+    service_credential: String,
 }
 
 impl Material {
@@ -65,7 +69,15 @@ impl Material {
         };
         let (identity_public, _) = seed("issuer-2027-1");
         let (edge_public, edge_signing) = seed("edge-us-east-1");
-        Material { identity_public, edge_public, edge_signing }
+        let (watermark_public, watermark_signing) = seed("wm-2027-1");
+        Material {
+            identity_public,
+            edge_public,
+            edge_signing,
+            watermark_public,
+            watermark_signing,
+            service_credential: Material::random(),
+        }
     }
 
     fn random() -> String {
@@ -81,6 +93,11 @@ impl Material {
             "identity-keys" => self.identity_public.clone(),
             "edge-public-keys" => self.edge_public.clone(),
             "queue-signing-key" => self.edge_signing.clone(),
+            "watermark-keys" => self.watermark_public.clone(),
+            "queue-watermark-signing-key" => self.watermark_signing.clone(),
+            "edge-service-credential" | "service-credential" => self.service_credential.clone(),
+            // A fresh NKey user seed (`SU...`) for each service's NATS user.
+            "nats-nkey-seed" => nkeys::KeyPair::new_user().seed().unwrap_or_default(),
             "payments-secret-key" => format!("sk_live_{}", Material::random()),
             "payments-webhook-secret" => format!("whsec_{}", Material::random()),
             _ => Material::random(),
@@ -169,10 +186,35 @@ fn run(ctx: &Ctx, svc: &Service, env: &BTreeMap<String, String>) -> Run {
     }
 }
 
+/// The NATS CA file a service's production config names.
+fn nats_ca_file(ctx: &Ctx, svc: &Service) -> Option<String> {
+    let cfg: toml::Table = ctx.read(svc.config).ok()?.parse().ok()?;
+    let v = match svc.name {
+        "edge" => cfg.get("nats_ca_file"),
+        _ => cfg.get("nats").and_then(|n| n.get("ca_file")),
+    };
+    v.and_then(|v| v.as_str()).map(str::to_owned)
+}
+
+/// The variable that overrides it.
+fn nats_ca_var(svc: &Service) -> String {
+    match svc.name {
+        "edge" => "TESSERA_EDGE__NATS_CA_FILE".to_owned(),
+        name => format!("TESSERA_{}__NATS__CA_FILE", name.to_ascii_uppercase()),
+    }
+}
+
 /// Paths the production configs name that do not exist on a build machine, pointed at
-/// scratch copies (the cluster file is the example of deploy/fdb).
+/// scratch copies (the cluster file is the example of deploy/fdb, the NATS CA a throwaway
+/// one).
 fn machine_env(ctx: &Ctx, svc: &Service) -> BTreeMap<String, String> {
     let mut env = BTreeMap::new();
+    // The NATS CA only where the config names one (a config without it must stand alone).
+    if nats_ca_file(ctx, svc).is_some() {
+        let ca = super::nats::certs(ctx).map(|d| d.join("ca.crt").display().to_string());
+        let ca = ca.unwrap_or_else(|e| format!("(no throwaway CA: {e:#})"));
+        env.insert(nats_ca_var(svc), ca);
+    }
     if svc.name == "core" {
         let file = ctx.scratch.path().join("fdb.cluster");
         let _ = std::fs::copy(ctx.path("deploy/fdb/fdb.cluster"), &file);
@@ -202,7 +244,8 @@ fn machine_env(ctx: &Ctx, svc: &Service) -> BTreeMap<String, String> {
 }
 
 /// The key a refusal must name: the config path (`payments.secret_key`) or the
-/// variable itself.
+/// variable itself; for an entry of a map (`service_credentials.edge`), a refusal of the
+/// map itself (`` `service_credentials` ``: it holds no entry at all).
 fn names(output: &str, var: &str) -> bool {
     let path = var
         .strip_prefix("SPIN_VARIABLE_")
@@ -211,7 +254,10 @@ fn names(output: &str, var: &str) -> bool {
             var.split_once("__").map(|(_, rest)| rest.to_ascii_lowercase().replace("__", "."))
         })
         .unwrap_or_default();
-    output.contains(var) || (!path.is_empty() && output.contains(&path))
+    let map = path.rsplit_once('.').map(|(m, _)| format!("`{m}`"));
+    output.contains(var)
+        || (!path.is_empty() && output.contains(&path))
+        || map.is_some_and(|m| output.contains(&m))
 }
 
 fn check_service(
@@ -309,16 +355,29 @@ fn check_fly(ctx: &Ctx, material: &Material, report: &mut Report) {
                 env.insert(k.clone(), v.to_owned());
             }
         }
+        // Secrets that Fly writes as files ([[files]] secret_name: the cluster file, the
+        // NATS CA): machine_env points at scratch ones.
+        let file_secrets = super::fly::file_secrets(&t);
         for secret in super::fly::fly_secrets(app, &t) {
+            if file_secrets.contains(&secret) {
+                continue;
+            }
             let key = match secret.as_str() {
                 s if s.ends_with("IDENTITY__KEYS") || s.ends_with("IDENTITY_KEYS") => {
                     "identity-keys"
                 }
                 s if s.ends_with("EDGE_KEYS") || s.ends_with("QUEUE_KEYS") => "edge-public-keys",
+                s if s.ends_with("WATERMARK_KEYS") => "watermark-keys",
+                s if s.ends_with("WATERMARK_SIGNING_KEY") => "queue-watermark-signing-key",
                 s if s.ends_with("QUEUE_SIGNING_KEY") => "queue-signing-key",
+                s if s.ends_with("SERVICE_CREDENTIAL")
+                    || s.ends_with("SERVICE_CREDENTIALS__EDGE") =>
+                {
+                    "edge-service-credential"
+                }
+                s if s.ends_with("NKEY_SEED") => "nats-nkey-seed",
                 s if s.ends_with("SECRET_KEY") => "payments-secret-key",
                 s if s.ends_with("WEBHOOK_SECRET") => "payments-webhook-secret",
-                "FDB_CLUSTER_FILE_CONTENTS" => continue, // a file, mounted; machine_env points at one
                 _ => "random",
             };
             env.insert(secret, material.value_for(key));
@@ -331,10 +390,104 @@ fn check_fly(ctx: &Ctx, material: &Material, report: &mut Report) {
     }
 }
 
+/// The NATS CA file each production config names is there when the service runs: a
+/// volume of every region's Deployment mounts it (a Secret or ConfigMap key at that
+/// path), and every Fly app of the service writes it from `[[files]]`.
+fn nats_ca_mounted(ctx: &Ctx, renders: &Renders) -> Vec<String> {
+    let mut p = Vec::new();
+    for svc in SERVICES {
+        let Some(ca) = nats_ca_file(ctx, svc) else {
+            p.push(format!("{}: names no NATS CA file", svc.config));
+            continue;
+        };
+        for (dir, objs) in &renders.objects {
+            let Some(dep) = Renders::find(objs, "Deployment", svc.deployment) else { continue };
+            let volumes = at(dep, "spec.template.spec.volumes").and_then(Value::as_array);
+            let mounted = at(dep, "spec.template.spec.containers")
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+                .flat_map(|c| c.get("volumeMounts").and_then(Value::as_array).into_iter().flatten())
+                .any(|m| {
+                    let (Some(dir), Some(name)) = (str_at(m, "mountPath"), str_at(m, "name"))
+                    else {
+                        return false;
+                    };
+                    let Some(file) = ca.strip_prefix(dir).and_then(|f| f.strip_prefix('/')) else {
+                        return false;
+                    };
+                    let Some(v) = volumes
+                        .into_iter()
+                        .flatten()
+                        .find(|v| str_at(v, "name") == Some(name))
+                        .and_then(|v| v.get("secret").or_else(|| v.get("configMap")))
+                    else {
+                        return false;
+                    };
+                    match v.get("items").and_then(Value::as_array) {
+                        Some(items) => items.iter().any(|i| str_at(i, "path") == Some(file)),
+                        None => !file.contains('/'),
+                    }
+                });
+            if !mounted {
+                p.push(format!("{dir}: Deployment/{} mounts nothing at {ca}", svc.deployment));
+            }
+        }
+    }
+    for file in super::fly::files(ctx) {
+        let Ok(t) = ctx.read(&file).and_then(|s| Ok(s.parse::<toml::Table>()?)) else { continue };
+        let app = t.get("app").and_then(|a| a.as_str()).unwrap_or("");
+        let svc = match app {
+            "tessera-edge" => &SERVICES[2],
+            "tessera-router" => &SERVICES[1],
+            a if a.starts_with("tessera-core-") => &SERVICES[0],
+            _ => continue,
+        };
+        let ca = t
+            .get("env")
+            .and_then(|e| e.get(nats_ca_var(svc)))
+            .and_then(|v| v.as_str())
+            .map(str::to_owned)
+            .or_else(|| nats_ca_file(ctx, svc))
+            .unwrap_or_else(|| "(unset)".to_owned());
+        let files = match t.get("files") {
+            Some(toml::Value::Array(a)) => a.clone(),
+            Some(v @ toml::Value::Table(_)) => vec![v.clone()],
+            _ => Vec::new(),
+        };
+        if !files.iter().any(|f| f.get("guest_path").and_then(|g| g.as_str()) == Some(&ca)) {
+            p.push(format!("{file}: no [[files]] writes the NATS CA {ca}"));
+        }
+    }
+    p
+}
+
 pub(crate) fn check(ctx: &Ctx, renders: &Renders, report: &mut Report) {
     let material = Material::new();
     for svc in SERVICES {
         check_service(ctx, renders, svc, &material, report);
     }
     check_fly(ctx, &material, report);
+    report.check_all(
+        "the NATS CA is mounted where the configs name it",
+        nats_ca_mounted(ctx, renders),
+    );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::names;
+
+    #[test]
+    fn a_refusal_names_the_key_or_its_map() {
+        let var = "TESSERA_CORE__SERVICE_CREDENTIALS__EDGE";
+        assert!(names("refuses `service_credentials` (not set): missing", var));
+        assert!(names("refuses `service_credentials.edge`: too short", var));
+        assert!(!names("refuses `payments.secret_key`: missing", var));
+        let var = "TESSERA_CORE__PAYMENTS__SECRET_KEY";
+        assert!(!names("refuses `payments.webhook_secret`: missing", var));
+        assert!(!names("refuses `payments.base_url`: plaintext", var));
+        assert!(names("refuses `payments.secret_key`: missing", var));
+        assert!(names("variables.watermark_keys: missing", "SPIN_VARIABLE_WATERMARK_KEYS"));
+    }
 }

@@ -466,7 +466,7 @@ fn tessera_rules(ctx: &Ctx, file: &str, t: &toml::Table) -> Vec<String> {
         }
     }
     if app == "tessera-router" {
-        for k in ["TESSERA_ROUTER__NATS_URL", "TESSERA_ROUTER__REGIONS"] {
+        for k in ["TESSERA_ROUTER__NATS__URL", "TESSERA_ROUTER__REGIONS"] {
             if !env.contains_key(k) {
                 p.push(format!("[env] lacks {k}"));
             }
@@ -518,30 +518,39 @@ pub(crate) fn fly_secrets(app: &str, t: &toml::Table) -> Vec<String> {
         "tessera-edge" => [
             "SPIN_VARIABLE_IDENTITY_KEYS",
             "SPIN_VARIABLE_QUEUE_KEYS",
+            "SPIN_VARIABLE_WATERMARK_KEYS",
             "SPIN_VARIABLE_QUEUE_SIGNING_KEY",
             "SPIN_VARIABLE_SHADOW_SECRET",
             "SPIN_VARIABLE_POW_SECRET",
+            "SPIN_VARIABLE_SERVICE_CREDENTIAL",
+            "TESSERA_EDGE__NATS_NKEY_SEED",
         ]
         .map(String::from)
         .to_vec(),
-        "tessera-router" => vec!["TESSERA_ROUTER__IDENTITY__KEYS".into()],
+        "tessera-router" => vec!["TESSERA_ROUTER__NATS__NKEY_SEED".into()],
         a if a.starts_with("tessera-core-") => [
-            "TESSERA_CORE__IDENTITY__KEYS",
             "TESSERA_CORE__QUEUE__EDGE_KEYS",
             "TESSERA_CORE__PAYMENTS__SECRET_KEY",
             "TESSERA_CORE__PAYMENTS__WEBHOOK_SECRET",
             "TESSERA_CORE__TICKETS__SIGNING_SEED",
+            "TESSERA_CORE__QUEUE__WATERMARK_SIGNING_KEY",
+            "TESSERA_CORE__SERVICE_CREDENTIALS__EDGE",
+            "TESSERA_CORE__NATS__NKEY_SEED",
         ]
         .map(String::from)
         .to_vec(),
         _ => Vec::new(),
     };
-    for f in tables(t.get("files")) {
-        if let Some(s) = f.get("secret_name").and_then(|s| s.as_str()) {
-            v.push(s.to_owned());
-        }
-    }
+    v.extend(file_secrets(t));
     v
+}
+
+/// The secrets an app's `[[files]]` are written from (`secret_name`).
+pub(crate) fn file_secrets(t: &toml::Table) -> Vec<String> {
+    tables(t.get("files"))
+        .iter()
+        .filter_map(|f| f.get("secret_name").and_then(|s| s.as_str()).map(str::to_owned))
+        .collect()
 }
 
 fn readme_rules(file: &str, t: &toml::Table, commands: &[String]) -> Vec<String> {

@@ -472,7 +472,7 @@ fn service_names(ctx: &Ctx, objs: &[Value]) -> Vec<String> {
             "tessera-core",
             &["nats.url", "notifications.smtp.host", "telemetry.otlp_endpoint"],
         ),
-        ("router", "tessera-router", &["nats_url", "telemetry.otlp_endpoint", "regions"]),
+        ("router", "tessera-router", &["nats.url", "telemetry.otlp_endpoint", "regions"]),
         ("edge", "tessera-edge", &["variables.router_url", "nats_url", "telemetry.otlp_endpoint"]),
     ];
     for (svc, deployment, keys) in wanted {
