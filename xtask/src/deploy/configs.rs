@@ -390,6 +390,105 @@ fn check_fly(ctx: &Ctx, material: &Material, report: &mut Report) {
     }
 }
 
+/// What one parked long poll holds at most: its pooled instance's touched memory and the
+/// request (measured 0.5-0.9 MiB).
+const PARKED_POLL_BYTES: u64 = 922 * 1024;
+/// What an edge needs besides: compiled components, the key-value store, the runtime.
+const EDGE_BASE_BYTES: u64 = 1 << 30;
+
+/// The edge's `[limits]` against the waiting room: a long poll is held up to
+/// `queue_long_poll_max_s`, so the request timeout must outlast it, and every parked poll
+/// holds a request slot and an instance, so the memory the deployments give the edge must
+/// hold `concurrent_requests_max` of them.
+fn edge_limits(ctx: &Ctx, renders: &Renders) -> Vec<String> {
+    let mut p = Vec::new();
+    let file = "deploy/production/edge.toml";
+    let cfg: toml::Table = match ctx.read(file).and_then(|s| Ok(s.parse()?)) {
+        Ok(t) => t,
+        Err(e) => return vec![format!("{e:#}")],
+    };
+    let manifest: toml::Table =
+        ctx.read("edge-components/spin.toml").ok().and_then(|s| s.parse().ok()).unwrap_or_default();
+    let limits = cfg.get("limits").and_then(|l| l.as_table()).cloned().unwrap_or_default();
+    let poll = cfg
+        .get("variables")
+        .and_then(|v| v.get("queue_long_poll_max_s"))
+        .or_else(|| {
+            manifest
+                .get("variables")
+                .and_then(|v| v.get("queue_long_poll_max_s"))
+                .and_then(|v| v.get("default"))
+        })
+        .and_then(|v| v.as_str())
+        .and_then(|s| s.parse::<u64>().ok());
+    match poll {
+        None => {
+            p.push("no queue_long_poll_max_s in edge-components/spin.toml or [variables]".into())
+        }
+        Some(poll) => {
+            let need = std::time::Duration::from_secs((poll + 5).max(30));
+            let timeout = limits
+                .get("request_timeout")
+                .and_then(|v| v.as_str())
+                .and_then(|s| humantime::parse_duration(s).ok());
+            match timeout {
+                None => p.push(format!("{file}: [limits] request_timeout is not set")),
+                Some(t) if t < need => p.push(format!(
+                    "{file}: request_timeout {t:?} is shorter than {need:?}: the waiting room's long poll holds a request up to {poll} s"
+                )),
+                Some(_) => {}
+            }
+        }
+    }
+    // The host's defaults when unset.
+    let int = |k: &str, default: u64| {
+        limits.get(k).and_then(|v| v.as_integer()).map_or(default, |v| v.max(0) as u64)
+    };
+    let concurrent = int("concurrent_requests_max", 256);
+    let instances = int("instances_max", 1024);
+    if instances < concurrent {
+        p.push(format!(
+            "{file}: instances_max {instances} is below concurrent_requests_max {concurrent}"
+        ));
+    }
+    let need = concurrent * PARKED_POLL_BYTES + EDGE_BASE_BYTES;
+    let mib = |b: u64| b >> 20;
+    for (dir, objs) in &renders.objects {
+        let Some(dep) = Renders::find(objs, "Deployment", "tessera-edge") else { continue };
+        let limit = at(dep, "spec.template.spec.containers")
+            .and_then(Value::as_array)
+            .and_then(|c| c.iter().find(|c| str_at(c, "name") == Some("edge")))
+            .and_then(|c| str_at(c, "resources.limits.memory"))
+            .and_then(super::nats::quantity_bytes)
+            .unwrap_or(0);
+        if limit < need {
+            p.push(format!(
+                "{dir}: the edge's memory limit ({} MiB) does not hold {concurrent} parked long polls ({} MiB with the runtime)",
+                mib(limit),
+                mib(need)
+            ));
+        }
+    }
+    let fly: toml::Table =
+        ctx.read("deploy/fly/edge.toml").ok().and_then(|s| s.parse().ok()).unwrap_or_default();
+    let vm_memory = fly
+        .get("vm")
+        .and_then(|v| v.as_array())
+        .and_then(|v| v.first())
+        .and_then(|v| v.get("memory"))
+        .and_then(|m| m.as_str())
+        .and_then(super::nats::quantity_bytes)
+        .unwrap_or(0);
+    if vm_memory < need {
+        p.push(format!(
+            "deploy/fly/edge.toml: [[vm]] memory ({} MiB) does not hold {concurrent} parked long polls ({} MiB with the runtime)",
+            mib(vm_memory),
+            mib(need)
+        ));
+    }
+    p
+}
+
 /// The NATS CA file each production config names is there when the service runs: a
 /// volume of every region's Deployment mounts it (a Secret or ConfigMap key at that
 /// path), and every Fly app of the service writes it from `[[files]]`.
@@ -468,6 +567,7 @@ pub(crate) fn check(ctx: &Ctx, renders: &Renders, report: &mut Report) {
         check_service(ctx, renders, svc, &material, report);
     }
     check_fly(ctx, &material, report);
+    report.check_all("edge limits hold the waiting room's long polls", edge_limits(ctx, renders));
     report.check_all(
         "the NATS CA is mounted where the configs name it",
         nats_ca_mounted(ctx, renders),
