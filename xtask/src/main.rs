@@ -54,7 +54,7 @@ enum Cmd {
         #[arg(long)]
         no_build: bool,
     },
-    /// Run every test: formatting, lints, unit, integration and end-to-end.
+    /// Run every test: formatting, deploy checks, lints, unit, integration and end-to-end.
     Test {
         /// Skip the long end-to-end scenarios (web, checkout, failover, partition).
         #[arg(long)]
@@ -491,7 +491,10 @@ fn test(quick: bool) -> anyhow::Result<()> {
     run("checking formatting", cargo().args(["fmt", "--all", "--check"]))?;
     step("building the WASM edge components");
     wasm::build_components(true)?;
-    build_services(false)?;
+    let bin_dir = build_services(false)?;
+    // `check-deploy --no-build`: the binaries just built load the shipped configs.
+    step("checking deploy/ (container files, Kubernetes, NATS, Prometheus, Fly, configs)");
+    deploy::run(&root(), &bin_dir)?;
     run(
         "linting (clippy, warnings are errors)",
         cargo().args([
