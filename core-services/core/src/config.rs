@@ -369,6 +369,8 @@ impl Config {
                 .any(|d| tessera_runtime::config::constant_time_eq(d, secret.expose()))
             {
                 c.production(&key, "is a well-known development value");
+            } else if tessera_runtime::config::is_placeholder(secret.expose()) {
+                c.production(&key, "is the example files' placeholder (`CHANGE_ME`)");
             }
         }
         self.check_queue(&mut c);

@@ -291,6 +291,8 @@ impl<'a> Checks<'a> {
             self.error(key, "missing: this secret must be supplied");
         } else if development_values.iter().any(|d| constant_time_eq(d, value.expose())) {
             self.production(key, "is a well-known development value");
+        } else if is_placeholder(value.expose()) {
+            self.production(key, "is the example files' placeholder (`CHANGE_ME`)");
         }
     }
 
@@ -309,6 +311,12 @@ impl<'a> Checks<'a> {
     pub fn finish(self) -> Result<(), ConfigError> {
         if self.problems.is_empty() { Ok(()) } else { Err(ConfigError::Settings(self.problems)) }
     }
+}
+
+/// Whether a value still holds the `CHANGE_ME` marker of the example secret files in
+/// `deploy/`: never a real secret.
+pub fn is_placeholder(value: &str) -> bool {
+    value.contains("CHANGE_ME")
 }
 
 /// Compares two strings in time that depends only on their lengths, never on where they
@@ -427,6 +435,12 @@ mod tests {
         assert_eq!(lines.len(), 2, "{lines:?}");
         assert!(lines[0].starts_with("production mode refuses `payments.secret_key`"));
         assert!(lines[1].contains("plaintext `nats://`"));
+
+        let mut prod = Checks::new(Mode::Production, &source);
+        prod.secret("tickets.signing_seed", &Secret::new("CHANGE_ME_base64url_32_byte_seed"), &[]);
+        let lines = prod.finish().unwrap_err().lines();
+        assert_eq!(lines.len(), 1, "{lines:?}");
+        assert!(lines[0].contains("placeholder"), "{lines:?}");
     }
 
     #[test]
