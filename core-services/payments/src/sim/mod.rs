@@ -901,12 +901,27 @@ fn event_json(e: &EventRec) -> Value {
 async fn deliver_one(inner: std::sync::Weak<Inner>, event: EventRec, n: usize) {
     let payload = event_json(&event).to_string();
     let mut attempt = 0u32;
+    let mut last_signed_s: Option<u64> = None;
     loop {
         attempt += 1;
         let Some(sim) = inner.upgrade() else { return };
         let Some(ep) = sim.config.webhooks.get(n).cloned() else { return };
         let retry = sim.config.webhook_retry.clone();
-        let now_s = sim.clock.now_ms() / 1000;
+        // Every attempt is signed anew at a later second than the one before, as a real
+        // provider's retries are (Stripe's come minutes apart): the receiver refuses the
+        // same signed request twice as a replay, so a retry must never repeat a signature.
+        let now_ms = sim.clock.now_ms();
+        if let Some(last) = last_signed_s
+            && now_ms / 1000 <= last
+        {
+            let wait_ms = (last + 1) * 1000 - now_ms;
+            drop(sim);
+            tokio::time::sleep(Duration::from_millis(wait_ms)).await;
+            attempt -= 1;
+            continue;
+        }
+        let now_s = now_ms / 1000;
+        last_signed_s = Some(now_s);
         let signature = crate::webhook::sign(&ep.secret, now_s, payload.as_bytes());
         let result = sim
             .http

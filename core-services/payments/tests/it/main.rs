@@ -309,6 +309,8 @@ type Delivery = (Bytes, Option<String>);
 #[derive(Clone, Default)]
 struct Receiver {
     bodies: Arc<Mutex<Vec<Delivery>>>,
+    /// Every attempt, failed ones included.
+    attempts: Arc<Mutex<Vec<Delivery>>>,
     fail_first: Arc<Mutex<u32>>,
 }
 
@@ -318,15 +320,16 @@ async fn start_receiver(rx: Receiver) -> String {
         axum::routing::post(move |headers: HeaderMap, body: Bytes| {
             let rx = rx.clone();
             async move {
+                let sig = headers
+                    .get("stripe-signature")
+                    .and_then(|v| v.to_str().ok())
+                    .map(str::to_owned);
+                rx.attempts.lock().push((body.clone(), sig.clone()));
                 let mut fail = rx.fail_first.lock();
                 if *fail > 0 {
                     *fail -= 1;
                     return StatusCode::SERVICE_UNAVAILABLE;
                 }
-                let sig = headers
-                    .get("stripe-signature")
-                    .and_then(|v| v.to_str().ok())
-                    .map(str::to_owned);
                 rx.bodies.lock().push((body, sig));
                 StatusCode::OK
             }
@@ -343,7 +346,7 @@ fn now_s() -> u64 {
 }
 
 async fn wait_for(rx: &Receiver, n: usize) -> Vec<Delivery> {
-    for _ in 0..100 {
+    for _ in 0..200 {
         if rx.bodies.lock().len() >= n {
             break;
         }
@@ -382,6 +385,12 @@ async fn sends_signed_webhooks_and_retries_a_failing_endpoint() {
         }
         kinds.push(e.kind);
     }
+    // A retry is signed anew, never with an earlier attempt's signature: receivers refuse
+    // the same signed request twice as a replay.
+    let attempts = rx.attempts.lock().clone();
+    assert_eq!(attempts.len(), 6, "four events, two failed attempts");
+    let distinct: std::collections::HashSet<&Delivery> = attempts.iter().collect();
+    assert_eq!(distinct.len(), attempts.len(), "a retry repeated a signed request");
     kinds.sort();
     assert_eq!(
         kinds,
