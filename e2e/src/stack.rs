@@ -631,16 +631,16 @@ impl Stack {
         }
     }
 
-    /// Log lines at WARN or ERROR from every service, minus the ones `expected` matches.
-    pub fn unexpected_warnings(&self, expected: &[&str]) -> Vec<String> {
+    /// Log lines at WARN or ERROR (and panics) from every service, minus the ones an
+    /// entry of `expected` allows (same level, same target, same message: see
+    /// [`crate::scenarios::Expected`]).
+    pub fn unexpected_warnings(&self, expected: &[crate::scenarios::Expected]) -> Vec<String> {
         let mut out = Vec::new();
         for s in &self.services {
             let text = std::fs::read_to_string(&s.log_path).unwrap_or_default();
             for line in text.lines() {
-                let bad =
-                    line.contains("\"level\":\"WARN\"") || line.contains("\"level\":\"ERROR\"");
-                if bad && !expected.iter().any(|e| line.contains(e)) {
-                    out.push(format!("{}: {line}", s.name));
+                if let Some(l) = crate::scenarios::unexpected_log_line(line, expected) {
+                    out.push(format!("{}: {l}", s.name));
                 }
             }
         }

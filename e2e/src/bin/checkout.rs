@@ -24,6 +24,10 @@ fn main() -> anyhow::Result<()> {
         "duplicate_charges",
         "oversold",
         "unexpected_warnings",
+        "unaccounted",
+        "decline_mismatch",
+        "checkouts_unanswered",
+        "uncaptured_authorizations",
     ]
     .iter()
     .filter(|k| kv.get(**k).is_some_and(|v| v != "0"))

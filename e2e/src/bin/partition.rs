@@ -5,7 +5,9 @@
 //! leaf is cut from the hub for at least 10 s (its core keeps publishing into its own
 //! JetStream domain); then the traffic stops and the link heals. Every event must reach
 //! both regions, both availability projections (built only from events) must converge to
-//! the inventory's counts, and events delivered again must change nothing.
+//! the inventory's counts, and events delivered again must change nothing. "Every event"
+//! is every entry the cores wrote to their outboxes, read back from the store's log: an
+//! event that reached no stream at all is lost too.
 //!
 //! The last line is `key=value` pairs with `catchup_ms`, `lost_events` and
 //! `duplicate_effects`; the process fails when `catchup_ms` > 5000 or anything is lost or
@@ -27,6 +29,7 @@ use tessera_bus::projection::{AppliedPage, ProjectionView};
 use tessera_bus::streams::{region_context, stream_name};
 use tessera_e2e::fan::{Api, Operator};
 use tessera_e2e::stack::{Stack, StackOptions};
+use tessera_fdb_schema::Keyspace;
 use traffic::{
     Crowd, SharedFans, Traffic, TrafficPlan, admitted_fan, availability, check_availability,
     check_orders, matches_truth, ms, open_event, projection, stream_events,
@@ -195,27 +198,54 @@ async fn run() -> anyhow::Result<bool> {
         }
     }
 
-    // Every event in both regions' streams, and in both projections.
+    // What must have been delivered: every entry written to the regions' outboxes, read
+    // from the store's log (the relays delete entries once published, and comparing the
+    // streams with their own union would not see an event no stream got).
+    let written = outbox_history(&stack)?;
+    say(&format!("{} events were written to the outboxes during the run", written.len()));
+    // Every one of them in both regions' streams (the last ones written may still be on
+    // their way: at most 10 s), and in both projections.
     let mut streams = BTreeMap::new();
-    for (region, url) in &stack.urls.nats_leaves {
-        let client = async_nats::connect(url.as_str()).await?;
-        let events = stream_events(&client, &RegionId::parse(region)?)
-            .await
-            .with_context(|| format!("read {region}'s stream at {url}"))?;
-        streams.insert(region.clone(), events);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        for (region, url) in &stack.urls.nats_leaves {
+            let client = async_nats::connect(url.as_str()).await?;
+            let events = stream_events(&client, &RegionId::parse(region)?)
+                .await
+                .with_context(|| format!("read {region}'s stream at {url}"))?;
+            streams.insert(region.clone(), events);
+        }
+        let complete = streams
+            .values()
+            .all(|ids: &BTreeMap<String, _>| written.iter().all(|id| ids.contains_key(id)));
+        if complete || Instant::now() > deadline {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
     }
     let all: BTreeSet<String> = streams.values().flat_map(|s| s.keys().cloned()).collect();
+    // Read again after the streams: whatever a stream holds was written by now.
+    let written_by_now = outbox_history(&stack)?;
     let mut lost_events = 0;
     for (region, ids) in &streams {
-        let missing = all.iter().filter(|id| !ids.contains_key(*id)).count();
-        if missing > 0 {
-            say(&format!("{missing} events never reached {region}'s stream"));
+        let missing: Vec<&String> = written.iter().filter(|id| !ids.contains_key(*id)).collect();
+        if !missing.is_empty() {
+            say(&format!(
+                "{} events never reached {region}'s stream, e.g. {:?}",
+                missing.len(),
+                missing.iter().take(3).collect::<Vec<_>>()
+            ));
         }
-        lost_events += missing;
+        lost_events += missing.len();
+    }
+    // And nothing in a stream that no outbox ever held.
+    let unknown_events = all.iter().filter(|id| !written_by_now.contains(*id)).count();
+    if unknown_events > 0 {
+        say(&format!("{unknown_events} events in the streams were never written to an outbox"));
     }
     for (region, url) in &cores {
         let applied = applied_ids(&stack.http, url).await?;
-        let missing = all.iter().filter(|id| !applied.contains(*id)).count();
+        let missing = written.iter().filter(|id| !applied.contains(*id)).count();
         if missing > 0 {
             say(&format!("{region}'s projection never applied {missing} events"));
         }
@@ -281,7 +311,7 @@ async fn run() -> anyhow::Result<bool> {
     for p in problems.iter().take(20) {
         say(p);
     }
-    let warnings = stack.unexpected_warnings(&traffic::EXPECTED_WARNINGS);
+    let warnings = stack.unexpected_warnings(traffic::EXPECTED_WARNINGS);
     for (line, n) in traffic::group_log_lines(&warnings).iter().take(15) {
         say(&format!("{n} × unexpected log line: {line}"));
     }
@@ -290,6 +320,8 @@ async fn run() -> anyhow::Result<bool> {
     let catchup = catchup_ms.map_or(-1, |m| m as i64);
     let ok = catchup_ms.is_some_and(|m| m <= 5_000)
         && lost_events == 0
+        && unknown_events == 0
+        && !written.is_empty()
         && duplicate_effects == 0
         && lost == 0
         && oversold_seats + inconsistent == 0
@@ -297,18 +329,40 @@ async fn run() -> anyhow::Result<bool> {
         && dropped_by_stream == resent
         && warnings.is_empty();
     println!(
-        "cut_s={} sold_during_cut_{}={} sold_during_cut_{}={} events={} orders={} stream_dups_dropped={dropped_by_stream}/{resent} lost_acknowledged={lost} oversold={} unexpected_warnings={} catchup_ms={catchup} lost_events={lost_events} duplicate_effects={duplicate_effects}",
+        "cut_s={} sold_during_cut_{}={} sold_during_cut_{}={} events={} orders={} stream_dups_dropped={dropped_by_stream}/{resent} lost_acknowledged={lost} oversold={} unexpected_warnings={} unknown_events={unknown_events} catchup_ms={catchup} lost_events={lost_events} duplicate_effects={duplicate_effects}",
         args.cut.as_secs(),
         CUT.replace('-', "_"),
         sold_during_cut.get(CUT).unwrap_or(&0),
         OTHER.replace('-', "_"),
         sold_during_cut.get(OTHER).unwrap_or(&0),
-        all.len(),
+        written.len(),
         acked.len(),
         oversold_seats + inconsistent,
         warnings.len(),
     );
     Ok(ok)
+}
+
+/// The ids of every event written to any region's outbox since the store was created,
+/// from the store's log on disk (an outbox entry's id is its key's versionstamp).
+fn outbox_history(stack: &Stack) -> anyhow::Result<BTreeSet<String>> {
+    let keys = Keyspace::production();
+    let dir = stack.options.run_dir.join("store");
+    let mut out = BTreeSet::new();
+    for region in &stack.options.regions {
+        let (begin, end) = keys.outbox(&RegionId::parse(region)?);
+        let history = tessera_store::embedded::log_history(&dir, &begin, &end)
+            .with_context(|| format!("read the store's log in {}", dir.display()))?;
+        anyhow::ensure!(
+            history.since_version == 0,
+            "the store's log no longer reaches back to the start of the run (version {})",
+            history.since_version
+        );
+        for w in history.writes.iter().filter(|w| w.value.is_some()) {
+            out.insert(hex::encode(keys.outbox_stamp_of_key(&w.key)?));
+        }
+    }
+    Ok(out)
 }
 
 async fn snapshot(

@@ -1,7 +1,10 @@
 //! `cargo xtask e2e checkout`: many checkouts through the edge while the payment provider
 //! declines, times out and loses answers, and one region's core (where orders run) is
 //! killed with SIGKILL midway. Afterwards the provider's ledger and the orders must agree:
-//! nobody charged without tickets, no tickets without a charge, no double charges.
+//! nobody charged without tickets, no tickets without a charge, no double charges, no
+//! authorization left neither captured nor voided; and every attempt is accounted for:
+//! completed + declined + failed == attempts (an attempt whose every try went unanswered
+//! is found through the fan's order list, and counts as failed if it has no order).
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -175,7 +178,7 @@ pub async fn run(opts: CheckoutOptions) -> anyhow::Result<BTreeMap<String, Strin
             eprintln!("[checkout] {} / {} started ({:.0?})", i + 1, opts.checkouts, t0.elapsed());
         }
     }
-    let mut outcomes = Vec::new();
+    let mut outcomes: Vec<(usize, Outcome)> = Vec::new();
     let mut failures = Vec::new();
     for t in tasks {
         match t.await? {
@@ -191,6 +194,31 @@ pub async fn run(opts: CheckoutOptions) -> anyhow::Result<BTreeMap<String, Strin
         );
     }
 
+    // An attempt whose every try failed has no order id: ask the platform for the fan's
+    // orders (each buyer checks out once), so that no attempt drops out of the count.
+    let auth_of = |o: &Outcome| format!("Bearer {}", o.token);
+    let mut unanswered = 0;
+    for (i, o) in outcomes.iter_mut() {
+        if o.status == 0 {
+            unanswered += 1;
+            eprintln!("[checkout] buyer-{i} never got an answer to its checkout");
+        }
+        if o.order_id.is_none() {
+            let r = router.get("/v1/orders", &[("authorization", &auth_of(o))]).await?;
+            let ids: Vec<String> = r.body["orders"]
+                .as_array()
+                .map(|a| {
+                    a.iter().filter_map(|x| x["order_id"].as_str().map(str::to_owned)).collect()
+                })
+                .unwrap_or_default();
+            match ids.as_slice() {
+                [] => {}
+                [one] => o.order_id = Some(one.clone()),
+                more => bail!("buyer-{i} checked out once and has {} orders", more.len()),
+            }
+        }
+    }
+
     // Let the reconcilers settle every order whose payment outcome was unknown.
     eprintln!("[checkout] waiting for every order to settle");
     let deadline = Instant::now() + Duration::from_secs(120);
@@ -201,9 +229,9 @@ pub async fn run(opts: CheckoutOptions) -> anyhow::Result<BTreeMap<String, Strin
         for (_, o) in &outcomes {
             let Some(order_id) = &o.order_id else { continue };
             // Audit reads go to the router: they are not fan traffic.
-            let auth = format!("Bearer {}", o.token);
-            let r =
-                router.get(&format!("/v1/orders/{order_id}"), &[("authorization", &auth)]).await?;
+            let r = router
+                .get(&format!("/v1/orders/{order_id}"), &[("authorization", &auth_of(o))])
+                .await?;
             if r.body["state"] == "payment_pending" {
                 pending += 1;
             }
@@ -219,9 +247,25 @@ pub async fn run(opts: CheckoutOptions) -> anyhow::Result<BTreeMap<String, Strin
         tokio::time::sleep(Duration::from_secs(2)).await;
     }
 
-    // The audit: the provider's ledger against the orders.
-    let ledger: Value =
-        stack.http.get(format!("{}/_sim/ledger", stack.urls.paysim)).send().await?.json().await?;
+    // The audit: the provider's ledger against the orders. Authorizations of failed
+    // orders are voided by the saga or the reconciler; give them a moment.
+    let settle_until = Instant::now() + Duration::from_secs(60);
+    let ledger = loop {
+        let ledger: Value = stack
+            .http
+            .get(format!("{}/_sim/ledger", stack.urls.paysim))
+            .send()
+            .await?
+            .json()
+            .await?;
+        let open = ledger["summary"]["uncaptured_authorizations"].as_u64().unwrap_or(u64::MAX);
+        if open == 0 || Instant::now() > settle_until {
+            break ledger;
+        }
+        eprintln!("[checkout] {open} authorizations not yet captured or voided");
+        tokio::time::sleep(Duration::from_secs(2)).await;
+    };
+    let uncaptured = ledger["summary"]["uncaptured_authorizations"].as_u64().unwrap_or(u64::MAX);
     let mut charged: HashMap<String, i64> = HashMap::new();
     for intent in ledger["intents"].as_array().cloned().unwrap_or_default() {
         if let Some(o) = intent["order_id"].as_str() {
@@ -229,12 +273,21 @@ pub async fn run(opts: CheckoutOptions) -> anyhow::Result<BTreeMap<String, Strin
                 intent["net_charged"].as_i64().unwrap_or(0);
         }
     }
+    // Every attempt lands in exactly one of completed, declined (the card said no) and
+    // failed (anything else, including no order at all).
     let mut charged_without_ticket = 0;
     let mut ticket_without_charge = 0;
-    let mut completed = 0;
-    let mut failed = 0;
+    let (mut completed, mut declined, mut failed) = (0usize, 0usize, 0usize);
+    let mut decline_mismatch = 0;
     let mut places_sold = 0u64;
-    for (order_id, body) in &states {
+    for (i, o) in &outcomes {
+        let declining_card = card(*i) == "pm_card_chargeDeclined";
+        let Some(order_id) = &o.order_id else {
+            failed += 1;
+            eprintln!("[checkout] buyer-{i} has no order");
+            continue;
+        };
+        let body = &states[order_id];
         let paid = charged.get(order_id).copied().unwrap_or(0);
         let tickets = body["tickets"].as_array().map_or(0, Vec::len);
         match body["state"].as_str() {
@@ -245,15 +298,34 @@ pub async fn run(opts: CheckoutOptions) -> anyhow::Result<BTreeMap<String, Strin
                     ticket_without_charge += 1;
                     eprintln!("[checkout] completed order {order_id} charged {paid}: {body}");
                 }
+                if declining_card {
+                    decline_mismatch += 1;
+                    eprintln!("[checkout] buyer-{i} paid with a declining card: {body}");
+                }
             }
-            _ => {
-                failed += 1;
+            state => {
+                if state == Some("failed") && body["failure_code"] == "card_declined" {
+                    declined += 1;
+                } else {
+                    failed += 1;
+                }
+                if declining_card != (body["failure_code"] == "card_declined") {
+                    decline_mismatch += 1;
+                    eprintln!("[checkout] buyer-{i} (card {}) ended {body}", card(*i));
+                }
                 if paid != 0 {
                     charged_without_ticket += 1;
                     eprintln!("[checkout] {} order {order_id} charged {paid}", body["state"]);
                 }
             }
         }
+    }
+    let attempts = opts.checkouts;
+    let accounted = completed + declined + failed;
+    if accounted != attempts {
+        eprintln!(
+            "[checkout] {completed} completed + {declined} declined + {failed} failed = {accounted}, not the {attempts} attempts"
+        );
     }
     // Charges for orders nobody heard of are charges without tickets too.
     for (order_id, paid) in &charged {
@@ -278,15 +350,20 @@ pub async fn run(opts: CheckoutOptions) -> anyhow::Result<BTreeMap<String, Strin
             .map_or(0.0, |d| d.as_secs_f64() * 1000.0)
     };
     let retries: u32 = outcomes.iter().map(|(_, o)| o.retries).sum();
-    let warnings = stack.unexpected_warnings(&crate::scenarios::EXPECTED_WARNINGS);
+    let warnings = stack.unexpected_warnings(crate::scenarios::EXPECTED_WARNINGS);
     for w in warnings.iter().take(20) {
         eprintln!("[checkout] unexpected: {w}");
     }
     stack.stop();
     let mut kv = BTreeMap::new();
-    kv.insert("checkouts".into(), outcomes.len().to_string());
+    kv.insert("checkouts".into(), attempts.to_string());
     kv.insert("orders_completed".into(), completed.to_string());
+    kv.insert("orders_declined".into(), declined.to_string());
     kv.insert("orders_failed".into(), failed.to_string());
+    kv.insert("unaccounted".into(), attempts.abs_diff(accounted).to_string());
+    kv.insert("decline_mismatch".into(), decline_mismatch.to_string());
+    kv.insert("checkouts_unanswered".into(), unanswered.to_string());
+    kv.insert("uncaptured_authorizations".into(), uncaptured.to_string());
     kv.insert("charged_without_ticket".into(), charged_without_ticket.to_string());
     kv.insert("ticket_without_charge".into(), ticket_without_charge.to_string());
     kv.insert("duplicate_charges".into(), duplicate_charges.to_string());

@@ -619,7 +619,7 @@ pub async fn run(opts: SelloutOptions) -> anyhow::Result<BTreeMap<String, String
     let polls: usize = logs.iter().map(|l| l.polls).sum();
     let count = |e: End| logs.iter().filter(|l| l.end == Some(e)).count().to_string();
 
-    let warnings = stack.unexpected_warnings(&crate::scenarios::EXPECTED_WARNINGS);
+    let warnings = stack.unexpected_warnings(crate::scenarios::EXPECTED_WARNINGS);
     for w in warnings.iter().take(20) {
         eprintln!("[sellout] unexpected: {w}");
     }

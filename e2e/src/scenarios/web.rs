@@ -237,7 +237,7 @@ pub async fn run(
     for line in &cx.a11y {
         eprintln!("[web] serious accessibility violation: {line}");
     }
-    let warnings = cx.stack.unexpected_warnings(&super::EXPECTED_WARNINGS);
+    let warnings = cx.stack.unexpected_warnings(super::EXPECTED_WARNINGS);
     for w in &warnings {
         eprintln!("[web] unexpected log line: {w}");
     }
