@@ -33,8 +33,9 @@ struct Args {
     /// Fans buying at the same time.
     #[arg(long, default_value_t = 192)]
     concurrency: usize,
-    /// Sections of 40 rows x 50 seats (2,000 seats each).
-    #[arg(long, default_value_t = 4)]
+    /// Sections of 40 rows x 50 seats (2,000 seats each). Best-available leaves single
+    /// seats behind as rows fill, so its half needs room to spare.
+    #[arg(long, default_value_t = 6)]
     sections: usize,
     /// General-admission places.
     #[arg(long, default_value_t = 10_000)]
@@ -71,25 +72,29 @@ fn seat_map(sections: usize, ga: usize) -> Value {
     })
 }
 
-/// What fan `i` holds: every third fan picks two specific seats (fan `i`'s own pair, so
-/// pickers never collide), every third asks for the best two in a section, the rest take
-/// two general-admission places.
+/// What fan `i` holds: every third fan picks two specific seats, every third asks for the
+/// best two in a section, the rest take two general-admission places. Pickers buy in the
+/// upper half of the sections, each fan their own pair, and best-available in the lower
+/// half, so no fan's hold fails for a seat another fan took (best-available chooses from
+/// the middle of the rows out, wherever the free seats are).
 fn hold_body(i: usize, sections: usize) -> Value {
     let letters = "ABCDEFGHIJKLMNOPQRSTUVWXYZ";
+    let best_sections = sections / 2;
+    let picker_sections = sections - best_sections;
     match i % 3 {
         0 => {
-            // Pickers use the second half of every row; best-available fills from the front.
             let pair = i / 3;
-            let per_row = SEATS_PER_ROW / 4;
+            let per_row = SEATS_PER_ROW / 2;
             let row_index = pair / per_row;
-            let section = (row_index / ROWS) % sections;
+            let section = best_sections + (row_index / ROWS) % picker_sections;
             let row = row_index % ROWS + 1;
-            let seat = SEATS_PER_ROW / 2 + (pair % per_row) * 2 + 1;
+            let seat = (pair % per_row) * 2 + 1;
             let s = &letters[section..section + 1];
             json!({"seats": [format!("{s}-{row}-{seat}"), format!("{s}-{row}-{}", seat + 1)]})
         }
         1 => {
-            json!({"section": &letters[(i / 3) % sections..(i / 3) % sections + 1], "quantity": 2})
+            let section = (i / 3) % best_sections;
+            json!({"section": &letters[section..section + 1], "quantity": 2})
         }
         _ => json!({"pool": "FLOOR", "quantity": 2}),
     }
@@ -218,10 +223,13 @@ fn main() -> anyhow::Result<()> {
     if args.fans == 0 || args.concurrency == 0 {
         bail!("--fans and --concurrency must be at least 1");
     }
-    if args.sections == 0 || args.sections > 26 {
-        bail!("--sections must be between 1 and 26");
+    if args.sections < 2 || args.sections > 26 {
+        bail!(
+            "--sections must be between 2 and 26 (pickers and best-available buy in separate halves)"
+        );
     }
-    let seats = args.sections * ROWS * SEATS_PER_ROW;
+    // Each half must hold its third of the fans' pairs.
+    let seats = (args.sections / 2) * ROWS * SEATS_PER_ROW * 2;
     let needed_seats = args.fans.div_ceil(3) * 2 * 2;
     let needed_ga = args.fans.div_ceil(3) * 2;
     if needed_seats > seats || needed_ga > args.ga_capacity {
