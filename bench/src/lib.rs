@@ -1,9 +1,10 @@
 //! Benchmarks for Tessera's hot paths, as binaries that print their numbers (the last line
 //! of each is `key=value` pairs): `inventory` (durable holds per second, closed and open
 //! loop, and a contended sell-out recounted from the raw records, against the common
-//! PostgreSQL `SKIP LOCKED` design and the best one-round-trip design) and `edge` (the WASM
-//! edge pipeline against `wasmtime serve`). Run them with `cargo xtask bench <name>`;
-//! results and the machine are in BENCHMARKS.md.
+//! PostgreSQL `SKIP LOCKED` design and the best one-round-trip design), `edge` (the WASM
+//! edge pipeline against `wasmtime serve`) and `orders` (whole purchases through the edge
+//! on the real local stack, with CPU per order by process and an audit of what was sold).
+//! Run them with `cargo xtask bench <name>`; results and the machine are in BENCHMARKS.md.
 //!
 //! This library only holds helpers shared by the benchmark binaries.
 
