@@ -64,8 +64,15 @@ function render(s) {
   const actions = $("#actions");
   const hero = $("#hero");
   hero.classList.toggle("your-turn", s.state === "admitted");
-  actions.replaceChildren();
-  show(actions, false);
+  // The same admission answered again (a nudge from the event stream, a long poll that ran
+  // out) keeps its button: rebuilding it would take keyboard focus and a half-made click
+  // away from the fan.
+  const sameTurn = s.state === "admitted" && prev && prev.state === "admitted"
+    && prev.admission_token === s.admission_token && $("#choose") !== null;
+  if (!sameTurn) {
+    actions.replaceChildren();
+    show(actions, false);
+  }
   show($("#facts"), s.state === "waiting" || s.state === "pre_open" || s.state === "paused");
   show($("#keep-open"), s.state !== "admitted" && s.state !== "closed");
 
@@ -106,20 +113,19 @@ function render(s) {
         ? t("queue_admitted_until", { time: fmtTime(s.admission_expires_at_ms) })
         : t("queue_admitted_text");
       setMeter(100);
+      if (sameTurn) break;
       const go = h("a", { class: "btn big", href: `/events/${eventId}/seats`, id: "choose" }, t("queue_choose_seats"));
       actions.append(go);
       show(actions, true);
       say = `${t("queue_admitted_title")} ${text.textContent}`;
-      if (!prev || prev.state !== "admitted") {
-        focusOn(title);
-        if (s.admission_expires_at_ms) {
-          clearInterval(admissionTimer);
-          admissionTimer = setInterval(() => {
-            const left = (s.admission_expires_at_ms - serverNow()) / 1000;
-            if (left <= 0) { clearInterval(admissionTimer); forgetAdmission(eventId); refresh(); return; }
-            go.textContent = `${t("queue_choose_seats")} (${fmtClock(left)})`;
-          }, 1000);
-        }
+      if (!prev || prev.state !== "admitted") focusOn(title);
+      clearInterval(admissionTimer);
+      if (s.admission_expires_at_ms) {
+        admissionTimer = setInterval(() => {
+          const left = (s.admission_expires_at_ms - serverNow()) / 1000;
+          if (left <= 0) { clearInterval(admissionTimer); forgetAdmission(eventId); refresh(); return; }
+          go.textContent = `${t("queue_choose_seats")} (${fmtClock(left)})`;
+        }, 1000);
       }
       break;
     }
