@@ -2,7 +2,8 @@
 //! processes (NATS hub and leaves, one core per region over one shared embedded store, the
 //! router, the edge host with the WASM components, the payment simulator and the mail
 //! sink); [`fan`] drives it the way fans and operators do; [`scenarios`] are the long runs
-//! behind `cargo xtask e2e <name>`.
+//! behind `cargo xtask e2e <name>`, and [`traffic`] is the buying crowd of the region
+//! scenarios (`failover`, `partition`).
 //!
 //! It is test and developer tooling: `cargo xtask up` uses the same [`stack::Stack`].
 
@@ -10,6 +11,7 @@ pub mod browser;
 pub mod fan;
 pub mod scenarios;
 pub mod stack;
+pub mod traffic;
 
 /// The demo seat map that `cargo xtask up` seeds.
 pub fn demo_seat_map(repo_root: &std::path::Path) -> anyhow::Result<serde_json::Value> {

@@ -20,9 +20,6 @@
 //! Flags: `--regions <n>` (2 or 3), `--workers <n>`, `--down-s <seconds>`,
 //! `--payment-latency-ms <min>-<max>` (the payment simulator's latency), `--ci`.
 
-#[path = "support/traffic.rs"]
-mod traffic;
-
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -31,44 +28,39 @@ use anyhow::Context as _;
 use serde_json::json;
 use tessera_e2e::fan::{Api, Operator};
 use tessera_e2e::stack::{Stack, StackOptions};
-use traffic::{
-    Call, Crowd, SharedFans, Traffic, TrafficPlan, admitted_fan, check_availability, check_orders,
-    ms, open_event, projections_converge,
+use tessera_e2e::traffic::{
+    self, Call, Crowd, SharedFans, Traffic, TrafficPlan, admitted_fan, check_availability,
+    check_orders, ms, open_event, projections_converge,
 };
 
+/// Lose a whole region in the middle of an on-sale, bring it back, then drain it.
+#[derive(clap::Parser, Debug)]
 struct Args {
-    regions: usize,
+    /// Regions in the stack (2 or 3).
+    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u8).range(2..=3))]
+    regions: u8,
+    /// Buying workers.
+    #[arg(long, default_value_t = 12)]
     workers: usize,
-    down: Duration,
+    /// How long the killed core stays down, in seconds.
+    #[arg(long = "down-s", default_value_t = 8)]
+    down_s: u64,
+    /// The payment simulator's latency range, `<min>-<max>` milliseconds.
+    #[arg(long = "payment-latency-ms", default_value = "50-250", value_parser = latency_range)]
     payment_latency_ms: (u64, u64),
+    /// What `cargo xtask test` runs (the same run).
+    #[arg(long)]
+    ci: bool,
 }
 
-fn args() -> anyhow::Result<Args> {
-    let mut a = Args {
-        regions: 2,
-        workers: 12,
-        down: Duration::from_secs(8),
-        payment_latency_ms: (50, 250),
-    };
-    let mut it = std::env::args().skip(1);
-    while let Some(flag) = it.next() {
-        let mut value = || it.next().with_context(|| format!("{flag} needs a value"));
-        match flag.as_str() {
-            "--regions" => a.regions = value()?.parse()?,
-            "--workers" => a.workers = value()?.parse()?,
-            "--down-s" => a.down = Duration::from_secs(value()?.parse()?),
-            "--payment-latency-ms" => {
-                let v = value()?;
-                let (lo, hi) =
-                    v.split_once('-').context("--payment-latency-ms takes <min>-<max>")?;
-                a.payment_latency_ms = (lo.parse()?, hi.parse()?);
-            }
-            "--ci" => {}
-            other => anyhow::bail!("unknown flag {other}"),
-        }
+fn latency_range(v: &str) -> Result<(u64, u64), String> {
+    let (lo, hi) = v.split_once('-').ok_or("takes <min>-<max>, e.g. 50-250")?;
+    let lo: u64 = lo.trim().parse().map_err(|e| format!("min: {e}"))?;
+    let hi: u64 = hi.trim().parse().map_err(|e| format!("max: {e}"))?;
+    if lo > hi {
+        return Err(format!("min {lo} is above max {hi}"));
     }
-    anyhow::ensure!((2..=3).contains(&a.regions), "--regions must be 2 or 3");
-    Ok(a)
+    Ok((lo, hi))
 }
 
 fn say(s: &str) {
@@ -77,14 +69,16 @@ fn say(s: &str) {
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 4)]
 async fn main() {
-    traffic::exit_with("failover", run().await);
+    let args = <Args as clap::Parser>::parse();
+    traffic::exit_with("failover", run(args).await);
 }
 
-async fn run() -> anyhow::Result<bool> {
-    let args = args()?;
+async fn run(args: Args) -> anyhow::Result<bool> {
     let mut options = StackOptions::for_tests("failover")?;
-    options.regions =
-        ["eu-west", "us-east", "ap-south"][..args.regions].iter().map(|s| s.to_string()).collect();
+    options.regions = ["eu-west", "us-east", "ap-south"][..usize::from(args.regions)]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
     // Payments take a little while, so checkouts are in flight when things happen.
     options.paysim_toml = format!(
         "[latency]\nmin_ms = {}\nmax_ms = {}\n",
@@ -160,7 +154,7 @@ async fn run() -> anyhow::Result<bool> {
     say(&format!("traffic so far by region: {served:?}; killing core-{victim}"));
     stack.kill(&format!("core-{victim}"))?;
     let t_kill = Instant::now();
-    tokio::time::sleep(args.down).await;
+    tokio::time::sleep(Duration::from_secs(args.down_s)).await;
 
     say("checking the waiting line while the region is down");
     let mut places_kept = 0;
@@ -235,7 +229,7 @@ async fn run() -> anyhow::Result<bool> {
     let worst_wait = waits.last().copied().unwrap_or_default();
     let wait_p99 = percentile(&waits, 0.99);
     // The latency of every call in flight at the kill or started during the failover.
-    let window_end = t_kill + args.down;
+    let window_end = t_kill + Duration::from_secs(args.down_s);
     let mut during: Vec<Duration> = calls
         .iter()
         .filter(|c| c.ended >= t_kill && c.started <= window_end)

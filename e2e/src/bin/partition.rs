@@ -15,9 +15,6 @@
 //!
 //! Flags: `--cut-s <seconds>` (at least 10), `--workers <n>` per region, `--ci`.
 
-#[path = "support/traffic.rs"]
-mod traffic;
-
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -29,31 +26,24 @@ use tessera_bus::projection::{AppliedPage, ProjectionView};
 use tessera_bus::streams::{region_context, stream_name};
 use tessera_e2e::fan::{Api, Operator};
 use tessera_e2e::stack::{Stack, StackOptions};
-use tessera_fdb_schema::Keyspace;
-use traffic::{
-    Crowd, SharedFans, Traffic, TrafficPlan, admitted_fan, availability, check_availability,
+use tessera_e2e::traffic::{
+    self, Crowd, SharedFans, Traffic, TrafficPlan, admitted_fan, availability, check_availability,
     check_orders, matches_truth, ms, open_event, projection, stream_events,
 };
+use tessera_fdb_schema::Keyspace;
 
+/// Cut one region's NATS link in the middle of an on-sale, then heal it.
+#[derive(clap::Parser, Debug)]
 struct Args {
-    cut: Duration,
+    /// How long the link stays cut, in seconds (at least 10).
+    #[arg(long = "cut-s", default_value_t = 12, value_parser = clap::value_parser!(u64).range(10..))]
+    cut_s: u64,
+    /// Buying workers per region.
+    #[arg(long, default_value_t = 5)]
     workers: usize,
-}
-
-fn args() -> anyhow::Result<Args> {
-    let mut a = Args { cut: Duration::from_secs(12), workers: 5 };
-    let mut it = std::env::args().skip(1);
-    while let Some(flag) = it.next() {
-        let mut value = || it.next().with_context(|| format!("{flag} needs a value"));
-        match flag.as_str() {
-            "--cut-s" => a.cut = Duration::from_secs(value()?.parse()?),
-            "--workers" => a.workers = value()?.parse()?,
-            "--ci" => {}
-            other => anyhow::bail!("unknown flag {other}"),
-        }
-    }
-    anyhow::ensure!(a.cut >= Duration::from_secs(10), "--cut-s must be at least 10");
-    Ok(a)
+    /// What `cargo xtask test` runs (the same run).
+    #[arg(long)]
+    ci: bool,
 }
 
 fn say(s: &str) {
@@ -62,14 +52,14 @@ fn say(s: &str) {
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 4)]
 async fn main() {
-    traffic::exit_with("partition", run().await);
+    let args = <Args as clap::Parser>::parse();
+    traffic::exit_with("partition", run(args).await);
 }
 
 const CUT: &str = "eu-west";
 const OTHER: &str = "us-east";
 
-async fn run() -> anyhow::Result<bool> {
-    let args = args()?;
+async fn run(args: Args) -> anyhow::Result<bool> {
     let mut options = StackOptions::for_tests("partition")?;
     options.regions = vec![CUT.into(), OTHER.into()];
     options.cuttable_links = true;
@@ -119,10 +109,13 @@ async fn run() -> anyhow::Result<bool> {
     tokio::time::sleep(Duration::from_secs(3)).await;
 
     let cut_region = RegionId::parse(CUT)?;
-    say(&format!("cutting {CUT}'s leaf node off the hub for {:?}", args.cut));
+    say(&format!(
+        "cutting {CUT}'s leaf node off the hub for {:?}",
+        Duration::from_secs(args.cut_s)
+    ));
     stack.nats.cut(&cut_region)?;
     let t_cut = Instant::now();
-    tokio::time::sleep(args.cut).await;
+    tokio::time::sleep(Duration::from_secs(args.cut_s)).await;
 
     say("stopping the traffic, then healing");
     let mut records = Vec::new();
@@ -330,7 +323,7 @@ async fn run() -> anyhow::Result<bool> {
         && warnings.is_empty();
     println!(
         "cut_s={} sold_during_cut_{}={} sold_during_cut_{}={} events={} orders={} stream_dups_dropped={dropped_by_stream}/{resent} lost_acknowledged={lost} oversold={} unexpected_warnings={} unknown_events={unknown_events} catchup_ms={catchup} lost_events={lost_events} duplicate_effects={duplicate_effects}",
-        args.cut.as_secs(),
+        args.cut_s,
         CUT.replace('-', "_"),
         sold_during_cut.get(CUT).unwrap_or(&0),
         OTHER.replace('-', "_"),

@@ -2,16 +2,19 @@
 //! `tessera_e2e::scenarios::security`. The last line is
 //! `attacks=N accepted=0 state_changed=0`; any accepted attack or changed state fails it.
 
+use clap::Parser;
 use tessera_e2e::scenarios::security;
 
+/// The red-team suite against the real local stack.
+#[derive(Parser, Debug)]
+struct Args {
+    /// What `cargo xtask test` runs (the whole suite: it takes about a minute).
+    #[arg(long)]
+    ci: bool,
+}
+
 fn main() -> anyhow::Result<()> {
-    for a in std::env::args().skip(1) {
-        match a.as_str() {
-            // One variant: the whole suite takes about a minute.
-            "--ci" => {}
-            other => anyhow::bail!("unknown argument {other}"),
-        }
-    }
+    Args::parse();
     let rt = tokio::runtime::Runtime::new()?;
     let (verdicts, kv) = rt.block_on(security::run())?;
     for v in verdicts.iter().filter(|v| !v.refused || v.state_changed) {

@@ -1,18 +1,32 @@
 //! `cargo xtask e2e sellout [--ci] [--fans N] [--places N]`: see
 //! `tessera_e2e::scenarios::sellout`.
 
+use clap::Parser;
 use tessera_e2e::scenarios::{kv_line, sellout};
 
+/// More fans than places: nobody may be left waiting once the sale sells out.
+#[derive(Parser, Debug)]
+struct Args {
+    /// The reduced variant `cargo xtask test` runs (fewer fans and places).
+    #[arg(long)]
+    ci: bool,
+    /// Fans who join the waiting room (default: the chosen variant's).
+    #[arg(long)]
+    fans: Option<usize>,
+    /// General-admission places (default: the chosen variant's).
+    #[arg(long)]
+    places: Option<u64>,
+}
+
 fn main() -> anyhow::Result<()> {
-    let mut opts = sellout::SelloutOptions::full();
-    let mut args = std::env::args().skip(1);
-    while let Some(a) = args.next() {
-        match a.as_str() {
-            "--ci" => opts = sellout::SelloutOptions::ci(),
-            "--fans" => opts.fans = args.next().unwrap_or_default().parse()?,
-            "--places" => opts.places = args.next().unwrap_or_default().parse()?,
-            other => anyhow::bail!("unknown argument {other}"),
-        }
+    let args = Args::parse();
+    let mut opts =
+        if args.ci { sellout::SelloutOptions::ci() } else { sellout::SelloutOptions::full() };
+    if let Some(fans) = args.fans {
+        opts.fans = fans;
+    }
+    if let Some(places) = args.places {
+        opts.places = places;
     }
     let rt = tokio::runtime::Runtime::new()?;
     let kv = rt.block_on(sellout::run(opts))?;

@@ -2,102 +2,81 @@
 //! take fans through the waiting room and then hold-and-pay cycles, recording every call
 //! with its timing and the region that served it.
 
-#![allow(dead_code, reason = "shared by two scenario binaries that use different parts")]
-
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
+use crate::fan::{Api, Fan, Reply};
 use anyhow::{Context as _, bail};
-use parking::Mutex;
+use parking_lot::Mutex;
 use serde_json::{Value, json};
 use tessera_api::RegionId;
 use tessera_bus::projection::ProjectionView;
 use tessera_bus::streams::{region_context, stream_name};
-use tessera_e2e::fan::{Api, Fan, Reply};
-
-/// `std::sync::Mutex` that shrugs off poisoning (a panicking worker must not hide the
-/// records of the others).
-mod parking {
-    pub(crate) struct Mutex<T>(std::sync::Mutex<T>);
-    impl<T> Mutex<T> {
-        pub(crate) fn new(v: T) -> Self {
-            Mutex(std::sync::Mutex::new(v))
-        }
-        pub(crate) fn lock(&self) -> std::sync::MutexGuard<'_, T> {
-            self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
-        }
-    }
-    impl<T: Default> Default for Mutex<T> {
-        fn default() -> Self {
-            Mutex::new(T::default())
-        }
-    }
-}
 
 /// One call a fan made.
 #[derive(Debug, Clone)]
-pub(crate) struct Call {
-    pub(crate) worker: usize,
-    pub(crate) kind: &'static str,
-    pub(crate) started: Instant,
-    pub(crate) ended: Instant,
+pub struct Call {
+    pub worker: usize,
+    pub kind: &'static str,
+    pub started: Instant,
+    pub ended: Instant,
     /// 0 when the call failed in transport.
-    pub(crate) status: u16,
-    pub(crate) code: Option<String>,
-    pub(crate) served_by: Option<String>,
+    pub status: u16,
+    pub code: Option<String>,
+    pub served_by: Option<String>,
 }
 
 impl Call {
-    pub(crate) fn ok(&self) -> bool {
+    pub fn ok(&self) -> bool {
         (200..300).contains(&self.status)
     }
     /// A failure of the platform (not an answer about the request).
-    pub(crate) fn is_error(&self) -> bool {
+    pub fn is_error(&self) -> bool {
         self.status == 0 || self.status >= 500
     }
 }
 
 /// An order the platform acknowledged as completed.
 #[derive(Debug, Clone)]
-pub(crate) struct Acked {
-    pub(crate) order_id: String,
-    pub(crate) fan: Fan,
-    pub(crate) seats: Vec<String>,
-    pub(crate) pool: Option<String>,
-    pub(crate) quantity: u64,
-    pub(crate) served_by: Option<String>,
-    pub(crate) at: Instant,
+pub struct Acked {
+    pub order_id: String,
+    pub fan: Fan,
+    pub seats: Vec<String>,
+    pub pool: Option<String>,
+    pub quantity: u64,
+    pub served_by: Option<String>,
+    pub at: Instant,
 }
 
 /// A hold taken, and what became of it.
 #[derive(Debug, Clone)]
-pub(crate) struct HoldTrace {
-    pub(crate) hold_id: String,
-    pub(crate) created: Instant,
-    pub(crate) served_by: Option<String>,
+pub struct HoldTrace {
+    pub hold_id: String,
+    pub created: Instant,
+    pub served_by: Option<String>,
     /// When its checkout ended and whether the hold was honoured (`None`: never tried).
-    pub(crate) settled: Option<(Instant, bool, Option<String>)>,
+    pub settled: Option<(Instant, bool, Option<String>)>,
 }
 
 /// Everything the workers saw.
 #[derive(Default)]
-pub(crate) struct Record {
-    pub(crate) calls: Mutex<Vec<Call>>,
-    pub(crate) acked: Mutex<Vec<Acked>>,
-    pub(crate) holds: Mutex<Vec<HoldTrace>>,
-    pub(crate) notes: Mutex<BTreeMap<String, usize>>,
+pub struct Record {
+    pub calls: Mutex<Vec<Call>>,
+    pub acked: Mutex<Vec<Acked>>,
+    pub holds: Mutex<Vec<HoldTrace>>,
+    pub notes: Mutex<BTreeMap<String, usize>>,
 }
 
 impl Record {
-    pub(crate) fn note(&self, what: &str) {
+    pub fn note(&self, what: &str) {
         *self.notes.lock().entry(what.to_owned()).or_default() += 1;
     }
-    pub(crate) fn calls(&self) -> Vec<Call> {
+    pub fn calls(&self) -> Vec<Call> {
         self.calls.lock().clone()
     }
-    pub(crate) fn acked(&self) -> Vec<Acked> {
+    pub fn acked(&self) -> Vec<Acked> {
         self.acked.lock().clone()
     }
 }
@@ -122,19 +101,19 @@ fn retryable(r: &Reply) -> bool {
 /// (a source address of its own in 127.0.0.0/8), with browser-like headers, so the edge's
 /// bot scoring sees many people rather than one client hammering it. Identity tokens come
 /// from the development issuer through the router.
-pub(crate) struct Crowd {
+pub struct Crowd {
     router: Api,
     edge: String,
     next: std::sync::atomic::AtomicU32,
 }
 
 impl Crowd {
-    pub(crate) fn new(router: Api, edge: String) -> Self {
+    pub fn new(router: Api, edge: String) -> Self {
         Crowd { router, edge, next: std::sync::atomic::AtomicU32::new(1) }
     }
 
     /// A new fan; `pin` sends all of its calls to one region (`x-tessera-region`).
-    pub(crate) async fn fan(&self, name: &str, pin: Option<&str>) -> anyhow::Result<Fan> {
+    pub async fn fan(&self, name: &str, pin: Option<&str>) -> anyhow::Result<Fan> {
         let n = self.next.fetch_add(1, Ordering::SeqCst);
         let addr = std::net::Ipv4Addr::new(127, 1 + (n / 250 % 250) as u8, (n % 250) as u8, 1);
         let mut headers = reqwest::header::HeaderMap::new();
@@ -160,10 +139,10 @@ impl Crowd {
 }
 
 /// Admitted fans waiting for a worker.
-pub(crate) struct SharedFans(Mutex<Vec<Fan>>);
+pub struct SharedFans(Mutex<Vec<Fan>>);
 
 impl SharedFans {
-    pub(crate) fn new(fans: Vec<Fan>) -> Self {
+    pub fn new(fans: Vec<Fan>) -> Self {
         SharedFans(Mutex::new(fans))
     }
     fn pop(&self) -> Option<Fan> {
@@ -171,11 +150,11 @@ impl SharedFans {
     }
 }
 
-pub(crate) use tessera_e2e::scenarios::EXPECTED_WARNINGS;
+pub use crate::scenarios::EXPECTED_WARNINGS;
 
 /// Ends a scenario binary: exit 0 when every check held, 1 when one failed, 2 when the
 /// scenario could not run.
-pub(crate) fn exit_with(scenario: &str, result: anyhow::Result<bool>) {
+pub fn exit_with(scenario: &str, result: anyhow::Result<bool>) {
     match result {
         Ok(true) => {}
         Ok(false) => std::process::exit(1),
@@ -187,7 +166,7 @@ pub(crate) fn exit_with(scenario: &str, result: anyhow::Result<bool>) {
 }
 
 /// Unexpected log lines grouped by service, level and message, most frequent first.
-pub(crate) fn group_log_lines(lines: &[String]) -> Vec<(String, usize)> {
+pub fn group_log_lines(lines: &[String]) -> Vec<(String, usize)> {
     let mut groups: BTreeMap<String, usize> = BTreeMap::new();
     for l in lines {
         let (service, json) = l.split_once(": ").unwrap_or(("?", l));
@@ -206,23 +185,23 @@ pub(crate) fn group_log_lines(lines: &[String]) -> Vec<(String, usize)> {
 
 /// Traffic settings.
 #[derive(Debug, Clone)]
-pub(crate) struct TrafficPlan {
-    pub(crate) event: String,
-    pub(crate) workers: usize,
+pub struct TrafficPlan {
+    pub event: String,
+    pub workers: usize,
     /// Purchases per fan before the worker takes the next fan (2 seats each).
-    pub(crate) cycles_per_fan: usize,
+    pub cycles_per_fan: usize,
     /// Pause between hold and checkout (a fan choosing), so holds are often in flight.
-    pub(crate) think: Duration,
+    pub think: Duration,
     /// The region new fans are pinned to (`x-tessera-region`), if any.
-    pub(crate) pin_region: Option<String>,
+    pub pin_region: Option<String>,
     /// Sections to buy in, round robin; `FLOOR` is the standing pool.
-    pub(crate) sections: Vec<String>,
-    pub(crate) name: String,
+    pub sections: Vec<String>,
+    pub name: String,
 }
 
 /// Handles of running traffic.
-pub(crate) struct Traffic {
-    pub(crate) record: Arc<Record>,
+pub struct Traffic {
+    pub record: Arc<Record>,
     stop: Arc<AtomicBool>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
 }
@@ -230,7 +209,7 @@ pub(crate) struct Traffic {
 impl Traffic {
     /// Starts the workers; each takes fans from `fans` (already admitted) or, when that runs
     /// out, creates new ones through `edge`.
-    pub(crate) fn start(plan: TrafficPlan, crowd: Arc<Crowd>, fans: Arc<SharedFans>) -> Traffic {
+    pub fn start(plan: TrafficPlan, crowd: Arc<Crowd>, fans: Arc<SharedFans>) -> Traffic {
         let record = Arc::new(Record::default());
         let stop = Arc::new(AtomicBool::new(false));
         let counter = Arc::new(AtomicUsize::new(0));
@@ -286,7 +265,7 @@ impl Traffic {
     }
 
     /// Stops starting new purchases and waits for the ones under way.
-    pub(crate) async fn stop(self) -> Arc<Record> {
+    pub async fn stop(self) -> Arc<Record> {
         self.stop.store(true, Ordering::SeqCst);
         for t in self.tasks {
             let _ = tokio::time::timeout(Duration::from_secs(60), t).await;
@@ -296,7 +275,7 @@ impl Traffic {
 }
 
 /// A new fan with an admission token for `event`.
-pub(crate) async fn admitted_fan(
+pub async fn admitted_fan(
     crowd: &Crowd,
     event: &str,
     name: &str,
@@ -463,7 +442,7 @@ async fn follow_order(worker: usize, fan: &Fan, order_id: &str, record: &Record)
 /// Checks every acknowledged order against the platform: it must still be completed with
 /// its tickets (else it is lost), and no seat may be in two orders (else it is oversold).
 /// Returns `(lost, oversold, problems)`.
-pub(crate) async fn check_orders(router: &Api, acked: &[Acked]) -> (usize, usize, Vec<String>) {
+pub async fn check_orders(router: &Api, acked: &[Acked]) -> (usize, usize, Vec<String>) {
     let mut lost = 0;
     let mut problems = Vec::new();
     for a in acked {
@@ -509,7 +488,7 @@ pub(crate) async fn check_orders(router: &Api, acked: &[Acked]) -> (usize, usize
 /// Checks the availability counts of `event` (held + sold + free = capacity everywhere,
 /// nothing sold past capacity) and that at least the acknowledged places are sold.
 /// Returns how many sections or pools break a rule, with the reasons.
-pub(crate) async fn check_availability(
+pub async fn check_availability(
     router: &Api,
     event: &str,
     acked: &[Acked],
@@ -556,13 +535,13 @@ pub(crate) async fn check_availability(
 }
 
 /// Creates and opens an event from the demo seat map under a new id.
-pub(crate) async fn open_event(
-    op: &tessera_e2e::fan::Operator,
+pub async fn open_event(
+    op: &crate::fan::Operator,
     repo_root: &std::path::Path,
     event: &str,
     rate_per_s: f64,
 ) -> anyhow::Result<Value> {
-    let mut map = tessera_e2e::demo_seat_map(repo_root)?;
+    let mut map = crate::demo_seat_map(repo_root)?;
     map["event_id"] = json!(event);
     map["open_now"] = json!(false);
     let r = op.create_event(&map).await?;
@@ -582,7 +561,7 @@ pub(crate) async fn open_event(
 
 /// Waits until every region's projection equals the inventory's counts for `event`
 /// (at most `timeout`); returns how long that took.
-pub(crate) async fn projections_converge(
+pub async fn projections_converge(
     http: &reqwest::Client,
     router: &Api,
     cores: &BTreeMap<String, String>,
@@ -605,12 +584,12 @@ pub(crate) async fn projections_converge(
 }
 
 /// Milliseconds of a duration, for the result line.
-pub(crate) fn ms(d: Duration) -> u128 {
+pub fn ms(d: Duration) -> u128 {
     d.as_millis()
 }
 
 /// Held and sold per section and pool, from the inventory.
-pub(crate) async fn availability(
+pub async fn availability(
     router: &Api,
     event: &str,
 ) -> anyhow::Result<BTreeMap<String, (i64, i64)>> {
@@ -626,7 +605,7 @@ pub(crate) async fn availability(
     Ok(out)
 }
 
-pub(crate) fn matches_truth(view: &ProjectionView, truth: &BTreeMap<String, (i64, i64)>) -> bool {
+pub fn matches_truth(view: &ProjectionView, truth: &BTreeMap<String, (i64, i64)>) -> bool {
     truth.iter().all(|(place, (held, sold))| {
         let c =
             view.sections.get(place).or_else(|| view.pools.get(place)).copied().unwrap_or_default();
@@ -634,7 +613,7 @@ pub(crate) fn matches_truth(view: &ProjectionView, truth: &BTreeMap<String, (i64
     })
 }
 
-pub(crate) async fn projection(
+pub async fn projection(
     http: &reqwest::Client,
     core: &str,
     event: &str,
@@ -645,7 +624,7 @@ pub(crate) async fn projection(
 }
 
 /// Every message of a region's stream: bus event id → (subject, payload).
-pub(crate) async fn stream_events(
+pub async fn stream_events(
     client: &async_nats::Client,
     region: &RegionId,
 ) -> anyhow::Result<BTreeMap<String, (String, Vec<u8>)>> {
@@ -667,7 +646,7 @@ pub(crate) async fn stream_events(
 }
 
 /// Per event kind in a region's stream: (events, places) for `event`.
-pub(crate) fn kinds(
+pub fn kinds(
     events: &BTreeMap<String, (String, Vec<u8>)>,
     event: &str,
 ) -> BTreeMap<String, (usize, u64)> {

@@ -28,11 +28,8 @@
 //! (`data=ordered`) instead of the default disk. Each second's rate is printed while a
 //! workload runs; the last line is `key=value` pairs.
 
-#[path = "inventory/disk.rs"]
 mod disk;
-#[path = "inventory/open_loop.rs"]
 mod open_loop;
-#[path = "inventory/pg.rs"]
 mod pg;
 
 use std::collections::HashMap;
