@@ -3,6 +3,7 @@
 use std::future::Future;
 use std::time::Duration;
 
+use backon::{ExponentialBuilder, Retryable as _};
 use tessera_api::bus::BusEventBody;
 use tessera_api::orders::{CheckoutRequest, Order, OrderList, OrderState};
 use tessera_api::{CustomerId, HoldId, OrderId, TicketId};
@@ -279,25 +280,32 @@ impl<S: Store> Orders<S> {
         F: FnMut() -> Fut,
         Fut: Future<Output = Result<T, PaymentError>>,
     {
-        let mut backoff = Duration::from_millis(50);
-        let mut attempt = 0;
-        loop {
-            attempt += 1;
-            let result = call().await;
-            let label = match &result {
-                Ok(_) => "ok",
-                Err(e) => e.label(),
-            };
-            metrics::counter!("tessera_orders_provider_calls_total", "step" => step, "outcome" => label).increment(1);
-            match result {
-                Err(e) if e.is_retryable() && attempt < self.config.provider_attempts => {
-                    tracing::debug!(step, attempt, "provider outcome unknown, repeating: {e}");
-                    tokio::time::sleep(backoff).await;
-                    backoff *= 2;
-                }
-                other => return other,
+        // 50 ms, 100 ms, 200 ms, … between attempts; no jitter, so a seeded simulation
+        // replays the same schedule.
+        let policy = ExponentialBuilder::default()
+            .with_min_delay(Duration::from_millis(50))
+            .with_factor(2.0)
+            .with_max_times(self.config.provider_attempts.saturating_sub(1) as usize);
+        let attempt = move || {
+            let call = call();
+            async move {
+                let result = call.await;
+                let label = match &result {
+                    Ok(_) => "ok",
+                    Err(e) => e.label(),
+                };
+                metrics::counter!("tessera_orders_provider_calls_total", "step" => step, "outcome" => label).increment(1);
+                result
             }
-        }
+        };
+        attempt
+            .retry(policy)
+            .sleep(tokio::time::sleep)
+            .when(PaymentError::is_retryable)
+            .notify(|e, delay| {
+                tracing::debug!(step, ?delay, "provider outcome unknown, repeating: {e}");
+            })
+            .await
     }
 
     /// Drives an order's saga as far as it can go now. Safe to call from several places at
