@@ -27,6 +27,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context as _;
 use serde_json::json;
 use tessera_e2e::fan::{Api, Operator};
+use tessera_e2e::scenarios::quantile;
 use tessera_e2e::stack::{Stack, StackOptions};
 use tessera_e2e::traffic::{
     self, Call, Crowd, SharedFans, Traffic, TrafficPlan, admitted_fan, check_availability,
@@ -227,7 +228,7 @@ async fn run(args: Args) -> anyhow::Result<bool> {
     }
     waits.sort();
     let worst_wait = waits.last().copied().unwrap_or_default();
-    let wait_p99 = percentile(&waits, 0.99);
+    let wait_p99 = quantile(&waits, 0.99);
     // The latency of every call in flight at the kill or started during the failover.
     let window_end = t_kill + Duration::from_secs(args.down_s);
     let mut during: Vec<Duration> = calls
@@ -236,7 +237,7 @@ async fn run(args: Args) -> anyhow::Result<bool> {
         .map(|c| c.ended - c.started)
         .collect();
     during.sort();
-    let call_p99 = percentile(&during, 0.99);
+    let call_p99 = quantile(&during, 0.99);
     let failover_ms = first_success.map_or(u128::MAX, ms);
     // Requests in flight must be retried or answered, never lost: any failure a fan saw
     // (no answer, or a 5xx) from the kill to the end of the run fails it.
@@ -380,14 +381,6 @@ async fn run(args: Args) -> anyhow::Result<bool> {
         ms_or_never(worst_wait),
     );
     Ok(ok)
-}
-
-/// The `q` quantile of sorted durations (zero when there are none).
-fn percentile(sorted: &[Duration], q: f64) -> Duration {
-    if sorted.is_empty() {
-        return Duration::ZERO;
-    }
-    sorted[((sorted.len() as f64 - 1.0) * q).round() as usize]
 }
 
 /// Milliseconds, or -1 for a wait that never ended.

@@ -345,10 +345,7 @@ pub async fn run(opts: CheckoutOptions) -> anyhow::Result<BTreeMap<String, Strin
     let mut lat: Vec<Duration> =
         outcomes.iter().filter(|(_, o)| o.status == 201).map(|(_, o)| o.latency).collect();
     lat.sort();
-    let pct = |p: f64| {
-        lat.get(((lat.len() as f64 - 1.0) * p).round() as usize)
-            .map_or(0.0, |d| d.as_secs_f64() * 1000.0)
-    };
+    let pct = |p: f64| crate::scenarios::quantile(&lat, p).as_secs_f64() * 1000.0;
     let retries: u32 = outcomes.iter().map(|(_, o)| o.retries).sum();
     let warnings = stack.unexpected_warnings(crate::scenarios::EXPECTED_WARNINGS);
     for w in warnings.iter().take(20) {

@@ -98,6 +98,16 @@ pub fn unexpected_log_line(line: &str, expected: &[Expected]) -> Option<String> 
     Some(line.to_owned())
 }
 
+/// The `q` quantile (0..=1, nearest rank) of `sorted`, which must be in ascending order;
+/// the default (zero) when there is nothing.
+pub fn quantile<T: Copy + Default>(sorted: &[T], q: f64) -> T {
+    if sorted.is_empty() {
+        return T::default();
+    }
+    let rank = ((sorted.len() as f64 - 1.0) * q.clamp(0.0, 1.0)).round() as usize;
+    sorted[rank]
+}
+
 /// `key=value key=value ...` in key order.
 pub fn kv_line(kv: &BTreeMap<String, String>) -> String {
     kv.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(" ")
@@ -110,6 +120,18 @@ mod tests {
     fn line(level: &str, target: &str, message: &str) -> String {
         serde_json::json!({"timestamp": "t", "level": level, "target": target, "message": message})
             .to_string()
+    }
+
+    #[test]
+    fn quantile_is_the_nearest_rank() {
+        let v: Vec<u32> = (1..=100).collect();
+        assert_eq!(quantile(&v, 0.0), 1);
+        assert_eq!(quantile(&v, 0.5), 51);
+        assert_eq!(quantile(&v, 0.99), 99);
+        assert_eq!(quantile(&v, 1.0), 100);
+        assert_eq!(quantile(&v, 7.0), 100);
+        assert_eq!(quantile::<u32>(&[], 0.99), 0);
+        assert_eq!(quantile(&[5.0_f64], 0.99), 5.0);
     }
 
     #[test]

@@ -350,11 +350,8 @@ async fn visit(shared: Arc<Shared>, edge: Api, issuer: Api, i: usize) -> anyhow:
 }
 
 fn pct(mut v: Vec<f64>, p: f64) -> f64 {
-    if v.is_empty() {
-        return 0.0;
-    }
     v.sort_by(f64::total_cmp);
-    v[((v.len() as f64 - 1.0) * p).round() as usize]
+    crate::scenarios::quantile(&v, p)
 }
 
 /// Whether the watermark's lines have passed a ticket (open phase, by rank).
