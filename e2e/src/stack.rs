@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
 use tessera_api::RegionId;
-use tessera_bus::topology::{LocalNats, LocalNatsOptions, free_port};
+use tessera_bus::topology::{LocalNats, LocalNatsOptions, NatsUser, free_port};
 use tessera_identity::{Keyset, SigningKeyPair};
 
 /// How to start a stack.
@@ -277,6 +277,59 @@ pub struct Urls {
     pub nats_leaves: BTreeMap<String, String>,
 }
 
+/// The NKey seeds of the stack's NATS users, made fresh for each run. The servers refuse
+/// anyone else, and each user may do only what its service needs: a region's core signs in
+/// only to its own leaf; the router publishes no events; the edge publishes nothing.
+#[derive(Debug, Clone)]
+pub struct NatsSeeds {
+    pub cores: BTreeMap<String, String>,
+    pub router: String,
+    pub edge: String,
+    /// The operator's and the tests' own user: may publish and read anything.
+    pub tools: String,
+}
+
+impl NatsSeeds {
+    fn new(regions: &[String]) -> anyhow::Result<Self> {
+        let seed = || -> anyhow::Result<String> {
+            nkeys::KeyPair::new_user().seed().map_err(|e| anyhow::anyhow!("make an NKey: {e}"))
+        };
+        let mut cores = BTreeMap::new();
+        for r in regions {
+            cores.insert(r.clone(), seed()?);
+        }
+        Ok(NatsSeeds { cores, router: seed()?, edge: seed()?, tools: seed()? })
+    }
+
+    fn users(&self) -> anyhow::Result<Vec<NatsUser>> {
+        let public = |seed: &str| -> anyhow::Result<String> {
+            Ok(nkeys::KeyPair::from_seed(seed)
+                .map_err(|e| anyhow::anyhow!("read an NKey seed: {e}"))?
+                .public_key())
+        };
+        let all = ["tessera.>", "$JS.>", "$KV.>", "_INBOX.>"];
+        let mut users = vec![
+            NatsUser::new(public(&self.router)?, &["$JS.>", "$KV.>", "_INBOX.>"], &all),
+            NatsUser::new(public(&self.edge)?, &[], &["tessera.>"]),
+            NatsUser::new(public(&self.tools)?, &[">"], &[">"]),
+        ];
+        for (region, seed) in &self.cores {
+            users.push(NatsUser::new(public(seed)?, &all, &all).only_on(RegionId::parse(region)?));
+        }
+        Ok(users)
+    }
+}
+
+/// A NATS client signed in with `seed` (or anonymous with `None`), failing at once when the
+/// server refuses it.
+pub async fn nats_connect(url: &str, seed: Option<&str>) -> anyhow::Result<async_nats::Client> {
+    let mut options = async_nats::ConnectOptions::new();
+    if let Some(seed) = seed {
+        options = options.nkey(seed.to_owned());
+    }
+    options.connect(url).await.with_context(|| format!("connect to NATS at {url}"))
+}
+
 /// A running stack.
 #[derive(Debug)]
 pub struct Stack {
@@ -284,6 +337,7 @@ pub struct Stack {
     pub urls: Urls,
     pub keys: DevKeys,
     pub nats: LocalNats,
+    pub nats_seeds: NatsSeeds,
     services: Vec<Service>,
     pub http: reqwest::Client,
 }
@@ -335,6 +389,16 @@ fn toml_str(s: &str) -> String {
 }
 
 impl Stack {
+    /// The file holding the tools' NKey seed (`nats --nkey <file>`), readable by its owner only.
+    pub fn nats_tools_seed_file(&self) -> PathBuf {
+        self.options.run_dir.join("nats").join("tools.nk")
+    }
+
+    /// A NATS client of the operator's tools (may publish and read anything) on `url`.
+    pub async fn nats_client(&self, url: &str) -> anyhow::Result<async_nats::Client> {
+        nats_connect(url, Some(&self.nats_seeds.tools)).await
+    }
+
     /// Starts everything and waits until every service is ready. `progress` hears about each
     /// step.
     pub async fn start(options: StackOptions, progress: &dyn Fn(&str)) -> anyhow::Result<Stack> {
@@ -344,13 +408,28 @@ impl Stack {
         let regions: Vec<RegionId> =
             options.regions.iter().map(|r| RegionId::parse(r)).collect::<Result<_, _>>()?;
         progress(&format!("starting NATS: hub + {} leaf nodes", regions.len()));
+        let nats_seeds = NatsSeeds::new(&options.regions)?;
         let nats = LocalNats::start(
             &run.join("nats"),
             &regions,
-            LocalNatsOptions { cuttable_links: options.cuttable_links },
+            LocalNatsOptions { cuttable_links: options.cuttable_links, users: nats_seeds.users()? },
         )
         .await
         .context("start NATS")?;
+        // The tools' seed, for a developer's `nats --nkey` against the local stack.
+        {
+            use std::io::Write as _;
+            use std::os::unix::fs::OpenOptionsExt as _;
+            let path = run.join("nats").join("tools.nk");
+            let mut f = std::fs::OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .mode(0o600)
+                .open(&path)
+                .with_context(|| format!("write {}", path.display()))?;
+            writeln!(f, "{}", nats_seeds.tools)?;
+        }
 
         let mut ports = Ports { next: options.base_port };
         let router_port = ports.take()?;
@@ -451,7 +530,7 @@ impl Stack {
                 format!(
                     "mode = \"local\"\nregion = {region_s}\nregions = {regions_toml}\nlisten = \"127.0.0.1:{port}\"\npublic_url = \"http://127.0.0.1:{port}\"\n\
                      [store]\npath = {store}\n\
-                     [nats]\nurl = {nats}\n\
+                     [nats]\nurl = {nats}\nnkey_seed = {nats_seed}\n\
                      [bus]\nprojection_dir = {projection}\n\
                      [identity]\nissuer = {issuer}\n\
                      [dev_issuer]\nseed = {dev_seed}\nkid = {dev_kid}\n\
@@ -468,6 +547,9 @@ impl Stack {
                         toml_str(&run.join(format!("projection-{region}")).display().to_string()),
                     nats = toml_str(
                         urls.nats_leaves.get(region).map(String::as_str).unwrap_or_default()
+                    ),
+                    nats_seed = toml_str(
+                        nats_seeds.cores.get(region).map(String::as_str).unwrap_or_default()
                     ),
                     issuer = toml_str(&issuer),
                     dev_seed = toml_str(&keys.identity.seed_base64()),
@@ -511,10 +593,11 @@ impl Stack {
             &router_cfg,
             format!(
                 "mode = \"local\"\nlisten = \"127.0.0.1:{router_port}\"\npop = \"local\"\nstate_file = {}\n\
-                 [nats]\nurl = {}\n\
+                 [nats]\nurl = {}\nnkey_seed = {}\n\
                  [identity]\nissuer = {}\n{regions_cfg}{telemetry}",
                 toml_str(&run.join("router-state.json").display().to_string()),
                 toml_str(urls.nats_leaves.values().next().map(String::as_str).unwrap_or_default()),
+                toml_str(&nats_seeds.router),
                 toml_str(&issuer),
             ),
         )?;
@@ -542,12 +625,13 @@ impl Stack {
             std::fs::write(
                 &edge_cfg,
                 format!(
-                    "mode = \"local\"\nlisten = \"127.0.0.1:{edge_port}\"\nadmin_listen = \"127.0.0.1:{edge_admin_port}\"\nmanifest = {}\npop = \"local\"\nnats_url = {}\nspin_strict = {spin_strict}\n\
+                    "mode = \"local\"\nlisten = \"127.0.0.1:{edge_port}\"\nadmin_listen = \"127.0.0.1:{edge_admin_port}\"\nmanifest = {}\npop = \"local\"\nnats_url = {}\nnats_nkey_seed = {}\nspin_strict = {spin_strict}\n\
                      [variables]\n{variables}{extra_vars}{telemetry}{edge_toml}",
                     toml_str(&manifest.display().to_string()),
                     toml_str(
                         urls.nats_leaves.values().next().map(String::as_str).unwrap_or_default()
                     ),
+                    toml_str(&nats_seeds.edge),
                     extra_vars = options
                         .edge_variables
                         .iter()
@@ -582,7 +666,7 @@ impl Stack {
             .user_agent("Mozilla/5.0 (X11; Linux x86_64) tessera-e2e")
             .default_headers(headers)
             .build()?;
-        let mut stack = Stack { options, urls, keys, nats, services, http };
+        let mut stack = Stack { options, urls, keys, nats, nats_seeds, services, http };
         for i in 0..stack.services.len() {
             let name = stack.services[i].name.clone();
             progress(&format!("starting {name}"));

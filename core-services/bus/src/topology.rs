@@ -5,7 +5,8 @@
 //! stacks and tests run exactly the configuration operators deploy. [`LocalNats`] starts
 //! such a topology as `nats-server` processes on free ports of 127.0.0.1 (for `cargo xtask
 //! up`, the end-to-end harness and tests), optionally with a [`LinkProxy`] between each
-//! leaf and the hub so that a test can cut a region off and heal it again.
+//! leaf and the hub so that a test can cut a region off and heal it again, and optionally
+//! signing everyone in as one of a list of NKey users ([`NatsUser`]) held to permissions.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
@@ -412,6 +413,68 @@ impl Drop for ProxyInner {
 pub struct LocalNatsOptions {
     /// Put a [`LinkProxy`] between the leaves and the hub, so regions can be cut off.
     pub cuttable_links: bool,
+    /// When not empty, every server refuses a client that is not one of these users (and
+    /// holds each to its permissions), and the leaves sign in to the hub's leafnode port
+    /// with a password made for this run, so nothing anonymous can join as a leaf either.
+    pub users: Vec<NatsUser>,
+}
+
+/// An NKey user of a [`LocalNats`] topology and what it may do.
+#[derive(Debug, Clone)]
+pub struct NatsUser {
+    /// The public NKey (`U...`).
+    pub nkey: String,
+    /// Subjects it may publish to (wildcards allowed); empty: none at all.
+    pub publish: Vec<String>,
+    /// Subjects it may subscribe to; empty: none at all.
+    pub subscribe: Vec<String>,
+    /// The one leaf it may sign in to (a region's core), or `None`: every server.
+    pub region: Option<RegionId>,
+}
+
+impl NatsUser {
+    /// A user allowed to publish and subscribe to `subjects`.
+    pub fn new(nkey: impl Into<String>, publish: &[&str], subscribe: &[&str]) -> Self {
+        let own = |v: &[&str]| v.iter().map(|s| (*s).to_owned()).collect();
+        NatsUser {
+            nkey: nkey.into(),
+            publish: own(publish),
+            subscribe: own(subscribe),
+            region: None,
+        }
+    }
+
+    /// The same user, accepted only by `region`'s leaf.
+    pub fn only_on(mut self, region: RegionId) -> Self {
+        self.region = Some(region);
+        self
+    }
+}
+
+/// An `authorization { users: [...] }` block for `users`.
+fn authorization_block(users: &[&NatsUser]) -> String {
+    let list = |v: &[String]| {
+        if v.is_empty() {
+            r#"{ deny: [">"] }"#.to_owned()
+        } else {
+            let quoted: Vec<String> =
+                v.iter().map(|s| serde_json::Value::from(s.as_str()).to_string()).collect();
+            format!("{{ allow: [{}] }}", quoted.join(", "))
+        }
+    };
+    let mut out = String::from(
+        "\n# Clients sign in as one of these NKey users; anyone else is refused.\nauthorization {\n  users: [\n",
+    );
+    for u in users {
+        out.push_str(&format!(
+            "    {{ nkey: {}, permissions: {{ publish: {}, subscribe: {} }} }}\n",
+            serde_json::Value::from(u.nkey.as_str()),
+            list(&u.publish),
+            list(&u.subscribe)
+        ));
+    }
+    out.push_str("  ]\n}\n");
+    out
 }
 
 /// A hub and one leaf node per region, as local processes.
@@ -431,6 +494,10 @@ impl LocalNats {
         opts: LocalNatsOptions,
     ) -> anyhow::Result<Self> {
         let proxy = if opts.cuttable_links { Some(LinkProxy::start().await?) } else { None };
+        // With users, the hub's leafnode port takes only leaves that know this password.
+        let leaf_password = (!opts.users.is_empty()).then(|| {
+            nkeys::KeyPair::new_user().public_key().chars().skip(1).take(32).collect::<String>()
+        });
         let leaf_port = free_port()?;
         let hub_leaf = SocketAddr::from(([127, 0, 0, 1], leaf_port));
         let leaf_entry = proxy.as_ref().map_or(hub_leaf, LinkProxy::listen_addr);
@@ -446,14 +513,26 @@ impl LocalNats {
         if let Some(p) = &proxy {
             p.set_target(hub_leaf);
         }
-        let hub = NatsProcess::start(
-            "hub",
-            dir,
-            &render_hub(&hub_params)?,
-            hub_params.client_port,
-            hub_params.http_port,
-        )
-        .await?;
+        let mut hub_conf = render_hub(&hub_params)?;
+        if let Some(password) = &leaf_password {
+            anyhow::ensure!(
+                hub_conf.contains("\nleafnodes {\n"),
+                "the hub template has no leafnodes block"
+            );
+            hub_conf = hub_conf.replacen(
+                "\nleafnodes {\n",
+                &format!(
+                    "\nleafnodes {{\n  authorization {{ user: leaf, password: {password:?} }}\n"
+                ),
+                1,
+            );
+            hub_conf.push_str(&authorization_block(
+                &opts.users.iter().filter(|u| u.region.is_none()).collect::<Vec<_>>(),
+            ));
+        }
+        let hub =
+            NatsProcess::start("hub", dir, &hub_conf, hub_params.client_port, hub_params.http_port)
+                .await?;
         let mut leaves = BTreeMap::new();
         for region in regions {
             let params = LeafParams {
@@ -463,17 +542,25 @@ impl LocalNats {
                 client_port: free_port()?,
                 http_port: free_port()?,
                 store_dir: dir.join("data").join(format!("leaf-{region}")),
-                hub_leaf_url: format!("nats-leaf://{leaf_entry}"),
+                hub_leaf_url: match &leaf_password {
+                    Some(password) => format!("nats-leaf://leaf:{password}@{leaf_entry}"),
+                    None => format!("nats-leaf://{leaf_entry}"),
+                },
             };
             let name = format!("leaf-{region}");
-            let leaf = NatsProcess::start(
-                &name,
-                dir,
-                &render_leaf(&params)?,
-                params.client_port,
-                params.http_port,
-            )
-            .await?;
+            let mut leaf_conf = render_leaf(&params)?;
+            if !opts.users.is_empty() {
+                leaf_conf.push_str(&authorization_block(
+                    &opts
+                        .users
+                        .iter()
+                        .filter(|u| u.region.as_ref().is_none_or(|r| r == region))
+                        .collect::<Vec<_>>(),
+                ));
+            }
+            let leaf =
+                NatsProcess::start(&name, dir, &leaf_conf, params.client_port, params.http_port)
+                    .await?;
             leaves.insert(region.clone(), leaf);
         }
         let topology = LocalNats { hub, leaves, proxy };
@@ -570,6 +657,23 @@ mod tests {
                 panic!("{} is stale; regenerate it from the templates", path.display());
             }
         }
+    }
+
+    #[test]
+    fn authorization_lists_each_user_with_its_permissions() {
+        let edge = NatsUser::new("UEDGE", &[], &["tessera.>"]);
+        let core = NatsUser::new("UCORE", &["tessera.>", "$JS.>"], &["tessera.>"])
+            .only_on(RegionId::parse("eu-west").unwrap());
+        let text = authorization_block(&[&edge, &core]);
+        assert!(text.contains("authorization {"), "{text}");
+        assert!(
+            text.contains(r#"{ nkey: "UEDGE", permissions: { publish: { deny: [">"] }, subscribe: { allow: ["tessera.>"] } } }"#),
+            "{text}"
+        );
+        assert!(
+            text.contains(r#"{ nkey: "UCORE", permissions: { publish: { allow: ["tessera.>", "$JS.>"] }, subscribe: { allow: ["tessera.>"] } } }"#),
+            "{text}"
+        );
     }
 
     #[test]

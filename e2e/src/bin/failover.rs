@@ -309,7 +309,7 @@ async fn run(args: Args) -> anyhow::Result<bool> {
             ));
         }
         for (region, url) in &stack.urls.nats_leaves {
-            let client = async_nats::connect(url.as_str()).await?;
+            let client = stack.nats_client(url).await?;
             let events =
                 traffic::stream_events(&client, &tessera_api::RegionId::parse(region)?).await?;
             say(&format!("{region}'s stream: {:?}", traffic::kinds(&events, &event)));

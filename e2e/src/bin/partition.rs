@@ -172,7 +172,7 @@ async fn run(args: Args) -> anyhow::Result<bool> {
             say(&format!("{region}: {:?}", projection(&stack.http, url, &event).await));
         }
         for (region, url) in &stack.urls.nats_leaves {
-            let client = async_nats::connect(url.as_str()).await?;
+            let client = stack.nats_client(url).await?;
             let js = region_context(&client, &RegionId::parse(region)?);
             match js.get_stream(stream_name(&RegionId::parse(region)?)).await {
                 Ok(mut st) => {
@@ -202,7 +202,7 @@ async fn run(args: Args) -> anyhow::Result<bool> {
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
         for (region, url) in &stack.urls.nats_leaves {
-            let client = async_nats::connect(url.as_str()).await?;
+            let client = stack.nats_client(url).await?;
             let events = stream_events(&client, &RegionId::parse(region)?)
                 .await
                 .with_context(|| format!("read {region}'s stream at {url}"))?;
@@ -250,7 +250,7 @@ async fn run(args: Args) -> anyhow::Result<bool> {
     let mut resent = 0;
     let mut dropped_by_stream = 0;
     for (region, url) in &stack.urls.nats_leaves {
-        let client = async_nats::connect(url.as_str()).await?;
+        let client = stack.nats_client(url).await?;
         let js = region_context(&client, &RegionId::parse(region)?);
         let own: Vec<(String, Vec<u8>, String)> = streams[region]
             .values()
@@ -411,7 +411,7 @@ async fn applied_ids(http: &reqwest::Client, core: &str) -> anyhow::Result<BTree
 async fn wait_consumers_idle(stack: &Stack, timeout: Duration) -> anyhow::Result<()> {
     let deadline = Instant::now() + timeout;
     for (region, url) in &stack.urls.nats_leaves {
-        let client = async_nats::connect(url.as_str()).await?;
+        let client = stack.nats_client(url).await?;
         let region = RegionId::parse(region)?;
         let js = region_context(&client, &region);
         let stream = js.get_stream(stream_name(&region)).await?;

@@ -715,12 +715,87 @@ async fn input_attacks(c: &mut Ctx) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Forged watermarks on NATS (the local stack's NATS takes anyone's publish; the edge
-/// believes only the core's signature): the waiting fan of the locked event must stay
+/// NATS: the servers refuse anyone without a credential (and a region's core anywhere but
+/// its own leaf); the edge's credential publishes nothing; and with a stolen credential
+/// that may publish (a region's core), forged watermarks still move nobody: the edge
+/// believes only the core's signature. The waiting fan of the locked event must stay
 /// waiting.
 async fn nats_attacks(c: &mut Ctx) -> anyhow::Result<()> {
-    let url = c.stack.urls.nats_leaves.values().next().cloned().context("a leaf")?;
-    let client = async_nats::connect(url.as_str()).await?;
+    let (region, url) = c.stack.urls.nats_leaves.iter().next().context("a leaf")?;
+    let (region, url) = (region.clone(), url.clone());
+    let seeds = c.stack.nats_seeds.clone();
+    let mut doors = vec![url.clone(), c.stack.urls.nats_hub.clone()];
+    doors.extend(c.stack.urls.nats_leaves.values().skip(1).cloned());
+    c.attack("nats: connect without credentials", (401, "authorization_violation"), || async move {
+        let mut outcomes = Vec::new();
+        for door in &doors {
+            outcomes.push(match crate::stack::nats_connect(door, None).await {
+                Ok(_) => "connected",
+                Err(e) if refused_by_nats(&e) => "authorization_violation",
+                Err(_) => "other_error",
+            });
+        }
+        let all_refused = outcomes.iter().all(|o| *o == "authorization_violation");
+        Ok(Reply {
+            status: if all_refused { 401 } else { 200 },
+            body: json!({"code": if all_refused { "authorization_violation" } else { "connected" }, "doors": doors, "outcomes": outcomes}),
+            served_by: None,
+        })
+    })
+    .await?;
+    if let Some((other, other_url)) = c.stack.urls.nats_leaves.iter().nth(1) {
+        let (other, other_url) = (other.clone(), other_url.clone());
+        let seed = seeds.cores.get(&region).cloned().context("a core's seed")?;
+        c.attack(
+            &format!("nats: {region}'s core credential on {other}'s leaf"),
+            (401, "authorization_violation"),
+            || async move {
+                let code = match crate::stack::nats_connect(&other_url, Some(&seed)).await {
+                    Ok(_) => "connected",
+                    Err(e) if refused_by_nats(&e) => "authorization_violation",
+                    Err(_) => "other_error",
+                };
+                Ok(Reply {
+                    status: if code == "authorization_violation" { 401 } else { 200 },
+                    body: json!({"code": code}),
+                    served_by: None,
+                })
+            },
+        )
+        .await?;
+    }
+    // The edge's own credential (an edge sits at a PoP, the least trusted place) publishing
+    // an event into its region's stream subjects: nothing may arrive.
+    let listener = c.stack.nats_client(&url).await?;
+    let forged_subject = format!("tessera.{region}.sale.closed.{LOCKED}");
+    let mut heard = listener.subscribe(forged_subject.clone()).await?;
+    listener.flush().await?;
+    let edge_client = crate::stack::nats_connect(&url, Some(&seeds.edge)).await?;
+    c.attack("nats: an event published with the edge's credential", (403, "not_delivered"), || async move {
+        let forged = json!({"id": "f".repeat(24), "region": region, "event_id": LOCKED, "at_ms": now_ms(), "kind": "sale.closed"});
+        edge_client.publish(forged_subject, serde_json::to_vec(&forged)?.into()).await?;
+        // The server answers a forbidden publish with an error, not by dropping the client.
+        let _ = edge_client.flush().await;
+        let got = tokio::time::timeout(Duration::from_millis(700), futures::StreamExt::next(&mut heard)).await;
+        let delivered = matches!(got, Ok(Some(_)));
+        Ok(Reply {
+            status: if delivered { 200 } else { 403 },
+            body: json!({"code": if delivered { "delivered" } else { "not_delivered" }}),
+            served_by: None,
+        })
+    })
+    .await?;
+    // Past this point the attacker holds a credential that may publish: region's core's.
+    let client = crate::stack::nats_connect(
+        &url,
+        Some(
+            seeds
+                .cores
+                .get(c.stack.urls.nats_leaves.keys().next().context("a region")?)
+                .context("a core's seed")?,
+        ),
+    )
+    .await?;
     // A genuine watermark of the locked event, rewritten to admit everyone, far ahead of
     // any version the core will publish.
     let genuine = c.core.get(&format!("/v1/events/{LOCKED}/admission"), &[]).await?;
@@ -788,6 +863,14 @@ async fn nats_attacks(c: &mut Ctx) -> anyhow::Result<()> {
     })
     .await?;
     Ok(())
+}
+
+/// Whether NATS refused a connection for its credentials.
+fn refused_by_nats(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| {
+        c.downcast_ref::<async_nats::ConnectError>()
+            .is_some_and(|e| e.kind() == async_nats::ConnectErrorKind::AuthorizationViolation)
+    })
 }
 
 async fn waiting(mut fan: Fan) -> anyhow::Result<Reply> {

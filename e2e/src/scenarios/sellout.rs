@@ -400,7 +400,7 @@ pub async fn run(opts: SelloutOptions) -> anyhow::Result<BTreeMap<String, String
 
     // Watch the watermarks as the edges do.
     let nats_url = stack.urls.nats_leaves.values().next().cloned().context("no NATS leaf")?;
-    let nats = async_nats::connect(&nats_url).await.context("connect to NATS")?;
+    let nats = stack.nats_client(&nats_url).await?;
     let mut sub = nats
         .subscribe(tessera_api::bus::admission_subject(&tessera_api::EventId::parse(&event)?))
         .await?;

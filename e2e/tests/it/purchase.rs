@@ -18,7 +18,7 @@ async fn a_fan_buys_two_seats_through_the_edge_and_the_other_region_hears_of_it(
     // Subscribers on every region's leaf node, before anything is sold.
     let mut subs = Vec::new();
     for (region, url) in &stack.urls.nats_leaves {
-        let client = async_nats::connect(url.as_str()).await.unwrap();
+        let client = stack.nats_client(url).await.unwrap();
         let sub = client.subscribe("tessera.*.seats.sold.>").await.unwrap();
         client.flush().await.unwrap();
         subs.push((region.clone(), client, sub));
