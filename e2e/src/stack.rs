@@ -280,13 +280,22 @@ pub struct Urls {
 /// The NKey seeds of the stack's NATS users, made fresh for each run. The servers refuse
 /// anyone else, and each user may do only what its service needs: a region's core signs in
 /// only to its own leaf; the router publishes no events; the edge publishes nothing.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct NatsSeeds {
     pub cores: BTreeMap<String, String>,
     pub router: String,
     pub edge: String,
     /// The operator's and the tests' own user: may publish and read anything.
     pub tools: String,
+}
+
+impl std::fmt::Debug for NatsSeeds {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Seeds are secrets, even made-for-the-run ones: never in a log line.
+        f.debug_struct("NatsSeeds")
+            .field("cores", &self.cores.keys().collect::<Vec<_>>())
+            .finish_non_exhaustive()
+    }
 }
 
 impl NatsSeeds {
