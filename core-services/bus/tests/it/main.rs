@@ -51,7 +51,7 @@ impl Net {
         let nats = LocalNats::start(
             dir.path(),
             &[us(), eu()],
-            LocalNatsOptions { cuttable_links: cuttable },
+            LocalNatsOptions { cuttable_links: cuttable, ..LocalNatsOptions::default() },
         )
         .await
         .unwrap();
