@@ -338,6 +338,12 @@ async fn join(
         {
             req.headers_mut().insert(headers::SERVICE_CREDENTIAL, v);
         }
+        // Registering is idempotent (the core returns the customer's unfinished place as
+        // it is), so the router may repeat it in another region when the first one dies
+        // with the request in flight, instead of answering "outcome unknown".
+        if let Ok(v) = http::HeaderValue::from_str(&format!("queue-join-{}", registration.ticket_id)) {
+            req.headers_mut().insert(headers::IDEMPOTENCY_KEY, v);
+        }
         guest::stamp(req.headers_mut(), &ctx.upstream);
         let resp = guest::try_send(req)
             .await
