@@ -2,7 +2,8 @@
 //! processes (NATS hub and leaves, one core per region over one shared embedded store, the
 //! router, the edge host with the WASM components, the payment simulator and the mail
 //! sink); [`fan`] drives it the way fans and operators do; [`scenarios`] are the long runs
-//! behind `cargo xtask e2e <name>`, and [`traffic`] is the buying crowd of the region
+//! behind `cargo xtask e2e <name>` and `cargo xtask onsale` (a whole sale of a million
+//! fans, [`scenarios::onsale`]), and [`traffic`] is the buying crowd of the region
 //! scenarios (`failover`, `partition`).
 //!
 //! It is test and developer tooling: `cargo xtask up` uses the same [`stack::Stack`].

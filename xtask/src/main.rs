@@ -6,6 +6,8 @@
 //! - `cargo xtask bench <inventory|edge|orders>`: run a benchmark and print its numbers.
 //! - `cargo xtask e2e <checkout|failover|partition|security|sellout|web|spin-readme>`: run
 //!   one end-to-end scenario (`web`: fans in a real browser, screenshots under `target/e2e-web/`).
+//! - `cargo xtask onsale`: a whole on-sale of a million fans on the release build, with an
+//!   HTML report under `target/onsale/` (`--ci`: the 50,000-fan variant `test` runs).
 //! - `cargo xtask spin-up`: the same local stack with `spin up` as its edge.
 //! - `cargo xtask build-wasm`: build the edge components.
 //! - `cargo xtask check-deploy`: check `deploy/` with the real validators (part of `test`).
@@ -67,9 +69,20 @@ enum Cmd {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
-    /// Run one end-to-end scenario (`checkout`, `failover`, `partition`, `web`).
+    /// Run one end-to-end scenario (`checkout`, `failover`, `partition`, `security`,
+    /// `sellout`, `web`, `spin-readme`); a scenario's own flags go after `--`.
     E2e {
         name: String,
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+    /// A whole on-sale: a million fans (a fifth of them bots) against the local stack on the
+    /// release build; the report goes to `target/onsale/`. Its own flags (`--fans`,
+    /// `--seats`, `--ci`, `--help`...) go after `--`.
+    Onsale {
+        /// Run the services from the debug build (what `cargo xtask test` does).
+        #[arg(long)]
+        debug: bool,
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
@@ -133,6 +146,7 @@ fn main() -> anyhow::Result<()> {
         }
         Cmd::Test { quick } => test(quick),
         Cmd::CheckDeploy { no_build } => check_deploy(no_build),
+        Cmd::Onsale { debug, args } => onsale(!debug, &args),
         Cmd::Bench { name, args } => bench(&name, &args),
         Cmd::E2e { name, args } => e2e(&name, &args),
     }
@@ -549,7 +563,7 @@ fn test(quick: bool) -> anyhow::Result<()> {
             "end-to-end scenario `web` (fans in a real browser)",
             cargo().args(["run", "--locked", "-p", "tessera-e2e", "--bin", "web", "--", "--ci"]),
         )?;
-        for scenario in ["checkout", "failover", "partition", "sellout"] {
+        for scenario in ["checkout", "failover", "partition", "sellout", "onsale"] {
             run(
                 &format!("end-to-end scenario `{scenario}`"),
                 cargo().args([
@@ -616,6 +630,19 @@ fn bench(name: &str, args: &[String]) -> anyhow::Result<()> {
             .args(["run", "--release", "--locked", "-p", "tessera-bench", "--bin", name, "--"])
             .args(args),
     )
+}
+
+fn onsale(release: bool, args: &[String]) -> anyhow::Result<()> {
+    prereq::nats_server()?;
+    step("building the WASM edge components");
+    wasm::build_components(true)?;
+    build_services(release)?;
+    let mut c = cargo();
+    c.args(["run", "--locked", "-p", "tessera-e2e", "--bin", "onsale"]);
+    if release {
+        c.arg("--release");
+    }
+    run("the on-sale", c.arg("--").args(args))
 }
 
 fn e2e(name: &str, args: &[String]) -> anyhow::Result<()> {

@@ -389,7 +389,7 @@ async fn run() -> anyhow::Result<()> {
         ("watermark_keys".to_owned(), Keyset::new([watermark_key.public()]).to_config_string()),
         (
             "bot_policy".to_owned(),
-            r#"{"client_hard_per_window":4000000000,"client_soft_per_window":4000000000,"network_soft_per_window":4000000000,"token_soft_per_window":4000000000,"ticket_polls_per_window":4000000000}"#.to_owned(),
+            r#"{"client_hard_per_window":4000000000,"client_soft_per_window":4000000000,"network_soft_per_window":4000000000,"token_soft_per_window":4000000000,"ticket_polls_per_window":4000000000,"ticket_polls_shadow_factor":0,"accounts_per_device":0,"devices_per_account":0}"#.to_owned(),
         ),
     ]);
     step("starting the edge host with edge-components/spin.toml");

@@ -5,6 +5,7 @@
 use std::collections::BTreeMap;
 
 pub mod checkout;
+pub mod onsale;
 pub mod security;
 pub mod sellout;
 pub mod web;

@@ -27,6 +27,16 @@ pub struct Policy {
     /// refused with `429 queue_poll_too_fast` (a page long-polls every 20 s, or polls
     /// about once a second where it cannot).
     pub ticket_polls_per_window: u32,
+    /// A ticket that polls more than this many times the per-window limit in one window
+    /// is automation (a page long-polls, or polls about once a second where it cannot): it
+    /// is moved to the shadow queue (0 never moves one).
+    pub ticket_polls_shadow_factor: u32,
+    /// Accounts that may join one event's waiting room from one device (a household
+    /// sharing a tablet); the next one moves all of them to the shadow queue (0: no limit).
+    pub accounts_per_device: u32,
+    /// Devices one account may join one event's waiting room from (a phone and a
+    /// laptop); the next one moves all its tickets to the shadow queue (0: no limit).
+    pub devices_per_account: u32,
     pub events: BTreeMap<String, EventPolicy>,
 }
 
@@ -47,6 +57,9 @@ impl Default for Policy {
             network_soft_per_window: 600,
             token_soft_per_window: 30,
             ticket_polls_per_window: 20,
+            ticket_polls_shadow_factor: 2,
+            accounts_per_device: 3,
+            devices_per_account: 3,
             events: BTreeMap::new(),
         }
     }

@@ -57,6 +57,24 @@ pub fn queue_left(ticket_id: &str) -> String {
     format!("left:{ticket_id}")
 }
 
+/// Marks a real ticket caught acting as a bot after it was issued (polling far past the
+/// limit, or one of too many accounts on a device or devices of an account): from then on
+/// it is served like a shadow ticket and never admitted here.
+pub fn queue_flagged(ticket_id: &str) -> String {
+    format!("flag:{ticket_id}")
+}
+
+/// The accounts that joined an event's waiting room from one device here, with their
+/// tickets (`device` is the hash the tickets carry).
+pub fn queue_device_accounts(event_id: &EventId, device: &str) -> String {
+    format!("qdev:{event_id}:{device}")
+}
+
+/// The devices one account joined an event's waiting room from here, with the tickets.
+pub fn queue_account_devices(event_id: &EventId, customer: &str) -> String {
+    format!("qacc:{event_id}:{customer}")
+}
+
 /// A rate counter for one window of one scope (`c` client, `n` network, `t` token).
 pub fn rate(scope: &str, key: &str, window: u64) -> String {
     format!("rl:{scope}:{key}:{window}")

@@ -44,6 +44,8 @@ pub(crate) struct Pass {
     /// included, and how many queue status requests a ticket may make per window.
     pub token_requests: u32,
     pub ticket_polls_per_window: u32,
+    pub accounts_per_device: u32,
+    pub devices_per_account: u32,
 }
 
 fn short_hash(s: &str) -> String {
@@ -115,6 +117,13 @@ pub(crate) async fn check(
     if let Ok(v) = serde_json::to_vec(&state) {
         let _ = ctx.store.set(&client_key, &v).await;
     }
+    if let Route::QueueStatus { event_id } = route
+        && policy.ticket_polls_shadow_factor > 0
+        && token_requests
+            > policy.ticket_polls_per_window.saturating_mul(policy.ticket_polls_shadow_factor)
+    {
+        crate::waiting_room::flag_flooding_ticket(ctx, parts, event_id).await;
+    }
 
     let signals = Signals {
         client_requests,
@@ -164,6 +173,8 @@ pub(crate) async fn check(
                 shadow: verdict == Verdict::Shadow,
                 token_requests,
                 ticket_polls_per_window: policy.ticket_polls_per_window,
+                accounts_per_device: policy.accounts_per_device,
+                devices_per_account: policy.devices_per_account,
             })
         }
     }

@@ -26,8 +26,8 @@ mod waiting_room;
 
 use spin_sdk::http::Request;
 use spin_sdk::http_service;
-use tessera_edge_guest as guest;
 use tessera_api::ErrorCode;
+use tessera_edge_guest as guest;
 use tessera_edge_logic::routes::{Route, Stage};
 use tessera_edge_logic::{Limits, RequestView, validate};
 

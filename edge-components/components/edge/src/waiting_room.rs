@@ -37,7 +37,7 @@ use tessera_api::queue::{
     AdmissionWatermark, QueueChoice, QueueJoinRequest, QueueJoined, QueuePhase, QueuePlace,
     QueueRegistration, QueueStatus, QueueStatusState, QueueTicketClaims,
 };
-use tessera_api::{CustomerId, ErrorCode, EventId, headers};
+use tessera_api::{CustomerId, ErrorCode, EventId, QueueTicketId, headers};
 use tessera_edge_guest as guest;
 use tessera_edge_logic::kv;
 use tessera_edge_logic::routes::Route;
@@ -167,8 +167,8 @@ impl Ctx {
             && c.claims.event_id == *event_id
         {
             let wm = c.claims;
-            let fresh = now_ms <= wm.published_at_ms + max_age
-                && wm.published_at_ms <= now_ms + max_age;
+            let fresh =
+                now_ms <= wm.published_at_ms + max_age && wm.published_at_ms <= now_ms + max_age;
             return fresh.then_some(wm);
         }
         let keys = Keyset::parse(&keys_spec).ok()?;
@@ -287,8 +287,9 @@ async fn join(
     parts: &http::request::Parts,
     body: &Bytes,
     event_id: EventId,
-    shadow: bool,
+    pass: &crate::bot::Pass,
 ) -> Outcome {
+    let shadow = pass.shadow;
     let join: QueueJoinRequest = if body.is_empty() {
         QueueJoinRequest::default()
     } else {
@@ -341,7 +342,9 @@ async fn join(
         // Registering is idempotent (the core returns the customer's unfinished place as
         // it is), so the router may repeat it in another region when the first one dies
         // with the request in flight, instead of answering "outcome unknown".
-        if let Ok(v) = http::HeaderValue::from_str(&format!("queue-join-{}", registration.ticket_id)) {
+        if let Ok(v) =
+            http::HeaderValue::from_str(&format!("queue-join-{}", registration.ticket_id))
+        {
             req.headers_mut().insert(headers::IDEMPOTENCY_KEY, v);
         }
         guest::stamp(req.headers_mut(), &ctx.upstream);
@@ -360,6 +363,7 @@ async fn join(
         if place.customer_id != customer_id || place.event_id != event_id {
             return Err(fail(ErrorCode::Internal, "region sent a queue place for someone else"));
         }
+        crowd_check(ctx, &event_id, &customer_id, &device, &place.ticket_id, pass).await;
         (place.ticket_id, place.phase, place.seq, place.rank)
     };
 
@@ -476,7 +480,8 @@ async fn status(
     let ticket = guest::header(&parts.headers, headers::QUEUE_TICKET)
         .ok_or_else(|| fail(ErrorCode::QueueTicketInvalid, "send your queue ticket"))?;
     if pass.token_requests > pass.ticket_polls_per_window {
-        // A flood from one ticket changes nothing and is told when to come back.
+        // A flood from one ticket changes nothing and is told when to come back (far past
+        // the limit, `crate::bot` has moved the ticket to the shadow queue).
         let window_ends = (ctx.now_ms / tessera_edge_logic::bot::WINDOW_MS + 1)
             * tessera_edge_logic::bot::WINDOW_MS;
         let mut r = fail(
@@ -490,8 +495,7 @@ async fn status(
     let poll = tessera_edge_logic::validate::long_poll(parts.uri.query())
         .map_err(|e| guest::error_body(&e))?;
     let claims = ctx.queue_claims(ticket, TYP_TICKET, &event_id, &device).await?;
-    let secret = ctx.var("shadow_secret").await;
-    let shadow = lottery::is_shadow(secret.as_bytes(), &claims.ticket_id);
+    let shadow = shadowed(ctx, &claims.ticket_id).await;
     let max_s = ctx.var_u64("queue_long_poll_max_s", LONG_POLL_MAX_S).await;
     let wait_ms = poll.wait_s.min(max_s) * 1000;
     let started = guest::now_ms();
@@ -598,14 +602,112 @@ async fn tell_core(
     if (200..300).contains(&status) { Ok(()) } else { Err(guest::from_parts(rparts, rbody)) }
 }
 
+/// A ticket whose status requests came far past the per-window limit (whatever the
+/// edge answered them with: refusals and challenges count too): a page long-polls, so
+/// this is automation, and the ticket (once its signature and device say it is one) is
+/// served as a shadow ticket from now on.
+pub(crate) async fn flag_flooding_ticket(
+    ctx: &Ctx,
+    parts: &http::request::Parts,
+    event_id: &EventId,
+) {
+    let Some(ticket) = guest::header(&parts.headers, headers::QUEUE_TICKET) else { return };
+    let Ok(device) = device_of(parts) else { return };
+    if let Ok(claims) = ctx.queue_claims(ticket, TYP_TICKET, event_id, &device).await
+        && !shadowed(ctx, &claims.ticket_id).await
+    {
+        flag(ctx, claims.ticket_id.as_str(), "polls").await;
+        ctx.count("bot_verdicts", "poll_flagged");
+    }
+}
+
+/// Whether a ticket is served as a shadow ticket: issued as one, or flagged since.
+async fn shadowed(ctx: &Ctx, ticket_id: &QueueTicketId) -> bool {
+    let secret = ctx.var("shadow_secret").await;
+    lottery::is_shadow(secret.as_bytes(), ticket_id)
+        || matches!(ctx.store.exists(&kv::queue_flagged(ticket_id.as_str())).await, Ok(true))
+}
+
+async fn flag(ctx: &Ctx, ticket_id: &str, why: &'static str) {
+    let _ = ctx.store.set(&kv::queue_flagged(ticket_id), why.as_bytes()).await;
+}
+
+/// The accounts seen on one device, or the devices of one account, in one event's
+/// waiting room, with their tickets.
+#[derive(Default, Serialize, Deserialize)]
+struct Crowd {
+    members: Vec<String>,
+    tickets: Vec<String>,
+}
+
+/// Tickets kept per crowd (a crowd past its limit flags every later ticket as it joins).
+const CROWD_TICKETS_KEPT: usize = 64;
+
+/// Records a join in its device's and its account's crowds. A crowd past its limit (more
+/// accounts on one device, or more devices of one account, than a household has) is one
+/// client pretending to be many: all its tickets move to the shadow queue. Best effort
+/// under concurrency (two joins at once may each miss the other), which costs a bot one
+/// ticket at most.
+async fn crowd_check(
+    ctx: &Ctx,
+    event_id: &EventId,
+    customer: &CustomerId,
+    device: &str,
+    ticket_id: &QueueTicketId,
+    pass: &crate::bot::Pass,
+) {
+    let crowds = [
+        (
+            kv::queue_device_accounts(event_id, device),
+            customer.as_str(),
+            pass.accounts_per_device,
+            "accounts_per_device",
+        ),
+        (
+            kv::queue_account_devices(event_id, customer.as_str()),
+            device,
+            pass.devices_per_account,
+            "devices_per_account",
+        ),
+    ];
+    for (key, member, limit, why) in crowds {
+        if limit == 0 {
+            continue;
+        }
+        let mut crowd: Crowd = match ctx.store.get(&key).await {
+            Ok(Some(raw)) => serde_json::from_slice(&raw).unwrap_or_default(),
+            _ => Crowd::default(),
+        };
+        let over_before = crowd.members.len() > limit as usize;
+        if !crowd.members.iter().any(|m| m == member) && !over_before {
+            crowd.members.push(member.to_owned());
+        }
+        let ticket = ticket_id.as_str();
+        if !crowd.tickets.iter().any(|t| t == ticket) && crowd.tickets.len() < CROWD_TICKETS_KEPT {
+            crowd.tickets.push(ticket.to_owned());
+        }
+        if let Ok(v) = serde_json::to_vec(&crowd) {
+            let _ = ctx.store.set(&key, v).await;
+        }
+        if crowd.members.len() > limit as usize {
+            if !over_before {
+                for t in &crowd.tickets {
+                    flag(ctx, t, why).await;
+                }
+            }
+            flag(ctx, ticket, why).await;
+            ctx.count("bot_verdicts", "crowd_flagged");
+        }
+    }
+}
+
 /// `POST /v1/events/{id}/queue/waiting-list`.
 async fn waiting_list(ctx: &Ctx, parts: &http::request::Parts, event_id: EventId) -> Outcome {
     let mut claims = own_ticket(ctx, parts, &event_id).await?;
     let key = signing_key(&ctx.var("queue_signing_key").await)
         .ok_or_else(|| fail(ErrorCode::Internal, "edge misconfigured: queue_signing_key"))?;
     if !claims.waiting_list {
-        let secret = ctx.var("shadow_secret").await;
-        let shadow = lottery::is_shadow(secret.as_bytes(), &claims.ticket_id);
+        let shadow = shadowed(ctx, &claims.ticket_id).await;
         let wm = ctx.watermark(&event_id, ctx.now_ms).await;
         let state = standing(&claims, wm.as_ref(), shadow).state;
         if state != QueueStatusState::SoldOut {
@@ -686,7 +788,7 @@ pub(crate) async fn serve(
     let shadow = pass.shadow;
     let (out, what) = match route {
         Route::QueueJoin { event_id } => (
-            join(ctx, parts, &body, event_id, shadow).await,
+            join(ctx, parts, &body, event_id, pass).await,
             if shadow { "shadow_joined" } else { "joined" },
         ),
         Route::QueueStatus { event_id } => (status(ctx, parts, event_id, pass).await, "status"),

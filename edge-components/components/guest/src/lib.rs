@@ -30,13 +30,12 @@ pub type Reply = Response<BoxBody>;
 
 /// Request headers that only the edge itself may set: dropped from what fans send, so a
 /// value arriving from outside is never trusted.
-pub const INTERNAL_HEADERS: &[&str] =
-    &[
-        tessera_api::headers::BOT_SCORE,
-        tessera_api::headers::EDGE_POP,
-        tessera_api::headers::STALE,
-        tessera_api::headers::SERVICE_CREDENTIAL,
-    ];
+pub const INTERNAL_HEADERS: &[&str] = &[
+    tessera_api::headers::BOT_SCORE,
+    tessera_api::headers::EDGE_POP,
+    tessera_api::headers::STALE,
+    tessera_api::headers::SERVICE_CREDENTIAL,
+];
 
 /// Headers that describe the edge's or the region's internals and never reach a fan, even
 /// when a region's reply carries them.
@@ -95,7 +94,9 @@ pub fn clean_response(mut reply: Reply) -> Reply {
         .keys()
         .filter(|k| {
             let k = k.as_str();
-            is_hop_by_hop(k, connection.as_deref()) || NEVER_TO_FANS.contains(&k) || is_host_specific(k)
+            is_hop_by_hop(k, connection.as_deref())
+                || NEVER_TO_FANS.contains(&k)
+                || is_host_specific(k)
         })
         .cloned()
         .collect();
@@ -216,8 +217,9 @@ pub fn outbound(
     let url = format!("{}{}", up.base.trim_end_matches('/'), pq);
     let mut req = http::Request::new(Full::new(body));
     *req.method_mut() = parts.method.clone();
-    *req.uri_mut() =
-        url.parse().map_err(|_| error(ErrorCode::Internal, "edge misconfigured: bad router_url"))?;
+    *req.uri_mut() = url
+        .parse()
+        .map_err(|_| error(ErrorCode::Internal, "edge misconfigured: bad router_url"))?;
     copy_request_headers(&parts.headers, req.headers_mut());
     stamp(req.headers_mut(), up);
     Ok(req)

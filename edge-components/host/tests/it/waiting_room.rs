@@ -334,3 +334,125 @@ async fn fans_behind_one_address_are_rated_one_by_one() {
     }
     assert!(limited, "a single device over the hard limit is refused");
 }
+
+/// What a fan's status says once the watermark has passed every place so far.
+async fn state_when_everyone_is_admitted(
+    c: &reqwest::Client,
+    edge: &RunningEdge,
+    ticket: &str,
+    device: &str,
+) -> QueueStatusState {
+    // Each push must be newer than the last one the edge took.
+    static VERSION: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1_000);
+    let mut wm = watermark("show-1", 1_000, 1_000);
+    wm.version = VERSION.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    push(edge, &wm);
+    let s: QueueStatus = poll(c, edge, "", ticket, device).await.json().await.unwrap();
+    s.state
+}
+
+#[tokio::test]
+async fn many_accounts_on_one_device_all_go_to_the_shadow_queue() {
+    let (_up, router) = upstream().await;
+    let edge = start_edge(variables(router)).await;
+    let c = browser();
+    push(&edge, &watermark("show-1", 0, 0));
+    // A household shares a tablet: three accounts on it are fine.
+    let family: Vec<QueueJoined> = accounts_on(&c, &edge, &["mum", "dad", "kid"], "tablet").await;
+    let neighbour = join(&c, &edge, "neighbour", "own-phone").await;
+    for t in &family {
+        assert_eq!(
+            state_when_everyone_is_admitted(&c, &edge, &t.ticket, "tablet").await,
+            QueueStatusState::Admitted
+        );
+    }
+    // A farm of accounts on one device: from the fourth on, every one of them (the first
+    // three too, on this device) waits in the shadow queue and is never admitted.
+    let farm: Vec<QueueJoined> =
+        accounts_on(&c, &edge, &["farm-1", "farm-2", "farm-3", "farm-4", "farm-5"], "bot-box")
+            .await;
+    for t in &farm {
+        assert_ne!(
+            state_when_everyone_is_admitted(&c, &edge, &t.ticket, "bot-box").await,
+            QueueStatusState::Admitted,
+            "a farm account was admitted"
+        );
+    }
+    assert_eq!(
+        state_when_everyone_is_admitted(&c, &edge, &neighbour.ticket, "own-phone").await,
+        QueueStatusState::Admitted
+    );
+}
+
+/// Joins each of `fans` from one device, one after the other.
+async fn accounts_on(
+    c: &reqwest::Client,
+    edge: &RunningEdge,
+    fans: &[&str],
+    device: &str,
+) -> Vec<QueueJoined> {
+    let mut out = Vec::new();
+    for f in fans {
+        out.push(join(c, edge, f, device).await);
+    }
+    out
+}
+
+#[tokio::test]
+async fn one_account_on_many_devices_goes_to_the_shadow_queue() {
+    let (_up, router) = upstream().await;
+    let edge = start_edge(variables(router)).await;
+    let c = browser();
+    push(&edge, &watermark("show-1", 0, 0));
+    // A phone, a laptop and a tablet: fine.
+    let mut fan = Vec::new();
+    for d in ["phone", "laptop", "tablet"] {
+        fan.push(join(&c, &edge, "fan-1", d).await);
+    }
+    assert_eq!(
+        state_when_everyone_is_admitted(&c, &edge, &fan[0].ticket, "phone").await,
+        QueueStatusState::Admitted
+    );
+    // Six devices: the account's place is never admitted, on any of them.
+    let mut bot = Vec::new();
+    for d in 0..6 {
+        bot.push((join(&c, &edge, "bot-1", &format!("dev-{d}")).await, format!("dev-{d}")));
+    }
+    for (t, d) in &bot {
+        assert_ne!(
+            state_when_everyone_is_admitted(&c, &edge, &t.ticket, d).await,
+            QueueStatusState::Admitted
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_ticket_polled_far_past_the_limit_is_never_admitted() {
+    let (_up, router) = upstream().await;
+    let edge = start_edge(variables(router)).await;
+    let c = browser();
+    push(&edge, &watermark("show-1", 0, 0));
+    let bot = join(&c, &edge, "bot-1", "bot-phone").await;
+    let fan = join(&c, &edge, "fan-1", "fan-phone").await;
+    // The fan polls at the page's pace; the bot sends more than three times the limit
+    // (20 per window) within one window, whatever it is answered.
+    let window = tessera_edge_logic::bot::WINDOW_MS;
+    tokio::time::sleep(Duration::from_millis(window - now_ms() % window + 20)).await;
+    let mut refused = 0;
+    for _ in 0..70 {
+        if poll(&c, &edge, "", &bot.ticket, "bot-phone").await.status() != 200 {
+            refused += 1;
+        }
+    }
+    assert!(refused >= 45, "{refused}");
+    tokio::time::sleep(Duration::from_millis(window - now_ms() % window + 20)).await;
+    assert_eq!(
+        state_when_everyone_is_admitted(&c, &edge, &bot.ticket, "bot-phone").await,
+        QueueStatusState::Waiting,
+        "the flooding ticket waits at the back of the line"
+    );
+    assert_eq!(
+        state_when_everyone_is_admitted(&c, &edge, &fan.ticket, "fan-phone").await,
+        QueueStatusState::Admitted
+    );
+}
