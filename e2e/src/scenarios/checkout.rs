@@ -249,22 +249,7 @@ pub async fn run(opts: CheckoutOptions) -> anyhow::Result<BTreeMap<String, Strin
 
     // The audit: the provider's ledger against the orders. Authorizations of failed
     // orders are voided by the saga or the reconciler; give them a moment.
-    let settle_until = Instant::now() + Duration::from_secs(60);
-    let ledger = loop {
-        let ledger: Value = stack
-            .http
-            .get(format!("{}/_sim/ledger", stack.urls.paysim))
-            .send()
-            .await?
-            .json()
-            .await?;
-        let open = ledger["summary"]["uncaptured_authorizations"].as_u64().unwrap_or(u64::MAX);
-        if open == 0 || Instant::now() > settle_until {
-            break ledger;
-        }
-        eprintln!("[checkout] {open} authorizations not yet captured or voided");
-        tokio::time::sleep(Duration::from_secs(2)).await;
-    };
+    let ledger = crate::scenarios::settled_ledger(&stack, "checkout").await?;
     let uncaptured = ledger["summary"]["uncaptured_authorizations"].as_u64().unwrap_or(u64::MAX);
     let mut charged: HashMap<String, i64> = HashMap::new();
     for intent in ledger["intents"].as_array().cloned().unwrap_or_default() {

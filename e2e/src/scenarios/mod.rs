@@ -110,6 +110,30 @@ pub fn quantile<T: Copy + Default>(sorted: &[T], q: f64) -> T {
 }
 
 /// `key=value key=value ...` in key order.
+/// The payment simulator's ledger once every authorization is captured or voided (the
+/// saga or the reconciler settles them), or as it is after 60 s.
+pub async fn settled_ledger(
+    stack: &crate::stack::Stack,
+    scenario: &str,
+) -> anyhow::Result<serde_json::Value> {
+    let settle_until = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        let ledger: serde_json::Value = stack
+            .http
+            .get(format!("{}/_sim/ledger", stack.urls.paysim))
+            .send()
+            .await?
+            .json()
+            .await?;
+        let open = ledger["summary"]["uncaptured_authorizations"].as_u64().unwrap_or(u64::MAX);
+        if open == 0 || std::time::Instant::now() > settle_until {
+            return Ok(ledger);
+        }
+        eprintln!("[{scenario}] {open} authorizations not yet captured or voided");
+        tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+    }
+}
+
 pub fn kv_line(kv: &BTreeMap<String, String>) -> String {
     kv.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(" ")
 }

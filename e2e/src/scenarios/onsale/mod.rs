@@ -613,18 +613,8 @@ async fn arrive(shared: Arc<Shared>, i: usize) {
             shared.c.told_at_join.fetch_add(1, Ordering::Relaxed);
             return;
         }
-        Ok(r) => {
-            let mut f = shared.fans[i].lock();
-            f.failed = Some(format!("join: {} {}", r.status, r.body));
-            f.finished = true;
-            return;
-        }
-        Err(e) => {
-            let mut f = shared.fans[i].lock();
-            f.failed = Some(format!("join: {e:#}"));
-            f.finished = true;
-            return;
-        }
+        Ok(r) => return fail(&shared, i, format!("join: {} {}", r.status, r.body)),
+        Err(e) => return fail(&shared, i, format!("join: {e:#}")),
     };
     shared.lat_join.add(done, done.saturating_sub(a.at_ms) as f64);
     let ticket = r.body["ticket"].as_str().unwrap_or_default().to_owned();
@@ -792,18 +782,28 @@ fn admitted(shared: &Arc<Shared>, i: usize, r: &Reply) {
     });
 }
 
+/// Fan `i`'s visit ended in a failure.
+fn fail(shared: &Shared, i: usize, why: String) {
+    let mut f = shared.fans[i].lock();
+    f.failed = Some(why);
+    f.finished = true;
+}
+
+/// Fan `i` heard "sold out" and goes home.
+fn told_sold_out(shared: &Shared, i: usize) {
+    let mut f = shared.fans[i].lock();
+    f.told_sold_out_ms = Some(shared.now_ms());
+    f.finished = true;
+    shared.c.told_sold_out.fetch_add(1, Ordering::Relaxed);
+}
+
 /// A simulated fan, asked by the run when the watermark's line passed them.
 async fn answer(shared: Arc<Shared>, i: usize) {
     let asked = shared.now_ms();
     for attempt in 0..12 {
         let r = match status(&shared, i, None).await {
             Ok(r) => r,
-            Err(e) => {
-                let mut f = shared.fans[i].lock();
-                f.failed = Some(format!("status: {e:#}"));
-                f.finished = true;
-                return;
-            }
+            Err(e) => return fail(&shared, i, format!("status: {e:#}")),
         };
         let state = r.body["state"].as_str().unwrap_or("").to_owned();
         match state.as_str() {
@@ -814,13 +814,7 @@ async fn answer(shared: Arc<Shared>, i: usize) {
                 admitted(&shared, i, &r);
                 return;
             }
-            "sold_out" | "closed" => {
-                let mut f = shared.fans[i].lock();
-                f.told_sold_out_ms = Some(shared.now_ms());
-                f.finished = true;
-                shared.c.told_sold_out.fetch_add(1, Ordering::Relaxed);
-                return;
-            }
+            "sold_out" | "closed" => return told_sold_out(&shared, i),
             _ if shared.plan[i].kind.is_bot() => {
                 // A bot the edge moved to the shadow queue: it waits forever.
                 shared.fans[i].lock().finished = true;
@@ -833,9 +827,7 @@ async fn answer(shared: Arc<Shared>, i: usize) {
             }
         }
     }
-    let mut f = shared.fans[i].lock();
-    f.failed = Some("still waiting 20 s after the watermark passed them".into());
-    f.finished = true;
+    fail(&shared, i, "still waiting 20 s after the watermark passed them".into());
 }
 
 /// A live fan: long-polls like the page until admitted or told "sold out".
@@ -845,12 +837,7 @@ async fn live_wait(shared: Arc<Shared>, i: usize) {
     while !shared.over.load(Ordering::Relaxed) {
         let r = match status(&shared, i, Some((20, &known))).await {
             Ok(r) => r,
-            Err(e) => {
-                let mut f = shared.fans[i].lock();
-                f.failed = Some(format!("long poll: {e:#}"));
-                f.finished = true;
-                return;
-            }
+            Err(e) => return fail(&shared, i, format!("long poll: {e:#}")),
         };
         let state = r.body["state"].as_str().unwrap_or("").to_owned();
         match state.as_str() {
@@ -858,13 +845,7 @@ async fn live_wait(shared: Arc<Shared>, i: usize) {
                 admitted(&shared, i, &r);
                 return;
             }
-            "sold_out" | "closed" => {
-                let mut f = shared.fans[i].lock();
-                f.told_sold_out_ms = Some(shared.now_ms());
-                f.finished = true;
-                shared.c.told_sold_out.fetch_add(1, Ordering::Relaxed);
-                return;
-            }
+            "sold_out" | "closed" => return told_sold_out(&shared, i),
             _ => known = state,
         }
     }
@@ -1393,22 +1374,7 @@ async fn audit(
     let tickets_mismatch = sold.abs_diff(tickets);
 
     // Payments: every charge has its tickets, nothing authorized is left open.
-    let settle_until = Instant::now() + Duration::from_secs(60);
-    let ledger = loop {
-        let ledger: Value = stack
-            .http
-            .get(format!("{}/_sim/ledger", stack.urls.paysim))
-            .send()
-            .await?
-            .json()
-            .await?;
-        let open = ledger["summary"]["uncaptured_authorizations"].as_u64().unwrap_or(u64::MAX);
-        if open == 0 || Instant::now() > settle_until {
-            break ledger;
-        }
-        eprintln!("[onsale] {open} authorizations not yet captured or voided");
-        tokio::time::sleep(Duration::from_secs(2)).await;
-    };
+    let ledger = crate::scenarios::settled_ledger(stack, "onsale").await?;
     let uncaptured = ledger["summary"]["uncaptured_authorizations"].as_u64().unwrap_or(u64::MAX);
     let duplicate_charges = ledger["summary"]["duplicate_charges"].as_u64().unwrap_or(u64::MAX);
     let completed: HashSet<&str> =
