@@ -32,6 +32,7 @@ impl Driver {
             .stderr(log)
             .spawn()
             .context("start chromedriver (apt-get install chromium-driver)")?;
+        crate::reaper::watch(child.id());
         let url = format!("http://127.0.0.1:{port}");
         let http = reqwest::Client::new();
         let deadline = Instant::now() + Duration::from_secs(20);
@@ -53,6 +54,7 @@ impl Drop for Driver {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+        crate::reaper::release(self.child.id());
     }
 }
 

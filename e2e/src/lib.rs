@@ -10,6 +10,7 @@
 
 pub mod browser;
 pub mod fan;
+pub mod reaper;
 pub mod scenarios;
 pub mod stack;
 pub mod traffic;

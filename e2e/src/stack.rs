@@ -181,6 +181,7 @@ impl Service {
                 self.program.display()
             )
         })?;
+        crate::reaper::watch(child.id());
         self.child = Some(child);
         Ok(())
     }
@@ -190,6 +191,7 @@ impl Service {
         if let Some(mut c) = self.child.take() {
             let _ = c.kill();
             let _ = c.wait();
+            crate::reaper::release(c.id());
         }
     }
 
@@ -200,12 +202,14 @@ impl Service {
         let deadline = Instant::now() + grace;
         while Instant::now() < deadline {
             if let Ok(Some(_)) = c.try_wait() {
+                crate::reaper::release(c.id());
                 return;
             }
             std::thread::sleep(Duration::from_millis(20));
         }
         let _ = c.kill();
         let _ = c.wait();
+        crate::reaper::release(c.id());
     }
 
     pub fn is_running(&mut self) -> bool {

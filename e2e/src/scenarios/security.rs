@@ -910,12 +910,14 @@ async fn production_edge(c: &mut Ctx) -> anyhow::Result<()> {
     let file = dir.join("edge.toml");
     std::fs::write(&file, cfg)?;
     let log = std::fs::File::create(dir.join("edge.log"))?;
-    let mut child = std::process::Command::new(c.stack.options.bin_dir.join("tessera-edge"))
-        .arg("--config")
-        .arg(&file)
-        .stdout(log.try_clone()?)
-        .stderr(log)
-        .spawn()?;
+    let mut child = crate::reaper::Reaped::new(
+        std::process::Command::new(c.stack.options.bin_dir.join("tessera-edge"))
+            .arg("--config")
+            .arg(&file)
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()?,
+    );
     let base = format!("http://127.0.0.1:{port}");
     let http = c.stack.http.clone();
     let mut up = false;
@@ -924,13 +926,13 @@ async fn production_edge(c: &mut Ctx) -> anyhow::Result<()> {
             up = true;
             break;
         }
-        if child.try_wait()?.is_some() {
+        if child.0.try_wait()?.is_some() {
             break;
         }
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
     if !up {
-        let _ = child.kill();
+        drop(child);
         anyhow::bail!(
             "the production edge did not start: {}",
             crate::stack::tail(&dir.join("edge.log"), 10)
@@ -947,8 +949,7 @@ async fn production_edge(c: &mut Ctx) -> anyhow::Result<()> {
         .await
     })
     .await?;
-    let _ = child.kill();
-    let _ = child.wait();
+    drop(child);
     Ok(())
 }
 

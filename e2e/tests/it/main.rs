@@ -3,6 +3,7 @@
 //! components built first (`cargo xtask test` does that).
 
 mod purchase;
+mod reaper;
 mod trace;
 
 use tessera_e2e::stack::{Stack, StackOptions};
