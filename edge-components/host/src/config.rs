@@ -65,10 +65,20 @@ pub struct Limits {
     /// memset instead of being returned to the kernel).
     pub memory_keep_resident_bytes: usize,
     /// Component instances alive at once (pooling allocator slots): one per request in
-    /// flight (more with service chaining), so at least `concurrent_requests_max`.
+    /// flight (more with service chaining), so at least `concurrent_requests_max` +
+    /// `priority_requests_reserved`.
     pub instances_max: u32,
-    /// Requests served at once; more wait for a slot.
+    /// Requests served at once; more wait for a slot, first come first served.
     pub concurrent_requests_max: usize,
+    /// Requests that carry this header (the waiting room's admission token: fans whose
+    /// turn has come, buying) may also use `priority_requests_reserved` slots of their
+    /// own, so a crowd of joins and polls queued for the shared slots never holds up a
+    /// purchase. The header is only a claim (the component still checks the token): a
+    /// flood that forges it fills the reserved slots and no more. Empty turns the lane off.
+    pub priority_header: String,
+    /// Slots only requests with `priority_header` may use, on top of
+    /// `concurrent_requests_max`.
+    pub priority_requests_reserved: usize,
     /// Entries per key-value store label.
     pub kv_entries_max: usize,
     /// Service-chaining depth (a loop guard).
@@ -85,6 +95,8 @@ impl Default for Limits {
             memory_keep_resident_bytes: 2 << 20,
             instances_max: 1024,
             concurrent_requests_max: 256,
+            priority_header: "x-tessera-admission".to_owned(),
+            priority_requests_reserved: 64,
             kv_entries_max: 200_000,
             chain_depth_max: 8,
         }

@@ -123,6 +123,9 @@ pub(crate) struct Inner {
     limits: Limits,
     variables: BTreeMap<String, String>,
     permits: Semaphore,
+    /// The priority lane's own slots (see `Limits::priority_header`).
+    priority_permits: Semaphore,
+    priority_header: Option<http::HeaderName>,
     client: Client,
     spin_strict: bool,
 }
@@ -558,10 +561,20 @@ impl Edge {
             manifest::resolve_variables(&manifest.variables, &opts.spin_env, &config_vars)?;
         let cache_dir =
             opts.compile_cache_dir.clone().unwrap_or_else(|| default_compile_cache_dir(&manifest));
-        if opts.limits.concurrent_requests_max > opts.limits.instances_max as usize {
+        let priority_header = match opts.limits.priority_header.trim() {
+            "" => None,
+            h => Some(
+                http::HeaderName::from_bytes(h.as_bytes())
+                    .map_err(|e| anyhow!("limits.priority_header {h:?}: {e}"))?,
+            ),
+        };
+        let reserved =
+            if priority_header.is_some() { opts.limits.priority_requests_reserved } else { 0 };
+        if opts.limits.concurrent_requests_max + reserved > opts.limits.instances_max as usize {
             tracing::warn!(
                 instances_max = opts.limits.instances_max,
                 concurrent_requests_max = opts.limits.concurrent_requests_max,
+                priority_requests_reserved = reserved,
                 "instances_max is below one instance per concurrent request; bursts may fail to instantiate"
             );
         }
@@ -656,6 +669,8 @@ impl Edge {
             routes,
             kv,
             permits: Semaphore::new(opts.limits.concurrent_requests_max),
+            priority_permits: Semaphore::new(reserved),
+            priority_header,
             limits: opts.limits,
             variables,
             client: outbound_client(),
@@ -726,6 +741,26 @@ impl Edge {
         resp
     }
 
+    /// A slot to run one request in: the shared slots, first come first served, or, for a
+    /// request in the priority lane, whichever of its own and the shared slots frees first.
+    async fn slot(
+        &self,
+        headers: &http::HeaderMap,
+    ) -> Result<tokio::sync::SemaphorePermit<'_>, tokio::sync::AcquireError> {
+        let priority = self.0.priority_header.as_ref().is_some_and(|h| headers.contains_key(h));
+        if !priority {
+            return self.0.permits.acquire().await;
+        }
+        metrics::counter!("tessera_edge_priority_requests_total").increment(1);
+        if let Ok(p) = self.0.priority_permits.try_acquire() {
+            return Ok(p);
+        }
+        tokio::select! {
+            p = self.0.priority_permits.acquire() => p,
+            p = self.0.permits.acquire() => p,
+        }
+    }
+
     async fn dispatch<B>(
         &self,
         req: http::Request<B>,
@@ -746,7 +781,7 @@ impl Edge {
         let Some(&(ref pattern, idx)) = self.0.routes.iter().find(|(p, _)| p.matches(&path)) else {
             return error_response(ErrorCode::NotFound, "no such route");
         };
-        let Ok(_permit) = self.0.permits.acquire().await else {
+        let Ok(_permit) = self.slot(&parts.headers).await else {
             return error_response(ErrorCode::Unavailable, "edge is shutting down");
         };
         let host = parts

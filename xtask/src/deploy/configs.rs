@@ -444,11 +444,13 @@ fn edge_limits(ctx: &Ctx, renders: &Renders) -> Vec<String> {
     let int = |k: &str, default: u64| {
         limits.get(k).and_then(|v| v.as_integer()).map_or(default, |v| v.max(0) as u64)
     };
-    let concurrent = int("concurrent_requests_max", 256);
+    let lane = limits.get("priority_header").and_then(|v| v.as_str()).unwrap_or("x");
+    let reserved = if lane.trim().is_empty() { 0 } else { int("priority_requests_reserved", 64) };
+    let concurrent = int("concurrent_requests_max", 256) + reserved;
     let instances = int("instances_max", 1024);
     if instances < concurrent {
         p.push(format!(
-            "{file}: instances_max {instances} is below concurrent_requests_max {concurrent}"
+            "{file}: instances_max {instances} is below concurrent_requests_max + priority_requests_reserved ({concurrent})"
         ));
     }
     let need = concurrent * PARKED_POLL_BYTES + EDGE_BASE_BYTES;

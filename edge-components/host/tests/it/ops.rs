@@ -49,3 +49,62 @@ async fn shutdown_drains_requests_in_flight() {
     let after = reqwest::Client::new().get(edge.url("/v1/events")).send().await;
     assert!(after.is_err(), "no new connections after shutdown");
 }
+
+/// With every shared slot busy and more requests queued for them, how long a request
+/// carrying an admission token (a fan whose turn has come, buying) and a plain one wait.
+async fn lane_waits(reserved: usize) -> (Duration, Duration) {
+    let (up, router) = upstream().await;
+    up.slow_ms.store(1500, Ordering::SeqCst);
+    let limits = tessera_edge_host::config::Limits {
+        instances_max: 64,
+        concurrent_requests_max: 4,
+        priority_requests_reserved: reserved,
+        ..Default::default()
+    };
+    let edge = start_edge_limits(variables(router), strict_from_env(), limits).await;
+    let c = browser();
+    // Eight slow reads of distinct sections (no cache can merge them): four hold the shared
+    // slots, four queue behind them.
+    let mut crowd = Vec::new();
+    for section in ["A", "B", "C", "D", "E", "F", "G", "H"] {
+        let (c, url) =
+            (c.clone(), edge.url(&format!("/v1/events/show-1/sections/{section}/seats")));
+        crowd.push(tokio::spawn(async move { c.get(url).send().await.map(|r| r.status()) }));
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let timed = |admission: bool| {
+        let c = c.clone();
+        let url = edge.url("/v1/events/show-1/holds");
+        async move {
+            let started = std::time::Instant::now();
+            let mut req = c.post(url).json(&serde_json::json!({"seats": ["A-1-1"]}));
+            if admission {
+                req = req.header("x-tessera-admission", "not-a-real-token");
+            }
+            let status = req.send().await.unwrap().status();
+            assert!(status.is_client_error(), "a forged token is refused, got {status}");
+            started.elapsed()
+        }
+    };
+    let (buyer, plain) = tokio::join!(timed(true), timed(false));
+    for r in crowd {
+        assert!(r.await.unwrap().unwrap().is_success());
+    }
+    (buyer, plain)
+}
+
+#[tokio::test]
+async fn admitted_fans_have_a_lane_of_their_own() {
+    let (buyer, plain) = lane_waits(2).await;
+    assert!(buyer < Duration::from_millis(700), "the buyer waited {buyer:?} behind the crowd");
+    assert!(
+        plain > Duration::from_millis(1000),
+        "a plain request queues with the crowd: {plain:?}"
+    );
+}
+
+#[tokio::test]
+async fn without_reserved_slots_the_buyer_queues_with_the_crowd() {
+    let (buyer, _) = lane_waits(0).await;
+    assert!(buyer > Duration::from_millis(1000), "no lane, yet the buyer waited only {buyer:?}");
+}

@@ -292,6 +292,15 @@ pub async fn start_edge(vars: BTreeMap<String, String>) -> RunningEdge {
 }
 
 pub async fn start_edge_with(vars: BTreeMap<String, String>, spin_strict: bool) -> RunningEdge {
+    let limits = Limits { instances_max: 256, concurrent_requests_max: 64, ..Limits::default() };
+    start_edge_limits(vars, spin_strict, limits).await
+}
+
+pub async fn start_edge_limits(
+    vars: BTreeMap<String, String>,
+    spin_strict: bool,
+    limits: Limits,
+) -> RunningEdge {
     components();
     // Another manifest (an older build of the components, say) can be put under test.
     let manifest = std::env::var_os("TESSERA_EDGE_TEST_MANIFEST")
@@ -301,7 +310,7 @@ pub async fn start_edge_with(vars: BTreeMap<String, String>, spin_strict: bool) 
         manifest,
         spin_env: BTreeMap::new(),
         variables: vars,
-        limits: Limits { instances_max: 256, concurrent_requests_max: 64, ..Limits::default() },
+        limits,
         pop: "test".into(),
         compile_cache_dir: None,
         spin_strict,
