@@ -98,8 +98,12 @@ pub struct UpstreamConfig {
     pub response_timeout_ms: u64,
     /// Most regions one request is tried on.
     pub attempts_max: usize,
-    /// Largest request body the router buffers (so that it can resend it).
+    /// Largest request body the router buffers (so that it can resend it), except an
+    /// event's creation.
     pub body_limit_bytes: usize,
+    /// Largest event creation (`POST /v1/ops/events`, an operator's seat map), buffered
+    /// the same way.
+    pub seat_map_limit_bytes: usize,
     /// PEM certificate authority of the cores' HTTPS certificates (`https://` region
     /// URLs); the public web roots when unset.
     pub ca_file: Option<PathBuf>,
@@ -115,6 +119,7 @@ impl Default for UpstreamConfig {
             response_timeout_ms: 15_000,
             attempts_max: 3,
             body_limit_bytes: 16 * 1024,
+            seat_map_limit_bytes: 1 << 20,
             ca_file: None,
             client_cert_file: None,
             client_key_file: None,

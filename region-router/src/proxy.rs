@@ -80,7 +80,11 @@ enum Attempt {
 /// Forwards `req` to the best region, failing over as the rules above allow.
 pub(crate) async fn forward(shared: Arc<Shared>, req: Request) -> Response {
     let (parts, body) = req.into_parts();
-    let limit = shared.cfg.upstream.body_limit_bytes;
+    let limit = if parts.method == Method::POST && parts.uri.path() == "/v1/ops/events" {
+        shared.cfg.upstream.seat_map_limit_bytes
+    } else {
+        shared.cfg.upstream.body_limit_bytes
+    };
     let body = match Limited::new(body, limit).collect().await {
         Ok(collected) => collected.to_bytes(),
         Err(e) if e.downcast_ref::<LengthLimitError>().is_some() => {

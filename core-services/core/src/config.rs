@@ -32,7 +32,11 @@ pub struct Config {
     pub listen: String,
     /// How routers and peers reach this core.
     pub public_url: String,
+    /// Largest request body, except an event's creation (its seat map).
     pub body_limit_bytes: usize,
+    /// Largest event creation (`POST /v1/ops/events`, an operator's): a stadium's seat map
+    /// is tens of kilobytes (80,000 seats in rows of 25 take about 75 KB).
+    pub seat_map_limit_bytes: usize,
     /// Serve HTTPS (and optionally require client certificates) instead of HTTP.
     pub tls: ServerTlsConfig,
     pub store: StoreConfig,
@@ -61,6 +65,7 @@ impl Default for Config {
             listen: "127.0.0.1:8101".into(),
             public_url: "http://127.0.0.1:8101".into(),
             body_limit_bytes: 64 * 1024,
+            seat_map_limit_bytes: 1 << 20,
             tls: ServerTlsConfig::default(),
             store: StoreConfig::default(),
             nats: NatsClientConfig::default(),

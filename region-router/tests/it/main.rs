@@ -134,6 +134,7 @@ fn upstream_app(region: String, stats: Arc<UpstreamStats>) -> Router {
         .route("/v1/slow", post(slow))
         .route("/v1/echo", any(echo))
         .route("/v1/things", post(create))
+        .route("/v1/ops/events", post(create))
         .route("/v1/hang", any(hang))
         .route("/v1/flaky", any(flaky))
         .route("/v1/pay", post(payment))
@@ -810,4 +811,32 @@ async fn a_region_whose_heartbeat_says_unhealthy_gets_no_traffic() {
     })
     .await;
     beat.abort();
+}
+
+#[tokio::test]
+async fn a_stadium_seat_map_passes_where_other_large_bodies_are_refused() {
+    let us = Upstream::start("us-east").await;
+    let router = start_router(config(&[&us])).await;
+    let body = |bytes: usize| format!("{{\"pad\":\"{}\"}}", "x".repeat(bytes));
+    let post = |path: &str, b: String| {
+        http()
+            .post(format!("{}{path}", router.url))
+            .header("content-type", "application/json")
+            .body(b)
+            .send()
+    };
+    // 100 KB: a big venue's seat map (80,000 seats in rows of 25 are about 75 KB).
+    let resp = post("/v1/things", body(100_000)).await.unwrap();
+    assert_eq!(resp.status(), 413);
+    let err: Value = resp.json().await.unwrap();
+    assert_eq!(err["code"], "body_too_large");
+    assert_eq!(us.stats.posts.load(Ordering::SeqCst), 0, "nothing reached the region");
+    let resp = post("/v1/ops/events", body(100_000)).await.unwrap();
+    assert_eq!(resp.status(), 200, "an event's creation carries its seat map");
+    let echoed: Value = resp.json().await.unwrap();
+    assert_eq!(echoed["body"].as_str().map(str::len), Some(100_000 + 10), "the body arrives whole");
+    // The seat-map limit (1 MiB by default) still bounds what the router buffers.
+    let resp = post("/v1/ops/events", body(2 << 20)).await.unwrap();
+    assert_eq!(resp.status(), 413);
+    assert_eq!(us.stats.posts.load(Ordering::SeqCst), 1, "only the seat map reached the region");
 }

@@ -65,7 +65,11 @@ pub fn router<S: Store>(app: Arc<App<S>>, extra: Router) -> Router {
         .route("/v1/internal/events/{event_id}/queue", post(misc::register::<S>))
         .route("/v1/internal/events/{event_id}/queue/waiting-list", post(misc::waiting_list::<S>))
         .route("/v1/internal/events/{event_id}/queue/leave", post(misc::leave::<S>))
-        .route("/v1/ops/events", post(ops::create_event::<S>))
+        .route(
+            "/v1/ops/events",
+            post(ops::create_event::<S>)
+                .layer(axum::extract::DefaultBodyLimit::max(app.config.seat_map_limit_bytes)),
+        )
         .route("/v1/ops/events/{event_id}/{action}", post(ops::sale_action::<S>))
         .route("/v1/ops/events/{event_id}/admission", put(ops::admission_rate::<S>))
         .route("/v1/ops/orders/{order_id}/refund", post(ops::refund::<S>))

@@ -729,3 +729,20 @@ async fn without_the_development_issuer_its_routes_do_not_exist() {
         assert_eq!((s.as_u16(), v["code"].as_str()), (404, Some("not_found")), "{m} {uri}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_seat_map_larger_than_the_body_limit_creates_its_event() {
+    let c = core().await;
+    let op = c.token("ops-1", true).await;
+    // 600 rows of irregular length: well past the 4,096-byte limit of every other body.
+    let rows: Vec<Value> =
+        (1..=600).map(|r| json!({"row": r.to_string(), "seats": 20 + r % 7})).collect();
+    let mut map = seat_map();
+    map["sections"] = json!([{"section_id": "A", "name": "A", "tier": "STD", "rows": rows}]);
+    assert!(map.to_string().len() > 4 * 4096);
+    let (s, v) = c.call("POST", "/v1/ops/events", Some(&op), &[], Some(map)).await;
+    assert_eq!(s, StatusCode::CREATED, "{v}");
+    let (_, avail) = c.call("GET", "/v1/events/demo-night/availability", None, &[], None).await;
+    let seats: u64 = (1..=600u64).map(|r| 20 + r % 7).sum();
+    assert_eq!(avail["sections"][0]["free"], seats);
+}
