@@ -422,6 +422,8 @@ impl Stack {
             options.regions.iter().map(|r| RegionId::parse(r)).collect::<Result<_, _>>()?;
         progress(&format!("starting NATS: hub + {} leaf nodes", regions.len()));
         let nats_seeds = NatsSeeds::new(&options.regions)?;
+        // From here on, a signal that ends the harness ends every process it started.
+        crate::reaper::arm();
         let nats = LocalNats::start(
             &run.join("nats"),
             &regions,

@@ -16,7 +16,7 @@ fn alive(pid: u32) -> bool {
     }
 }
 
-fn probe_then(signal: &str) -> (Option<i32>, u32) {
+fn probe_then(signal: &str) -> (Option<i32>, Vec<u32>) {
     let mut probe = Command::new(env!("CARGO_BIN_EXE_reaper-probe"))
         .stdout(Stdio::piped())
         .spawn()
@@ -25,12 +25,13 @@ fn probe_then(signal: &str) -> (Option<i32>, u32) {
     std::io::BufReader::new(probe.stdout.take().expect("stdout"))
         .read_line(&mut line)
         .expect("read the child's pid");
-    let child: u32 = line.trim().parse().expect("a pid");
-    assert!(alive(child), "the probe's child runs before the signal");
+    let children: Vec<u32> = line.split_whitespace().map(|p| p.parse().expect("a pid")).collect();
+    assert_eq!(children.len(), 2, "{line}");
+    assert!(children.iter().all(|&c| alive(c)), "the probe's children run before the signal");
     let ok = Command::new("kill").args([signal, &probe.id().to_string()]).status().expect("kill");
     assert!(ok.success());
     let status = probe.wait().expect("wait for the probe");
-    (status.code(), child)
+    (status.code(), children)
 }
 
 fn gone_soon(pid: u32) -> bool {
@@ -46,14 +47,18 @@ fn gone_soon(pid: u32) -> bool {
 
 #[test]
 fn sigterm_kills_the_children() {
-    let (code, child) = probe_then("-TERM");
+    let (code, children) = probe_then("-TERM");
     assert_eq!(code, Some(143), "the harness exits 128 + SIGTERM");
-    assert!(gone_soon(child), "child {child} outlived its harness");
+    for child in children {
+        assert!(gone_soon(child), "child {child} outlived its harness");
+    }
 }
 
 #[test]
 fn sigint_kills_the_children() {
-    let (code, child) = probe_then("-INT");
+    let (code, children) = probe_then("-INT");
     assert_eq!(code, Some(130), "the harness exits 128 + SIGINT");
-    assert!(gone_soon(child), "child {child} outlived its harness");
+    for child in children {
+        assert!(gone_soon(child), "child {child} outlived its harness");
+    }
 }
