@@ -739,7 +739,7 @@ async fn a_seat_map_larger_than_the_body_limit_creates_its_event() {
         (1..=600).map(|r| json!({"row": r.to_string(), "seats": 20 + r % 7})).collect();
     let mut map = seat_map();
     map["sections"] = json!([{"section_id": "A", "name": "A", "tier": "STD", "rows": rows}]);
-    assert!(map.to_string().len() > 4 * 4096);
+    assert!(map.to_string().len() > 3 * 4096);
     let (s, v) = c.call("POST", "/v1/ops/events", Some(&op), &[], Some(map)).await;
     assert_eq!(s, StatusCode::CREATED, "{v}");
     let (_, avail) = c.call("GET", "/v1/events/demo-night/availability", None, &[], None).await;
