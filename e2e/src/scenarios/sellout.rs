@@ -368,10 +368,12 @@ pub async fn run(opts: SelloutOptions) -> anyhow::Result<BTreeMap<String, String
     options.core_queue_toml =
         format!("admission_ttl_s = {}\nadmission_grace_s = 2\n", opts.admission_ttl_s);
     options.edge_variables.insert("admission_ttl_s".into(), opts.admission_ttl_s.to_string());
-    // Every fan holds a long poll open at once.
+    // Every fan holds a long poll open at once; buyers also have the host's 64 reserved
+    // slots (`priority_requests_reserved`), each with its instance.
     let slots = (opts.fans * 2 + 256).max(1024);
     options.edge_toml = format!(
-        "[limits]\nrequest_timeout = \"30s\"\nconcurrent_requests_max = {slots}\ninstances_max = {slots}\n"
+        "[limits]\nrequest_timeout = \"30s\"\nconcurrent_requests_max = {slots}\ninstances_max = {}\n",
+        slots + 64
     );
     let mut stack = Stack::start(options, &|s| eprintln!("[sellout] {s}")).await?;
     let edge = Api::new(stack.http.clone(), stack.urls.edge.clone().context("edge")?);

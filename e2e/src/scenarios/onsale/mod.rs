@@ -998,8 +998,8 @@ pub async fn run(opts: OnsaleOptions) -> anyhow::Result<(BTreeMap<String, String
     // X-Forwarded-For from it.
     options.edge_variables.insert("trusted_proxies".into(), "127.0.0.1,::1".into());
     // Requests in flight at the edge: one per parked long poll (the live fans) plus the
-    // rest. A small number queues the crowd's joins in front of the admitted fans'
-    // purchases (the host's queue is one line), so it is generous.
+    // rest. Purchases have the host's reserved slots, but the status requests that tell
+    // fans their turn queue with the crowd's joins, so it is generous.
     let slots = opts.live_fans + opts.edge_concurrency;
     // The edge's key-value cache holds a few entries per fan (verified tokens, rate
     // windows, bot flags): sized for the crowd, as an edge for a sale this size would be.
