@@ -97,7 +97,21 @@ impl JournaledDisk {
 impl Drop for JournaledDisk {
     fn drop(&mut self) {
         if self.mounted {
-            let _ = Command::new("umount").arg(&self.mount).status();
+            // The store's last writer threads may still be closing their files: try for a
+            // few seconds, then detach lazily (the kernel finishes once they are closed), so
+            // a later run never mounts over a busy filesystem.
+            let quiet = |c: &mut Command| c.stderr(std::process::Stdio::null()).status();
+            let unmounted = (0..25).any(|_| {
+                let ok = quiet(Command::new("umount").arg(&self.mount)).is_ok_and(|s| s.success());
+                if !ok {
+                    std::thread::sleep(std::time::Duration::from_millis(200));
+                }
+                ok
+            });
+            if !unmounted {
+                eprintln!("    {} still busy after 5 s: detached lazily", self.mount.display());
+                let _ = Command::new("umount").arg("-l").arg(&self.mount).status();
+            }
         }
         let _ = Command::new("losetup").args(["-d", &self.device]).status();
         let _ = std::fs::remove_file(&self.image);
