@@ -797,6 +797,12 @@ fn told_sold_out(shared: &Shared, i: usize) {
     shared.c.told_sold_out.fetch_add(1, Ordering::Relaxed);
 }
 
+/// Status requests the run keeps in flight to tell simulated fans their turn: five
+/// seconds of admissions, and at least 64.
+fn asking_concurrency(admission_rate_per_s: f64) -> usize {
+    ((admission_rate_per_s * 5.0).ceil() as usize).max(64)
+}
+
 /// A simulated fan, asked by the run when the watermark's line passed them.
 async fn answer(shared: Arc<Shared>, i: usize) {
     let asked = shared.now_ms();
@@ -1141,11 +1147,17 @@ async fn sale(
             }
         })
     };
-    // Asking the simulated fans whose line was passed.
+    // Asking the simulated fans whose line was passed. A page's parked long poll is
+    // answered as soon as its edge sees the watermark; here each is a new request, and
+    // one takes seconds behind the spike's joins, so the run keeps five seconds of
+    // admissions in flight (at least 64): fewer, and its asking falls behind the
+    // admission rate and the fans learn of their turn later than any page would.
     let answerer = {
         let shared = shared.clone();
         tokio::spawn(async move {
-            let permits = Arc::new(tokio::sync::Semaphore::new(64));
+            let permits = Arc::new(tokio::sync::Semaphore::new(asking_concurrency(
+                shared.opts.admission_rate_per_s,
+            )));
             while let Some(i) = answer_rx.recv().await {
                 let Ok(p) = permits.clone().acquire_owned().await else { break };
                 let shared = shared.clone();
@@ -1744,6 +1756,13 @@ fn stack_profile() -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn asking_keeps_pace_with_the_admission_rate() {
+        assert_eq!(asking_concurrency(200.0), 1_000);
+        assert_eq!(asking_concurrency(20.0), 100);
+        assert_eq!(asking_concurrency(1.0), 64);
+    }
 
     #[test]
     fn impossible_parameters_are_refused() {

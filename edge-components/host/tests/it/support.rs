@@ -90,6 +90,8 @@ pub struct Upstream {
     /// Fans' waiting-list choices and departures the core was told of (ticket headers).
     pub waiting_list: Mutex<Vec<String>>,
     pub left: Mutex<Vec<String>>,
+    /// The idempotency keys of the registrations, waiting-list choices and departures.
+    pub keys: Mutex<Vec<String>>,
 }
 
 async fn seats(
@@ -129,8 +131,10 @@ async fn admission(
 async fn register(
     State(up): State<Arc<Upstream>>,
     AxPath(event): AxPath<String>,
+    headers: HeaderMap,
     Json(reg): Json<QueueRegistration>,
 ) -> Json<QueuePlace> {
+    note_key(&up, &headers);
     up.registrations.fetch_add(1, Ordering::SeqCst);
     let mut places = up.places.lock().unwrap();
     let place = places.entry(reg.customer_id.to_string()).or_insert_with(|| {
@@ -152,12 +156,19 @@ fn ticket_of(headers: &HeaderMap) -> String {
     headers.get("x-tessera-queue-ticket").and_then(|v| v.to_str().ok()).unwrap_or("").to_owned()
 }
 
+fn note_key(up: &Upstream, headers: &HeaderMap) {
+    let key = headers.get("idempotency-key").and_then(|v| v.to_str().ok()).unwrap_or("");
+    up.keys.lock().unwrap().push(key.to_owned());
+}
+
 async fn waiting_list(State(up): State<Arc<Upstream>>, headers: HeaderMap) -> StatusCode {
+    note_key(&up, &headers);
     up.waiting_list.lock().unwrap().push(ticket_of(&headers));
     StatusCode::NO_CONTENT
 }
 
 async fn leave(State(up): State<Arc<Upstream>>, headers: HeaderMap) -> StatusCode {
+    note_key(&up, &headers);
     up.left.lock().unwrap().push(ticket_of(&headers));
     StatusCode::NO_CONTENT
 }

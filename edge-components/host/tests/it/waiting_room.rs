@@ -256,6 +256,19 @@ async fn sold_out_fans_choose_the_waiting_list_or_leave() {
     assert_eq!(r.status(), 410);
     let body: serde_json::Value = r.json().await.unwrap();
     assert_eq!(body["code"], "queue_left");
+
+    // Every call to the core carried a key naming what it does and for which ticket, so
+    // the router may repeat it in another region (the core's handlers are idempotent).
+    let keys = up.keys.lock().unwrap().clone();
+    assert_eq!(
+        keys,
+        vec![
+            format!("queue-join-{}", a.ticket_id),
+            format!("queue-join-{}", b.ticket_id),
+            format!("queue-waiting-list-{}", a.ticket_id),
+            format!("queue-leave-{}", b.ticket_id),
+        ]
+    );
 }
 
 #[tokio::test]
