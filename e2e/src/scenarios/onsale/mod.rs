@@ -1203,8 +1203,8 @@ async fn sale(
                     } else {
                         arrive(shared.clone(), i).await;
                         drop(p);
+                        shared.c.arrived.fetch_add(1, Ordering::Relaxed);
                     }
-                    shared.c.arrived.fetch_add(1, Ordering::Relaxed);
                 });
             }
         })
