@@ -788,6 +788,14 @@ async fn hold(ctx: &Ctx, parts: &http::request::Parts, body: Bytes, event_id: Ev
             "you left the waiting room with this ticket; join again for a new place",
         ));
     }
+    // A ticket caught acting as a bot after its admission was issued (a crowd found when
+    // a later account of it joined, or a flood counted late on a busy edge) holds nothing:
+    // the flag reaches the admission it already has, not only the places still ahead.
+    // Told as an admission that is no longer valid, which says nothing of why.
+    if shadowed(ctx, &claims.ticket_id).await {
+        ctx.count("bot_verdicts", "admission_refused");
+        return Err(fail(ErrorCode::AdmissionExpired, "this admission is no longer valid"));
+    }
     let reply = guest::forward(parts, body, &ctx.upstream).await;
     if reply.status().is_success() {
         let _ = ctx.store.set(&used_key, ctx.now_ms.to_string()).await;

@@ -397,6 +397,50 @@ async fn many_accounts_on_one_device_all_go_to_the_shadow_queue() {
     );
 }
 
+#[tokio::test]
+async fn a_crowd_found_after_its_admission_holds_nothing() {
+    let (up, router) = upstream().await;
+    let edge = start_edge(variables(router)).await;
+    let c = browser();
+    push(&edge, &watermark("show-1", 0, 0));
+    // Three accounts of one device join and are admitted before a fourth shows them to
+    // be one client; a fan on her own phone is admitted beside them.
+    let first = accounts_on(&c, &edge, &["farm-1", "farm-2", "farm-3"], "bot-box").await;
+    let neighbour = join(&c, &edge, "neighbour", "own-phone").await;
+    let mut wm = watermark("show-1", 100, 100);
+    wm.version = 2;
+    push(&edge, &wm);
+    let admission = |fan: &'static str, ticket: String, device: &'static str| {
+        let (c, edge) = (c.clone(), &edge);
+        async move {
+            let s: QueueStatus = poll(&c, edge, "", &ticket, device).await.json().await.unwrap();
+            assert_eq!(s.state, QueueStatusState::Admitted, "{fan} admitted");
+            s.admission_token.expect("admission token")
+        }
+    };
+    let farm_admission = admission("farm-1", first[0].ticket.clone(), "bot-box").await;
+    let own_admission = admission("neighbour", neighbour.ticket.clone(), "own-phone").await;
+    join(&c, &edge, "farm-4", "bot-box").await;
+
+    let hold = |fan: &'static str, device: &'static str, adm: String| {
+        c.post(edge.url("/v1/events/show-1/holds"))
+            .bearer_auth(fan_token(fan))
+            .header("x-tessera-device", device)
+            .header("x-tessera-admission", adm)
+            .header("content-type", "application/json")
+            .body(r#"{"seats":["A-1-1"]}"#)
+            .send()
+    };
+    let r = hold("farm-1", "bot-box", farm_admission).await.unwrap();
+    assert_eq!(r.status(), 410);
+    let body: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(body["code"], "admission_expired");
+    assert!(up.holds.lock().unwrap().is_empty(), "the farm's hold reached the region");
+    let r = hold("neighbour", "own-phone", own_admission).await.unwrap();
+    assert_eq!(r.status(), 201);
+    assert_eq!(up.holds.lock().unwrap().len(), 1);
+}
+
 /// Joins each of `fans` from one device, one after the other.
 async fn accounts_on(
     c: &reqwest::Client,
