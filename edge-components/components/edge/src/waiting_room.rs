@@ -568,18 +568,23 @@ async fn own_ticket(
     Ok(claims)
 }
 
-/// Sends a fan's waiting-room request to the core (`POST {router}/v1/internal/...`),
-/// with the fan's identity, device and ticket for the core to check. Both such requests
-/// (the waiting-list choice, leaving) are idempotent in the core, so each carries a key
-/// made of what it does and the ticket: the router may repeat it in another region when
-/// the first dies with it in flight, rather than answer "outcome unknown".
+/// Sends a fan's waiting-room request to the core
+/// (`POST {router}/v1/internal/events/{id}/queue/{action}`), with the fan's identity,
+/// device and ticket for the core to check. Both such requests (`waiting-list`, `leave`)
+/// are idempotent in the core, so each carries a key made of the action and the ticket
+/// (`queue-<action>-<ticket id>`): the router may repeat it in another region when the
+/// first dies with it in flight, rather than answer "outcome unknown".
 async fn tell_core(
     ctx: &Ctx,
     parts: &http::request::Parts,
-    path: &str,
-    idempotency_key: &str,
+    event_id: &EventId,
+    action: &str,
+    ticket_id: &QueueTicketId,
 ) -> Result<(), guest::Reply> {
-    let url = format!("{}{path}", ctx.upstream.base.trim_end_matches('/'));
+    let url = format!(
+        "{}/v1/internal/events/{event_id}/queue/{action}",
+        ctx.upstream.base.trim_end_matches('/')
+    );
     let mut req = http::Request::new(http_body_util::Full::new(Bytes::new()));
     *req.method_mut() = http::Method::POST;
     *req.uri_mut() =
@@ -596,7 +601,7 @@ async fn tell_core(
     {
         req.headers_mut().insert(headers::SERVICE_CREDENTIAL, v);
     }
-    if let Ok(v) = http::HeaderValue::from_str(idempotency_key) {
+    if let Ok(v) = http::HeaderValue::from_str(&format!("queue-{action}-{ticket_id}")) {
         req.headers_mut().insert(headers::IDEMPOTENCY_KEY, v);
     }
     guest::stamp(req.headers_mut(), &ctx.upstream);
@@ -724,13 +729,7 @@ async fn waiting_list(ctx: &Ctx, parts: &http::request::Parts, event_id: EventId
             ));
         }
         if !shadow {
-            tell_core(
-                ctx,
-                parts,
-                &format!("/v1/internal/events/{event_id}/queue/waiting-list"),
-                &format!("queue-waiting-list-{}", claims.ticket_id),
-            )
-            .await?;
+            tell_core(ctx, parts, &event_id, "waiting-list", &claims.ticket_id).await?;
         }
         claims.waiting_list = true;
     }
@@ -749,13 +748,7 @@ async fn leave(ctx: &Ctx, parts: &http::request::Parts, event_id: EventId) -> Ou
     let claims = own_ticket(ctx, parts, &event_id).await?;
     let secret = ctx.var("shadow_secret").await;
     if !lottery::is_shadow(secret.as_bytes(), &claims.ticket_id) {
-        tell_core(
-            ctx,
-            parts,
-            &format!("/v1/internal/events/{event_id}/queue/leave"),
-            &format!("queue-leave-{}", claims.ticket_id),
-        )
-        .await?;
+        tell_core(ctx, parts, &event_id, "leave", &claims.ticket_id).await?;
         let _ =
             ctx.store.set(&kv::queue_left(claims.ticket_id.as_str()), ctx.now_ms.to_string()).await;
     }
