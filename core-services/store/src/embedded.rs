@@ -20,11 +20,16 @@
 //!   date, which the committer leaves to it); the next batch is resolved while the last
 //!   one is synced. An acknowledged commit is on disk; a process killed at any point
 //!   loses only unacknowledged work.
+//! - **Preallocation**: the committer extends the segment with zeros a few megabytes at
+//!   a time ([`EmbeddedOptions::log_extend_bytes`]), so records are written over blocks
+//!   the file already has: their `fdatasync` changes no metadata and, on a journaling
+//!   file system, commits no journal. The log ends at the first all-zero header.
 //! - **Recovery**: a writer adopts complete, checksummed records past what it applied
 //!   (another writer's, waiting for its sync, or a dead writer's, whose outcome its client
-//!   never learned) and cuts off a torn tail.
-//! - **Rotation**: when a segment grows past `segment_bytes_max`, the writer syncs it,
-//!   starts the next segment and has a background thread write the snapshot it starts
+//!   never learned) and zeroes a torn tail; at open it checks the whole rest of the file,
+//!   as a power loss may keep any subset of an unsynced write's sectors.
+//! - **Rotation**: when a segment grows past `segment_bytes_max`, the writer cuts it to
+//!   its last record, syncs it, starts the next segment and has a background thread write the snapshot it starts
 //!   from: a pinned version, read from memory in key order a few hundred keys at a time,
 //!   copied without cloning a handle, in one-millisecond bursts each followed by three of
 //!   rest, while commits go on. Once the snapshot is on disk, files older
@@ -78,6 +83,12 @@ pub struct EmbeddedOptions {
     /// the host faults the page in again meanwhile, which stalled commit batches for
     /// 5-7 ms and became the p99 of every commit (see BENCHMARKS.md).
     pub transparent_huge_pages: bool,
+    /// The log is extended with zeros this many bytes at a time (capped at
+    /// `segment_bytes_max`), ahead of the records. A record written over blocks already
+    /// allocated changes no file metadata, so its `fdatasync` is one data write and a
+    /// cache flush; appending past the end also commits the file system's journal each
+    /// time (on ext4 with a journal that halved the syncs per second, see BENCHMARKS.md).
+    pub log_extend_bytes: u64,
 }
 
 impl Default for EmbeddedOptions {
@@ -87,6 +98,7 @@ impl Default for EmbeddedOptions {
             segment_bytes_max: 256 << 20,
             sync: true,
             transparent_huge_pages: false,
+            log_extend_bytes: 4 << 20,
         }
     }
 }
@@ -113,6 +125,8 @@ struct Replica {
     /// The version of the last record applied (of the snapshot if none).
     version: u64,
     log: Arc<StoreFile>,
+    /// The log file's length when this process last looked: zeros past `applied_len`.
+    alloc_len: u64,
 }
 
 /// A batch appended to the log, for the syncer to make durable and acknowledge.
@@ -423,6 +437,7 @@ impl EmbeddedHost {
                         applied_len: 0,
                         version: rep.version,
                         log: Arc::new(log),
+                        alloc_len: 0,
                     };
                     apply_log(&self.engine, rep, head.committed_len)?;
                 }
@@ -444,54 +459,78 @@ impl EmbeddedHost {
     }
 
     /// Under the lock: applies the complete records past what this process applied (those
-    /// of another writer still waiting for its sync, or left by one that died), and cuts
-    /// off a torn tail. Returns how many records it adopted.
-    fn adopt_tail(&self, rep: &mut Replica) -> Result<usize, StoreError> {
+    /// of another writer still waiting for its sync, or left by one that died), up to the
+    /// first all-zero header, and zeroes a torn record. `thorough` (at open, after a
+    /// possible power loss, when sectors of an unsynced write may have landed in any
+    /// order) checks the whole rest of the file for stray bytes, not only the next
+    /// header. Returns how many records it adopted and whether it zeroed anything.
+    fn adopt_tail(&self, rep: &mut Replica, thorough: bool) -> Result<(usize, bool), StoreError> {
         let file_len = rep.log.size().map_err(io)?;
-        if file_len <= rep.applied_len {
-            return Ok(0);
-        }
-        let mut buf = vec![0u8; (file_len - rep.applied_len) as usize];
-        rep.log.read_exact_at(&mut buf, rep.applied_len).map_err(io)?;
-        let buf = Bytes::from(buf);
-        let mut at = 0usize;
+        rep.alloc_len = file_len;
         let mut adopted = 0;
+        let mut torn = false;
         let now = Instant::now();
-        while let Some(rec) = wal::decode_record(&buf.slice(at..)) {
-            if rec.version != rep.version + 1 {
+        let mut header = [0u8; wal::RECORD_HEADER_LEN];
+        while rep.applied_len < file_len {
+            if file_len - rep.applied_len < header.len() as u64 {
+                let mut rest = vec![0u8; (file_len - rep.applied_len) as usize];
+                rep.log.read_exact_at(&mut rest, rep.applied_len).map_err(io)?;
+                torn = rest.iter().any(|b| *b != 0);
                 break;
             }
-            self.engine.apply_resolved(rec.version, &rec.writes);
-            self.engine.note_applied(rec.version, now);
-            rep.version = rec.version;
-            at += rec.len;
-            adopted += 1;
+            rep.log.read_exact_at(&mut header, rep.applied_len).map_err(io)?;
+            let len = match wal::record_len(&header) {
+                None => break,
+                Some(Some(len)) if len as u64 <= file_len - rep.applied_len => len,
+                Some(_) => {
+                    torn = true;
+                    break;
+                }
+            };
+            let mut buf = vec![0u8; len];
+            rep.log.read_exact_at(&mut buf, rep.applied_len).map_err(io)?;
+            match wal::decode_record(&Bytes::from(buf)) {
+                Some(rec) if rec.version == rep.version + 1 => {
+                    self.engine.apply_resolved(rec.version, &rec.writes);
+                    self.engine.note_applied(rec.version, now);
+                    rep.version = rec.version;
+                    rep.applied_len += rec.len as u64;
+                    adopted += 1;
+                }
+                _ => {
+                    torn = true;
+                    break;
+                }
+            }
         }
-        rep.applied_len += at as u64;
         self.applied.fetch_max(rep.version, Ordering::AcqRel);
-        if at < buf.len() {
-            // A writer died while appending: what follows its last whole record was never
-            // acknowledged.
-            rep.log.set_len(rep.applied_len).map_err(io)?;
+        if thorough && !torn && rep.applied_len < file_len {
+            let mut rest = vec![0u8; (file_len - rep.applied_len) as usize];
+            rep.log.read_exact_at(&mut rest, rep.applied_len).map_err(io)?;
+            torn = rest.iter().any(|b| *b != 0);
+        }
+        if torn {
+            // A writer died while appending (or the power went before its sync): what
+            // follows its last whole record was never acknowledged. Zeroed, so that no
+            // part of it is read as a record after the next one is written over it.
+            write_zeros(&rep.log, rep.applied_len, file_len)?;
             tracing::warn!(
                 adopted,
-                dropped_bytes = buf.len() - at,
+                zeroed_bytes = file_len - rep.applied_len,
                 version = rep.version,
                 "store.recover: an earlier writer stopped mid-commit"
             );
         }
-        Ok(adopted)
+        Ok((adopted, torn))
     }
 
     /// At open, under the lock: adopts what writers left past `HEAD`, syncs it and makes
     /// `HEAD` say so.
     fn recover_tail(&self, rep: &mut Replica, head: &mut Head) -> Result<(), StoreError> {
-        let len_before = rep.applied_len;
-        let file_len = rep.log.size().map_err(io)?;
-        if file_len <= len_before {
+        let (adopted, zeroed) = self.adopt_tail(rep, true)?;
+        if adopted == 0 && !zeroed {
             return Ok(());
         }
-        let adopted = self.adopt_tail(rep)?;
         rep.log.sync_data().map_err(io)?;
         head.committed_len = rep.applied_len;
         head.version = rep.version;
@@ -545,7 +584,7 @@ impl EmbeddedHost {
         let mut rep = self.replica.lock();
         let head = self.read_head()?;
         self.catch_up(&mut rep, &head)?;
-        let adopted = self.adopt_tail(&mut rep)?;
+        let (adopted, _) = self.adopt_tail(&mut rep, false)?;
 
         let version = rep.version + 1;
         let now = Instant::now();
@@ -596,6 +635,15 @@ impl EmbeddedHost {
         let record_len = log.finish();
         rep.log.write_all_at(record, rep.applied_len).map_err(io)?;
         rep.applied_len += record_len as u64;
+        if rep.applied_len + wal::RECORD_HEADER_LEN as u64 > rep.alloc_len {
+            // Past the zeros: extend by a step (the syncer's next `fdatasync` makes the
+            // new length durable with the record).
+            let step = self.opts.log_extend_bytes.min(self.opts.segment_bytes_max).max(4096);
+            let to = (rep.applied_len / step + 1) * step;
+            write_zeros(&rep.log, rep.applied_len, to)?;
+            rep.alloc_len = to;
+            metrics::counter!("tessera_store_log_extensions_total").increment(1);
+        }
         rep.version = version;
         self.applied.fetch_max(version, Ordering::AcqRel);
         self.engine.note_applied(version, now);
@@ -654,7 +702,9 @@ impl EmbeddedHost {
     /// [`load_state`]).
     fn rotate(self: &Arc<Self>, rep: &mut Replica) -> Result<(), StoreError> {
         // Batches still waiting for the syncer must be on disk before `HEAD` names the
-        // next segment (it says they are committed).
+        // next segment (it says they are committed); the finished segment ends at its last
+        // record (recovery reads an older segment to its end).
+        rep.log.set_len(rep.applied_len).map_err(io)?;
         rep.log.sync_data().map_err(io)?;
         let next = rep.segment + 1;
         let version = rep.version;
@@ -665,7 +715,7 @@ impl EmbeddedHost {
             Head { segment: next, committed_len: 0, version, prev_segment_len: rep.applied_len };
         self.write_head(&head, true)?;
         self.engine.set_visible(version);
-        *rep = Replica { segment: next, applied_len: 0, version, log: Arc::new(log) };
+        *rep = Replica { segment: next, applied_len: 0, version, log: Arc::new(log), alloc_len: 0 };
         self.engine.pin(version);
         let host = Arc::clone(self);
         let spawned =
@@ -754,6 +804,19 @@ impl EmbeddedHost {
     }
 }
 
+/// Writes zeros over `[from, to)` of `file`.
+fn write_zeros(file: &StoreFile, from: u64, to: u64) -> Result<(), StoreError> {
+    const PIECE: u64 = 256 << 10;
+    let zeros = vec![0u8; PIECE.min(to.saturating_sub(from)) as usize];
+    let mut at = from;
+    while at < to {
+        let n = PIECE.min(to - at) as usize;
+        file.write_all_at(&zeros[..n], at).map_err(io)?;
+        at += n as u64;
+    }
+    Ok(())
+}
+
 /// Applies the log of the replica's segment from `applied_len` up to `end`.
 fn apply_log(engine: &Engine, rep: &mut Replica, end: u64) -> Result<(), StoreError> {
     if end <= rep.applied_len {
@@ -834,7 +897,7 @@ fn load_state_once(
     let mut version = engine.visible_version();
     let open = |segment: u64, version: u64| -> Result<Replica, StoreError> {
         let log = fs.open(&segment_path(dir, segment), false, false).map_err(io)?;
-        Ok(Replica { segment, applied_len: 0, version, log: Arc::new(log) })
+        Ok(Replica { segment, applied_len: 0, version, log: Arc::new(log), alloc_len: 0 })
     };
     for segment in base..head.segment {
         let mut rep = open(segment, version)?;

@@ -12,9 +12,12 @@
 //! HEAD                ["TSRHEAD1"][segment u64][committed_len u64][version u64]
 //!                     [prev_segment_len u64][crc32c u32 of the 40 bytes before]
 //! ```
-//! All integers are little endian. A record is committed once it is inside
+//! All integers are little endian. A segment is extended with zeros ahead of its last
+//! record (records overwrite allocated blocks, so an `fdatasync` of a record is not also a
+//! file system journal commit); the log ends at the first all-zero record header. A
+//! finished segment is cut to its last record. A record is committed once it is inside
 //! `committed_len` of the current segment, or (after a crash) once it is complete and its
-//! checksum matches: the recovering writer adopts such records and cuts off anything after
+//! checksum matches: the recovering writer adopts such records and zeroes anything after
 //! the first bad one.
 
 use std::io;
@@ -30,7 +33,7 @@ const HEAD_MAGIC: &[u8; 8] = b"TSRHEAD1";
 const SNAP_MAGIC_V1: &[u8; 8] = b"TSRSNAP1";
 const SNAP_MAGIC: &[u8; 8] = b"TSRSNAP2";
 pub(crate) const HEAD_LEN: usize = 44;
-const RECORD_HEADER_LEN: usize = 8;
+pub(crate) const RECORD_HEADER_LEN: usize = 8;
 /// A record larger than this is corrupt (a batch holds at most 64k transactions of 10 MB,
 /// but the committer cuts batches far below that).
 const RECORD_LEN_MAX: usize = 1 << 30;
@@ -156,6 +159,16 @@ pub(crate) struct Record {
 
 /// Decodes the record at the start of `buf`. `Ok(None)` if `buf` ends before the record
 /// does or the record is corrupt (the end of the valid log).
+/// From a record's header: `None` where the log ends (zeros), else `Some` of the whole
+/// record's length, or of `None` if the header cannot be a record's.
+pub(crate) fn record_len(header: &[u8; RECORD_HEADER_LEN]) -> Option<Option<usize>> {
+    if header == &[0u8; RECORD_HEADER_LEN] {
+        return None;
+    }
+    let body_len = u32::from_le_bytes(header[..4].try_into().expect("4 bytes")) as usize;
+    Some((body_len <= RECORD_LEN_MAX).then_some(RECORD_HEADER_LEN + body_len))
+}
+
 pub(crate) fn decode_record(buf: &Bytes) -> Option<Record> {
     if buf.len() < RECORD_HEADER_LEN {
         return None;

@@ -109,7 +109,6 @@ pub fn quantile<T: Copy + Default>(sorted: &[T], q: f64) -> T {
     sorted[rank]
 }
 
-/// `key=value key=value ...` in key order.
 /// The payment simulator's ledger once every authorization is captured or voided (the
 /// saga or the reconciler settles them), or as it is after 60 s.
 pub async fn settled_ledger(
@@ -134,6 +133,7 @@ pub async fn settled_ledger(
     }
 }
 
+/// `key=value key=value ...` in key order.
 pub fn kv_line(kv: &BTreeMap<String, String>) -> String {
     kv.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(" ")
 }

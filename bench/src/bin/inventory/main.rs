@@ -102,6 +102,9 @@ struct Args {
     /// Log segment size: a rotation, and the snapshot it starts, every N MiB.
     #[arg(long)]
     segment_mib: Option<u64>,
+    /// How far ahead the store's log is extended with zeros, in MiB (its default: 4).
+    #[arg(long)]
+    log_extend_mib: Option<u64>,
     /// Seconds of each open-loop run; 0 skips them.
     #[arg(long, default_value_t = 5)]
     open_loop_seconds: u64,
@@ -199,6 +202,9 @@ impl Args {
         }
         if self.segment_mib == Some(0) {
             return Err("--segment-mib must be at least 1".into());
+        }
+        if self.log_extend_mib == Some(0) {
+            return Err("--log-extend-mib must be at least 1".into());
         }
         if self.disk == "journaled" && self.disk_image_gib < 4 {
             return Err("--disk-image-gib must be at least 4".into());
@@ -354,6 +360,9 @@ fn open_inventory(args: &Args, dir: &Path) -> anyhow::Result<Inv> {
     let mut opts = EmbeddedOptions { sync: !args.no_sync, ..EmbeddedOptions::default() };
     if let Some(mib) = args.segment_mib {
         opts.segment_bytes_max = mib << 20;
+    }
+    if let Some(mib) = args.log_extend_mib {
+        opts.log_extend_bytes = mib << 20;
     }
     let store = EmbeddedStore::open_with(dir.join("store"), opts)?;
     Ok(Inventory::new(

@@ -247,31 +247,74 @@ async fn a_missing_newest_snapshot_is_replaced_by_an_older_one_and_the_segments_
     assert_eq!(t.get_range(&RangeRequest::prefix(b"k"), true).await.unwrap().len(), 600);
 }
 
+fn only_log(dir: &std::path::Path) -> std::path::PathBuf {
+    std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.file_name().unwrap().to_string_lossy().starts_with("wal-"))
+        .unwrap()
+}
+
+fn write_at(path: &std::path::Path, at: u64, bytes: &[u8]) {
+    use std::os::unix::fs::FileExt as _;
+    let f = std::fs::OpenOptions::new().write(true).open(path).unwrap();
+    f.write_all_at(bytes, at).unwrap();
+    f.sync_all().unwrap();
+}
+
+/// A record cut short where the log ends (a writer killed mid-append) is zeroed at open;
+/// the records written over it next are read back, nothing of the torn one is.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_torn_log_tail_is_cut_off_and_committed_data_kept() {
     let dir = tempfile::tempdir().unwrap();
-    {
+    let end = {
         let s = EmbeddedStore::open(dir.path()).unwrap();
         let t = s.create_trx().unwrap();
         t.set(b"kept", b"yes");
         t.commit().await.unwrap();
-    }
-    let log = std::fs::read_dir(dir.path())
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .find(|p| p.file_name().unwrap().to_string_lossy().starts_with("wal-"))
-        .unwrap();
-    let mut data = std::fs::read(&log).unwrap();
-    data.extend_from_slice(&[0x40, 0, 0, 0, 0xde, 0xad, 0xbe, 0xef, 1, 2, 3]);
-    std::fs::write(&log, &data).unwrap();
+        s.stats().unwrap().committed_len
+    };
+    let log = only_log(dir.path());
+    // A header announcing 256 bytes, a wrong checksum and 200 bytes of body: longer
+    // than the record written over it next.
+    let mut torn = vec![0x00, 1, 0, 0, 0xde, 0xad, 0xbe, 0xef];
+    torn.extend_from_slice(&[0x5a; 200]);
+    write_at(&log, end, &torn);
     let s = EmbeddedStore::open(dir.path()).unwrap();
     assert_eq!(get(&s, b"kept").await.as_deref(), Some(&b"yes"[..]));
     let t = s.create_trx().unwrap();
     t.set(b"after", b"1");
     t.commit().await.unwrap();
+    let end = s.stats().unwrap().committed_len;
     drop(s);
+    let data = std::fs::read(&log).unwrap();
+    assert!(data[end as usize..].iter().all(|b| *b == 0), "bytes of the torn record remain");
     let s = EmbeddedStore::open(dir.path()).unwrap();
     assert_eq!(get(&s, b"after").await.as_deref(), Some(&b"1"[..]));
+}
+
+/// After a power loss, sectors of an unsynced write may land without the ones before
+/// them: the log ends at a zero header with stray bytes further on. Opening the store
+/// zeroes them, so that records written later never run into them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stray_bytes_past_the_end_of_the_log_are_zeroed_at_open() {
+    let dir = tempfile::tempdir().unwrap();
+    let end = {
+        let s = EmbeddedStore::open(dir.path()).unwrap();
+        let t = s.create_trx().unwrap();
+        t.set(b"kept", b"yes");
+        t.commit().await.unwrap();
+        s.stats().unwrap().committed_len
+    };
+    let log = only_log(dir.path());
+    let len = std::fs::metadata(&log).unwrap().len();
+    assert!(len >= end + 8192, "the log is not extended ahead of its records: {len} bytes");
+    write_at(&log, end + 4096, &[0x5a; 512]);
+    let s = EmbeddedStore::open(dir.path()).unwrap();
+    assert_eq!(get(&s, b"kept").await.as_deref(), Some(&b"yes"[..]));
+    drop(s);
+    let data = std::fs::read(&log).unwrap();
+    assert!(data[end as usize..].iter().all(|b| *b == 0), "stray bytes past the log remain");
 }
 
 /// Two writer processes load the store; both are killed with SIGKILL mid-load. Every
