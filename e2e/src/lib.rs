@@ -4,12 +4,14 @@
 //! sink); [`fan`] drives it the way fans and operators do; [`scenarios`] are the long runs
 //! behind `cargo xtask e2e <name>` and `cargo xtask onsale` (a whole sale of a million
 //! fans, [`scenarios::onsale`]), and [`traffic`] is the buying crowd of the region
-//! scenarios (`failover`, `partition`).
+//! scenarios (`failover`, `partition`). [`pki`] makes a run's throwaway certificates when
+//! the cores serve mutual TLS ([`stack::StackOptions::core_tls`]).
 //!
 //! It is test and developer tooling: `cargo xtask up` uses the same [`stack::Stack`].
 
 pub mod browser;
 pub mod fan;
+pub mod pki;
 pub mod reaper;
 pub mod scenarios;
 pub mod stack;

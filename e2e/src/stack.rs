@@ -49,6 +49,10 @@ pub struct StackOptions {
     pub edge_variables: BTreeMap<String, String>,
     /// Extra edge host settings, as TOML appended to its file (e.g. a `[limits]` table).
     pub edge_toml: String,
+    /// The cores serve HTTPS only, and require the client certificate the router presents
+    /// (mutual TLS, with certificates made for the run: [`crate::pki`]). The stack's own
+    /// HTTP client trusts the run's authority and presents the same certificate.
+    pub core_tls: bool,
 }
 
 impl StackOptions {
@@ -68,6 +72,7 @@ impl StackOptions {
             cuttable_links: false,
             paysim_toml: String::new(),
             core_toml: String::new(),
+            core_tls: false,
             log_filter: "info".into(),
             bot_policy: String::new(),
             otlp_endpoint: None,
@@ -352,7 +357,11 @@ pub struct Stack {
     pub nats: LocalNats,
     pub nats_seeds: NatsSeeds,
     services: Vec<Service>,
+    /// The client every test uses; with [`StackOptions::core_tls`] it trusts the run's
+    /// authority and presents the router's client certificate.
     pub http: reqwest::Client,
+    /// The run's certificates, with [`StackOptions::core_tls`].
+    pub pki: Option<crate::pki::TestPki>,
 }
 
 struct Ports {
@@ -460,6 +469,12 @@ impl Stack {
             Some(p) => p,
             None => ports.take()?,
         };
+        let pki = if options.core_tls {
+            Some(crate::pki::TestPki::write(&run.join("tls"))?)
+        } else {
+            None
+        };
+        let core_scheme = if pki.is_some() { "https" } else { "http" };
         let router = format!("http://127.0.0.1:{router_port}");
         let urls = Urls {
             edge: options.with_edge.then(|| format!("http://127.0.0.1:{edge_port}")),
@@ -467,7 +482,7 @@ impl Stack {
             router: router.clone(),
             cores: core_ports
                 .iter()
-                .map(|(r, p)| (r.clone(), format!("http://127.0.0.1:{p}")))
+                .map(|(r, p)| (r.clone(), format!("{core_scheme}://127.0.0.1:{p}")))
                 .collect(),
             paysim: format!("http://127.0.0.1:{paysim_port}"),
             mailsink: format!("http://127.0.0.1:{mail_http_port}"),
@@ -538,12 +553,21 @@ impl Stack {
             "[{}]",
             options.regions.iter().map(|r| toml_str(r)).collect::<Vec<_>>().join(", ")
         );
+        let core_tls = pki.as_ref().map_or_else(String::new, |p| {
+            format!(
+                "[tls]\ncert_file = {}\nkey_file = {}\nclient_ca_file = {}\n",
+                toml_str(&p.server_cert_file.display().to_string()),
+                toml_str(&p.server_key_file.display().to_string()),
+                toml_str(&p.ca_file.display().to_string()),
+            )
+        });
         for (region, port) in &core_ports {
             let cfg = run.join(format!("core-{region}.toml"));
+            let url = &urls.cores[region];
             std::fs::write(
                 &cfg,
                 format!(
-                    "mode = \"local\"\nregion = {region_s}\nregions = {regions_toml}\nlisten = \"127.0.0.1:{port}\"\npublic_url = \"http://127.0.0.1:{port}\"\n\
+                    "mode = \"local\"\nregion = {region_s}\nregions = {regions_toml}\nlisten = \"127.0.0.1:{port}\"\npublic_url = {public_url}\n\
                      [store]\npath = {store}\n\
                      [nats]\nurl = {nats}\nnkey_seed = {nats_seed}\n\
                      [bus]\nprojection_dir = {projection}\n\
@@ -555,8 +579,9 @@ impl Stack {
                      [service_credentials]\nedge = {svc}\n\
                      [notifications]\nfan_url = {fan_url}\n\
                      [notifications.smtp]\nhost = \"127.0.0.1\"\nport = {smtp_port}\n\
-                     {telemetry}{extra}\n",
+                     {telemetry}{extra}\n{core_tls}",
                     region_s = toml_str(region),
+                    public_url = toml_str(url),
                     store = toml_str(&store_dir.display().to_string()),
                     projection =
                         toml_str(&run.join(format!("projection-{region}")).display().to_string()),
@@ -590,12 +615,20 @@ impl Stack {
                 args: vec!["--config".into(), cfg.display().to_string()],
                 env: vec![],
                 log_path: log(&format!("core-{region}")),
-                health_url: format!("http://127.0.0.1:{port}/healthz"),
+                health_url: format!("{url}/healthz"),
                 child: None,
             });
         }
 
         let router_cfg = run.join("router.toml");
+        let upstream = pki.as_ref().map_or_else(String::new, |p| {
+            format!(
+                "[upstream]\nca_file = {}\nclient_cert_file = {}\nclient_key_file = {}\n",
+                toml_str(&p.ca_file.display().to_string()),
+                toml_str(&p.client_cert_file.display().to_string()),
+                toml_str(&p.client_key_file.display().to_string()),
+            )
+        });
         let mut regions_cfg = String::new();
         for (region, url) in &urls.cores {
             regions_cfg.push_str(&format!(
@@ -609,7 +642,7 @@ impl Stack {
             format!(
                 "mode = \"local\"\nlisten = \"127.0.0.1:{router_port}\"\npop = \"local\"\nstate_file = {}\n\
                  [nats]\nurl = {}\nnkey_seed = {}\n\
-                 [identity]\nissuer = {}\n{regions_cfg}{telemetry}",
+                 [identity]\nissuer = {}\n{upstream}{regions_cfg}{telemetry}",
                 toml_str(&run.join("router-state.json").display().to_string()),
                 toml_str(urls.nats_leaves.values().next().map(String::as_str).unwrap_or_default()),
                 toml_str(&nats_seeds.router),
@@ -676,12 +709,16 @@ impl Stack {
             reqwest::header::ACCEPT_LANGUAGE,
             reqwest::header::HeaderValue::from_static("en-GB,en;q=0.8"),
         );
-        let http = reqwest::Client::builder()
+        let mut http = reqwest::Client::builder()
             .timeout(Duration::from_secs(30))
             .user_agent("Mozilla/5.0 (X11; Linux x86_64) tessera-e2e")
-            .default_headers(headers)
-            .build()?;
-        let mut stack = Stack { options, urls, keys, nats, nats_seeds, services, http };
+            .default_headers(headers);
+        if let Some(p) = &pki {
+            http =
+                http.use_rustls_tls().add_root_certificate(p.ca()?).identity(p.client_identity()?);
+        }
+        let http = http.build()?;
+        let mut stack = Stack { options, urls, keys, nats, nats_seeds, services, http, pki };
         for i in 0..stack.services.len() {
             let name = stack.services[i].name.clone();
             progress(&format!("starting {name}"));

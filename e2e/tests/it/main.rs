@@ -4,6 +4,7 @@
 
 mod purchase;
 mod reaper;
+mod tls;
 mod trace;
 
 use tessera_e2e::stack::{Stack, StackOptions};
