@@ -195,6 +195,8 @@ const METRIC_FAMILIES: &[(&str, &str)] = &[
     ("bot_verdicts", "tessera_edge_bot_verdicts_total"),
     ("catalog_cache", "tessera_edge_catalog_cache_total"),
     ("queue_outcomes", "tessera_edge_queue_outcomes_total"),
+    ("refusals", "tessera_edge_refusals_total"),
+    ("watermarks", "tessera_edge_watermarks_total"),
 ];
 
 /// `metric:<family>:<outcome>` as a Prometheus counter name and its `outcome` label.
@@ -266,5 +268,26 @@ mod tests {
         assert_eq!(metric_name("metric:anything:allow"), None);
         assert_eq!(metric_name("metric:bot_verdicts:Robert'); DROP"), None);
         assert_eq!(metric_name("rl:n:x:1"), None);
+    }
+
+    /// A family the edge component counts but the host does not know would be stored as a
+    /// plain key-value counter that no operator ever sees (watermark refusals were).
+    #[test]
+    fn every_family_the_edge_component_counts_is_a_counter() {
+        let src = concat!(env!("CARGO_MANIFEST_DIR"), "/../components/edge/src");
+        let mut families = std::collections::BTreeSet::new();
+        for entry in std::fs::read_dir(src).unwrap() {
+            let text = std::fs::read_to_string(entry.unwrap().path()).unwrap();
+            for call in text.split(".count(\"").skip(1) {
+                families.insert(call.split('"').next().unwrap().to_owned());
+            }
+        }
+        assert!(families.len() >= 5, "found too few counted families: {families:?}");
+        for family in &families {
+            assert!(
+                metric_name(&format!("metric:{family}:x")).is_some(),
+                "the edge counts `{family}`, which is no metric family of the host"
+            );
+        }
     }
 }
