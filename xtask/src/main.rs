@@ -232,24 +232,8 @@ fn up(
     if fresh {
         let _ = std::fs::remove_dir_all(&run_dir);
     }
-    let options = tessera_e2e::stack::StackOptions {
-        run_dir: run_dir.clone(),
-        regions,
-        base_port: Some(base_port),
-        edge_port: Some(edge_port),
-        bin_dir,
-        repo_root: root(),
-        with_edge: true,
-        cuttable_links: false,
-        paysim_toml: String::new(),
-        core_toml: String::new(),
-        log_filter: "info".into(),
-        bot_policy: LOCAL_BOT_POLICY.into(),
-        otlp_endpoint: None,
-        core_queue_toml: String::new(),
-        edge_variables: Default::default(),
-        edge_toml: String::new(),
-    };
+    let options =
+        local_stack_options(run_dir.clone(), regions, base_port, edge_port, bin_dir, true);
     let rt = tokio::runtime::Runtime::new()?;
     rt.block_on(async move {
         let mut stack = tessera_e2e::stack::Stack::start(options, &|s| step(s)).await?;
@@ -276,6 +260,38 @@ fn up(
     })
 }
 
+/// A developer's local stack (`up`, `spin-up`): fixed ports from `base_port`, the local
+/// bot policy, `info` logs; `with_edge` runs the project's edge host (`spin-up` runs
+/// `spin up` instead).
+fn local_stack_options(
+    run_dir: PathBuf,
+    regions: Vec<String>,
+    base_port: u16,
+    edge_port: u16,
+    bin_dir: PathBuf,
+    with_edge: bool,
+) -> tessera_e2e::stack::StackOptions {
+    tessera_e2e::stack::StackOptions {
+        run_dir,
+        regions,
+        base_port: Some(base_port),
+        edge_port: Some(edge_port),
+        bin_dir,
+        repo_root: root(),
+        with_edge,
+        cuttable_links: false,
+        paysim_toml: String::new(),
+        core_toml: String::new(),
+        log_filter: "info".into(),
+        bot_policy: LOCAL_BOT_POLICY.into(),
+        otlp_endpoint: None,
+        core_queue_toml: String::new(),
+        edge_variables: Default::default(),
+        edge_toml: String::new(),
+        core_tls: false,
+    }
+}
+
 /// The local stack's core services with `spin up` as the edge.
 fn spin_up(edge_port: u16, base_port: u16, no_build: bool) -> anyhow::Result<()> {
     step("checking prerequisites: spin (>= 4.1) and nats-server");
@@ -297,24 +313,9 @@ fn spin_up(edge_port: u16, base_port: u16, no_build: bool) -> anyhow::Result<()>
         build_services(false)?
     };
     let run_dir = root().join(".tessera").join("spin");
-    let options = tessera_e2e::stack::StackOptions {
-        run_dir: run_dir.clone(),
-        regions: vec!["us-east".into(), "eu-west".into()],
-        base_port: Some(base_port),
-        edge_port: Some(edge_port),
-        bin_dir,
-        repo_root: root(),
-        with_edge: false,
-        cuttable_links: false,
-        paysim_toml: String::new(),
-        core_toml: String::new(),
-        log_filter: "info".into(),
-        bot_policy: LOCAL_BOT_POLICY.into(),
-        otlp_endpoint: None,
-        core_queue_toml: String::new(),
-        edge_variables: Default::default(),
-        edge_toml: String::new(),
-    };
+    let regions = vec!["us-east".into(), "eu-west".into()];
+    let options =
+        local_stack_options(run_dir.clone(), regions, base_port, edge_port, bin_dir, false);
     let rt = tokio::runtime::Runtime::new()?;
     rt.block_on(async move {
         let mut stack = tessera_e2e::stack::Stack::start(options, &|s| step(s)).await?;

@@ -29,11 +29,11 @@
 //!   never learned) and zeroes a torn tail; at open it checks the whole rest of the file,
 //!   as a power loss may keep any subset of an unsynced write's sectors.
 //! - **Rotation**: when a segment grows past `segment_bytes_max`, the writer cuts it to
-//!   its last record, syncs it, starts the next segment and has a background thread write the snapshot it starts
-//!   from: a pinned version, read from memory in key order a few hundred keys at a time,
-//!   copied without cloning a handle, in one-millisecond bursts each followed by three of
-//!   rest, while commits go on. Once the snapshot is on disk, files older
-//!   than the previous snapshot and segment are deleted. Recovery uses the newest usable
+//!   its last record, syncs it, starts the next segment and has a background thread
+//!   write the snapshot it starts from: a pinned version, read from memory in key order
+//!   a few hundred keys at a time, copied without cloning a handle, in one-millisecond
+//!   bursts each followed by three of rest, while commits go on. Once the snapshot is on
+//!   disk, files older than the previous snapshot and segment are deleted. Recovery uses the newest usable
 //!   snapshot and replays every segment after it; followers that still read an old
 //!   segment keep its file open.
 //! - **Files** go through [`crate::fs`]: the operating system's by default (the same
