@@ -473,9 +473,7 @@ impl EmbeddedHost {
         let mut header = [0u8; wal::RECORD_HEADER_LEN];
         while rep.applied_len < file_len {
             if file_len - rep.applied_len < header.len() as u64 {
-                let mut rest = vec![0u8; (file_len - rep.applied_len) as usize];
-                rep.log.read_exact_at(&mut rest, rep.applied_len).map_err(io)?;
-                torn = rest.iter().any(|b| *b != 0);
+                torn = !all_zero(&rep.log, rep.applied_len, file_len)?;
                 break;
             }
             rep.log.read_exact_at(&mut header, rep.applied_len).map_err(io)?;
@@ -504,10 +502,8 @@ impl EmbeddedHost {
             }
         }
         self.applied.fetch_max(rep.version, Ordering::AcqRel);
-        if thorough && !torn && rep.applied_len < file_len {
-            let mut rest = vec![0u8; (file_len - rep.applied_len) as usize];
-            rep.log.read_exact_at(&mut rest, rep.applied_len).map_err(io)?;
-            torn = rest.iter().any(|b| *b != 0);
+        if thorough && !torn {
+            torn = !all_zero(&rep.log, rep.applied_len, file_len)?;
         }
         if torn {
             // A writer died while appending (or the power went before its sync): what
@@ -802,6 +798,16 @@ impl EmbeddedHost {
         self.last_snapshot_bytes.store(bytes, Ordering::Release);
         Ok((keys, bytes))
     }
+}
+
+/// Whether `[from, to)` of `file` holds only zeros (an empty range does).
+fn all_zero(file: &StoreFile, from: u64, to: u64) -> Result<bool, StoreError> {
+    if to <= from {
+        return Ok(true);
+    }
+    let mut rest = vec![0u8; (to - from) as usize];
+    file.read_exact_at(&mut rest, from).map_err(io)?;
+    Ok(rest.iter().all(|b| *b == 0))
 }
 
 /// Writes zeros over `[from, to)` of `file`.

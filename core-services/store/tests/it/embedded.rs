@@ -255,6 +255,15 @@ fn only_log(dir: &std::path::Path) -> std::path::PathBuf {
         .unwrap()
 }
 
+/// A store in `dir` with one commit (`kept` = `yes`), closed; where its log ends.
+async fn commit_kept(dir: &std::path::Path) -> u64 {
+    let s = EmbeddedStore::open(dir).unwrap();
+    let t = s.create_trx().unwrap();
+    t.set(b"kept", b"yes");
+    t.commit().await.unwrap();
+    s.stats().unwrap().committed_len
+}
+
 fn write_at(path: &std::path::Path, at: u64, bytes: &[u8]) {
     use std::os::unix::fs::FileExt as _;
     let f = std::fs::OpenOptions::new().write(true).open(path).unwrap();
@@ -267,13 +276,7 @@ fn write_at(path: &std::path::Path, at: u64, bytes: &[u8]) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_torn_log_tail_is_cut_off_and_committed_data_kept() {
     let dir = tempfile::tempdir().unwrap();
-    let end = {
-        let s = EmbeddedStore::open(dir.path()).unwrap();
-        let t = s.create_trx().unwrap();
-        t.set(b"kept", b"yes");
-        t.commit().await.unwrap();
-        s.stats().unwrap().committed_len
-    };
+    let end = commit_kept(dir.path()).await;
     let log = only_log(dir.path());
     // A header announcing 256 bytes, a wrong checksum and 200 bytes of body: longer
     // than the record written over it next.
@@ -299,13 +302,7 @@ async fn a_torn_log_tail_is_cut_off_and_committed_data_kept() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stray_bytes_past_the_end_of_the_log_are_zeroed_at_open() {
     let dir = tempfile::tempdir().unwrap();
-    let end = {
-        let s = EmbeddedStore::open(dir.path()).unwrap();
-        let t = s.create_trx().unwrap();
-        t.set(b"kept", b"yes");
-        t.commit().await.unwrap();
-        s.stats().unwrap().committed_len
-    };
+    let end = commit_kept(dir.path()).await;
     let log = only_log(dir.path());
     let len = std::fs::metadata(&log).unwrap().len();
     assert!(len >= end + 8192, "the log is not extended ahead of its records: {len} bytes");
