@@ -110,7 +110,9 @@ impl Api {
         roles: &[&str],
     ) -> anyhow::Result<String> {
         let body = json!({"customer_id": customer, "operator": operator, "roles": roles});
-        let mut last = None;
+        // The first failure says more than the last (a process that crashed on the first
+        // request resets it, and refuses every later one).
+        let mut failures = Vec::new();
         for _ in 0..10 {
             match self.post("/v1/dev/token", &[], &body).await {
                 Ok(r) if r.ok() => {
@@ -119,12 +121,17 @@ impl Api {
                 Ok(r) if r.status < 500 => {
                     bail!("dev token for {customer}: {} {}", r.status, r.body)
                 }
-                Ok(r) => last = Some(format!("{} {}", r.status, r.body)),
-                Err(e) => last = Some(format!("{e:#}")),
+                Ok(r) => failures.push(format!("{} {}", r.status, r.body)),
+                Err(e) => failures.push(format!("{e:#}")),
             }
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
-        bail!("dev token for {customer}: {}", last.unwrap_or_default())
+        let first = failures.first().cloned().unwrap_or_default();
+        let last = failures.last().cloned().unwrap_or_default();
+        bail!(
+            "dev token for {customer}: {} attempts failed; first: {first}; last: {last}",
+            failures.len()
+        )
     }
 }
 

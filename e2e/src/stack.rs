@@ -740,12 +740,12 @@ impl Stack {
         self.services.iter().map(|s| s.name.clone()).collect()
     }
 
-    /// Kills a service with SIGKILL.
     /// The running services and their process ids (for CPU accounting).
     pub fn pids(&self) -> Vec<(String, u32)> {
         self.services.iter().filter_map(|s| s.pid().map(|p| (s.name.clone(), p))).collect()
     }
 
+    /// Kills a service with SIGKILL.
     pub fn kill(&mut self, name: &str) -> anyhow::Result<()> {
         self.service(name)?.kill();
         Ok(())
@@ -786,6 +786,24 @@ impl Stack {
 
 impl Drop for Stack {
     fn drop(&mut self) {
+        // A test that failed shows what each process was doing: whether it still ran and
+        // the end of its log (the logs stay under the stack's directory).
+        if std::thread::panicking() {
+            for s in &mut self.services {
+                let state = match s.child.as_mut().map(Child::try_wait) {
+                    None => "stopped by the test".to_owned(),
+                    Some(Ok(None)) => "running".to_owned(),
+                    Some(Ok(Some(status))) => format!("exited on its own with {status}"),
+                    Some(Err(e)) => format!("unknown ({e})"),
+                };
+                eprintln!(
+                    "--- {} ({state}; {}), last log lines:\n{}",
+                    s.name,
+                    s.log_path.display(),
+                    tail(&s.log_path, 12)
+                );
+            }
+        }
         for s in self.services.iter_mut().rev() {
             s.kill();
         }

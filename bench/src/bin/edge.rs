@@ -275,10 +275,6 @@ impl Drop for Killed {
     }
 }
 
-fn free_port() -> anyhow::Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
-}
-
 async fn wait_up(c: &Client, url: &str) -> anyhow::Result<()> {
     for _ in 0..200 {
         if let Ok((200, _)) = once(c, url, &[]).await {
@@ -514,7 +510,7 @@ async fn run() -> anyhow::Result<()> {
             serve_rps.push(f64::NAN);
             continue;
         };
-        let port = free_port()?;
+        let port = tessera_bench::free_port()?;
         step(&format!(
             "validation component on `wasmtime serve` {WASMTIME_VERSION} (instance reuse {}): peak",
             reuse.map_or("default", |_| "off")

@@ -101,10 +101,47 @@ pub fn render_leaf(p: &LeafParams) -> anyhow::Result<String> {
     render(LEAF_TEMPLATE, &values)
 }
 
-/// A free TCP port on 127.0.0.1 (free when asked; another process may take it after).
+/// A free TCP port on 127.0.0.1 for a local service to listen on.
+///
+/// The port is free when asked, and picked so that it stays free until the service binds
+/// it: it lies below the kernel's ephemeral range (so no outgoing connection is given it
+/// meanwhile), and this process never hands out the same port twice (so two stacks started
+/// at once by one test binary cannot share one; a service whose port was taken would fail
+/// to bind while the other stack's process answered its readiness check). Another process
+/// may still take it; the search starts at a place drawn from the clock and process id.
 pub fn free_port() -> anyhow::Result<u16> {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").context("bind an ephemeral port")?;
-    Ok(l.local_addr()?.port())
+    static HANDED_OUT: Mutex<BTreeSet<u16>> = Mutex::new(BTreeSet::new());
+    const LOWEST: u32 = 10_000;
+    let ephemeral_start = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|r| r.split_whitespace().next()?.parse::<u32>().ok())
+        .unwrap_or(32_768);
+    let mut handed_out = HANDED_OUT.lock();
+    if ephemeral_start > LOWEST + 1_000 {
+        let span = ephemeral_start - LOWEST;
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.subsec_nanos());
+        let start = (nanos ^ std::process::id().wrapping_mul(2_654_435_761)) % span;
+        for i in 0..span {
+            let port = (LOWEST + (start + i) % span) as u16;
+            if !handed_out.contains(&port)
+                && std::net::TcpListener::bind(("127.0.0.1", port)).is_ok()
+            {
+                handed_out.insert(port);
+                return Ok(port);
+            }
+        }
+    }
+    // No room below the ephemeral range: any port the kernel gives, still never twice.
+    for _ in 0..100 {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").context("bind an ephemeral port")?;
+        let port = l.local_addr()?.port();
+        if handed_out.insert(port) {
+            return Ok(port);
+        }
+    }
+    bail!("no free port on 127.0.0.1")
 }
 
 /// Finds the `nats-server` binary: on `PATH`, else where Debian installs it.
@@ -641,6 +678,21 @@ pub fn local_default_configs() -> anyhow::Result<Vec<(String, String)>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn free_ports_are_never_handed_out_twice_and_lie_below_the_ephemeral_range() {
+        let ephemeral_start: u16 =
+            std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+                .ok()
+                .and_then(|r| r.split_whitespace().next()?.parse().ok())
+                .unwrap_or(32_768);
+        let mut seen = BTreeSet::new();
+        for _ in 0..500 {
+            let port = free_port().unwrap();
+            assert!(seen.insert(port), "port {port} handed out twice");
+            assert!(port < ephemeral_start, "port {port} is in the ephemeral range");
+        }
+    }
 
     #[test]
     fn shipped_local_configs_match_the_templates() {

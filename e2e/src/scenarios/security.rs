@@ -17,6 +17,7 @@ use anyhow::Context as _;
 use serde_json::{Value, json};
 use tessera_api::queue::{QueuePhase, QueueTicketClaims};
 use tessera_api::{CustomerId, EventId, headers};
+use tessera_bus::topology::free_port;
 use tessera_identity::{IdentityClaims, Keyset, SigningKeyPair};
 
 use crate::fan::{Api, Fan, Operator, Reply};
@@ -951,10 +952,6 @@ async fn production_edge(c: &mut Ctx) -> anyhow::Result<()> {
     .await?;
     drop(child);
     Ok(())
-}
-
-fn free_port() -> anyhow::Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
 
 /// A production core configuration that passes `--check-config`, as environment
