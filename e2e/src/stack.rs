@@ -339,11 +339,18 @@ impl NatsSeeds {
 }
 
 /// A NATS client signed in with `seed` (or anonymous with `None`), failing at once when the
-/// server refuses it.
-pub async fn nats_connect(url: &str, seed: Option<&str>) -> anyhow::Result<async_nats::Client> {
+/// server refuses it; over TLS trusting `ca_file` when given.
+pub async fn nats_connect(
+    url: &str,
+    seed: Option<&str>,
+    ca_file: Option<&Path>,
+) -> anyhow::Result<async_nats::Client> {
     let mut options = async_nats::ConnectOptions::new();
     if let Some(seed) = seed {
         options = options.nkey(seed.to_owned());
+    }
+    if let Some(ca) = ca_file {
+        options = options.add_root_certificates(ca.to_owned()).require_tls(true);
     }
     options.connect(url).await.with_context(|| format!("connect to NATS at {url}"))
 }
@@ -360,8 +367,9 @@ pub struct Stack {
     /// The client every test uses; with [`StackOptions::core_tls`] it trusts the run's
     /// authority and presents the router's client certificate.
     pub http: reqwest::Client,
-    /// The run's certificates, with [`StackOptions::core_tls`].
-    pub pki: Option<crate::pki::TestPki>,
+    /// The run's certificates (NATS speaks TLS with them; the cores with
+    /// [`StackOptions::core_tls`]).
+    pub pki: crate::pki::TestPki,
 }
 
 struct Ports {
@@ -418,7 +426,7 @@ impl Stack {
 
     /// A NATS client of the operator's tools (may publish and read anything) on `url`.
     pub async fn nats_client(&self, url: &str) -> anyhow::Result<async_nats::Client> {
-        nats_connect(url, Some(&self.nats_seeds.tools)).await
+        nats_connect(url, Some(&self.nats_seeds.tools), Some(&self.pki.ca_file)).await
     }
 
     /// Starts everything and waits until every service is ready. `progress` hears about each
@@ -433,10 +441,15 @@ impl Stack {
         let nats_seeds = NatsSeeds::new(&options.regions)?;
         // From here on, a signal that ends the harness ends every process it started.
         crate::reaper::arm();
+        let pki = crate::pki::TestPki::write(&run.join("tls"))?;
         let nats = LocalNats::start(
             &run.join("nats"),
             &regions,
-            LocalNatsOptions { cuttable_links: options.cuttable_links, users: nats_seeds.users()? },
+            LocalNatsOptions {
+                cuttable_links: options.cuttable_links,
+                users: nats_seeds.users()?,
+                tls: Some(pki.nats_tls()),
+            },
         )
         .await
         .context("start NATS")?;
@@ -469,12 +482,9 @@ impl Stack {
             Some(p) => p,
             None => ports.take()?,
         };
-        let pki = if options.core_tls {
-            Some(crate::pki::TestPki::write(&run.join("tls"))?)
-        } else {
-            None
-        };
-        let core_scheme = if pki.is_some() { "https" } else { "http" };
+        let core_pki = options.core_tls.then_some(&pki);
+        let core_scheme = if core_pki.is_some() { "https" } else { "http" };
+        let nats_ca = toml_str(&pki.ca_file.display().to_string());
         let router = format!("http://127.0.0.1:{router_port}");
         let urls = Urls {
             edge: options.with_edge.then(|| format!("http://127.0.0.1:{edge_port}")),
@@ -553,7 +563,7 @@ impl Stack {
             "[{}]",
             options.regions.iter().map(|r| toml_str(r)).collect::<Vec<_>>().join(", ")
         );
-        let core_tls = pki.as_ref().map_or_else(String::new, |p| {
+        let core_tls = core_pki.map_or_else(String::new, |p| {
             format!(
                 "[tls]\ncert_file = {}\nkey_file = {}\nclient_ca_file = {}\n",
                 toml_str(&p.server_cert_file.display().to_string()),
@@ -569,7 +579,7 @@ impl Stack {
                 format!(
                     "mode = \"local\"\nregion = {region_s}\nregions = {regions_toml}\nlisten = \"127.0.0.1:{port}\"\npublic_url = {public_url}\n\
                      [store]\npath = {store}\n\
-                     [nats]\nurl = {nats}\nnkey_seed = {nats_seed}\n\
+                     [nats]\nurl = {nats}\nnkey_seed = {nats_seed}\nca_file = {nats_ca}\n\
                      [bus]\nprojection_dir = {projection}\n\
                      [identity]\nissuer = {issuer}\n\
                      [dev_issuer]\nseed = {dev_seed}\nkid = {dev_kid}\n\
@@ -621,7 +631,7 @@ impl Stack {
         }
 
         let router_cfg = run.join("router.toml");
-        let upstream = pki.as_ref().map_or_else(String::new, |p| {
+        let upstream = core_pki.map_or_else(String::new, |p| {
             format!(
                 "[upstream]\nca_file = {}\nclient_cert_file = {}\nclient_key_file = {}\n",
                 toml_str(&p.ca_file.display().to_string()),
@@ -641,7 +651,7 @@ impl Stack {
             &router_cfg,
             format!(
                 "mode = \"local\"\nlisten = \"127.0.0.1:{router_port}\"\npop = \"local\"\nstate_file = {}\n\
-                 [nats]\nurl = {}\nnkey_seed = {}\n\
+                 [nats]\nurl = {}\nnkey_seed = {}\nca_file = {nats_ca}\n\
                  [identity]\nissuer = {}\n{upstream}{regions_cfg}{telemetry}",
                 toml_str(&run.join("router-state.json").display().to_string()),
                 toml_str(urls.nats_leaves.values().next().map(String::as_str).unwrap_or_default()),
@@ -673,7 +683,7 @@ impl Stack {
             std::fs::write(
                 &edge_cfg,
                 format!(
-                    "mode = \"local\"\nlisten = \"127.0.0.1:{edge_port}\"\nadmin_listen = \"127.0.0.1:{edge_admin_port}\"\nmanifest = {}\npop = \"local\"\nnats_url = {}\nnats_nkey_seed = {}\nspin_strict = {spin_strict}\n\
+                    "mode = \"local\"\nlisten = \"127.0.0.1:{edge_port}\"\nadmin_listen = \"127.0.0.1:{edge_admin_port}\"\nmanifest = {}\npop = \"local\"\nnats_url = {}\nnats_nkey_seed = {}\nnats_ca_file = {nats_ca}\nspin_strict = {spin_strict}\n\
                      [variables]\n{variables}{extra_vars}{telemetry}{edge_toml}",
                     toml_str(&manifest.display().to_string()),
                     toml_str(
@@ -713,7 +723,7 @@ impl Stack {
             .timeout(Duration::from_secs(30))
             .user_agent("Mozilla/5.0 (X11; Linux x86_64) tessera-e2e")
             .default_headers(headers);
-        if let Some(p) = &pki {
+        if let Some(p) = core_pki {
             http =
                 http.use_rustls_tls().add_root_certificate(p.ca()?).identity(p.client_identity()?);
         }

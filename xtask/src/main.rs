@@ -241,7 +241,7 @@ fn up(
         let u = &stack.urls;
         let cores: Vec<String> = u.cores.iter().map(|(r, url)| format!("core-{r}={url}")).collect();
         println!(
-            "ready edge={} router={} {} paysim={} mail={} nats={} nats_nkey={} logs={}",
+            "ready edge={} router={} {} paysim={} mail={} nats={} nats_nkey={} nats_ca={} logs={}",
             u.edge.clone().unwrap_or_default(),
             u.router,
             cores.join(" "),
@@ -249,6 +249,7 @@ fn up(
             u.mailsink,
             u.nats_hub,
             stack.nats_tools_seed_file().display(),
+            stack.pki.ca_file.display(),
             run_dir.join("logs").display()
         );
         let _ = tokio::signal::ctrl_c().await;
@@ -356,12 +357,13 @@ fn spin_up(edge_port: u16, base_port: u16, no_build: bool) -> anyhow::Result<()>
         }
         let u = &stack.urls;
         println!(
-            "ready edge={edge} (spin up) router={} paysim={} mail={} nats={} nats_nkey={} logs={}",
+            "ready edge={edge} (spin up) router={} paysim={} mail={} nats={} nats_nkey={} nats_ca={} logs={}",
             u.router,
             u.paysim,
             u.mailsink,
             u.nats_hub,
             stack.nats_tools_seed_file().display(),
+            stack.pki.ca_file.display(),
             run_dir.join("logs").display()
         );
         tokio::select! {

@@ -5,8 +5,10 @@
 //! stacks and tests run exactly the configuration operators deploy. [`LocalNats`] starts
 //! such a topology as `nats-server` processes on free ports of 127.0.0.1 (for `cargo xtask
 //! up`, the end-to-end harness and tests), optionally with a [`LinkProxy`] between each
-//! leaf and the hub so that a test can cut a region off and heal it again, and optionally
-//! signing everyone in as one of a list of NKey users ([`NatsUser`]) held to permissions.
+//! leaf and the hub so that a test can cut a region off and heal it again, optionally
+//! signing everyone in as one of a list of NKey users ([`NatsUser`]) held to permissions,
+//! and optionally speaking TLS on every link, the hub taking only leaves with a certificate
+//! of the same authority ([`NatsTlsFiles`]).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
@@ -297,10 +299,12 @@ async fn http_get(addr: SocketAddr, path: &str) -> anyhow::Result<String> {
 /// A TCP relay in front of the hub's leafnode listener that can cut one region off and
 /// heal it again, to partition a region in tests.
 ///
-/// Every leaf dials the same proxy address (and the hub advertises it, so leaves never
-/// learn a way around it). The proxy tells regions apart by the JetStream domain in the
-/// leaf's `CONNECT` line. Cutting a region closes its relayed connections and refuses its
-/// new ones until it is healed.
+/// Each region's leaf dials its own listening address of the proxy, which is how the proxy
+/// tells regions apart without reading the link (which may be TLS). Behind a proxy the hub
+/// advertises a leafnode address where nothing listens: leaves add what the hub advertises
+/// to the addresses they dial, and must not learn a way around the proxy.
+/// Cutting a region closes its relayed connections and refuses its new ones until it is
+/// healed.
 #[derive(Debug, Clone)]
 pub struct LinkProxy {
     inner: Arc<ProxyInner>,
@@ -308,51 +312,56 @@ pub struct LinkProxy {
 
 #[derive(Debug)]
 struct ProxyInner {
-    listen: SocketAddr,
+    listen: BTreeMap<RegionId, SocketAddr>,
     target: Mutex<Option<SocketAddr>>,
-    cut: Mutex<BTreeSet<String>>,
-    connections: Mutex<Vec<(String, AbortHandle)>>,
-    accept: Mutex<Option<AbortHandle>>,
-}
-
-/// The JetStream domain (or else the server name) a leaf announces in its first line,
-/// `CONNECT {...}`.
-fn leaf_identity(connect_line: &[u8]) -> Option<String> {
-    let line = std::str::from_utf8(connect_line).ok()?.trim_end();
-    let json = line.strip_prefix("CONNECT ")?;
-    let v: serde_json::Value = serde_json::from_str(json).ok()?;
-    v.get("domain")
-        .and_then(|d| d.as_str())
-        .filter(|d| !d.is_empty())
-        .or_else(|| v.get("name").and_then(|n| n.as_str()))
-        .map(str::to_owned)
+    cut: Mutex<BTreeSet<RegionId>>,
+    connections: Mutex<Vec<(RegionId, AbortHandle)>>,
+    accept: Mutex<Vec<AbortHandle>>,
 }
 
 impl LinkProxy {
-    /// Listens on a free port of 127.0.0.1; relays to the target set with
+    /// Listens on a free port of 127.0.0.1 for each region; relays to the target set with
     /// [`LinkProxy::set_target`].
-    pub async fn start() -> anyhow::Result<Self> {
-        let listener = TcpListener::bind("127.0.0.1:0").await.context("bind link proxy")?;
+    pub async fn start(regions: &[RegionId]) -> anyhow::Result<Self> {
+        let mut listeners = Vec::new();
+        let mut listen = BTreeMap::new();
+        for region in regions {
+            let listener = TcpListener::bind("127.0.0.1:0").await.context("bind link proxy")?;
+            listen.insert(region.clone(), listener.local_addr()?);
+            listeners.push((region.clone(), listener));
+        }
         let inner = Arc::new(ProxyInner {
-            listen: listener.local_addr()?,
+            listen,
             target: Mutex::new(None),
             cut: Mutex::new(BTreeSet::new()),
             connections: Mutex::new(Vec::new()),
-            accept: Mutex::new(None),
+            accept: Mutex::new(Vec::new()),
         });
-        let weak = Arc::downgrade(&inner);
-        let task = tokio::spawn(async move {
-            loop {
-                let Ok((inbound, _)) = listener.accept().await else { continue };
-                let Some(inner) = weak.upgrade() else { return };
-                let Some(target) = *inner.target.lock() else { continue };
-                let weak = Arc::downgrade(&inner);
-                tokio::spawn(async move {
-                    let _ = relay(weak, inbound, target).await;
-                });
-            }
-        });
-        *inner.accept.lock() = Some(task.abort_handle());
+        for (region, listener) in listeners {
+            let weak = Arc::downgrade(&inner);
+            let task = tokio::spawn(async move {
+                loop {
+                    let Ok((inbound, _)) = listener.accept().await else { continue };
+                    let Some(inner) = weak.upgrade() else { return };
+                    let Some(target) = *inner.target.lock() else { continue };
+                    if inner.cut.lock().contains(&region) {
+                        continue; // dropped: the leaf sees its connection closed
+                    }
+                    let region = region.clone();
+                    let pump = tokio::spawn(async move {
+                        let Ok(mut hub) = TcpStream::connect(target).await else { return };
+                        let mut leaf = inbound;
+                        let _ = leaf.set_nodelay(true);
+                        let _ = hub.set_nodelay(true);
+                        let _ = tokio::io::copy_bidirectional(&mut leaf, &mut hub).await;
+                    });
+                    let mut conns = inner.connections.lock();
+                    conns.retain(|(_, h)| !h.is_finished());
+                    conns.push((region, pump.abort_handle()));
+                }
+            });
+            inner.accept.lock().push(task.abort_handle());
+        }
         Ok(LinkProxy { inner })
     }
 
@@ -360,16 +369,17 @@ impl LinkProxy {
         *self.inner.target.lock() = Some(target);
     }
 
-    pub fn listen_addr(&self) -> SocketAddr {
-        self.inner.listen
+    /// The address `region`'s leaf dials.
+    pub fn listen_addr(&self, region: &RegionId) -> Option<SocketAddr> {
+        self.inner.listen.get(region).copied()
     }
 
     /// Closes every connection of `region`'s leaf and refuses new ones until healed.
     pub fn cut(&self, region: &RegionId) {
-        self.inner.cut.lock().insert(region.to_string());
+        self.inner.cut.lock().insert(region.clone());
         let mut conns = self.inner.connections.lock();
         conns.retain(|(who, handle)| {
-            if who == region.as_str() {
+            if who == region {
                 handle.abort();
                 false
             } else {
@@ -379,69 +389,52 @@ impl LinkProxy {
     }
 
     pub fn heal(&self, region: &RegionId) {
-        self.inner.cut.lock().remove(region.as_str());
+        self.inner.cut.lock().remove(region);
     }
 
     pub fn is_cut(&self, region: &RegionId) -> bool {
-        self.inner.cut.lock().contains(region.as_str())
+        self.inner.cut.lock().contains(region)
     }
-}
-
-/// Relays one leaf connection: the hub speaks first (`INFO`), the leaf answers with
-/// `CONNECT`, which names it; from then on bytes flow both ways untouched.
-async fn relay(
-    weak: std::sync::Weak<ProxyInner>,
-    mut leaf: TcpStream,
-    target: SocketAddr,
-) -> anyhow::Result<()> {
-    let mut hub = TcpStream::connect(target).await?;
-    leaf.set_nodelay(true)?;
-    hub.set_nodelay(true)?;
-    // Forward the hub's greeting until the leaf's first line arrives.
-    let mut first = Vec::with_capacity(1024);
-    let mut from_hub = [0u8; 4096];
-    let mut from_leaf = [0u8; 4096];
-    loop {
-        tokio::select! {
-            n = hub.read(&mut from_hub) => {
-                let n = n?;
-                if n == 0 { return Ok(()); }
-                leaf.write_all(&from_hub[..n]).await?;
-            }
-            n = leaf.read(&mut from_leaf) => {
-                let n = n?;
-                if n == 0 { return Ok(()); }
-                first.extend_from_slice(&from_leaf[..n]);
-                if first.windows(2).any(|w| w == b"\r\n") || first.len() > 64 * 1024 {
-                    break;
-                }
-            }
-        }
-    }
-    let line_end = first.windows(2).position(|w| w == b"\r\n").unwrap_or(first.len());
-    let who = leaf_identity(&first[..line_end]).unwrap_or_default();
-    let Some(inner) = weak.upgrade() else { return Ok(()) };
-    if inner.cut.lock().contains(&who) {
-        return Ok(());
-    }
-    hub.write_all(&first).await?;
-    let pump = tokio::spawn(async move {
-        let _ = tokio::io::copy_bidirectional(&mut leaf, &mut hub).await;
-    });
-    inner.connections.lock().push((who, pump.abort_handle()));
-    drop(inner);
-    let _ = pump.await;
-    Ok(())
 }
 
 impl Drop for ProxyInner {
     fn drop(&mut self) {
-        if let Some(h) = self.accept.lock().take() {
+        for h in self.accept.lock().drain(..) {
             h.abort();
         }
         for (_, h) in self.connections.lock().drain(..) {
             h.abort();
         }
+    }
+}
+
+/// Certificate files of a [`LocalNats`] topology that speaks TLS on every link.
+#[derive(Debug, Clone)]
+pub struct NatsTlsFiles {
+    /// The servers' certificate (PEM): it must name `127.0.0.1` and be good for both
+    /// server and client authentication, as each leaf presents it to the hub too.
+    pub cert_file: PathBuf,
+    pub key_file: PathBuf,
+    /// The authority that signed it: clients trust it, and the hub accepts only leaves
+    /// whose certificate it signed.
+    pub ca_file: PathBuf,
+}
+
+impl NatsTlsFiles {
+    /// A `tls { ... }` block (`extra` lines go inside it).
+    fn block(&self, indent: &str, with_ca: bool, extra: &str) -> String {
+        let q = |p: &Path| serde_json::Value::from(p.display().to_string()).to_string();
+        let mut out = format!(
+            "{indent}tls {{\n{indent}  cert_file: {}\n{indent}  key_file: {}\n",
+            q(&self.cert_file),
+            q(&self.key_file)
+        );
+        if with_ca {
+            out.push_str(&format!("{indent}  ca_file: {}\n", q(&self.ca_file)));
+        }
+        out.push_str(extra);
+        out.push_str(&format!("{indent}  timeout: 5\n{indent}}}\n"));
+        out
     }
 }
 
@@ -454,6 +447,9 @@ pub struct LocalNatsOptions {
     /// holds each to its permissions), and the leaves sign in to the hub's leafnode port
     /// with a password made for this run, so nothing anonymous can join as a leaf either.
     pub users: Vec<NatsUser>,
+    /// TLS on every link: the servers' client listeners take TLS only, and the hub's
+    /// leafnode listener takes only leaves presenting a certificate of the same authority.
+    pub tls: Option<NatsTlsFiles>,
 }
 
 /// An NKey user of a [`LocalNats`] topology and what it may do.
@@ -520,6 +516,13 @@ pub struct LocalNats {
     pub hub: NatsProcess,
     pub leaves: BTreeMap<RegionId, NatsProcess>,
     pub proxy: Option<LinkProxy>,
+    /// Clients must speak TLS (URLs are `tls://`).
+    pub tls: bool,
+    /// The hub's own leafnode listener (behind the proxy, if any).
+    pub hub_leaf: SocketAddr,
+    /// The password leaves sign in with on the hub's leafnode port (made for the run, with
+    /// [`LocalNatsOptions::users`]).
+    pub leaf_password: Option<String>,
 }
 
 impl LocalNats {
@@ -530,39 +533,51 @@ impl LocalNats {
         regions: &[RegionId],
         opts: LocalNatsOptions,
     ) -> anyhow::Result<Self> {
-        let proxy = if opts.cuttable_links { Some(LinkProxy::start().await?) } else { None };
+        let proxy = if opts.cuttable_links { Some(LinkProxy::start(regions).await?) } else { None };
         // With users, the hub's leafnode port takes only leaves that know this password.
         let leaf_password = (!opts.users.is_empty()).then(|| {
             nkeys::KeyPair::new_user().public_key().chars().skip(1).take(32).collect::<String>()
         });
         let leaf_port = free_port()?;
         let hub_leaf = SocketAddr::from(([127, 0, 0, 1], leaf_port));
-        let leaf_entry = proxy.as_ref().map_or(hub_leaf, LinkProxy::listen_addr);
         let hub_params = HubParams {
             server_name: "hub".to_owned(),
             host: "127.0.0.1".to_owned(),
             client_port: free_port()?,
             http_port: free_port()?,
             leaf_port,
-            leaf_advertise: leaf_entry.to_string(),
+            leaf_advertise: match &proxy {
+                // Nothing listens there (see [`LinkProxy`]).
+                Some(_) => SocketAddr::from(([127, 0, 0, 1], free_port()?)).to_string(),
+                None => hub_leaf.to_string(),
+            },
             store_dir: dir.join("data").join("hub"),
         };
         if let Some(p) = &proxy {
             p.set_target(hub_leaf);
         }
         let mut hub_conf = render_hub(&hub_params)?;
+        let mut leafnodes_extra = String::new();
         if let Some(password) = &leaf_password {
+            leafnodes_extra
+                .push_str(&format!("  authorization {{ user: leaf, password: {password:?} }}\n"));
+        }
+        if let Some(tls) = &opts.tls {
+            leafnodes_extra.push_str(&tls.block("  ", true, "    verify: true\n"));
+            hub_conf.push_str(&format!("\n# Clients: TLS only.\n{}", tls.block("", false, "")));
+        }
+        if !leafnodes_extra.is_empty() {
             anyhow::ensure!(
                 hub_conf.contains("\nleafnodes {\n"),
                 "the hub template has no leafnodes block"
             );
             hub_conf = hub_conf.replacen(
                 "\nleafnodes {\n",
-                &format!(
-                    "\nleafnodes {{\n  authorization {{ user: leaf, password: {password:?} }}\n"
-                ),
+                &format!("\nleafnodes {{\n{leafnodes_extra}"),
                 1,
             );
+        }
+        if leaf_password.is_some() {
             hub_conf.push_str(&authorization_block(
                 &opts.users.iter().filter(|u| u.region.is_none()).collect::<Vec<_>>(),
             ));
@@ -572,6 +587,11 @@ impl LocalNats {
                 .await?;
         let mut leaves = BTreeMap::new();
         for region in regions {
+            let entry = proxy.as_ref().and_then(|p| p.listen_addr(region)).unwrap_or(hub_leaf);
+            let hub_leaf_url = match &leaf_password {
+                Some(password) => format!("nats-leaf://leaf:{password}@{entry}"),
+                None => format!("nats-leaf://{entry}"),
+            };
             let params = LeafParams {
                 region: region.clone(),
                 server_name: format!("leaf-{region}"),
@@ -579,13 +599,23 @@ impl LocalNats {
                 client_port: free_port()?,
                 http_port: free_port()?,
                 store_dir: dir.join("data").join(format!("leaf-{region}")),
-                hub_leaf_url: match &leaf_password {
-                    Some(password) => format!("nats-leaf://leaf:{password}@{leaf_entry}"),
-                    None => format!("nats-leaf://{leaf_entry}"),
-                },
+                hub_leaf_url: hub_leaf_url.clone(),
             };
             let name = format!("leaf-{region}");
             let mut leaf_conf = render_leaf(&params)?;
+            if let Some(tls) = &opts.tls {
+                // The link to the hub: TLS, presenting the certificate the hub verifies.
+                let remote = format!("{{ url: {} }}", serde_json::Value::from(hub_leaf_url));
+                anyhow::ensure!(leaf_conf.contains(&remote), "the leaf template has no remote");
+                let with_tls = format!(
+                    "{{\n      url: {}\n{}    }}",
+                    serde_json::Value::from(params.hub_leaf_url.as_str()),
+                    tls.block("      ", true, "")
+                );
+                leaf_conf = leaf_conf.replacen(&remote, &with_tls, 1);
+                leaf_conf
+                    .push_str(&format!("\n# Clients: TLS only.\n{}", tls.block("", false, "")));
+            }
             if !opts.users.is_empty() {
                 leaf_conf.push_str(&authorization_block(
                     &opts
@@ -600,7 +630,8 @@ impl LocalNats {
                     .await?;
             leaves.insert(region.clone(), leaf);
         }
-        let topology = LocalNats { hub, leaves, proxy };
+        let topology =
+            LocalNats { hub, leaves, proxy, tls: opts.tls.is_some(), hub_leaf, leaf_password };
         topology.wait_connected(Duration::from_secs(10)).await?;
         Ok(topology)
     }
@@ -620,17 +651,25 @@ impl LocalNats {
         }
     }
 
+    /// `nats://` (or `tls://`) of the hub.
     pub fn hub_url(&self) -> String {
-        self.hub.url()
+        self.client_url(self.hub.url())
+    }
+
+    fn client_url(&self, url: String) -> String {
+        match url.strip_prefix("nats://") {
+            Some(rest) if self.tls => format!("tls://{rest}"),
+            _ => url,
+        }
     }
 
     pub fn leaf(&self, region: &RegionId) -> Option<&NatsProcess> {
         self.leaves.get(region)
     }
 
-    /// `nats://...` of a region's leaf node.
+    /// `nats://...` (or `tls://...`) of a region's leaf node.
     pub fn leaf_url(&self, region: &RegionId) -> Option<String> {
-        self.leaves.get(region).map(NatsProcess::url)
+        self.leaves.get(region).map(|l| self.client_url(l.url()))
     }
 
     /// Cuts `region`'s leaf off the hub (needs [`LocalNatsOptions::cuttable_links`]).
@@ -744,12 +783,6 @@ mod tests {
         assert!(text.contains("domain: eu-west"));
         assert!(text.contains("url: \"nats-leaf://127.0.0.1:7422\""));
         let err = render("a {{missing}} b", &BTreeMap::new()).unwrap_err();
-        assert_eq!(
-            leaf_identity(br#"CONNECT {"domain":"eu-west","name":"leaf-eu-west"}"#).as_deref(),
-            Some("eu-west")
-        );
-        assert_eq!(leaf_identity(br#"CONNECT {"name":"leaf-x"}"#).as_deref(), Some("leaf-x"));
-        assert_eq!(leaf_identity(b"PING"), None);
         assert_eq!(err.to_string(), "no value for placeholder missing");
     }
 }

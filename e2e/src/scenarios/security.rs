@@ -725,12 +725,15 @@ async fn nats_attacks(c: &mut Ctx) -> anyhow::Result<()> {
     let (region, url) = c.stack.urls.nats_leaves.iter().next().context("a leaf")?;
     let (region, url) = (region.clone(), url.clone());
     let seeds = c.stack.nats_seeds.clone();
+    let ca = c.stack.pki.ca_file.clone();
     let mut doors = vec![url.clone(), c.stack.urls.nats_hub.clone()];
     doors.extend(c.stack.urls.nats_leaves.values().skip(1).cloned());
+    let anonymous_ca = ca.clone();
     c.attack("nats: connect without credentials", (401, "authorization_violation"), || async move {
+        let ca = anonymous_ca;
         let mut outcomes = Vec::new();
         for door in &doors {
-            outcomes.push(match crate::stack::nats_connect(door, None).await {
+            outcomes.push(match crate::stack::nats_connect(door, None, Some(&ca)).await {
                 Ok(_) => "connected",
                 Err(e) if refused_by_nats(&e) => "authorization_violation",
                 Err(_) => "other_error",
@@ -751,11 +754,12 @@ async fn nats_attacks(c: &mut Ctx) -> anyhow::Result<()> {
             &format!("nats: {region}'s core credential on {other}'s leaf"),
             (401, "authorization_violation"),
             || async move {
-                let code = match crate::stack::nats_connect(&other_url, Some(&seed)).await {
-                    Ok(_) => "connected",
-                    Err(e) if refused_by_nats(&e) => "authorization_violation",
-                    Err(_) => "other_error",
-                };
+                let code =
+                    match crate::stack::nats_connect(&other_url, Some(&seed), Some(&ca)).await {
+                        Ok(_) => "connected",
+                        Err(e) if refused_by_nats(&e) => "authorization_violation",
+                        Err(_) => "other_error",
+                    };
                 Ok(Reply {
                     status: if code == "authorization_violation" { 401 } else { 200 },
                     body: json!({"code": code}),
@@ -771,7 +775,8 @@ async fn nats_attacks(c: &mut Ctx) -> anyhow::Result<()> {
     let forged_subject = format!("tessera.{region}.sale.closed.{LOCKED}");
     let mut heard = listener.subscribe(forged_subject.clone()).await?;
     listener.flush().await?;
-    let edge_client = crate::stack::nats_connect(&url, Some(&seeds.edge)).await?;
+    let edge_client =
+        crate::stack::nats_connect(&url, Some(&seeds.edge), Some(&c.stack.pki.ca_file)).await?;
     c.attack("nats: an event published with the edge's credential", (403, "not_delivered"), || async move {
         let forged = json!({"id": "f".repeat(24), "region": region, "event_id": LOCKED, "at_ms": now_ms(), "kind": "sale.closed"});
         edge_client.publish(forged_subject, serde_json::to_vec(&forged)?.into()).await?;
@@ -795,6 +800,7 @@ async fn nats_attacks(c: &mut Ctx) -> anyhow::Result<()> {
                 .get(c.stack.urls.nats_leaves.keys().next().context("a region")?)
                 .context("a core's seed")?,
         ),
+        Some(&c.stack.pki.ca_file),
     )
     .await?;
     // A genuine watermark of the locked event, rewritten to admit everyone, far ahead of
@@ -864,6 +870,122 @@ async fn nats_attacks(c: &mut Ctx) -> anyhow::Result<()> {
     })
     .await?;
     Ok(())
+}
+
+/// The links themselves: every NATS server takes TLS only, and the hub's leafnode port
+/// takes only leaves presenting a certificate of the run's authority (and its password).
+async fn nats_link_attacks(c: &mut Ctx) -> anyhow::Result<()> {
+    let (region, leaf_url) = c.stack.urls.nats_leaves.iter().next().context("a leaf")?;
+    let (region, leaf_url) = (region.clone(), leaf_url.clone());
+    let leaf_addr = leaf_url.split_once("://").map_or(leaf_url.as_str(), |(_, a)| a).to_owned();
+    c.attack("nats: a plaintext client on a leaf", (403, "tls_required"), || async move {
+        use tokio::io::{AsyncBufReadExt as _, AsyncReadExt as _, AsyncWriteExt as _};
+        let stream = tokio::net::TcpStream::connect(&leaf_addr).await?;
+        let mut stream = tokio::io::BufReader::new(stream);
+        let mut info = String::new();
+        stream.read_line(&mut info).await?;
+        stream.get_mut().write_all(b"CONNECT {\"verbose\":false}\r\nPING\r\n").await?;
+        let mut answer = Vec::new();
+        let _ = tokio::time::timeout(Duration::from_secs(2), stream.read_to_end(&mut answer)).await;
+        let answer = String::from_utf8_lossy(&answer).into_owned();
+        // Refused for TLS, not only for the missing credentials that follow it.
+        let tls_required = info.contains("\"tls_required\":true") && !answer.contains("PONG");
+        Ok(Reply {
+            status: if tls_required { 403 } else { 200 },
+            body: json!({
+                "code": if tls_required { "tls_required" } else { "plaintext_spoken" },
+                "info": info.trim(),
+                "answer": answer.trim(),
+            }),
+            served_by: None,
+        })
+    })
+    .await?;
+
+    let listener = c.stack.nats_client(&leaf_url).await?;
+    let subject = format!("tessera.{region}.sale.closed.{LOCKED}");
+    let mut heard = listener.subscribe(subject.clone()).await?;
+    listener.flush().await?;
+    let hub_leaf = c.stack.nats.hub_leaf;
+    let password = c.stack.nats.leaf_password.clone().context("the stack's leaf password")?;
+    let ca = c.stack.pki.ca_file.clone();
+    let q = |p: &Path| json!(p.display().to_string());
+    let (cert, key) = (q(&c.stack.pki.nats_cert_file), q(&c.stack.pki.nats_key_file));
+    let rogues = [
+        // The hub verifies the leaf's certificate: a leaf that knows the password gets
+        // nowhere without one.
+        (
+            "nats: a rogue leaf with the leaf password but no certificate",
+            format!(
+                "{{\n url: \"nats-leaf://leaf:{password}@{hub_leaf}\"\n tls {{ ca_file: {} }}\n }}",
+                q(&ca)
+            ),
+        ),
+        (
+            "nats: a rogue leaf with neither password nor certificate",
+            format!("{{\n url: \"nats-leaf://{hub_leaf}\"\n tls {{ insecure: true }}\n }}"),
+        ),
+        // And a leaf whose certificate leaked still needs the password.
+        (
+            "nats: a rogue leaf with a leaf's certificate but no password",
+            format!(
+                "{{\n url: \"nats-leaf://{hub_leaf}\"\n tls {{ cert_file: {cert}, key_file: {key}, ca_file: {} }}\n }}",
+                q(&ca)
+            ),
+        ),
+    ];
+    for (i, (name, remote)) in rogues.into_iter().enumerate() {
+        let dir = c.stack.options.run_dir.join(format!("rogue-leaf-{i}"));
+        let (port, http) = (free_port()?, free_port()?);
+        let conf = format!(
+            "server_name: rogue-{i}\nhost: 127.0.0.1\nport: {port}\nhttp: \"127.0.0.1:{http}\"\n\
+             jetstream {{ store_dir: {store}, domain: rogue{i} }}\n\
+             leafnodes {{ reconnect: 1, remotes: [ {remote} ] }}\n",
+            store = json!(dir.join("data").display().to_string()),
+        );
+        let rogue = tessera_bus::topology::NatsProcess::start(
+            &format!("rogue-{i}"),
+            &dir,
+            &conf,
+            port,
+            http,
+        )
+        .await?;
+        let rogue_url = rogue.url();
+        let leaves = c.stack.urls.nats_leaves.len() as u64;
+        let (hub, subject, region) =
+            (c.stack.nats.hub.monitor_addr(), subject.clone(), region.clone());
+        let heard = &mut heard;
+        c.attack(name, (403, "not_joined"), || async move {
+            let client = crate::stack::nats_connect(&rogue_url, None, None).await?;
+            let forged = json!({"id": "r".repeat(24), "region": region, "event_id": LOCKED, "at_ms": now_ms(), "kind": "sale.closed"});
+            let mut delivered = false;
+            let mut most_leaves = 0;
+            // The rogue redials every second; give it a few tries.
+            for _ in 0..6 {
+                client.publish(subject.clone(), serde_json::to_vec(&forged)?.into()).await?;
+                client.flush().await?;
+                let got = tokio::time::timeout(Duration::from_millis(500), futures::StreamExt::next(heard)).await;
+                delivered |= matches!(got, Ok(Some(_)));
+                most_leaves = most_leaves.max(leaf_count(hub).await.unwrap_or(0));
+            }
+            let joined = delivered || most_leaves > leaves;
+            Ok(Reply {
+                status: if joined { 200 } else { 403 },
+                body: json!({"code": if joined { "joined" } else { "not_joined" }, "delivered": delivered, "hub_leaf_connections": most_leaves}),
+                served_by: None,
+            })
+        })
+        .await?;
+        drop(rogue);
+    }
+    Ok(())
+}
+
+/// The hub's leafnode connections (`/leafz` of its monitoring port).
+async fn leaf_count(monitor: std::net::SocketAddr) -> anyhow::Result<u64> {
+    let body = reqwest::get(format!("http://{monitor}/leafz")).await?.json::<Value>().await?;
+    Ok(body["leafnodes"].as_u64().unwrap_or(0))
 }
 
 /// Whether NATS refused a connection for its credentials.
@@ -1080,6 +1202,7 @@ pub async fn run() -> anyhow::Result<(Vec<Verdict>, BTreeMap<String, String>)> {
         webhook_attacks(&mut c).await?;
         input_attacks(&mut c).await?;
         nats_attacks(&mut c).await?;
+        nats_link_attacks(&mut c).await?;
         production_edge(&mut c).await?;
         production_starts(&mut c).await?;
         anyhow::Ok(())

@@ -57,7 +57,7 @@ async fn the_router_reaches_the_cores_over_mutual_tls_and_nothing_else_does() {
     let r = plain.get(format!("http://127.0.0.1:{port}/healthz")).send().await;
     assert!(r.is_err(), "the core answered plaintext HTTP: {r:?}");
     // TLS that trusts the core but presents no client certificate: refused.
-    let pki = stack.pki.clone().unwrap();
+    let pki = stack.pki.clone();
     let anonymous = reqwest::Client::builder()
         .use_rustls_tls()
         .add_root_certificate(pki.ca().unwrap())
