@@ -1,6 +1,7 @@
 //! `cargo xtask e2e security [--ci]`: the red-team suite, see
 //! `tessera_e2e::scenarios::security`. The last line is
-//! `attacks=N accepted=0 state_changed=0`; any accepted attack or changed state fails it.
+//! `attacks=N accepted=0 state_changed=0 uncounted=0`; any accepted attack, changed state
+//! or refusal no service counted fails it.
 
 use clap::Parser;
 use tessera_e2e::scenarios::security;
@@ -20,17 +21,24 @@ fn main() -> anyhow::Result<()> {
     for v in verdicts.iter().filter(|v| !v.refused || v.state_changed) {
         eprintln!("NOT REFUSED OR STATE CHANGED: {}: {}", v.name, v.detail);
     }
+    for v in verdicts.iter().filter(|v| v.refused && v.counted == Some(false)) {
+        eprintln!("REFUSED BUT NOT COUNTED: {}: {}", v.name, v.detail);
+    }
     let get = |k: &str| kv.get(k).cloned().unwrap_or_default();
     println!(
-        "attacks={} accepted={} state_changed={}",
+        "attacks={} accepted={} state_changed={} uncounted={}",
         get("attacks"),
         get("accepted"),
-        get("state_changed")
+        get("state_changed"),
+        get("uncounted")
     );
     if kv.get("accepted").is_some_and(|v| v != "0")
         || kv.get("state_changed").is_some_and(|v| v != "0")
     {
         anyhow::bail!("the red-team suite found an open door");
+    }
+    if kv.get("uncounted").is_some_and(|v| v != "0") {
+        anyhow::bail!("the red-team suite saw refusals no service counted");
     }
     Ok(())
 }

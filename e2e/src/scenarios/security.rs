@@ -4,10 +4,13 @@
 //! the core with each unsafe setting). Every attack must be refused, with the expected
 //! status and stable `code`, and must change nothing: before and after each one the suite
 //! reads the sale's state from outside (availability straight from a core, each fan's
-//! orders, the payment provider's journal, a waiting fan's place) and compares.
+//! orders, the payment provider's journal, a waiting fan's place) and compares. A refusal
+//! by one of the stack's HTTP services must also be counted under its code, by the edge
+//! (`tessera_edge_refusals_total{outcome}`), the router or a core
+//! (`tessera_http_refusals_total{code}`), read from their `/metrics` before and after.
 //!
-//! The last line is `attacks=N accepted=A state_changed=S` (plus per-attack lines above
-//! it); the scenario fails unless `accepted=0 state_changed=0`.
+//! The last line is `attacks=N accepted=A state_changed=S uncounted=U` (plus per-attack
+//! lines above it); the scenario fails unless `accepted=0 state_changed=0 uncounted=0`.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -33,6 +36,9 @@ pub struct Verdict {
     pub name: String,
     pub refused: bool,
     pub state_changed: bool,
+    /// Whether a service counted the refusal under its code (`tessera_edge_refusals_total`,
+    /// `tessera_http_refusals_total`); `None` where the door is no HTTP service's.
+    pub counted: Option<bool>,
     pub detail: String,
 }
 
@@ -55,6 +61,9 @@ struct Ctx {
     alice_order: String,
     alice_hold: String,
     verdicts: Vec<Verdict>,
+    /// Whether the attacks now run are refused by the stack's HTTP services, which count
+    /// every refusal by its code (the NATS servers and production starts do not).
+    http_doors: bool,
 }
 
 fn now_ms() -> u64 {
@@ -106,44 +115,112 @@ impl Ctx {
         Ok(Snapshot(s))
     }
 
-    /// Runs one attack: `expect` is the refusal's status and code.
+    /// How many refusals the stack's HTTP services have counted under `code`: the edge's
+    /// `tessera_edge_refusals_total{outcome}` and every core's and the router's
+    /// `tessera_http_refusals_total{code}`.
+    async fn refusal_count(&self, code: &str) -> anyhow::Result<u64> {
+        let urls = &self.stack.urls;
+        let mut sources = vec![(
+            urls.edge_admin.clone().context("the edge's admin address")?,
+            "tessera_edge_refusals_total",
+            "outcome",
+        )];
+        sources.push((urls.router.clone(), "tessera_http_refusals_total", "code"));
+        for core in urls.cores.values() {
+            sources.push((core.clone(), "tessera_http_refusals_total", "code"));
+        }
+        let mut total = 0;
+        for (base, family, label) in sources {
+            let text = self.stack.http.get(format!("{base}/metrics")).send().await?.text().await?;
+            total += counter_value(&text, family, label, code);
+        }
+        Ok(total)
+    }
+
+    /// Runs one attack: `expect` is the refusal's status and code, which a service must
+    /// count its refusal under.
     async fn attack<F, Fut>(&mut self, name: &str, expect: (u16, &str), f: F) -> anyhow::Result<()>
     where
         F: FnOnce() -> Fut,
         Fut: std::future::Future<Output = anyhow::Result<Reply>>,
     {
+        let label = expect.1.to_owned();
+        self.attack_counted_as(name, expect, Some(&label), f).await
+    }
+
+    /// [`Ctx::attack`] for a refusal counted under another label than the code the
+    /// attacker sees (`None`: an attack that is harmlessly answered, no refusal to count).
+    async fn attack_counted_as<F, Fut>(
+        &mut self,
+        name: &str,
+        expect: (u16, &str),
+        label: Option<&str>,
+        f: F,
+    ) -> anyhow::Result<()>
+    where
+        F: FnOnce() -> Fut,
+        Fut: std::future::Future<Output = anyhow::Result<Reply>>,
+    {
         let before = self.snapshot().await?;
+        let label = label.filter(|_| self.http_doors);
+        let counted_before = match label {
+            Some(l) => Some(self.refusal_count(l).await?),
+            None => None,
+        };
         let reply = f().await?;
         // Let anything the request set off (a saga, a webhook's drive) happen first.
         tokio::time::sleep(Duration::from_millis(150)).await;
         let after = self.snapshot().await?;
+        let counted = match (label, counted_before) {
+            (Some(l), Some(b)) => Some(self.refusal_count(l).await? > b),
+            _ => None,
+        };
         let refused = reply.status == expect.0 && reply.code() == Some(expect.1);
-        self.record(name, refused, before != after, diff(&before, &after), &reply);
+        self.record(name, refused, before != after, counted, diff(&before, &after), &reply);
         Ok(())
     }
 
-    fn record(&mut self, name: &str, refused: bool, changed: bool, diff: String, reply: &Reply) {
-        let detail = if refused && !changed {
+    fn record(
+        &mut self,
+        name: &str,
+        refused: bool,
+        changed: bool,
+        counted: Option<bool>,
+        diff: String,
+        reply: &Reply,
+    ) {
+        let ok = refused && !changed && counted != Some(false);
+        let detail = if ok {
             format!("{} {}", reply.status, reply.code().unwrap_or(""))
+        } else if refused && !changed {
+            format!("{} {}, counted by no service", reply.status, reply.code().unwrap_or(""))
         } else {
             format!("got {} {} {diff}", reply.status, reply.body)
         };
         eprintln!(
             "[security] {:<58} {}",
             name,
-            if refused && !changed {
-                format!("refused ({detail})")
-            } else {
-                format!("FAILED: {detail}")
-            }
+            if ok { format!("refused ({detail})") } else { format!("FAILED: {detail}") }
         );
         self.verdicts.push(Verdict {
             name: name.to_owned(),
             refused,
             state_changed: changed,
+            counted,
             detail,
         });
     }
+}
+
+/// The value of `family{label="value"}` in a Prometheus text exposition (0 when absent).
+fn counter_value(text: &str, family: &str, label: &str, value: &str) -> u64 {
+    let needle = format!("{label}=\"{value}\"");
+    text.lines()
+        .filter(|l| l.starts_with(family) && l[family.len()..].starts_with('{'))
+        .filter(|l| l.split_once('}').is_some_and(|(labels, _)| labels.contains(&needle)))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .map(|v| v as u64)
+        .sum()
 }
 
 fn diff(a: &Snapshot, b: &Snapshot) -> String {
@@ -241,6 +318,7 @@ async fn setup() -> anyhow::Result<Ctx> {
         alice_order,
         alice_hold,
         verdicts: Vec::new(),
+        http_doors: true,
     })
 }
 
@@ -445,6 +523,7 @@ async fn parallel_reuse(c: &mut Ctx) -> anyhow::Result<()> {
         &format!("admission: six holds at once ({} won, {refused} refused)", won.len()),
         won.len() == 1 && refused == 5,
         before != after,
+        None,
         diff(&before, &after),
         &reply,
     );
@@ -657,7 +736,11 @@ async fn input_attacks(c: &mut Ctx) -> anyhow::Result<()> {
     )
     .await?;
     let ea = edge_addr.clone();
-    c.attack("input: CR/LF inside a header value", (400, ""), || async move {
+    c.attack_counted_as(
+        "input: CR/LF inside a header value",
+        (400, ""),
+        Some("malformed_http"),
+        || async move {
         let mut r = raw(
             &ea,
             b"GET /v1/events HTTP/1.1\r\nhost: x\r\nx-tessera-device: a\rx-tessera-bot-score: 0\r\nconnection: close\r\n\r\n",
@@ -668,7 +751,8 @@ async fn input_attacks(c: &mut Ctx) -> anyhow::Result<()> {
             r.body = json!({"code": ""});
         }
         Ok(r)
-    })
+    },
+    )
     .await?;
     for path in ["/../../etc/passwd", "/static/..%2f..%2f..%2fCargo.toml", "/v1/../../etc/passwd"] {
         let ea = edge_addr.clone();
@@ -696,9 +780,11 @@ async fn input_attacks(c: &mut Ctx) -> anyhow::Result<()> {
         "GET http://{evil}/v1/events HTTP/1.1\r\nhost: {evil}\r\nconnection: close\r\n\r\n"
     );
     let hits2 = hits.clone();
-    c.attack(
+    // Answered as any catalog read: nothing to refuse, nothing to count.
+    c.attack_counted_as(
         "outbound: a request naming a host off the allow-list",
         (200, "no_outbound"),
+        None,
         || async move {
             let r = raw(&ea, req.as_bytes()).await?;
             let called = hits2.load(std::sync::atomic::Ordering::SeqCst);
@@ -1201,6 +1287,9 @@ pub async fn run() -> anyhow::Result<(Vec<Verdict>, BTreeMap<String, String>)> {
         authorization_attacks(&mut c).await?;
         webhook_attacks(&mut c).await?;
         input_attacks(&mut c).await?;
+        // From here on the doors are no HTTP service of the stack's: the NATS servers,
+        // a production edge of its own, production starts.
+        c.http_doors = false;
         nats_attacks(&mut c).await?;
         nats_link_attacks(&mut c).await?;
         production_edge(&mut c).await?;
@@ -1216,5 +1305,9 @@ pub async fn run() -> anyhow::Result<(Vec<Verdict>, BTreeMap<String, String>)> {
     kv.insert("attacks".to_owned(), v.len().to_string());
     kv.insert("accepted".to_owned(), v.iter().filter(|x| !x.refused).count().to_string());
     kv.insert("state_changed".to_owned(), v.iter().filter(|x| x.state_changed).count().to_string());
+    kv.insert(
+        "uncounted".to_owned(),
+        v.iter().filter(|x| x.refused && x.counted == Some(false)).count().to_string(),
+    );
     Ok((v, kv))
 }

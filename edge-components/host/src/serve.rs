@@ -42,7 +42,7 @@ pub async fn serve_public(
                 let conn = graceful.watch(conn);
                 tokio::spawn(async move {
                     if let Err(e) = conn.await {
-                        tracing::debug!("connection ended: {e}");
+                        count_connection_error(&*e, peer);
                     }
                 });
             }
@@ -54,6 +54,23 @@ pub async fn serve_public(
         _ = tokio::time::sleep(grace) => tracing::warn!("shutdown grace period ran out with requests in flight"),
     }
     Ok(())
+}
+
+/// A connection that ended in an error: a request head hyper could not parse (answered
+/// with a bare 400 or 431 before any component ran) is a refusal like any other, logged
+/// once and counted as `tessera_edge_refusals_total{outcome="malformed_http"}`; anything
+/// else (a client gone mid-request) is routine.
+fn count_connection_error(e: &(dyn std::error::Error + 'static), peer: std::net::SocketAddr) {
+    let malformed = e
+        .downcast_ref::<hyper::Error>()
+        .is_some_and(|h| h.is_parse() || h.is_parse_too_large() || h.is_parse_status());
+    if malformed {
+        tracing::warn!(code = "malformed_http", peer = %peer.ip(), "request refused: {e}");
+        metrics::counter!("tessera_edge_refusals_total", "outcome" => "malformed_http")
+            .increment(1);
+    } else {
+        tracing::debug!("connection ended: {e}");
+    }
 }
 
 /// The admin router: `/metrics`, `/healthz` (the process is up) and `/readyz` (components

@@ -203,7 +203,10 @@ pub(crate) fn service<S: Store>(app: &App<S>, headers: &HeaderMap) -> Result<Str
 }
 
 pub(crate) fn inventory_error(e: InventoryError) -> ApiError {
-    if e.is_client_error() {
+    if e.code() == ErrorCode::HoldForeign {
+        // A fan reaching for another's hold: a refusal, logged and counted.
+        ApiError::refused(e.code(), e.to_string(), "the hold belongs to another customer")
+    } else if e.is_client_error() {
         ApiError::new(e.code(), e.to_string())
     } else {
         ApiError::internal(anyhow::Error::new(e))
@@ -211,6 +214,9 @@ pub(crate) fn inventory_error(e: InventoryError) -> ApiError {
 }
 
 pub(crate) fn order_error(e: OrderError) -> ApiError {
+    if let OrderError::Inventory(inner) = e {
+        return inventory_error(inner);
+    }
     if e.is_client_error() {
         ApiError::new(e.code(), e.to_string())
     } else if matches!(e, OrderError::Provider(_)) {

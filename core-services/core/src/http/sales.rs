@@ -155,10 +155,7 @@ pub(crate) async fn get_hold<S: Store>(
     let hold_id = path_id(&hold_id, HoldId::parse, ErrorCode::UnknownHold, "hold")?;
     let hold = app.inv.get_hold(&hold_id).await.map_err(inventory_error)?;
     if hold.customer_id != customer {
-        return Err(ApiError::new(
-            ErrorCode::HoldForeign,
-            format!("hold {hold_id} belongs to someone else"),
-        ));
+        return Err(inventory_error(InventoryError::HoldForeign(hold_id)));
     }
     Ok(Json(hold))
 }

@@ -87,3 +87,11 @@ impl Ctx {
         std::str::from_utf8(&v).ok()?.parse().ok()
     }
 }
+
+/// Counts a refusal the edge made (`refusals` by code), opening the key-value store itself:
+/// a request may be refused before any [`Ctx`] exists.
+pub fn count_refusal(label: &str) {
+    if let Ok(bucket) = wkv::open("default") {
+        let _ = atomics::increment(&bucket, &format!("metric:refusals:{label}"), 1);
+    }
+}

@@ -35,7 +35,12 @@ use crate::ctx::Ctx;
 
 #[http_service]
 async fn handle(req: Request) -> Result<guest::Reply, spin_sdk::http::Error> {
-    Ok(guest::clean_response(pipeline(req).await))
+    let reply = pipeline(req).await;
+    // Every refusal the edge makes is counted here, by its code, whichever stage made it.
+    if let Some(label) = guest::refusal(&reply) {
+        ctx::count_refusal(label);
+    }
+    Ok(guest::clean_response(reply))
 }
 
 async fn pipeline(req: Request) -> guest::Reply {
@@ -68,8 +73,7 @@ async fn pipeline(req: Request) -> guest::Reply {
         // The development issuer exists only on a local stack: elsewhere the route is not
         // there at all (the same answer as any unknown path).
         Route::DevToken if &*ctx.var("mode").await != "local" => {
-            ctx.count("refusals", "dev_route");
-            return guest::error(ErrorCode::NotFound, "no such route");
+            return guest::relabel(guest::error(ErrorCode::NotFound, "no such route"), "dev_route");
         }
         // Servers, not fans, call here, and the core verifies the signature over the
         // exact bytes: no bot scoring, no proof of work.

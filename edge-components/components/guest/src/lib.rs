@@ -138,15 +138,36 @@ pub fn json(status: u16, body: impl Into<Bytes>) -> Reply {
     r
 }
 
-/// An error response following the contract.
+/// An error response following the contract. Every error the edge makes itself passes
+/// here or through [`error_body`], which mark it with its code (see [`refusal`]).
 pub fn error(code: ErrorCode, message: impl Into<String>) -> Reply {
-    let body = ApiErrorBody::new(code, message);
-    json(body.status(), body.to_json())
+    error_body(&ApiErrorBody::new(code, message))
 }
 
 /// An error response from an already built body.
 pub fn error_body(body: &ApiErrorBody) -> Reply {
-    json(body.status(), body.to_json())
+    let mut reply = json(body.status(), body.to_json());
+    reply.extensions_mut().insert(Refusal(body.code.as_str()));
+    reply
+}
+
+/// The mark of an error the edge made itself (never of a region's reply passed on): the
+/// label it is counted under.
+#[derive(Debug, Clone, Copy)]
+struct Refusal(&'static str);
+
+/// The label to count `reply` under as a refusal: its code when the edge itself refused
+/// the request (a 4xx it made), `None` for anything else (a region's answers included).
+pub fn refusal(reply: &Reply) -> Option<&'static str> {
+    let label = reply.extensions().get::<Refusal>()?.0;
+    reply.status().is_client_error().then_some(label)
+}
+
+/// Counts `reply` under `label` instead of its code (a refusal that must look like
+/// another to the client, such as a route that exists only on a local stack).
+pub fn relabel(mut reply: Reply, label: &'static str) -> Reply {
+    reply.extensions_mut().insert(Refusal(label));
+    reply
 }
 
 /// Reads a body, refusing more than `limit` bytes.

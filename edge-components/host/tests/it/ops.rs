@@ -12,6 +12,9 @@ async fn metrics_count_bot_verdicts_cache_outcomes_and_requests() {
     for _ in 0..3 {
         c.get(edge.url("/v1/events/show-1/sections/B/seats")).send().await.unwrap();
     }
+    // Refusals the edge makes itself are counted by their code.
+    assert_eq!(c.get(edge.url("/nope")).send().await.unwrap().status(), 404);
+    assert_eq!(c.delete(edge.url("/v1/events")).send().await.unwrap().status(), 405);
     let admin = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let admin_addr = admin.local_addr().unwrap();
     let (_stop, rx) = tokio::sync::watch::channel(false);
@@ -22,6 +25,8 @@ async fn metrics_count_bot_verdicts_cache_outcomes_and_requests() {
         "tessera_edge_bot_verdicts_total{outcome=\"allow\"}",
         "tessera_edge_catalog_cache_total{outcome=\"hit\"}",
         "tessera_edge_catalog_cache_total{outcome=\"miss\"}",
+        "tessera_edge_refusals_total{outcome=\"not_found\"}",
+        "tessera_edge_refusals_total{outcome=\"method_not_allowed\"}",
         "tessera_edge_requests_total",
         "tessera_edge_request_duration_seconds",
     ] {
