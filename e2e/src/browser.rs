@@ -23,7 +23,7 @@ pub struct Driver {
 
 impl Driver {
     pub async fn start(log: &Path) -> anyhow::Result<Driver> {
-        let port = tessera_bus::topology::free_port()?;
+        let port = tessera_local_nats::free_port()?;
         let log = std::fs::File::create(log)?;
         let child = Command::new("chromedriver")
             .arg(format!("--port={port}"))

@@ -77,9 +77,9 @@ impl TestPki {
         Ok(pki)
     }
 
-    /// The files a TLS [`tessera_bus::topology::LocalNats`] needs.
-    pub fn nats_tls(&self) -> tessera_bus::topology::NatsTlsFiles {
-        tessera_bus::topology::NatsTlsFiles {
+    /// The files a TLS [`tessera_local_nats::LocalNats`] needs.
+    pub fn nats_tls(&self) -> tessera_local_nats::NatsTlsFiles {
+        tessera_local_nats::NatsTlsFiles {
             cert_file: self.nats_cert_file.clone(),
             key_file: self.nats_key_file.clone(),
             ca_file: self.ca_file.clone(),

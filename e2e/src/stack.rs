@@ -13,8 +13,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
 use tessera_api::RegionId;
-use tessera_bus::topology::{LocalNats, LocalNatsOptions, NatsUser, free_port};
 use tessera_identity::{Keyset, SigningKeyPair};
+use tessera_local_nats::{LocalNats, LocalNatsOptions, NatsUser, free_port};
 
 /// How to start a stack.
 #[derive(Debug, Clone)]

@@ -168,7 +168,7 @@ impl Default for RouterConfig {
             regions: Vec::new(),
             latency_ms: BTreeMap::new(),
             nats: NatsClientConfig::default(),
-            control_domain: tessera_bus::topology::HUB_DOMAIN.into(),
+            control_domain: tessera_bus::HUB_DOMAIN.into(),
             control_bucket: "tessera_regions".into(),
             control_replicas: 1,
             control_max_bytes: 64 << 20,

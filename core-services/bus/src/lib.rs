@@ -16,9 +16,9 @@
 //!    no second effect. [`projection`] is the reference consumer: per-event availability
 //!    tallies built only from events, in a region-local store.
 //!
-//! [`heartbeat`] carries region liveness over core NATS for the region routers, and
-//! [`topology`] renders the hub and leaf configurations in `deploy/nats/` and runs them
-//! locally.
+//! [`heartbeat`] carries region liveness over core NATS for the region routers. The hub
+//! and leaf configurations in `deploy/nats/`, run as local processes for tests and
+//! `cargo xtask up`, are test support: `tessera-local-nats`.
 //!
 //! What this crate is not: the owner of any business state. It never decides what an
 //! event means for inventory or orders; it moves events and guarantees they take effect
@@ -31,7 +31,9 @@ pub mod heartbeat;
 pub mod projection;
 pub mod relay;
 pub mod streams;
-pub mod topology;
+
+/// The JetStream domain of the hub (where the routers' region-control bucket lives).
+pub const HUB_DOMAIN: &str = "hub";
 
 pub use client::NatsClientConfig;
 pub use event::{decode_event, encode_outbox_entry};

@@ -20,8 +20,8 @@ use anyhow::Context as _;
 use serde_json::{Value, json};
 use tessera_api::queue::{QueuePhase, QueueTicketClaims};
 use tessera_api::{CustomerId, EventId, headers};
-use tessera_bus::topology::free_port;
 use tessera_identity::{IdentityClaims, Keyset, SigningKeyPair};
+use tessera_local_nats::free_port;
 
 use crate::fan::{Api, Fan, Operator, Reply};
 use crate::stack::{Stack, StackOptions};
@@ -1029,14 +1029,9 @@ async fn nats_link_attacks(c: &mut Ctx) -> anyhow::Result<()> {
              leafnodes {{ reconnect: 1, remotes: [ {remote} ] }}\n",
             store = json!(dir.join("data").display().to_string()),
         );
-        let rogue = tessera_bus::topology::NatsProcess::start(
-            &format!("rogue-{i}"),
-            &dir,
-            &conf,
-            port,
-            http,
-        )
-        .await?;
+        let rogue =
+            tessera_local_nats::NatsProcess::start(&format!("rogue-{i}"), &dir, &conf, port, http)
+                .await?;
         let rogue_url = rogue.url();
         let leaves = c.stack.urls.nats_leaves.len() as u64;
         let (hub, subject, region) =

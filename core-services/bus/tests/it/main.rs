@@ -13,10 +13,10 @@ use tessera_bus::heartbeat::{HeartbeatLoad, HeartbeatMonitor};
 use tessera_bus::projection::{self, Projection};
 use tessera_bus::relay::{OutboxRelay, RelayConfig};
 use tessera_bus::streams::{StreamOptions, ensure_region_stream, region_context, stream_name};
-use tessera_bus::topology::{LocalNats, LocalNatsOptions};
 use tessera_common::{ManualClock, SystemClock};
 use tessera_fdb_schema::Keyspace;
 use tessera_fdb_schema::values::{OutboxRecord, encode};
+use tessera_local_nats::{LocalNats, LocalNatsOptions};
 use tessera_store::memory::MemoryStore;
 use tessera_store::{MutationType, RangeRequest, Store, Transaction as _, TrxError};
 

@@ -1,5 +1,6 @@
-//! The NATS topology: a hub with JetStream domain `hub`, and one leaf node per region with
-//! its own JetStream domain (the region id).
+//! Test support (never linked into a service): the NATS topology as local processes, a
+//! hub with JetStream domain [`HUB_DOMAIN`] and one leaf node per region with its own
+//! JetStream domain (the region id).
 //!
 //! [`render_hub`] and [`render_leaf`] fill the templates shipped in `deploy/nats/`, so local
 //! stacks and tests run exactly the configuration operators deploy. [`LocalNats`] starts
@@ -29,8 +30,7 @@ const HUB_TEMPLATE: &str =
 const LEAF_TEMPLATE: &str =
     include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/../../deploy/nats/leaf.conf.tmpl"));
 
-/// The JetStream domain of the hub.
-pub const HUB_DOMAIN: &str = "hub";
+pub use tessera_bus::HUB_DOMAIN;
 
 /// Parameters of the hub's configuration.
 #[derive(Debug, Clone)]
@@ -740,7 +740,7 @@ mod tests {
             let path = dir.join(&name);
             let shipped = std::fs::read_to_string(&path).unwrap_or_default();
             if shipped != text {
-                // Regenerate with: TESSERA_WRITE_NATS_LOCAL=1 cargo test -p tessera-bus
+                // Regenerate with: TESSERA_WRITE_NATS_LOCAL=1 cargo test -p tessera-local-nats
                 if std::env::var_os("TESSERA_WRITE_NATS_LOCAL").is_some() {
                     std::fs::write(&path, &text).unwrap();
                     continue;
