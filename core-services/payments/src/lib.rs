@@ -1,8 +1,8 @@
 //! Payments for Tessera: the provider-neutral interface the checkout saga calls
 //! ([`PaymentProvider`]), an adapter that speaks Stripe's PaymentIntents HTTP API
-//! ([`stripe::StripeClient`]), Stripe-style webhook signatures ([`webhook`]), and a local
-//! provider simulator ([`sim`], run as the `tessera-paysim` binary) that speaks the same
-//! wire format with configurable latency, declines, timeouts and unknown outcomes.
+//! ([`stripe::StripeClient`]) and Stripe-style webhook signatures ([`webhook`]). The local
+//! provider simulator that speaks the same wire format (`tessera-paysim`) is test support,
+//! in its own crate.
 //!
 //! What it is not: the saga. Deciding when to authorize, capture, void or refund, and
 //! keeping the order and its seats consistent with the provider, is `tessera-orders`'
@@ -14,7 +14,6 @@
 //! token (`pm_...`) with the provider's own SDK, and only that token reaches us.
 
 mod provider;
-pub mod sim;
 pub mod stripe;
 pub mod webhook;
 

@@ -55,7 +55,7 @@ pub const EXPECTED_WARNINGS: &[Expected] = &[
     warn("tessera_orders::saga", "capture outcome unknown; the reconciler will settle it", true),
     warn("tessera_store", "transaction failed after an unknown commit outcome", true),
     warn("tessera_orders::saga", "reconciling failed, will retry", true),
-    warn("tessera_payments::sim", "gave up delivering a webhook", false),
+    warn("tessera_paysim", "gave up delivering a webhook", false),
     // A core killed in the middle of a commit, and the next writer adopting its records.
     warn("tessera_store::embedded", "store.recover: an earlier writer stopped mid-commit", false),
     warn("tessera_core::bus", "notifications: handling failed, will retry", true),

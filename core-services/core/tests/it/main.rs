@@ -33,13 +33,13 @@ async fn core() -> Core {
 async fn core_with(tweak: impl FnOnce(&mut Config)) -> Core {
     let store_dir = tempfile::tempdir().unwrap();
     let sim_dir = tempfile::tempdir().unwrap();
-    let sim_cfg = tessera_payments::sim::SimConfig {
+    let sim_cfg = tessera_paysim::SimConfig {
         journal_path: sim_dir.path().join("journal"),
         secret_key: "sk_test_tessera".into(),
         ..Default::default()
     };
     let (addr, _sim) =
-        tessera_payments::sim::spawn_local(sim_cfg, Arc::new(SystemClock), SeededRng::new(1))
+        tessera_paysim::spawn_local(sim_cfg, Arc::new(SystemClock), SeededRng::new(1))
             .await
             .unwrap();
     let edge = SigningKeyPair::derive_for_development("edge-1", "test-edge");

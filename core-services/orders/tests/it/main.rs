@@ -14,8 +14,8 @@ use tessera_identity::{Keyset, SigningKeyPair};
 use tessera_inventory::{Inventory, InventoryConfig};
 use tessera_orders::{OrderError, Orders, OrdersConfig, TicketKeys};
 use tessera_payments::IdempotencyKey;
-use tessera_payments::sim::{SimConfig, Simulator};
 use tessera_payments::stripe::{StripeClient, StripeConfig};
+use tessera_paysim::{SimConfig, Simulator};
 use tessera_store::memory::MemoryStore;
 
 mod secrecy_shim {
@@ -77,9 +77,7 @@ async fn world(timeout_ms: u64) -> World {
     };
     cfg.faults.timeout_delay_ms = timeout_ms * 3;
     let (addr, sim) =
-        tessera_payments::sim::spawn_local(cfg, Arc::new(SystemClock), SeededRng::new(3))
-            .await
-            .unwrap();
+        tessera_paysim::spawn_local(cfg, Arc::new(SystemClock), SeededRng::new(3)).await.unwrap();
     let mut sc = StripeConfig::new(format!("http://{addr}"), secret("sk_test_tessera"));
     sc.request_timeout = Duration::from_millis(timeout_ms);
     let provider = Arc::new(StripeClient::new(sc).unwrap());

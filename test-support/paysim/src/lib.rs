@@ -1,6 +1,7 @@
-//! The local payment provider simulator (`tessera-paysim`).
+//! Test support (never linked into a service): the local payment provider simulator
+//! (`tessera-paysim`).
 //!
-//! It speaks the subset of Stripe's API that [`crate::stripe::StripeClient`] uses, with the
+//! It speaks the subset of Stripe's API that [`tessera_payments::stripe::StripeClient`] uses, with the
 //! same wire format, and stands in for the card network, which cannot exist on a laptop:
 //!
 //! - Stripe's test payment methods behave as documented: `pm_card_visa` (and the other
@@ -833,7 +834,7 @@ fn ledger_json(ledger: &Ledger) -> Value {
         let r = i.amount_refunded();
         captured += c;
         refunded += r;
-        if i.status == crate::PaymentStatus::RequiresCapture {
+        if i.status == tessera_payments::PaymentStatus::RequiresCapture {
             uncaptured += 1;
         }
         let order_id = i.metadata.get("order_id").cloned();
@@ -922,12 +923,12 @@ async fn deliver_one(inner: std::sync::Weak<Inner>, event: EventRec, n: usize) {
         }
         let now_s = now_ms / 1000;
         last_signed_s = Some(now_s);
-        let signature = crate::webhook::sign(&ep.secret, now_s, payload.as_bytes());
+        let signature = tessera_payments::webhook::sign(&ep.secret, now_s, payload.as_bytes());
         let result = sim
             .http
             .post(&ep.url)
             .header(header::CONTENT_TYPE, "application/json")
-            .header(crate::webhook::SIGNATURE_HEADER, signature)
+            .header(tessera_payments::webhook::SIGNATURE_HEADER, signature)
             .body(payload.clone())
             .send()
             .await;

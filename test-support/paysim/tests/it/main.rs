@@ -9,12 +9,12 @@ use parking_lot::Mutex;
 use secrecy::SecretString;
 use tessera_api::{CustomerId, ErrorCode, OrderId};
 use tessera_common::{SeededRng, SystemClock};
-use tessera_payments::sim::{self, SimConfig, WebhookEndpoint};
 use tessera_payments::stripe::{StripeClient, StripeConfig};
 use tessera_payments::webhook::{self, ProviderEventData, WebhookError};
 use tessera_payments::{
     AuthorizeRequest, IdempotencyKey, PaymentError, PaymentProvider, PaymentStatus,
 };
+use tessera_paysim::{self as sim, SimConfig, WebhookEndpoint};
 
 const SECRET: &str = "sk_test_it";
 const WHSEC: &str = "whsec_it";

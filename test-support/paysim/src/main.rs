@@ -1,4 +1,4 @@
-//! `tessera-paysim`: the local payment provider simulator (see `tessera_payments::sim`).
+//! `tessera-paysim`: the local payment provider simulator (see the library, `tessera_paysim`).
 //! A development tool: it starts only with `mode = "local"`.
 
 use std::path::PathBuf;
@@ -8,7 +8,7 @@ use std::sync::Arc;
 use anyhow::Context as _;
 use clap::Parser;
 use tessera_common::{SeededRng, SystemClock};
-use tessera_payments::sim::{self, SimConfig};
+use tessera_paysim::{self as sim, SimConfig};
 use tessera_runtime::config::Checks;
 
 #[derive(Debug, Parser)]

@@ -7,7 +7,7 @@ use std::collections::{BTreeMap, HashMap};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
-use crate::provider::PaymentStatus;
+use tessera_payments::PaymentStatus;
 
 /// The card network's answer to an authorization.
 #[derive(Debug, Clone, PartialEq, Eq)]
