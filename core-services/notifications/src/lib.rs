@@ -12,14 +12,14 @@
 //!   jitter, then records a dead letter.
 //! - **Server-sent events** ([`sse`]): `GET /v1/events/{event_id}/stream` pushes a fan's own
 //!   hold, order and queue news to their page.
-//! - [`mailsink`]: a small real SMTP server that keeps messages as files, for the local
-//!   stack and tests (`tessera-mailsink`).
+//!
+//! The SMTP server that keeps messages as files for the local stack and tests
+//! (`tessera-mailsink`) is test support, in its own crate.
 //!
 //! What it is not: a bus consumer. Whoever reads NATS calls [`Notifier::handle`]; this crate
 //! never talks to NATS, and it does not decide what happened, only who hears about it.
 
 pub mod email;
-pub mod mailsink;
 mod queue;
 pub mod sse;
 pub mod webhooks;

@@ -1,5 +1,5 @@
 //! `tessera-mailsink`: a development SMTP server that keeps messages as files and shows
-//! them over HTTP (see `tessera_notifications::mailsink`). A development tool: it starts
+//! them over HTTP (see the library, `tessera_mailsink`). A development tool: it starts
 //! only with `mode = "local"`.
 
 use std::path::PathBuf;
@@ -7,7 +7,7 @@ use std::process::ExitCode;
 
 use anyhow::Context as _;
 use clap::Parser;
-use tessera_notifications::mailsink::{self, Mailbox, MailsinkConfig};
+use tessera_mailsink::{self as mailsink, Mailbox, MailsinkConfig};
 use tessera_runtime::config::Checks;
 
 #[derive(Debug, Parser)]

@@ -1,4 +1,4 @@
-//! A development mail sink: a small SMTP server (RFC 5321's core commands, no relaying,
+//! Test support (never linked into a service): a development mail sink, a small SMTP server (RFC 5321's core commands, no relaying,
 //! no authentication) that stores every message it accepts as a file, and an HTTP view of
 //! them (`GET /messages`). It stands in for a mail provider in the local stack and tests.
 //!
