@@ -526,6 +526,7 @@ fn test(quick: bool) -> anyhow::Result<()> {
             "warnings",
         ]),
     )?;
+    production_links_no_test_support()?;
     run(
         "linting the FoundationDB backend (compiled, not linked: no libfdb_c here)",
         cargo().args([
@@ -584,6 +585,45 @@ fn test(quick: bool) -> anyhow::Result<()> {
         spin_readme()?;
     }
     step(&format!("all tests passed in {:.0?}", started.elapsed()));
+    Ok(())
+}
+
+/// The service binaries' packages, which ship in the images.
+const SERVICE_PACKAGES: &[&str] =
+    &["tessera-core", "tessera-region-router", "tessera-edge-host", "tessera-cli"];
+
+/// Fails when a service binary links a crate under `test-support/` (simulators, local
+/// NATS, store test kits): those are for tests and the local stack only.
+fn production_links_no_test_support() -> anyhow::Result<()> {
+    step("checking that no service links a test-support crate");
+    let test_support: Vec<String> = std::fs::read_dir(root().join("test-support"))
+        .context("list test-support/")?
+        .filter_map(|e| {
+            let manifest = std::fs::read_to_string(e.ok()?.path().join("Cargo.toml")).ok()?;
+            let doc: toml::Table = manifest.parse().ok()?;
+            Some(doc.get("package")?.get("name")?.as_str()?.to_owned())
+        })
+        .collect();
+    anyhow::ensure!(!test_support.is_empty(), "no crates found under test-support/");
+    let mut c = cargo();
+    c.args(["tree", "--locked", "-e", "normal,build", "--prefix", "none"]);
+    for p in SERVICE_PACKAGES {
+        c.args(["-p", p]);
+    }
+    let out = c.output().context("run cargo tree")?;
+    anyhow::ensure!(
+        out.status.success(),
+        "cargo tree failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let tree = String::from_utf8_lossy(&out.stdout);
+    let linked: std::collections::BTreeSet<&str> =
+        tree.lines().filter_map(|l| l.split_whitespace().next()).collect();
+    let found: Vec<&String> = test_support.iter().filter(|t| linked.contains(t.as_str())).collect();
+    if !found.is_empty() {
+        bail!("service binaries link test-support crates: {found:?}");
+    }
+    println!("services link none of {} test-support crates", test_support.len());
     Ok(())
 }
 

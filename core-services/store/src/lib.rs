@@ -16,7 +16,8 @@
 //! - `fdb::FdbStore` (feature `fdb`): a real FoundationDB cluster through the
 //!   `foundationdb` crate.
 //!
-//! [`conformance`] is one test suite that every backend must pass. [`fs`] is the file layer
+//! One conformance suite that every backend must pass, and a store wrapper that injects
+//! FoundationDB's commit faults, are test support (`tessera-store-testkit`). [`fs`] is the file layer
 //! under the embedded backend: the operating system's files, or a [`fs::FileSystem`] of the
 //! caller's (the power-loss tests use one that forgets every unsynced write at a random
 //! moment).
@@ -29,9 +30,7 @@ use std::time::Duration;
 
 pub use bytes::Bytes;
 
-pub mod conformance;
 pub mod embedded;
-pub mod faults;
 #[cfg(feature = "fdb")]
 pub mod fdb;
 pub mod fs;

@@ -1,23 +1,18 @@
-//! `tessera-store`: inspect an embedded store directory, or drive it from a separate
-//! process (the crash tests kill this process with SIGKILL mid-load).
+//! `tessera-store`: inspect an embedded store directory.
 //!
 //! ```text
 //! tessera-store stat <dir>
 //! tessera-store dump <dir> [<hex prefix>]
-//! tessera-store stress <dir> <writer-id> <count> [segment-bytes]
-//!                                                 # prints "ack <n>" after each durable commit
 //! ```
 
 use std::io::Write as _;
 use std::process::ExitCode;
 
-use tessera_store::embedded::{EmbeddedOptions, EmbeddedStore};
-use tessera_store::{MutationType, RangeRequest, Store, Transaction, encode_i64};
+use tessera_store::embedded::EmbeddedStore;
+use tessera_store::{RangeRequest, Store, Transaction};
 
 fn usage() -> ExitCode {
-    eprintln!(
-        "usage: tessera-store stat <dir> | dump <dir> [hex-prefix] | stress <dir> <writer-id> <count> [segment-bytes]"
-    );
+    eprintln!("usage: tessera-store stat <dir> | dump <dir> [hex-prefix]");
     ExitCode::from(2)
 }
 
@@ -40,12 +35,6 @@ async fn main() -> ExitCode {
         ["stat", dir] => stat(dir).await,
         ["dump", dir] => dump(dir, "").await,
         ["dump", dir, prefix] => dump(dir, prefix).await,
-        ["stress", dir, id, count, segment @ ..] if segment.len() <= 1 => {
-            match (id.parse(), count.parse(), segment.first().map(|s| s.parse()).transpose()) {
-                (Ok(id), Ok(count), Ok(segment)) => stress(dir, id, count, segment).await,
-                _ => return usage(),
-            }
-        }
         _ => return usage(),
     };
     match result {
@@ -83,53 +72,6 @@ async fn dump(dir: &str, prefix_hex: &str) -> Result<(), Box<dyn std::error::Err
     let mut out = std::io::stdout().lock();
     for (k, v) in t.get_range(&range, true).await? {
         writeln!(out, "{} = {} ({} bytes)", printable(&k), hex(&v[..v.len().min(32)]), v.len())?;
-    }
-    Ok(())
-}
-
-/// Commits `count` transactions, each writing key `w<id>/<n>` and adding 1 to a shared
-/// counter, with 16 in flight at once; prints `ack <n>` once each is durable. Small
-/// `segment_bytes` make the log rotate (and snapshots run) all the time.
-async fn stress(
-    dir: &str,
-    id: u32,
-    count: u64,
-    segment_bytes: Option<u64>,
-) -> Result<(), Box<dyn std::error::Error>> {
-    let mut opts = EmbeddedOptions::default();
-    if let Some(b) = segment_bytes {
-        opts.segment_bytes_max = b;
-    }
-    let store = EmbeddedStore::open_with(dir, opts)?;
-    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
-    let next = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
-    let mut tasks = Vec::new();
-    for _ in 0..16 {
-        let store = store.clone();
-        let tx = tx.clone();
-        let next = next.clone();
-        tasks.push(tokio::spawn(async move {
-            loop {
-                let n = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                if n >= count {
-                    return Ok::<_, tessera_store::StoreError>(());
-                }
-                let t = store.create_trx()?;
-                t.set(format!("w{id}/{n:010}").as_bytes(), &n.to_le_bytes());
-                t.atomic_op(b"counter", &encode_i64(1), MutationType::Add);
-                t.commit().await?;
-                let _ = tx.send(n);
-            }
-        }));
-    }
-    drop(tx);
-    let mut out = std::io::stdout().lock();
-    while let Some(n) = rx.recv().await {
-        writeln!(out, "ack {n}")?;
-        out.flush()?;
-    }
-    for t in tasks {
-        t.await??;
     }
     Ok(())
 }

@@ -4,7 +4,7 @@
 //! One seed drives everything: a single-threaded tokio runtime with paused time, a
 //! [`tessera_common::ManualClock`] that moves with it (at 100 ms quantum boundaries, where a
 //! gate also starts every store transaction in a seeded order), the in-memory store wrapped in
-//! [`tessera_store::faults::FaultyStore`], a seeded payment provider ([`SimProvider`]), and
+//! [`tessera_store_testkit::faults::FaultyStore`], a seeded payment provider ([`SimProvider`]), and
 //! several regions, each an `Inventory` + `Orders` over the shared store with its own
 //! sweeper and reconciler. Workloads ([`BuyersRace`], [`Refunds`], [`Checkins`]) run
 //! alongside faults ([`KillRegion`], [`UnknownCommit`], [`ProviderFaults`], [`SlowProvider`],

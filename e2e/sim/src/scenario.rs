@@ -10,8 +10,8 @@ use tessera_api::{CustomerId, EventId, PoolId, RegionId};
 use tessera_common::{ManualClock, SeededRng};
 use tessera_fdb_schema::Keyspace;
 use tessera_inventory::{Inventory, InventoryConfig, InventoryError};
-use tessera_store::faults::{FaultPlan, FaultyStore};
 use tessera_store::memory::MemoryStore;
+use tessera_store_testkit::faults::{FaultPlan, FaultyStore};
 
 use crate::check::{self, Snapshot};
 use crate::provider::{ProviderPlan, SimProvider};

@@ -15,8 +15,8 @@ use tessera_common::SeededRng;
 use tessera_fdb_schema::Keyspace;
 use tessera_inventory::{Inventory, InventoryConfig};
 use tessera_orders::{Orders, OrdersConfig, TicketKeys};
-use tessera_store::faults::FaultyStore;
 use tessera_store::memory::MemoryStore;
+use tessera_store_testkit::faults::FaultyStore;
 use tokio::task::{AbortHandle, JoinHandle};
 
 use crate::provider::{SimProvider, SimProviderHandle};

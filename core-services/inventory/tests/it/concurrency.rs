@@ -7,7 +7,7 @@ use std::sync::Arc;
 use tessera_api::inventory::HoldSpec;
 use tessera_api::{OrderId, SeatId};
 use tessera_store::embedded::EmbeddedStore;
-use tessera_store::faults::{FaultPlan, FaultyStore};
+use tessera_store_testkit::faults::{FaultPlan, FaultyStore};
 
 use crate::*;
 

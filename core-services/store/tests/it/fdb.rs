@@ -76,7 +76,7 @@ async fn fdb_store() -> (ScopedFdb, Vec<u8>) {
     (ScopedFdb { store, _cleanup: cleanup }, prefix)
 }
 
-tessera_store::conformance_tests!(
+tessera_store_testkit::conformance_tests!(
     fdb_conformance,
     fdb_store(),
     #[cfg_attr(not(fdb_cluster), ignore = "skipped: FDB_CLUSTER_FILE is not set")]

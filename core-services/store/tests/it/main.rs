@@ -25,6 +25,6 @@ async fn embedded_rotating() -> (EmbeddedStore, Vec<u8>) {
     (EmbeddedStore::open_with(dir, opts).unwrap(), b"conf/".to_vec())
 }
 
-tessera_store::conformance_tests!(memory_conformance, memory());
-tessera_store::conformance_tests!(embedded_conformance, embedded());
-tessera_store::conformance_tests!(embedded_rotating_conformance, embedded_rotating());
+tessera_store_testkit::conformance_tests!(memory_conformance, memory());
+tessera_store_testkit::conformance_tests!(embedded_conformance, embedded());
+tessera_store_testkit::conformance_tests!(embedded_rotating_conformance, embedded_rotating());

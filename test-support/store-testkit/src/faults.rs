@@ -7,7 +7,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use bytes::Bytes;
 
-use crate::{CommitInfo, KeyValue, MutationType, RangeRequest, Store, StoreError, Transaction};
+use tessera_store::{
+    CommitInfo, KeyValue, MutationType, RangeRequest, Store, StoreError, Transaction,
+};
 
 /// Fault probabilities, in parts per million per commit.
 #[derive(Debug, Clone, Copy, Default)]

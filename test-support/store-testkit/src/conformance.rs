@@ -8,7 +8,7 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use crate::{
+use tessera_store::{
     MutationType, RangeRequest, Store, StoreError, Transaction, TrxError, decode_i64, encode_i64,
     key_after, run, versionstamped_key,
 };
@@ -281,10 +281,10 @@ pub async fn versionstamps_order_commits<S: Store>(store: &S, prefix: &[u8]) {
 /// FoundationDB's size limits are enforced and a refused transaction changes nothing.
 pub async fn limits_are_enforced<S: Store>(store: &S, prefix: &[u8]) {
     let t = store.create_trx().unwrap();
-    t.set(&vec![b'k'; crate::limits::KEY_SIZE_MAX + 1], b"v");
+    t.set(&vec![b'k'; tessera_store::limits::KEY_SIZE_MAX + 1], b"v");
     assert!(matches!(t.commit().await, Err(StoreError::KeyTooLarge(_))));
     let t = store.create_trx().unwrap();
-    t.set(&k(prefix, "big"), &vec![0u8; crate::limits::VALUE_SIZE_MAX + 1]);
+    t.set(&k(prefix, "big"), &vec![0u8; tessera_store::limits::VALUE_SIZE_MAX + 1]);
     assert!(matches!(t.commit().await, Err(StoreError::ValueTooLarge(_))));
     assert_eq!(read(store, &k(prefix, "big")).await, None);
     let t = store.create_trx().unwrap();
@@ -297,8 +297,8 @@ pub async fn limits_are_enforced<S: Store>(store: &S, prefix: &[u8]) {
     // Exactly at the limits is fine.
     let t = store.create_trx().unwrap();
     let mut key = k(prefix, "edge");
-    key.resize(crate::limits::KEY_SIZE_MAX, b'e');
-    t.set(&key, &vec![1u8; crate::limits::VALUE_SIZE_MAX]);
+    key.resize(tessera_store::limits::KEY_SIZE_MAX, b'e');
+    t.set(&key, &vec![1u8; tessera_store::limits::VALUE_SIZE_MAX]);
     t.commit().await.unwrap();
 }
 
@@ -331,8 +331,8 @@ pub async fn key_selectors_match_foundationdb<S: Store>(store: &S, prefix: &[u8]
 /// the checks as ignored where the backend is not available:
 ///
 /// ```ignore
-/// tessera_store::conformance_tests!(memory, async { (MemoryStore::new(), b"conf/".to_vec()) });
-/// tessera_store::conformance_tests!(fdb, fdb_store(),
+/// tessera_store_testkit::conformance_tests!(memory, async { (MemoryStore::new(), b"conf/".to_vec()) });
+/// tessera_store_testkit::conformance_tests!(fdb, fdb_store(),
 ///     #[cfg_attr(not(fdb_cluster), ignore = "skipped: FDB_CLUSTER_FILE is not set")]);
 /// ```
 #[macro_export]
