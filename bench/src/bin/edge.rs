@@ -349,12 +349,22 @@ fn hex_of(b: &[u8]) -> String {
     b.iter().map(|x| format!("{x:02x}")).collect()
 }
 
-fn main() -> anyhow::Result<()> {
-    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
-    rt.block_on(run())
+/// The edge's throughput and latency (see the crate's docs for what each part measures).
+#[derive(clap::Parser, Debug)]
+#[command(name = "edge")]
+struct Args {
+    /// Skip the comparison with `wasmtime serve` (part 3).
+    #[arg(long)]
+    skip_wasmtime_serve: bool,
 }
 
-async fn run() -> anyhow::Result<()> {
+fn main() -> anyhow::Result<()> {
+    let args = <Args as clap::Parser>::parse();
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+    rt.block_on(run(args))
+}
+
+async fn run(args: Args) -> anyhow::Result<()> {
     let root = root();
     step("building the components (cargo xtask build-wasm --release)");
     let ok = Command::new("cargo")
@@ -365,7 +375,7 @@ async fn run() -> anyhow::Result<()> {
     if !ok {
         bail!("cargo xtask build-wasm failed");
     }
-    let skip_serve = std::env::args().any(|a| a == "--skip-wasmtime-serve");
+    let skip_serve = args.skip_wasmtime_serve;
 
     let router = upstream().await?;
     let identity = IdentityIssuer {

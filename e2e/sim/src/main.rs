@@ -11,9 +11,28 @@
 use std::process::ExitCode;
 use std::time::Instant;
 
-fn usage() -> ExitCode {
-    eprintln!("usage: tessera-sim (--seeds N [--from S] | --seed S [--trace]) [--strict]");
-    ExitCode::from(2)
+use clap::Parser;
+
+/// Seeded simulations of the core: many seeds, or one replayed.
+#[derive(Parser, Debug)]
+#[command(name = "tessera-sim")]
+#[command(group = clap::ArgGroup::new("which").required(true).args(["seeds", "seed"]))]
+struct Args {
+    /// Run this many seeds.
+    #[arg(long)]
+    seeds: Option<u64>,
+    /// The first of `--seeds` (default: random).
+    #[arg(long, requires = "seeds")]
+    from: Option<u64>,
+    /// Replay one seed.
+    #[arg(long)]
+    seed: Option<u64>,
+    /// The services' and the simulation's logs on stderr.
+    #[arg(long)]
+    trace: bool,
+    /// Known, unfixed bugs fail a seed too.
+    #[arg(long)]
+    strict: bool,
 }
 
 fn git_head() -> String {
@@ -32,27 +51,7 @@ fn random_start() -> u64 {
 }
 
 fn main() -> ExitCode {
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    let mut seeds: Option<u64> = None;
-    let mut from: Option<u64> = None;
-    let mut one: Option<u64> = None;
-    let mut trace = false;
-    let mut strict = false;
-    let mut it = args.iter();
-    while let Some(a) = it.next() {
-        if a == "--trace" || a == "--strict" {
-            trace |= a == "--trace";
-            strict |= a == "--strict";
-            continue;
-        }
-        let value = it.next().and_then(|v| v.parse::<u64>().ok());
-        match (a.as_str(), value) {
-            ("--seeds", Some(v)) => seeds = Some(v),
-            ("--from", Some(v)) => from = Some(v),
-            ("--seed", Some(v)) => one = Some(v),
-            _ => return usage(),
-        }
-    }
+    let Args { seeds, from, seed: one, trace, strict } = Args::parse();
     if trace {
         // The services' own logs and the simulation's, on stderr, without real timestamps.
         tracing_subscriber::fmt()
@@ -63,9 +62,8 @@ fn main() -> ExitCode {
             .init();
     }
     let (start, count, replay) = match (one, seeds) {
-        (Some(s), None) => (s, 1, true),
-        (None, Some(n)) => (from.unwrap_or_else(random_start), n, false),
-        _ => return usage(),
+        (Some(s), _) => (s, 1, true),
+        (None, n) => (from.unwrap_or_else(random_start), n.unwrap_or(0), false),
     };
     let commit = git_head();
     println!("tessera-sim: seeds {start}..{} at commit {commit}", start + count);
