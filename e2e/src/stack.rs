@@ -332,7 +332,10 @@ impl NatsSeeds {
             NatsUser::new(public(&self.tools)?, &[">"], &[">"]),
         ];
         for (region, seed) in &self.cores {
-            users.push(NatsUser::new(public(seed)?, &all, &all).only_on(RegionId::parse(region)?));
+            let region = RegionId::parse(region)?;
+            let publish = tessera_bus::core_publish_subjects(&region);
+            let publish: Vec<&str> = publish.iter().map(String::as_str).collect();
+            users.push(NatsUser::new(public(seed)?, &publish, &all).only_on(region));
         }
         Ok(users)
     }

@@ -35,6 +35,21 @@ pub mod streams;
 /// The JetStream domain of the hub (where the routers' region-control bucket lives).
 pub const HUB_DOMAIN: &str = "hub";
 
+/// What a region's core may publish (`deploy/` and the local stack grant exactly this):
+/// its own region's events (a relay that took over a dead peer's outbox publishes those
+/// under its own prefix too), its own heartbeat, admission watermarks (signed; any region's
+/// core may hold the admission lease), the JetStream API and replies. Another region's
+/// events and heartbeats are refused by the server.
+pub fn core_publish_subjects(region: &tessera_api::RegionId) -> Vec<String> {
+    vec![
+        streams::region_subjects(region),
+        tessera_api::bus::heartbeat_subject(region),
+        "tessera.admission.*".to_owned(),
+        "$JS.>".to_owned(),
+        "_INBOX.>".to_owned(),
+    ]
+}
+
 pub use client::NatsClientConfig;
 pub use event::{decode_event, encode_outbox_entry};
 

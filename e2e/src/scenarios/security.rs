@@ -863,8 +863,9 @@ async fn nats_attacks(c: &mut Ctx) -> anyhow::Result<()> {
     listener.flush().await?;
     let edge_client =
         crate::stack::nats_connect(&url, Some(&seeds.edge), Some(&c.stack.pki.ca_file)).await?;
+    let edge_region = region.clone();
     c.attack("nats: an event published with the edge's credential", (403, "not_delivered"), || async move {
-        let forged = json!({"id": "f".repeat(24), "region": region, "event_id": LOCKED, "at_ms": now_ms(), "kind": "sale.closed"});
+        let forged = json!({"id": "f".repeat(24), "region": edge_region, "event_id": LOCKED, "at_ms": now_ms(), "kind": "sale.closed"});
         edge_client.publish(forged_subject, serde_json::to_vec(&forged)?.into()).await?;
         // The server answers a forbidden publish with an error, not by dropping the client.
         let _ = edge_client.flush().await;
@@ -889,6 +890,37 @@ async fn nats_attacks(c: &mut Ctx) -> anyhow::Result<()> {
         Some(&c.stack.pki.ca_file),
     )
     .await?;
+    // A region's core may publish only its own region's events: one of another region's,
+    // which that region's stream would store as its own, never arrives.
+    if let Some((other, other_url)) = c.stack.urls.nats_leaves.iter().nth(1) {
+        let (other, other_url) = (other.clone(), other_url.clone());
+        let listener = c.stack.nats_client(&other_url).await?;
+        let forged_subject = format!("tessera.{other}.sale.closed.{LOCKED}");
+        let mut heard = listener.subscribe(forged_subject.clone()).await?;
+        listener.flush().await?;
+        let cl = client.clone();
+        c.attack(
+            &format!("nats: {region}'s core credential publishing {other}'s event"),
+            (403, "not_delivered"),
+            || async move {
+                let forged = json!({"id": "o".repeat(24), "region": other, "event_id": LOCKED, "at_ms": now_ms(), "kind": "sale.closed"});
+                cl.publish(forged_subject, serde_json::to_vec(&forged)?.into()).await?;
+                let _ = cl.flush().await;
+                let got = tokio::time::timeout(
+                    Duration::from_millis(700),
+                    futures::StreamExt::next(&mut heard),
+                )
+                .await;
+                let delivered = matches!(got, Ok(Some(_)));
+                Ok(Reply {
+                    status: if delivered { 200 } else { 403 },
+                    body: json!({"code": if delivered { "delivered" } else { "not_delivered" }}),
+                    served_by: None,
+                })
+            },
+        )
+        .await?;
+    }
     // A genuine watermark of the locked event, rewritten to admit everyone, far ahead of
     // any version the core will publish.
     let genuine = c.core.get(&format!("/v1/events/{LOCKED}/admission"), &[]).await?;

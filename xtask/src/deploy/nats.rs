@@ -94,12 +94,14 @@ const USER_VARS: [&str; 3] = ["CORE_NKEY", "ROUTER_NKEY", "EDGE_NKEY"];
 /// files, the JetStream store in scratch space; its cluster routes and hub link left out,
 /// its own ports), with fresh user keys in `CORE_NKEY`, `ROUTER_NKEY` and `EDGE_NKEY`
 /// whose seeds this check holds. Over TLS, a core's watermark reaches an edge; neither an
-/// edge nor a router can publish one; a client without a key is refused.
+/// edge nor a router can publish one; the core publishes its own `region`'s events and
+/// not another region's; a client without a key is refused.
 fn leaf_users(
     ctx: &Ctx,
     name: &str,
     text: &str,
     env: &BTreeMap<String, String>,
+    region: &str,
 ) -> anyhow::Result<()> {
     let tls = certs(ctx)?;
     let free_port = || -> anyhow::Result<u16> {
@@ -136,7 +138,7 @@ fn leaf_users(
     let started = std::time::Instant::now();
     let result = loop {
         if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
-            break users_behave(port, &tls.join("ca.crt"), &seeds);
+            break users_behave(port, &tls.join("ca.crt"), &seeds, region);
         }
         if server.try_wait()?.is_some() || started.elapsed() > std::time::Duration::from_secs(15) {
             break Err(anyhow::anyhow!("nats-server did not start"));
@@ -152,7 +154,7 @@ fn leaf_users(
     })
 }
 
-fn users_behave(port: u16, ca: &Path, seeds: &[String]) -> anyhow::Result<()> {
+fn users_behave(port: u16, ca: &Path, seeds: &[String], region: &str) -> anyhow::Result<()> {
     use futures::StreamExt as _;
     use std::time::Duration;
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
@@ -200,14 +202,26 @@ fn users_behave(port: u16, ca: &Path, seeds: &[String]) -> anyhow::Result<()> {
         let _ = edge.flush().await;
         router.publish(subject, "router".into()).await?;
         let _ = router.flush().await;
+        // The core's own region's event goes through; another region's is refused.
+        let other = if region == "check-other" { "check-another" } else { "check-other" };
+        core.publish(format!("tessera.{other}.sale.opened.x"), "foreign".into()).await?;
+        core.publish(format!("tessera.{region}.sale.opened.x"), "own".into()).await?;
+        let _ = core.flush().await;
         let until = tokio::time::Instant::now() + Duration::from_millis(1500);
+        let mut own_heard = false;
         while let Ok(Some(m)) = tokio::time::timeout_at(until, at_core.next()).await {
-            if &m.payload[..] != b"core" {
-                bail!(
+            match &m.payload[..] {
+                b"core" => {}
+                b"own" => own_heard = true,
+                b"foreign" => bail!("the core's user published another region's event"),
+                other => bail!(
                     "the {} user published a watermark on {subject}",
-                    String::from_utf8_lossy(&m.payload)
-                );
+                    String::from_utf8_lossy(other)
+                ),
             }
+        }
+        if !own_heard {
+            bail!("the core's user could not publish its own region's ({region}) event");
         }
         if connect(None).await.is_ok() {
             bail!("a client without an NKey was let in");
@@ -545,9 +559,10 @@ pub(crate) fn check(ctx: &Ctx, renders: &Renders, report: &mut Report) {
             report
                 .check(&format!("nats-server -t {dir} {key}"), test_config(ctx, &name, text, &env));
             if cm == "nats-leaf-config" {
+                let region = env.get("REGION").cloned().unwrap_or_default();
                 report.check(
                     &format!("NATS users on a running leaf server {dir}"),
-                    leaf_users(ctx, &name, text, &env),
+                    leaf_users(ctx, &name, text, &env, &region),
                 );
             }
         }
@@ -568,9 +583,10 @@ pub(crate) fn check(ctx: &Ctx, renders: &Renders, report: &mut Report) {
                     .context(rel.clone()),
             );
             if dir == "deploy/fly/nats" && name.starts_with("leaf-") {
+                let region = name.trim_start_matches("leaf-").to_owned();
                 report.check(
                     &format!("NATS users on a running leaf server {rel}"),
-                    leaf_users(ctx, &format!("fly-{name}"), &text, &env),
+                    leaf_users(ctx, &format!("fly-{name}"), &text, &env, &region),
                 );
             }
         }
