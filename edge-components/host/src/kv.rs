@@ -278,8 +278,15 @@ mod tests {
         let mut families = std::collections::BTreeSet::new();
         for entry in std::fs::read_dir(src).unwrap() {
             let text = std::fs::read_to_string(entry.unwrap().path()).unwrap();
+            // `ctx.count("family", ...)` and keys written out (`"metric:family:..."`).
             for call in text.split(".count(\"").skip(1) {
                 families.insert(call.split('"').next().unwrap().to_owned());
+            }
+            for key in text.split("\"metric:").skip(1) {
+                let family = key.split([':', '"']).next().unwrap();
+                if !family.is_empty() && !family.contains('{') {
+                    families.insert(family.to_owned());
+                }
             }
         }
         assert!(families.len() >= 5, "found too few counted families: {families:?}");
