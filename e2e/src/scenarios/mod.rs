@@ -23,7 +23,7 @@ pub struct Expected {
     pub detail: bool,
 }
 
-const fn warn(target: &'static str, message: &'static str, detail: bool) -> Expected {
+pub(crate) const fn warn(target: &'static str, message: &'static str, detail: bool) -> Expected {
     Expected { level: "WARN", target, message, detail }
 }
 
@@ -42,6 +42,8 @@ impl Expected {
 
 /// Every line the scenarios provoke on purpose. Anything else at WARN or ERROR fails
 /// them. Shared by every scenario: the same failure must not pass one and fail another.
+/// A scenario adds an entry only for a refusal it provokes on purpose (`web`: another
+/// fan's hold in the address bar).
 /// Nothing here allows a fan to see an error (the edge's "request answered with a server
 /// error" is not listed).
 pub const EXPECTED_WARNINGS: &[Expected] = &[
