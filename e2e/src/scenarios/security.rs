@@ -864,19 +864,13 @@ async fn nats_attacks(c: &mut Ctx) -> anyhow::Result<()> {
     let edge_client =
         crate::stack::nats_connect(&url, Some(&seeds.edge), Some(&c.stack.pki.ca_file)).await?;
     let edge_region = region.clone();
-    c.attack("nats: an event published with the edge's credential", (403, "not_delivered"), || async move {
-        let forged = json!({"id": "f".repeat(24), "region": edge_region, "event_id": LOCKED, "at_ms": now_ms(), "kind": "sale.closed"});
-        edge_client.publish(forged_subject, serde_json::to_vec(&forged)?.into()).await?;
-        // The server answers a forbidden publish with an error, not by dropping the client.
-        let _ = edge_client.flush().await;
-        let got = tokio::time::timeout(Duration::from_millis(700), futures::StreamExt::next(&mut heard)).await;
-        let delivered = matches!(got, Ok(Some(_)));
-        Ok(Reply {
-            status: if delivered { 200 } else { 403 },
-            body: json!({"code": if delivered { "delivered" } else { "not_delivered" }}),
-            served_by: None,
-        })
-    })
+    c.attack(
+        "nats: an event published with the edge's credential",
+        (403, "not_delivered"),
+        || async move {
+            publish_forged_event(&edge_client, forged_subject, &edge_region, 'f', &mut heard).await
+        },
+    )
     .await?;
     // Past this point the attacker holds a credential that may publish: region's core's.
     let client = crate::stack::nats_connect(
@@ -903,20 +897,7 @@ async fn nats_attacks(c: &mut Ctx) -> anyhow::Result<()> {
             &format!("nats: {region}'s core credential publishing {other}'s event"),
             (403, "not_delivered"),
             || async move {
-                let forged = json!({"id": "o".repeat(24), "region": other, "event_id": LOCKED, "at_ms": now_ms(), "kind": "sale.closed"});
-                cl.publish(forged_subject, serde_json::to_vec(&forged)?.into()).await?;
-                let _ = cl.flush().await;
-                let got = tokio::time::timeout(
-                    Duration::from_millis(700),
-                    futures::StreamExt::next(&mut heard),
-                )
-                .await;
-                let delivered = matches!(got, Ok(Some(_)));
-                Ok(Reply {
-                    status: if delivered { 200 } else { 403 },
-                    body: json!({"code": if delivered { "delivered" } else { "not_delivered" }}),
-                    served_by: None,
-                })
+                publish_forged_event(&cl, forged_subject, &other, 'o', &mut heard).await
             },
         )
         .await?;
@@ -1099,6 +1080,30 @@ async fn nats_link_attacks(c: &mut Ctx) -> anyhow::Result<()> {
 async fn leaf_count(monitor: std::net::SocketAddr) -> anyhow::Result<u64> {
     let body = reqwest::get(format!("http://{monitor}/leafz")).await?.json::<Value>().await?;
     Ok(body["leafnodes"].as_u64().unwrap_or(0))
+}
+
+/// Publishes a forged `sale.closed` event of `region` on `subject` with `publisher`, then
+/// listens on `heard` (subscribed to the subject elsewhere) for 700 ms: 403
+/// `not_delivered`, or 200 `delivered`.
+async fn publish_forged_event(
+    publisher: &async_nats::Client,
+    subject: String,
+    region: &str,
+    id: char,
+    heard: &mut async_nats::Subscriber,
+) -> anyhow::Result<Reply> {
+    let forged = json!({"id": id.to_string().repeat(24), "region": region, "event_id": LOCKED, "at_ms": now_ms(), "kind": "sale.closed"});
+    publisher.publish(subject, serde_json::to_vec(&forged)?.into()).await?;
+    // The server answers a forbidden publish with an error, not by dropping the client.
+    let _ = publisher.flush().await;
+    let got =
+        tokio::time::timeout(Duration::from_millis(700), futures::StreamExt::next(heard)).await;
+    let delivered = matches!(got, Ok(Some(_)));
+    Ok(Reply {
+        status: if delivered { 200 } else { 403 },
+        body: json!({"code": if delivered { "delivered" } else { "not_delivered" }}),
+        served_by: None,
+    })
 }
 
 /// Whether NATS refused a connection for its credentials.
