@@ -165,14 +165,23 @@ impl<S: Store, H: Handler<S>> StoreConsumer<S, H> {
     /// Consumes `consumer` until `shutdown` resolves, reconnecting after errors.
     pub async fn run(self, consumer: PullConsumer, shutdown: impl Future<Output = ()>) {
         tokio::pin!(shutdown);
+        // The platform's retry policy between attempts to start pulling (from 0.5 s up to
+        // 5 s), from the start again once pulling works.
+        let policy =
+            tessera_common::retry::Backoff::new(Duration::from_millis(500), Duration::from_secs(5));
+        let mut delays = policy.delays(None);
         loop {
             let mut messages = match consumer.messages().await {
-                Ok(m) => m,
+                Ok(m) => {
+                    delays = policy.delays(None);
+                    m
+                }
                 Err(e) => {
                     tracing::warn!(consumer = %self.cfg.durable, "failed to start pulling, retrying: {e}");
+                    let delay = delays.next().unwrap_or(policy.max);
                     tokio::select! {
                         () = &mut shutdown => return,
-                        () = tokio::time::sleep(Duration::from_millis(500)) => continue,
+                        () = tokio::time::sleep(delay) => continue,
                     }
                 }
             };

@@ -188,15 +188,23 @@ impl<S: Store, C: Clock> OutboxRelay<S, C> {
     /// still held) and releases its leases so a peer can take over without waiting.
     pub async fn run(mut self, shutdown: impl Future<Output = ()>) {
         tokio::pin!(shutdown);
-        let mut backoff = self.cfg.poll_interval;
+        // After a failed pass, the platform's retry policy from twice the poll interval up
+        // to a second; after a good one, the poll interval again.
+        let policy =
+            tessera_common::retry::Backoff::new(self.cfg.poll_interval * 2, Duration::from_secs(1));
+        let mut delays = policy.delays(None);
+        let mut backoff;
         loop {
             match self.pass().await {
-                Ok(_) => backoff = self.cfg.poll_interval,
+                Ok(_) => {
+                    backoff = self.cfg.poll_interval;
+                    delays = policy.delays(None);
+                }
                 Err(e) => {
                     metrics::counter!("tessera_bus_relay_errors_total", "region" => self.cfg.region.to_string())
                         .increment(1);
                     tracing::warn!(region = %self.cfg.region, "outbox relay pass failed, retrying: {e:#}");
-                    backoff = (backoff * 2).min(Duration::from_secs(1));
+                    backoff = delays.next().unwrap_or(Duration::from_secs(1));
                 }
             }
             tokio::select! {

@@ -3,6 +3,7 @@
 //! Core logic never calls `SystemTime::now` or `thread_rng` (clippy.toml forbids it in
 //! core crates); it takes a [`Clock`] and an [`Rng`]. Processes pass [`SystemClock`] and
 //! [`OsRng`]; tests and the simulator pass [`ManualClock`] and [`SeededRng`].
+//! [`retry`] is the one retry policy of the platform.
 //! This crate is tiny on purpose: it has no I/O and no async.
 
 use std::sync::Arc;
@@ -165,5 +166,111 @@ pub mod trace {
     /// belongs to a trace.
     pub fn current_traceparent() -> Option<String> {
         SOURCE.get().and_then(|f| f())
+    }
+}
+
+pub mod retry {
+    //! The one retry policy every retry in Tessera uses (store transactions, the outbox
+    //! relay, payment-provider calls, notification deliveries, the payment simulator's
+    //! webhooks): exponential backoff with jitter, from `backon`.
+    //!
+    //! The wait before retry `n` (from 1) is drawn from the upper half of its step,
+    //! `initial * 2^(n-1)` capped at `max` ("equal jitter"): retries of many callers that
+    //! failed together spread out, and none waits less than half its step. The jitter is
+    //! seeded where the caller has a seeded [`Rng`](super::Rng) (the simulator replays it).
+
+    use std::time::Duration;
+
+    pub use backon::{BackoffBuilder, ExponentialBackoff, ExponentialBuilder};
+
+    /// Exponential backoff with equal jitter.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    pub struct Backoff {
+        /// The first step.
+        pub initial: Duration,
+        /// The largest step.
+        pub max: Duration,
+        /// How many retries (waits) at most; `None` for as many as the caller makes.
+        pub retries: Option<usize>,
+    }
+
+    impl Backoff {
+        pub const fn new(initial: Duration, max: Duration) -> Self {
+            Backoff { initial, max, retries: None }
+        }
+
+        /// At most `retries` waits.
+        pub const fn with_retries(mut self, retries: usize) -> Self {
+            self.retries = Some(retries);
+            self
+        }
+
+        /// The policy as `backon`'s builder (for `Retryable::retry`), its jitter seeded
+        /// with `seed`, or from the operating system with `None`.
+        pub fn builder(&self, seed: Option<u64>) -> ExponentialBuilder {
+            // backon adds a random part in [0, delay) to each delay: starting from half
+            // the step gives [step/2, step).
+            let b = ExponentialBuilder::new()
+                .with_min_delay(self.initial / 2)
+                .with_max_delay(self.max / 2)
+                .with_factor(2.0)
+                .with_jitter();
+            let b = match seed {
+                Some(s) => b.with_jitter_seed(s),
+                None => b,
+            };
+            match self.retries {
+                Some(n) => b.with_max_times(n),
+                None => b.without_max_times(),
+            }
+        }
+
+        /// The waits, in order (`None` once the retries are used up).
+        pub fn delays(&self, seed: Option<u64>) -> ExponentialBackoff {
+            self.builder(seed).build()
+        }
+
+        /// The wait before retry `n` (from 1) of a caller that keeps no iterator (a
+        /// delivery whose attempts are counted in the store).
+        pub fn nth(&self, n: u32, seed: u64) -> Duration {
+            let unbounded = Backoff { retries: None, ..*self };
+            // Past 64 doublings every step is the cap.
+            let n = n.clamp(1, 64) as usize;
+            unbounded.delays(Some(seed)).nth(n - 1).unwrap_or(self.max)
+        }
+    }
+
+    #[cfg(test)]
+    mod tests {
+        use super::*;
+
+        #[test]
+        fn steps_double_to_the_cap_each_in_its_upper_half() {
+            let b = Backoff::new(Duration::from_millis(100), Duration::from_millis(1_000));
+            for seed in 0..50 {
+                let got: Vec<Duration> = b.delays(Some(seed)).take(6).collect();
+                for (d, step) in got.iter().zip([100u64, 200, 400, 800, 1_000, 1_000]) {
+                    let step = Duration::from_millis(step);
+                    assert!(
+                        *d >= step / 2 && *d <= step,
+                        "seed {seed}: {d:?} for a step of {step:?}"
+                    );
+                }
+                for n in [1u32, 3, 30, 1_000] {
+                    let step = Duration::from_millis((100u64 << (n - 1).min(10)).min(1_000));
+                    let d = b.nth(n, seed);
+                    assert!(d >= step / 2 && d <= step, "retry {n}: {d:?}");
+                }
+            }
+        }
+
+        #[test]
+        fn retries_run_out_and_a_seed_replays() {
+            let b = Backoff::new(Duration::from_millis(10), Duration::from_secs(1)).with_retries(3);
+            assert_eq!(b.delays(None).count(), 3);
+            let a: Vec<Duration> = b.delays(Some(7)).collect();
+            assert_eq!(a, b.delays(Some(7)).collect::<Vec<_>>());
+            assert_eq!(b.nth(5, 7), b.nth(5, 7), "nth ignores the retry limit");
+        }
     }
 }

@@ -183,13 +183,22 @@ async fn notify_loop<S: Store>(
     notifier: Notifier<S>,
     shutdown: Shutdown,
 ) {
+    // The platform's retry policy between attempts to read the stream (from 1 s up to
+    // 10 s), from the start again once reading works.
+    let policy =
+        tessera_common::retry::Backoff::new(Duration::from_secs(1), Duration::from_secs(10));
+    let mut delays = policy.delays(None);
     loop {
         let mut messages = match consumer.messages().await {
-            Ok(m) => m,
+            Ok(m) => {
+                delays = policy.delays(None);
+                m
+            }
             Err(e) => {
                 tracing::warn!("notifications: cannot read the stream, retrying: {e}");
+                let delay = delays.next().unwrap_or(policy.max);
                 tokio::select! {
-                    () = tokio::time::sleep(Duration::from_secs(1)) => continue,
+                    () = tokio::time::sleep(delay) => continue,
                     () = shutdown.wait() => return,
                 }
             }

@@ -45,14 +45,16 @@ impl Default for RetryPolicy {
     }
 }
 
-/// The wait before the attempt after `attempts` failed ones: the exponential step, of
-/// which the upper half is random ("equal jitter"), so retries of many deliveries that
-/// failed together spread out.
+/// The wait before the attempt after `attempts` failed ones, by the platform's retry
+/// policy ([`tessera_common::retry`]): the exponential step, of which the upper half is
+/// random, so retries of many deliveries that failed together spread out.
 pub fn retry_delay_ms(policy: &RetryPolicy, attempts: u32, rng: &dyn Rng) -> u64 {
-    let shift = attempts.saturating_sub(1).min(32);
-    let step = policy.initial_backoff_ms.saturating_mul(1u64 << shift).min(policy.max_backoff_ms);
-    let half = step / 2;
-    half + rng.below(step - half + 1)
+    tessera_common::retry::Backoff::new(
+        std::time::Duration::from_millis(policy.initial_backoff_ms),
+        std::time::Duration::from_millis(policy.max_backoff_ms),
+    )
+    .nth(attempts.max(1), rng.next_u64())
+    .as_millis() as u64
 }
 
 /// Settings of the notifier (the `[notifications]` table of the core's config).

@@ -3,10 +3,11 @@
 use std::future::Future;
 use std::time::Duration;
 
-use backon::{ExponentialBuilder, Retryable as _};
+use backon::Retryable as _;
 use tessera_api::bus::BusEventBody;
 use tessera_api::orders::{CheckoutRequest, Order, OrderList, OrderState};
 use tessera_api::{CustomerId, HoldId, OrderId, TicketId};
+use tessera_common::retry::Backoff;
 use tessera_fdb_schema::values::{
     self, HoldRecord, IdempotencyRecord, OrderRecord, SagaStep, TicketRecord, TicketState,
 };
@@ -280,12 +281,12 @@ impl<S: Store> Orders<S> {
         F: FnMut() -> Fut,
         Fut: Future<Output = Result<T, PaymentError>>,
     {
-        // 50 ms, 100 ms, 200 ms, … between attempts; no jitter, so a seeded simulation
-        // replays the same schedule.
-        let policy = ExponentialBuilder::default()
-            .with_min_delay(Duration::from_millis(50))
-            .with_factor(2.0)
-            .with_max_times(self.config.provider_attempts.saturating_sub(1) as usize);
+        // The platform's retry policy: steps of 100 ms, 200 ms, 400 ms, … (each wait in
+        // the upper half of its step), jitter seeded from the service's randomness so a
+        // seeded simulation replays the same schedule.
+        let policy = Backoff::new(Duration::from_millis(100), Duration::from_secs(2))
+            .with_retries(self.config.provider_attempts.saturating_sub(1) as usize)
+            .builder(Some(self.rng.next_u64()));
         let attempt = move || {
             let call = call();
             async move {

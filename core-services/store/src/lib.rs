@@ -289,7 +289,7 @@ pub enum RunError<E> {
     },
 }
 
-/// Retry policy for [`run`].
+/// Retry policy for [`run`] (the platform's one policy, [`tessera_common::retry`]).
 #[derive(Debug, Clone)]
 pub struct RunOptions {
     pub max_attempts: u32,
@@ -331,7 +331,10 @@ where
     Fut: Future<Output = Result<T, TrxError<E>>>,
 {
     let mut maybe_committed = false;
-    let mut backoff = opts.backoff_initial;
+    let policy = tessera_common::retry::Backoff::new(opts.backoff_initial, opts.backoff_max)
+        .with_retries(opts.max_attempts.saturating_sub(1) as usize);
+    // Made at the first retry: most transactions commit at once.
+    let mut delays = None;
     let mut attempt = 0;
     loop {
         attempt += 1;
@@ -373,12 +376,10 @@ where
         if err.maybe_committed() {
             maybe_committed = true;
         }
-        if attempt >= opts.max_attempts {
+        let Some(delay) = delays.get_or_insert_with(|| policy.delays(None)).next() else {
             return Err(RunError::RetriesExhausted { attempts: attempt, last: err });
-        }
-        let jittered = backoff.mul_f64(0.5 + jitter_fraction());
-        tokio::time::sleep(jittered).await;
-        backoff = (backoff * 2).min(opts.backoff_max);
+        };
+        tokio::time::sleep(delay).await;
     }
 }
 
@@ -389,24 +390,6 @@ fn retry_reason(e: &StoreError) -> &'static str {
         StoreError::CommitUnknown => "commit_unknown",
         _ => "other",
     }
-}
-
-/// A fraction in `[0, 1)` for backoff jitter. Jitter only spreads retries apart, so a
-/// cheap per-thread generator seeded from the std hasher's random keys is enough.
-fn jitter_fraction() -> f64 {
-    use std::cell::Cell;
-    use std::hash::{BuildHasher as _, RandomState};
-    thread_local! {
-        static STATE: Cell<u64> = Cell::new(RandomState::new().hash_one(0u64) | 1);
-    }
-    STATE.with(|s| {
-        let mut x = s.get();
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        s.set(x);
-        (x >> 11) as f64 / (1u64 << 53) as f64
-    })
 }
 
 #[cfg(test)]

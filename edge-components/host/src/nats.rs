@@ -115,6 +115,10 @@ pub async fn run_with(
     mut shutdown: watch::Receiver<bool>,
 ) {
     let url = settings.url.clone();
+    // The platform's retry policy between connection attempts (from 1 s up to 10 s).
+    let mut delays =
+        tessera_common::retry::Backoff::new(Duration::from_secs(1), Duration::from_secs(10))
+            .delays(None);
     let client = loop {
         let mut options =
             async_nats::ConnectOptions::new().name("tessera-edge").retry_on_initial_connect();
@@ -130,8 +134,9 @@ pub async fn run_with(
             Ok(c) => break c,
             Err(e) => {
                 tracing::warn!("connect to NATS at {url}: {e}; retrying");
+                let delay = delays.next().unwrap_or(Duration::from_secs(10));
                 tokio::select! {
-                    _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                    _ = tokio::time::sleep(delay) => {}
                     _ = shutdown.changed() => return,
                 }
             }

@@ -947,14 +947,14 @@ async fn deliver_one(inner: std::sync::Weak<Inner>, event: EventRec, n: usize) {
             }
             return;
         }
-        let backoff = retry
-            .initial_backoff_ms
-            .saturating_mul(1u64 << (attempt - 1).min(20))
-            .min(retry.max_backoff_ms);
-        // Jitter of up to a quarter keeps retries of many events from arriving in step.
-        let jitter = if backoff >= 4 { sim.rng.below(backoff / 4) } else { 0 };
+        // The platform's retry policy, seeded from the simulator's randomness.
+        let delay = tessera_common::retry::Backoff::new(
+            Duration::from_millis(retry.initial_backoff_ms),
+            Duration::from_millis(retry.max_backoff_ms),
+        )
+        .nth(attempt, sim.rng.next_u64());
         drop(sim);
-        tokio::time::sleep(Duration::from_millis(backoff + jitter)).await;
+        tokio::time::sleep(delay).await;
     }
 }
 
