@@ -38,14 +38,22 @@ pub const HUB_DOMAIN: &str = "hub";
 /// What a region's core may publish (`deploy/` and the local stack grant exactly this):
 /// its own region's events (a relay that took over a dead peer's outbox publishes those
 /// under its own prefix too), its own heartbeat, admission watermarks (signed; any region's
-/// core may hold the admission lease), the JetStream API and replies. Another region's
-/// events and heartbeats are refused by the server.
+/// core may hold the admission lease), the JetStream API of its own region's domain (the
+/// leaf it connects to), a stream's description in any domain (read-only: how the core
+/// sees whether a peer's domain answers), acknowledgements of its own region's stream, and
+/// replies. Another region's events and heartbeats, and any change to another domain's
+/// streams or consumers, are refused by the server.
 pub fn core_publish_subjects(region: &tessera_api::RegionId) -> Vec<String> {
     vec![
         streams::region_subjects(region),
         tessera_api::bus::heartbeat_subject(region),
         "tessera.admission.*".to_owned(),
-        "$JS.>".to_owned(),
+        // The leaf server maps its own domain's `$JS.<region>.API.>` to `$JS.API.>` before
+        // it checks permissions; a leaf never forwards `$JS.API.>` to another domain.
+        "$JS.API.>".to_owned(),
+        format!("{}.>", streams::domain_api_prefix(region)),
+        "$JS.*.API.STREAM.INFO.*".to_owned(),
+        format!("$JS.ACK.{}.>", streams::stream_name(region)),
         "_INBOX.>".to_owned(),
     ]
 }

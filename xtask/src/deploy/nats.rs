@@ -95,7 +95,8 @@ const USER_VARS: [&str; 3] = ["CORE_NKEY", "ROUTER_NKEY", "EDGE_NKEY"];
 /// its own ports), with fresh user keys in `CORE_NKEY`, `ROUTER_NKEY` and `EDGE_NKEY`
 /// whose seeds this check holds. Over TLS, a core's watermark reaches an edge; neither an
 /// edge nor a router can publish one; the core publishes its own `region`'s events and
-/// not another region's; a client without a key is refused.
+/// not another region's, creates its region's stream in its own domain, and may describe
+/// another domain's stream but not purge it; a client without a key is refused.
 fn leaf_users(
     ctx: &Ctx,
     name: &str,
@@ -223,6 +224,45 @@ fn users_behave(port: u16, ca: &Path, seeds: &[String], region: &str) -> anyhow:
         if !own_heard {
             bail!("the core's user could not publish its own region's ({region}) event");
         }
+        // The JetStream API: the core may describe another domain's stream (read-only) but
+        // not purge it; the router, whose subscription covers `$JS.>`, hears which got
+        // through. (A domain this server does not host, so JetStream itself answers neither.)
+        let mut at_router = router.subscribe(format!("$JS.{other}.API.>")).await?;
+        router.flush().await?;
+        let info = format!("$JS.{other}.API.STREAM.INFO.TESSERA_CHECK");
+        let purge = format!("$JS.{other}.API.STREAM.PURGE.TESSERA_CHECK");
+        let mut described = false;
+        for _ in 0..30 {
+            core.publish(purge.clone(), "purge".into()).await?;
+            core.publish(info.clone(), "info".into()).await?;
+            let _ = core.flush().await;
+            let until = tokio::time::Instant::now() + Duration::from_millis(100);
+            while let Ok(Some(m)) = tokio::time::timeout_at(until, at_router.next()).await {
+                match &m.payload[..] {
+                    b"info" => described = true,
+                    _ => bail!("the core's user changed another domain's stream ({})", m.subject),
+                }
+            }
+            if described {
+                break;
+            }
+        }
+        if !described {
+            bail!("the core's user could not describe another domain's stream");
+        }
+        // Its own domain's JetStream API works: it creates its region's stream there.
+        let js = async_nats::jetstream::with_domain(core.clone(), region);
+        let name = format!("TESSERA_{}", region.to_ascii_uppercase().replace('-', "_"));
+        js.get_or_create_stream(async_nats::jetstream::stream::Config {
+            name,
+            subjects: vec![format!("tessera.{region}.>")],
+            storage: async_nats::jetstream::stream::StorageType::Memory,
+            ..Default::default()
+        })
+        .await
+        .map_err(|e| {
+            anyhow::anyhow!("the core's user could not create its region's stream: {e}")
+        })?;
         if connect(None).await.is_ok() {
             bail!("a client without an NKey was let in");
         }
