@@ -749,6 +749,16 @@ impl Stack {
             .with_context(|| format!("no service {name}"))
     }
 
+    /// The log file of the service `name`.
+    pub fn log_path(&self, name: &str) -> anyhow::Result<PathBuf> {
+        let s = self
+            .services
+            .iter()
+            .find(|s| s.name == name)
+            .with_context(|| format!("no service {name}"))?;
+        Ok(s.log_path.clone())
+    }
+
     pub fn service_names(&self) -> Vec<String> {
         self.services.iter().map(|s| s.name.clone()).collect()
     }
@@ -782,7 +792,8 @@ impl Stack {
 
     /// Log lines at WARN or ERROR (and panics) from every service, minus the ones an
     /// entry of `expected` allows (same level, same target, same message: see
-    /// [`crate::scenarios::Expected`]).
+    /// [`crate::scenarios::Expected`]), and every permissions violation a NATS server
+    /// logged (a service publishing or subscribing outside what its credential grants).
     pub fn unexpected_warnings(&self, expected: &[crate::scenarios::Expected]) -> Vec<String> {
         let mut out = Vec::new();
         for s in &self.services {
@@ -792,6 +803,16 @@ impl Stack {
                     out.push(format!("{}: {l}", s.name));
                 }
             }
+        }
+        let servers = std::iter::once(("nats-hub".to_owned(), &self.nats.hub))
+            .chain(self.nats.leaves.iter().map(|(r, p)| (format!("nats-{r}"), p)));
+        for (name, server) in servers {
+            let text = std::fs::read_to_string(server.log_path()).unwrap_or_default();
+            out.extend(
+                text.lines()
+                    .filter(|l| l.contains(" Violation - "))
+                    .map(|l| format!("{name}: {l}")),
+            );
         }
         out
     }

@@ -27,6 +27,10 @@ pub fn route(path: &str) -> Target<'_> {
     if path == "/" {
         return Target::Page("home");
     }
+    // Browsers ask for `/favicon.ico` on their own, whatever the page declares.
+    if path == "/favicon.ico" {
+        return Target::Asset("/assets/icon.svg");
+    }
     let trimmed = path.strip_suffix('/').unwrap_or(path);
     let segs: Vec<&str> = trimmed.split('/').skip(1).collect();
     match segs.as_slice() {
@@ -172,6 +176,8 @@ mod tests {
             route("/assets/app.0123456789.css"),
             Target::Asset("/assets/app.0123456789.css")
         );
+        assert_eq!(route("/favicon.ico"), Target::Asset("/assets/icon.svg"));
+        assert_eq!(route("/favicon.ico/x"), Target::NotFound);
         assert_eq!(route("/events/a%20b"), Target::NotFound);
         assert_eq!(route("/events/x/queue/more"), Target::NotFound);
         assert_eq!(route("/events//queue"), Target::NotFound);

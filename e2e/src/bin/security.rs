@@ -1,7 +1,8 @@
 //! `cargo xtask e2e security [--ci]`: the red-team suite, see
 //! `tessera_e2e::scenarios::security`. The last line is
-//! `attacks=N accepted=0 state_changed=0 uncounted=0`; any accepted attack, changed state
-//! or refusal no service counted fails it.
+//! `attacks=N accepted=0 state_changed=0 uncounted=0 unlogged=0`; any accepted attack,
+//! changed state, refusal no service counted or counted refusal code no service logged
+//! fails it.
 
 use clap::Parser;
 use tessera_e2e::scenarios::security;
@@ -26,11 +27,12 @@ fn main() -> anyhow::Result<()> {
     }
     let get = |k: &str| kv.get(k).cloned().unwrap_or_default();
     println!(
-        "attacks={} accepted={} state_changed={} uncounted={}",
+        "attacks={} accepted={} state_changed={} uncounted={} unlogged={}",
         get("attacks"),
         get("accepted"),
         get("state_changed"),
-        get("uncounted")
+        get("uncounted"),
+        get("unlogged")
     );
     if kv.get("accepted").is_some_and(|v| v != "0")
         || kv.get("state_changed").is_some_and(|v| v != "0")
@@ -39,6 +41,9 @@ fn main() -> anyhow::Result<()> {
     }
     if kv.get("uncounted").is_some_and(|v| v != "0") {
         anyhow::bail!("the red-team suite saw refusals no service counted");
+    }
+    if kv.get("unlogged").is_some_and(|v| v != "0") {
+        anyhow::bail!("the red-team suite saw refusal codes no service logged at WARN");
     }
     Ok(())
 }

@@ -14,24 +14,39 @@ pub mod web;
 /// payment answers), which therefore does not fail it: its level, its target (the module
 /// that logged it) and its message, all matched exactly. `detail` lets the message be
 /// followed by `": "` and the error that caused it (`"outbox relay pass failed,
-/// retrying: connection refused"`); nothing else may differ.
+/// retrying: connection refused"`); nothing else may differ. `code`, when set, must be
+/// the line's `code` field too (a refusal a scenario provokes: that code and no other).
 #[derive(Debug, Clone, Copy)]
 pub struct Expected {
     pub level: &'static str,
     pub target: &'static str,
     pub message: &'static str,
     pub detail: bool,
+    pub code: Option<&'static str>,
 }
 
 pub(crate) const fn warn(target: &'static str, message: &'static str, detail: bool) -> Expected {
-    Expected { level: "WARN", target, message, detail }
+    Expected { level: "WARN", target, message, detail, code: None }
+}
+
+/// The edge's WARN line for a refusal with `code` (`tessera_edge_host::guest_log`).
+pub(crate) const fn edge_refusal(code: &'static str) -> Expected {
+    Expected {
+        level: "WARN",
+        target: "tessera_edge::refusal",
+        message: "request refused",
+        detail: false,
+        code: Some(code),
+    }
 }
 
 impl Expected {
-    /// Whether this entry allows a log line with these `level`, `target` and `message`.
-    pub fn allows(&self, level: &str, target: &str, message: &str) -> bool {
+    /// Whether this entry allows a log line with these `level`, `target`, `message` and
+    /// `code` field.
+    pub fn allows(&self, level: &str, target: &str, message: &str, code: Option<&str>) -> bool {
         level == self.level
             && target == self.target
+            && (self.code.is_none() || self.code == code)
             && match message.strip_prefix(self.message) {
                 Some("") => true,
                 Some(rest) => self.detail && rest.len() > 2 && rest.starts_with(": "),
@@ -95,7 +110,8 @@ pub fn unexpected_log_line(line: &str, expected: &[Expected]) -> Option<String> 
     let target = v["target"].as_str().unwrap_or_default();
     let message = v["message"].as_str().or_else(|| v["fields"]["message"].as_str());
     let message = message.unwrap_or_default();
-    if expected.iter().any(|e| e.allows(level, target, message)) {
+    let code = v["code"].as_str();
+    if expected.iter().any(|e| e.allows(level, target, message, code)) {
         return None;
     }
     Some(line.to_owned())
@@ -185,5 +201,18 @@ mod tests {
             "request answered with a server error"
         )));
         assert!(!ok("thread 'main' panicked at src/main.rs:1:1:"));
+    }
+
+    #[test]
+    fn an_edge_refusal_is_allowed_only_with_its_code() {
+        let refusal = |code: &str| {
+            serde_json::json!({"level": "WARN", "target": "tessera_edge::refusal",
+                "message": "request refused", "code": code})
+            .to_string()
+        };
+        let expected = [edge_refusal("queue_poll_too_fast")];
+        assert!(unexpected_log_line(&refusal("queue_poll_too_fast"), &expected).is_none());
+        assert!(unexpected_log_line(&refusal("invalid_token"), &expected).is_some());
+        assert!(unexpected_log_line(&refusal("queue_poll_too_fast"), EXPECTED_WARNINGS).is_some());
     }
 }

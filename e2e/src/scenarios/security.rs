@@ -9,8 +9,11 @@
 //! (`tessera_edge_refusals_total{outcome}`), the router or a core
 //! (`tessera_http_refusals_total{code}`), read from their `/metrics` before and after.
 //!
-//! The last line is `attacks=N accepted=A state_changed=S uncounted=U` (plus per-attack
-//! lines above it); the scenario fails unless `accepted=0 state_changed=0 uncounted=0`.
+//! Every code a service counted a refusal under must also be in its log, on a WARN line
+//! `request refused`.
+//!
+//! The last line is `attacks=N accepted=A state_changed=S uncounted=U unlogged=L` (plus
+//! per-attack lines above it); the scenario fails unless all but `attacks` are 0.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -64,6 +67,8 @@ struct Ctx {
     /// Whether the attacks now run are refused by the stack's HTTP services, which count
     /// every refusal by its code (the NATS servers and production starts do not).
     http_doors: bool,
+    /// `service: code` for refusals counted but never logged (see [`unlogged_refusals`]).
+    unlogged: Vec<String>,
 }
 
 fn now_ms() -> u64 {
@@ -319,6 +324,7 @@ async fn setup() -> anyhow::Result<Ctx> {
         alice_hold,
         verdicts: Vec::new(),
         http_doors: true,
+        unlogged: Vec::new(),
     })
 }
 
@@ -902,6 +908,20 @@ async fn nats_attacks(c: &mut Ctx) -> anyhow::Result<()> {
         )
         .await?;
     }
+    // Nor may it touch another region's stream through the JetStream API: a purge of
+    // the other domain's region stream (which holds every event replicated there) is
+    // refused by the server and the stream keeps every message.
+    if let Some(other) = c.stack.urls.nats_leaves.keys().nth(1) {
+        let other = tessera_api::RegionId::parse(other)?;
+        let hub = c.stack.nats_client(&c.stack.nats.hub_url()).await?;
+        let cl = client.clone();
+        c.attack(
+            &format!("nats: {region}'s core credential purging {other}'s stream"),
+            (403, "stream_intact"),
+            || async move { purge_other_stream(&cl, &hub, &other).await },
+        )
+        .await?;
+    }
     // A genuine watermark of the locked event, rewritten to admit everyone, far ahead of
     // any version the core will publish.
     let genuine = c.core.get(&format!("/v1/events/{LOCKED}/admission"), &[]).await?;
@@ -1102,6 +1122,35 @@ async fn publish_forged_event(
     Ok(Reply {
         status: if delivered { 200 } else { 403 },
         body: json!({"code": if delivered { "delivered" } else { "not_delivered" }}),
+        served_by: None,
+    })
+}
+
+/// Purges `region`'s stream with `attacker`'s credential; `observer` (a client allowed
+/// everything) counts the stream's messages before and after.
+async fn purge_other_stream(
+    attacker: &async_nats::Client,
+    observer: &async_nats::Client,
+    region: &tessera_api::RegionId,
+) -> anyhow::Result<Reply> {
+    use tessera_bus::streams::{region_context, stream_name};
+    let count = || async {
+        let mut s = region_context(observer, region).get_stream(stream_name(region)).await?;
+        anyhow::Ok(s.info().await?.state.messages)
+    };
+    let before = count().await?;
+    let mut js = region_context(attacker, region);
+    js.set_timeout(Duration::from_millis(700));
+    // Describing the stream is allowed (read-only); the purge is not.
+    let purged = match js.get_stream(stream_name(region)).await {
+        Ok(stream) => stream.purge().await.is_ok(),
+        Err(_) => false,
+    };
+    let after = count().await?;
+    let intact = !purged && after >= before;
+    Ok(Reply {
+        status: if intact { 403 } else { 200 },
+        body: json!({"code": if intact { "stream_intact" } else { "purged" }, "before": before, "after": after}),
         served_by: None,
     })
 }
@@ -1319,6 +1368,8 @@ pub async fn run() -> anyhow::Result<(Vec<Verdict>, BTreeMap<String, String>)> {
         authorization_attacks(&mut c).await?;
         webhook_attacks(&mut c).await?;
         input_attacks(&mut c).await?;
+        // Every code a service counted a refusal under is in its log too, at WARN.
+        c.unlogged = unlogged_refusals(&c).await?;
         // From here on the doors are no HTTP service of the stack's: the NATS servers,
         // a production edge of its own, production starts.
         c.http_doors = false;
@@ -1341,5 +1392,67 @@ pub async fn run() -> anyhow::Result<(Vec<Verdict>, BTreeMap<String, String>)> {
         "uncounted".to_owned(),
         v.iter().filter(|x| x.refused && x.counted == Some(false)).count().to_string(),
     );
+    for u in &c.unlogged {
+        eprintln!("COUNTED BUT NOT LOGGED: {u}");
+    }
+    kv.insert("unlogged".to_owned(), c.unlogged.len().to_string());
     Ok((v, kv))
+}
+
+/// `service: code` for every refusal code a service of the stack counted (its refusal
+/// counter in `/metrics`) without a WARN line `request refused` carrying that code in its
+/// log. The edge logs a code at most once a second, so each counted code is looked for
+/// once, not each refusal.
+async fn unlogged_refusals(c: &Ctx) -> anyhow::Result<Vec<String>> {
+    let urls = &c.stack.urls;
+    let mut sources = vec![(
+        "edge".to_owned(),
+        urls.edge_admin.clone().context("the edge's admin address")?,
+        "tessera_edge_refusals_total",
+        "outcome",
+    )];
+    sources.push(("router".to_owned(), urls.router.clone(), "tessera_http_refusals_total", "code"));
+    for (region, core) in &urls.cores {
+        sources.push((
+            format!("core-{region}"),
+            core.clone(),
+            "tessera_http_refusals_total",
+            "code",
+        ));
+    }
+    let mut out = Vec::new();
+    for (service, base, family, label) in sources {
+        let text = c.stack.http.get(format!("{base}/metrics")).send().await?.text().await?;
+        let counted = counted_codes(&text, family, label);
+        let log = std::fs::read_to_string(c.stack.log_path(&service)?)?;
+        let logged: std::collections::BTreeSet<String> = log
+            .lines()
+            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+            .filter(|v| v["level"] == "WARN" && v["message"] == "request refused")
+            .filter_map(|v| v["code"].as_str().map(str::to_owned))
+            .collect();
+        out.extend(
+            counted
+                .into_iter()
+                .filter(|code| !logged.contains(code))
+                .map(|code| format!("{service}: {code}")),
+        );
+    }
+    Ok(out)
+}
+
+/// The values of `label` on the lines of `family` with a count above zero.
+fn counted_codes(text: &str, family: &str, label: &str) -> Vec<String> {
+    let needle = format!("{label}=\"");
+    text.lines()
+        .filter(|l| l.starts_with(family) && l[family.len()..].starts_with('{'))
+        .filter(|l| {
+            l.rsplit(' ').next().and_then(|v| v.parse::<f64>().ok()).is_some_and(|v| v > 0.0)
+        })
+        .filter_map(|l| {
+            let (labels, _) = l.split_once('}')?;
+            let rest = &labels[labels.find(&needle)? + needle.len()..];
+            Some(rest[..rest.find('"')?].to_owned())
+        })
+        .collect()
 }

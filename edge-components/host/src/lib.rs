@@ -10,7 +10,9 @@
 //! (one per label; host-pushed entries pinned, component caches bounded). Instances come
 //! from a pooling allocator; each request gets a fresh one with memory and time limits. A
 //! NATS subscriber feeds admission watermarks and catalog invalidations into the key-value
-//! store. `/metrics`, `/healthz` and `/readyz` are on a separate admin listener.
+//! store. What a component writes on stderr (the edge's refusals, a panic) is logged,
+//! rate-limited ([`guest_log`]). `/metrics`, `/healthz` and `/readyz` are on a separate
+//! admin listener.
 //!
 //! The host leaves the edge's header contract to the components, so they behave the same
 //! under `spin up`; a Spin-strict mode ([`EdgeOptions::spin_strict`]) fails wherever Spin
@@ -20,6 +22,7 @@
 //! key listings trap.
 
 pub mod config;
+pub mod guest_log;
 pub mod kv;
 pub mod manifest;
 pub mod nats;

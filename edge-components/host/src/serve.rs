@@ -65,7 +65,7 @@ fn count_connection_error(e: &(dyn std::error::Error + 'static), peer: std::net:
         .downcast_ref::<hyper::Error>()
         .is_some_and(|h| h.is_parse() || h.is_parse_too_large() || h.is_parse_status());
     if malformed {
-        tracing::warn!(code = "malformed_http", peer = %peer.ip(), "request refused: {e}");
+        tracing::warn!(code = "malformed_http", peer = %peer.ip(), reason = %e, "request refused");
         metrics::counter!("tessera_edge_refusals_total", "outcome" => "malformed_http")
             .increment(1);
     } else {

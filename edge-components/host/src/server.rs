@@ -361,6 +361,8 @@ fn run(
     })
 }
 
+/// Runs one instance for one request; what it wrote on stderr is logged when it ends
+/// (see [`crate::guest_log`]).
 async fn instance(
     edge: Arc<Inner>,
     idx: usize,
@@ -368,9 +370,23 @@ async fn instance(
     depth: u32,
     slot: ReplySlot,
 ) -> anyhow::Result<()> {
+    let stderr = wasmtime_wasi::p2::pipe::MemoryOutputPipe::new(crate::guest_log::STDERR_MAX_BYTES);
+    let result = run_instance(edge.clone(), idx, request, depth, slot, stderr.clone()).await;
+    crate::guest_log::forward(&edge.components[idx].id, &stderr.contents());
+    result
+}
+
+async fn run_instance(
+    edge: Arc<Inner>,
+    idx: usize,
+    request: http::Request<WasiBody>,
+    depth: u32,
+    slot: ReplySlot,
+    stderr: wasmtime_wasi::p2::pipe::MemoryOutputPipe,
+) -> anyhow::Result<()> {
     let loaded = &edge.components[idx];
     let mut wasi = WasiCtx::builder();
-    wasi.inherit_stderr();
+    wasi.stderr(stderr);
     for (k, v) in &loaded.environment {
         wasi.env(k, v);
     }

@@ -1017,7 +1017,19 @@ pub async fn run(opts: OnsaleOptions) -> anyhow::Result<(BTreeMap<String, String
     );
     let mut stack = Stack::start(options, &|s| eprintln!("[onsale] {s}")).await?;
     let result = sale(&mut stack, opts, plan).await;
-    let warnings = stack.unexpected_warnings(crate::scenarios::EXPECTED_WARNINGS);
+    // The bots are refused on purpose: a fast poller is limited and challenged, as is
+    // the edge's rate limit on any arrival that pushes too hard; each is logged at WARN.
+    let expected = [
+        crate::scenarios::EXPECTED_WARNINGS,
+        &[
+            crate::scenarios::edge_refusal("queue_poll_too_fast"),
+            crate::scenarios::edge_refusal("rate_limited"),
+            crate::scenarios::edge_refusal("challenge_required"),
+            crate::scenarios::edge_refusal("challenge_failed"),
+        ],
+    ]
+    .concat();
+    let warnings = stack.unexpected_warnings(&expected);
     for w in warnings.iter().take(20) {
         eprintln!("[onsale] unexpected: {w}");
     }

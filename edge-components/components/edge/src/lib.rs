@@ -35,10 +35,13 @@ use crate::ctx::Ctx;
 
 #[http_service]
 async fn handle(req: Request) -> Result<guest::Reply, spin_sdk::http::Error> {
+    let path = req.uri().path().to_owned();
     let reply = pipeline(req).await;
-    // Every refusal the edge makes is counted here, by its code, whichever stage made it.
-    if let Some(label) = guest::refusal(&reply) {
+    // Every refusal the edge makes is counted and reported here, by its code, whichever
+    // stage made it.
+    if let Some((label, reason)) = guest::refusal(&reply) {
         ctx::count_refusal(label);
+        guest::report_refusal(label, reply.status().as_u16(), reason, &path);
     }
     Ok(guest::clean_response(reply))
 }

@@ -147,27 +147,76 @@ pub fn error(code: ErrorCode, message: impl Into<String>) -> Reply {
 /// An error response from an already built body.
 pub fn error_body(body: &ApiErrorBody) -> Reply {
     let mut reply = json(body.status(), body.to_json());
-    reply.extensions_mut().insert(Refusal(body.code.as_str()));
+    reply
+        .extensions_mut()
+        .insert(Refusal { label: body.code.as_str(), reason: body.message.clone() });
     reply
 }
 
 /// The mark of an error the edge made itself (never of a region's reply passed on): the
-/// label it is counted under.
-#[derive(Debug, Clone, Copy)]
-struct Refusal(&'static str);
+/// label it is counted under and the reason it gave.
+#[derive(Debug, Clone)]
+struct Refusal {
+    label: &'static str,
+    reason: String,
+}
 
-/// The label to count `reply` under as a refusal: its code when the edge itself refused
-/// the request (a 4xx it made), `None` for anything else (a region's answers included).
-pub fn refusal(reply: &Reply) -> Option<&'static str> {
-    let label = reply.extensions().get::<Refusal>()?.0;
-    reply.status().is_client_error().then_some(label)
+/// The label to count `reply` under as a refusal, and its reason: its code when the edge
+/// itself refused the request (a 4xx it made), `None` for anything else (a region's
+/// answers included).
+pub fn refusal(reply: &Reply) -> Option<(&'static str, &str)> {
+    let r = reply.extensions().get::<Refusal>()?;
+    reply.status().is_client_error().then_some((r.label, r.reason.as_str()))
 }
 
 /// Counts `reply` under `label` instead of its code (a refusal that must look like
 /// another to the client, such as a route that exists only on a local stack).
 pub fn relabel(mut reply: Reply, label: &'static str) -> Reply {
-    reply.extensions_mut().insert(Refusal(label));
+    let reason = reply.extensions_mut().remove::<Refusal>().map(|r| r.reason).unwrap_or_default();
+    reply.extensions_mut().insert(Refusal { label, reason });
     reply
+}
+
+/// Reports a refusal on standard error as one JSON line, `{"refusal":<label>,"status":<n>,
+/// "reason":<text>,"path":<path>}`: Tessera's host logs it at WARN (at most once a second per label,
+/// with a count of the ones it left out) and Spin writes it to the component's log. The
+/// reason is the edge's own message with every quoted part left out: a parser's message
+/// quotes what it read (`invalid type: string "...", expected u32`), which may be an email
+/// or a token.
+pub fn report_refusal(label: &str, status: u16, reason: &str, path: &str) {
+    let reason = without_quoted(reason);
+    // The path names what was asked for (ids, no secrets: tokens travel in headers); the
+    // query is left out.
+    let path: String = path.chars().take(160).collect();
+    let line =
+        serde_json::json!({"refusal": label, "status": status, "reason": reason, "path": path});
+    eprintln!("{line}");
+}
+
+/// `text` with what is between double quotes or backticks replaced by `…`.
+fn without_quoted(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut open: Option<char> = None;
+    for c in text.chars() {
+        match open {
+            Some(q) if c == q => {
+                out.push('…');
+                out.push(c);
+                open = None;
+            }
+            Some(_) => {}
+            None => {
+                out.push(c);
+                if c == '"' || c == '`' {
+                    open = Some(c);
+                }
+            }
+        }
+    }
+    if open.is_some() {
+        out.push('…');
+    }
+    out
 }
 
 /// Reads a body, refusing more than `limit` bytes.
@@ -366,4 +415,20 @@ pub fn set_header(headers: &mut http::HeaderMap, name: &'static str, value: &str
 /// Random bytes from the host (WASI `random`).
 pub fn random_bytes(n: u64) -> Vec<u8> {
     spin_sdk::wasip3::random::random::get_random_bytes(n)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::without_quoted;
+
+    #[test]
+    fn a_reported_reason_keeps_no_quoted_input() {
+        assert_eq!(
+            without_quoted(r#"invalid type: string "fan@example.com", expected u32 at line 1"#),
+            r#"invalid type: string "…", expected u32 at line 1"#
+        );
+        assert_eq!(without_quoted("header `x-secret` is too long"), "header `…` is too long");
+        assert_eq!(without_quoted(r#"cut "eyJhbGciOi"#), r#"cut "…"#);
+        assert_eq!(without_quoted("no such route"), "no such route");
+    }
 }

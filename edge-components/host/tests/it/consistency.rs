@@ -55,9 +55,10 @@ fn the_edge_is_public_and_calls_only_the_router() {
 fn pages_serve_only_the_web_app_and_call_nothing() {
     let m = manifest();
     let pages = m.components.iter().find(|c| c.id == "pages").unwrap();
-    let public: Vec<Route> = ["/", "/assets/...", "/events/...", "/orders/...", "/signin"]
-        .map(|r| Route::Public(r.into()))
-        .into();
+    let public: Vec<Route> =
+        ["/", "/assets/...", "/events/...", "/orders/...", "/signin", "/favicon.ico"]
+            .map(|r| Route::Public(r.into()))
+            .into();
     assert_eq!(pages.routes, public, "the API stays with `edge`");
     assert!(pages.allowed_outbound_hosts.is_empty(), "pages call nothing");
     assert!(pages.key_value_stores.is_empty(), "pages keep no state");
