@@ -6,7 +6,9 @@
 //! (`{"error": {"type", "code", "decline_code", "message", "payment_intent"}}`).
 //!
 //! The base URL is configurable: `https://api.stripe.com` in production, the local
-//! simulator (`tessera-paysim`) in development and tests.
+//! simulator (`tessera-paysim`) in development and tests. Requests go through a
+//! [`Transport`]: HTTPS ([`HttpTransport`]) everywhere but in the deterministic simulator,
+//! which carries them in process to the same simulator.
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
@@ -51,16 +53,38 @@ impl StripeConfig {
     }
 }
 
-/// A [`PaymentProvider`] speaking Stripe's API.
+/// One request of the adapter as it goes on the wire.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WireRequest {
+    pub method: http::Method,
+    /// The path and the query, `/v1/payment_intents/search?query=...`.
+    pub path_and_query: String,
+    /// The form-encoded body of a POST (`application/x-www-form-urlencoded`).
+    pub form: Option<String>,
+    pub idempotency_key: Option<String>,
+}
+
+/// How the adapter's requests reach the provider: the answer's status and body, or the
+/// error that stands for no answer ([`PaymentError::Unavailable`] when the request was
+/// never delivered, [`PaymentError::Unknown`] when it may have been). [`HttpTransport`]
+/// speaks HTTPS; the deterministic simulator carries requests in process to
+/// `tessera-paysim`, so it drives this adapter, not a stand-in.
+#[async_trait::async_trait]
+pub trait Transport: Send + Sync + std::fmt::Debug {
+    async fn send(&self, req: WireRequest) -> Result<(u16, bytes::Bytes), PaymentError>;
+}
+
+/// A [`Transport`] over HTTPS with `reqwest` (the secret key as a bearer token, the pinned
+/// API version, W3C trace context).
 #[derive(Debug, Clone)]
-pub struct StripeClient {
+pub struct HttpTransport {
     http: reqwest::Client,
     base_url: String,
     secret_key: SecretString,
     api_version: Option<String>,
 }
 
-impl StripeClient {
+impl HttpTransport {
     pub fn new(config: StripeConfig) -> anyhow::Result<Self> {
         let mut builder = reqwest::Client::builder()
             .timeout(config.request_timeout)
@@ -72,25 +96,55 @@ impl StripeClient {
             }
         }
         let http = builder.build()?;
-        Ok(StripeClient {
+        Ok(HttpTransport {
             http,
             base_url: config.base_url.trim_end_matches('/').to_owned(),
             secret_key: config.secret_key,
             api_version: config.api_version,
         })
     }
+}
 
-    fn request(&self, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
-        let mut req = self
+#[async_trait::async_trait]
+impl Transport for HttpTransport {
+    async fn send(&self, req: WireRequest) -> Result<(u16, bytes::Bytes), PaymentError> {
+        let mut r = self
             .http
-            .request(method, format!("{}{path}", self.base_url))
+            .request(req.method, format!("{}{}", self.base_url, req.path_and_query))
             .bearer_auth(self.secret_key.expose_secret());
         if let Some(v) = &self.api_version {
-            req = req.header("stripe-version", v);
+            r = r.header("stripe-version", v);
         }
         let mut trace = http::HeaderMap::new();
         tessera_runtime::telemetry::inject_headers(&mut trace);
-        req.headers(trace)
+        r = r.headers(trace);
+        if let Some(key) = &req.idempotency_key {
+            r = r.header("idempotency-key", key);
+        }
+        if let Some(form) = req.form {
+            r = r
+                .header(http::header::CONTENT_TYPE, "application/x-www-form-urlencoded")
+                .body(form);
+        }
+        send_inner(r).await
+    }
+}
+
+/// A [`PaymentProvider`] speaking Stripe's API.
+#[derive(Debug, Clone)]
+pub struct StripeClient {
+    transport: std::sync::Arc<dyn Transport>,
+}
+
+impl StripeClient {
+    /// The adapter over HTTPS.
+    pub fn new(config: StripeConfig) -> anyhow::Result<Self> {
+        Ok(Self::with_transport(std::sync::Arc::new(HttpTransport::new(config)?)))
+    }
+
+    /// The adapter over another transport.
+    pub fn with_transport(transport: std::sync::Arc<dyn Transport>) -> Self {
+        StripeClient { transport }
     }
 
     async fn post(
@@ -100,10 +154,12 @@ impl StripeClient {
         form: &[(&str, String)],
         key: &IdempotencyKey,
     ) -> Result<bytes::Bytes, PaymentError> {
-        let req = self
-            .request(reqwest::Method::POST, path)
-            .header("idempotency-key", key.as_str())
-            .form(form);
+        let req = WireRequest {
+            method: http::Method::POST,
+            path_and_query: path.to_owned(),
+            form: Some(encode(form)?),
+            idempotency_key: Some(key.as_str().to_owned()),
+        };
         self.send(op, req).await
     }
 
@@ -113,17 +169,24 @@ impl StripeClient {
         path: &str,
         query: &[(&str, String)],
     ) -> Result<bytes::Bytes, PaymentError> {
-        let req = self.request(reqwest::Method::GET, path).query(query);
+        let path_and_query =
+            if query.is_empty() { path.to_owned() } else { format!("{path}?{}", encode(query)?) };
+        let req = WireRequest {
+            method: http::Method::GET,
+            path_and_query,
+            form: None,
+            idempotency_key: None,
+        };
         self.send(op, req).await
     }
 
-    async fn send(
-        &self,
-        op: &'static str,
-        req: reqwest::RequestBuilder,
-    ) -> Result<bytes::Bytes, PaymentError> {
+    async fn send(&self, op: &'static str, req: WireRequest) -> Result<bytes::Bytes, PaymentError> {
         let started = Instant::now();
-        let result = send_inner(req).await;
+        let result = match self.transport.send(req).await {
+            Ok((status, body)) if (200..300).contains(&status) => Ok(body),
+            Ok((status, body)) => Err(api_error(status, &body)),
+            Err(e) => Err(e),
+        };
         let outcome = match &result {
             Ok(_) => "ok",
             Err(e) => e.label(),
@@ -141,16 +204,22 @@ impl StripeClient {
     }
 }
 
-async fn send_inner(req: reqwest::RequestBuilder) -> Result<bytes::Bytes, PaymentError> {
+/// Form or query encoding, as Stripe reads it.
+fn encode(pairs: &[(&str, String)]) -> Result<String, PaymentError> {
+    serde_urlencoded::to_string(pairs).map_err(|e| PaymentError::Invalid {
+        code: "unencodable".to_owned(),
+        message: e.to_string(),
+        param: None,
+    })
+}
+
+async fn send_inner(req: reqwest::RequestBuilder) -> Result<(u16, bytes::Bytes), PaymentError> {
     let resp = req.send().await.map_err(transport_error)?;
     let status = resp.status();
     let body = resp.bytes().await.map_err(|e| PaymentError::Unknown {
         reason: format!("reading the response failed: {}", error_chain(&e)),
     })?;
-    if status.is_success() {
-        return Ok(body);
-    }
-    Err(api_error(status.as_u16(), &body))
+    Ok((status.as_u16(), body))
 }
 
 fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {

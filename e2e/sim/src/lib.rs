@@ -4,8 +4,8 @@
 //! One seed drives everything: a single-threaded tokio runtime with paused time, a
 //! [`tessera_common::ManualClock`] that moves with it (at 100 ms quantum boundaries, where a
 //! gate also starts every store transaction in a seeded order), the in-memory store wrapped in
-//! [`tessera_store_testkit::faults::FaultyStore`], a seeded payment provider ([`SimProvider`]), and
-//! several regions, each an `Inventory` + `Orders` over the shared store with its own
+//! [`tessera_store_testkit::faults::FaultyStore`], a seeded payment provider ([`SimProvider`]:
+//! `tessera-paysim` in process, behind the real Stripe adapter), and several regions, each an `Inventory` + `Orders` over the shared store with its own
 //! sweeper and reconciler. Workloads ([`BuyersRace`], [`Refunds`], [`Checkins`]) run
 //! alongside faults ([`KillRegion`], [`UnknownCommit`], [`ProviderFaults`], [`SlowProvider`],
 //! [`ClockJumps`]); then the world is brought to quiescence and every invariant of
@@ -43,7 +43,7 @@ mod world;
 pub use check::{Snapshot, check_all};
 pub use faults::{ClockJumps, KillRegion, ProviderFaults, SlowProvider, UnknownCommit};
 pub use known::{KNOWN_ISSUES, KnownIssue, known_issue};
-pub use provider::{LedgerView, PaymentRecord, ProviderPlan, SimProvider, SimProviderHandle};
+pub use provider::{LedgerView, PaymentRecord, ProviderPlan, SimProvider};
 pub use scenario::{Fault, Plan, Report, Scenario, SimError, T0_MS, Tamper, Workload};
 pub use sched::{Sched, SimStore};
 pub use util::{millis, secs};

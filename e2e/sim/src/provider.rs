@@ -1,28 +1,31 @@
-//! [`SimProvider`]: the simulation's in-process payment provider.
+//! [`SimProvider`]: the simulation's payment provider, `tessera-paysim` in process, reached
+//! through the real Stripe adapter (`tessera_payments::stripe::StripeClient`) over a
+//! transport that carries each request in virtual time.
 //!
-//! It keeps the state machine of a card processor with manual capture (authorize → capture,
-//! or cancel; refunds out of what was captured), honours idempotency keys the way the real
-//! one does (the same key with the same parameters replays the first answer, another request
-//! under the key is refused, a request while the first is still running is answered
-//! "unknown"), and fails in seeded ways: declines, answers lost after the request was applied,
-//! requests lost before they arrived, and slow processing that outlives the client's timeout.
+//! The simulator keeps the card processor's state machine with manual capture (authorize
+//! → capture, or cancel; refunds out of what was captured), the test cards (declines,
+//! 3-D Secure that never completes), and idempotency keys as Stripe honours them (the same
+//! key with the same parameters replays the first answer, other parameters are refused, a
+//! request while the first is still running gets a 409). Its seeded faults play the
+//! provider's side: random declines, an applied request answered with a 500 that the key
+//! then replays, an applied request answered late. The transport plays the network's:
+//! latency each way, requests lost before they arrive, answers lost after the request was
+//! applied, reads that fail, and the client's timeout.
 //!
 //! Client and server are separate: the caller's future carries the request there and the
-//! answer back, and the server applies the request in its own task. Killing the caller
+//! answer back, and the server handles the request in its own task. Killing the caller
 //! (a region going down) therefore loses the answer but not a request that already arrived.
-//! The ledger records every payment, every capture and every refund for the checks.
+//! The ledger is the simulator's own record of every payment, capture and refund.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
+use bytes::Bytes;
 use parking_lot::Mutex;
-use tessera_api::OrderId;
-use tessera_common::{Clock, ManualClock, Rng as _, SeededRng};
-use tessera_payments::{
-    AuthorizeRequest, IdempotencyKey, Payment, PaymentError, PaymentProvider, PaymentStatus,
-    Refund, RefundStatus,
-};
+use tessera_common::{ManualClock, Rng as _, SeededRng};
+use tessera_payments::stripe::{StripeClient, Transport, WireRequest};
+use tessera_payments::{Payment, PaymentError};
 use tokio::sync::oneshot;
 
 /// Fault rates and latencies of the provider, in parts per million.
@@ -30,11 +33,12 @@ use tokio::sync::oneshot;
 pub struct ProviderPlan {
     /// An approvable card is declined anyway.
     pub decline_ppm: u64,
-    /// A mutating call's outcome is unknown to the caller (one of three ways).
+    /// A mutating call's outcome is unknown to the caller (one of three ways: lost before
+    /// it arrived, answer lost after it was applied, applied and answered with a 500).
     pub unknown_ppm: u64,
     /// A read fails as unavailable.
     pub read_failure_ppm: u64,
-    /// The server takes long to process a request.
+    /// The server answers late (after `slow_max_ms`), having applied the request.
     pub slow_ppm: u64,
     pub slow_max_ms: u64,
     /// Network latency of each direction.
@@ -59,7 +63,22 @@ impl Default for ProviderPlan {
     }
 }
 
-/// One payment as the ledger keeps it.
+impl ProviderPlan {
+    /// The provider's side of the plan, as the simulator's random faults.
+    fn server_faults(&self) -> tessera_paysim::FaultConfig {
+        let rate = |ppm: u64| ppm as f64 / 1_000_000.0;
+        tessera_paysim::FaultConfig {
+            decline_rate: rate(self.decline_ppm),
+            timeout_rate: rate(self.slow_ppm),
+            unknown_rate: rate(self.unknown_ppm / 3),
+            followup_timeout_rate: rate(self.slow_ppm),
+            followup_unknown_rate: rate(self.unknown_ppm / 3),
+            timeout_delay_ms: self.slow_max_ms.max(1),
+        }
+    }
+}
+
+/// One payment as the simulator keeps it.
 #[derive(Debug, Clone)]
 pub struct PaymentRecord {
     pub payment: Payment,
@@ -77,26 +96,16 @@ pub struct PaymentRecord {
 #[derive(Debug, Clone, Default)]
 pub struct LedgerView {
     pub payments: BTreeMap<String, PaymentRecord>,
-    /// Requests the server applied, by kind.
-    pub applied: BTreeMap<&'static str, u64>,
-    /// Faults injected, by kind.
+    /// Requests that reached the simulator, by kind.
+    pub delivered: BTreeMap<&'static str, u64>,
+    /// Faults the transport injected, by kind (the simulator's own are in its answers).
     pub faults: BTreeMap<&'static str, u64>,
 }
 
-#[derive(Debug, Clone)]
-enum Answer {
-    Payment(Result<Payment, PaymentError>),
-    Refund(Result<Refund, PaymentError>),
-}
-
-#[derive(Debug, Default)]
-struct Ledger {
-    view: LedgerView,
-    by_order: HashMap<String, Vec<String>>,
-    /// Idempotency key → (canonical request, saved answer).
-    saved: HashMap<String, (String, Answer)>,
-    running: HashSet<String>,
-    seq: u64,
+#[derive(Debug, Clone, Default)]
+struct Counts {
+    delivered: BTreeMap<&'static str, u64>,
+    faults: BTreeMap<&'static str, u64>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -106,55 +115,6 @@ enum Loss {
     BeforeApply,
     /// Applied; the answer was lost on the way back.
     AfterApply,
-    /// Applied, but the server answered (and saved under the key) an internal error.
-    SavedError,
-}
-
-/// The mutating requests.
-#[derive(Debug, Clone)]
-enum Request {
-    Authorize(AuthorizeRequest),
-    Capture { payment_id: String, amount_minor: Option<u64> },
-    Cancel { payment_id: String },
-    Refund { payment_id: String, amount_minor: Option<u64> },
-}
-
-impl Request {
-    fn kind(&self) -> &'static str {
-        match self {
-            Request::Authorize(_) => "authorize",
-            Request::Capture { .. } => "capture",
-            Request::Cancel { .. } => "cancel",
-            Request::Refund { .. } => "refund",
-        }
-    }
-
-    fn canonical(&self) -> String {
-        match self {
-            Request::Authorize(r) => format!(
-                "authorize|{}|{}|{}|{}|{}",
-                r.order_id,
-                r.customer_id,
-                r.amount_minor,
-                r.currency.to_ascii_lowercase(),
-                r.payment_method
-            ),
-            Request::Capture { payment_id, amount_minor } => {
-                format!("capture|{payment_id}|{amount_minor:?}")
-            }
-            Request::Cancel { payment_id } => format!("cancel|{payment_id}"),
-            Request::Refund { payment_id, amount_minor } => {
-                format!("refund|{payment_id}|{amount_minor:?}")
-            }
-        }
-    }
-}
-
-fn wrong_state(p: &Payment, verb: &str) -> PaymentError {
-    PaymentError::WrongState {
-        code: "payment_intent_unexpected_state".into(),
-        message: format!("cannot {verb} a payment whose status is {}", p.status.as_str()),
-    }
 }
 
 fn unknown(reason: &str) -> PaymentError {
@@ -164,10 +124,11 @@ fn unknown(reason: &str) -> PaymentError {
 /// The simulation's payment provider.
 #[derive(Debug)]
 pub struct SimProvider {
-    ledger: Mutex<Ledger>,
+    paysim: tessera_paysim::Simulator,
     plan: Mutex<ProviderPlan>,
     rng: Arc<SeededRng>,
-    clock: Arc<ManualClock>,
+    /// What [`LedgerView::delivered`] and [`LedgerView::faults`] report.
+    counts: Mutex<Counts>,
     /// Gives server tasks their actor ids (they never touch the store, but stay named).
     next_actor: Arc<std::sync::atomic::AtomicU64>,
 }
@@ -179,22 +140,57 @@ impl SimProvider {
         clock: Arc<ManualClock>,
         next_actor: Arc<std::sync::atomic::AtomicU64>,
     ) -> Self {
+        let config = tessera_paysim::SimConfig {
+            mode: tessera_runtime::config::Mode::Local,
+            secret_key: "sk_test_simulation".to_owned(),
+            seed,
+            // The server's own work: the key stays "in progress" meanwhile.
+            latency: tessera_paysim::LatencyConfig { min_ms: 1, max_ms: 40 },
+            faults: plan.server_faults(),
+            ..Default::default()
+        };
+        let paysim =
+            tessera_paysim::Simulator::in_memory(config, clock, SeededRng::new(seed ^ 0x5eed))
+                .expect("an in-memory payment simulator starts");
         SimProvider {
-            ledger: Mutex::new(Ledger::default()),
+            paysim,
             plan: Mutex::new(plan),
             rng: SeededRng::new(seed),
-            clock,
+            counts: Mutex::new(Default::default()),
             next_actor,
         }
     }
 
+    /// The real Stripe adapter, talking to this provider.
+    pub fn client(self: &Arc<Self>) -> StripeClient {
+        StripeClient::with_transport(Arc::new(SimTransport(self.clone())))
+    }
+
     /// Everything the provider did so far.
     pub fn ledger(&self) -> LedgerView {
-        self.ledger.lock().view.clone()
+        let payments = self
+            .paysim
+            .intents()
+            .into_iter()
+            .map(|i| {
+                let record = PaymentRecord {
+                    customer: i.customer_id.unwrap_or_default(),
+                    payment_method: i.payment_method.unwrap_or_default(),
+                    captures: i.captures,
+                    refunds: i.refunds,
+                    ever_held_funds: i.ever_held_funds,
+                    payment: i.payment,
+                };
+                (record.payment.id.clone(), record)
+            })
+            .collect();
+        let Counts { delivered, faults } = self.counts.lock().clone();
+        LedgerView { payments, delivered, faults }
     }
 
     /// Changes the fault plan (the simulation calms the provider down before it settles).
     pub(crate) fn set_plan(&self, plan: ProviderPlan) {
+        self.paysim.set_faults(plan.server_faults());
         *self.plan.lock() = plan;
     }
 
@@ -211,50 +207,74 @@ impl SimProvider {
     }
 
     fn note_fault(&self, kind: &'static str) {
-        *self.ledger.lock().view.faults.entry(kind).or_default() += 1;
+        *self.counts.lock().faults.entry(kind).or_default() += 1;
     }
 
-    /// Carries a mutating request to the server and its answer back.
-    async fn call(self: &Arc<Self>, req: Request, key: &IdempotencyKey) -> Answer {
-        let plan = self.plan();
-        let loss = if self.chance(plan.unknown_ppm) {
-            match self.rng.below(3) {
-                0 => Loss::BeforeApply,
-                1 => Loss::AfterApply,
-                _ => Loss::SavedError,
+    fn note_delivered(&self, kind: &'static str) {
+        *self.counts.lock().delivered.entry(kind).or_default() += 1;
+    }
+}
+
+/// What a request does, for the counts.
+fn kind_of(req: &WireRequest) -> &'static str {
+    let path = req.path_and_query.split('?').next().unwrap_or_default();
+    match (req.method == http::Method::GET, path) {
+        (true, _) => "read",
+        (false, "/v1/payment_intents") => "authorize",
+        (false, "/v1/refunds") => "refund",
+        (false, p) if p.ends_with("/capture") => "capture",
+        (false, p) if p.ends_with("/cancel") => "cancel",
+        _ => "other",
+    }
+}
+
+/// Carries the adapter's requests to the simulator and its answers back, in virtual time,
+/// losing some on the way.
+#[derive(Debug, Clone)]
+struct SimTransport(Arc<SimProvider>);
+
+#[async_trait::async_trait]
+impl Transport for SimTransport {
+    async fn send(&self, req: WireRequest) -> Result<(u16, Bytes), PaymentError> {
+        let p = &self.0;
+        let plan = p.plan();
+        let up = p.between(plan.latency_min_ms, plan.latency_max_ms);
+        let down = p.between(plan.latency_min_ms, plan.latency_max_ms);
+        let kind = kind_of(&req);
+        if req.method == http::Method::GET {
+            let unavailable = p.chance(plan.read_failure_ppm);
+            tokio::time::sleep(Duration::from_millis(up)).await;
+            if unavailable {
+                tracing::info!(target: "sim.provider", "a read fails as unavailable");
+                p.note_fault("read_unavailable");
+                return Err(PaymentError::Unavailable { reason: "connection refused".into() });
             }
+            p.note_delivered(kind);
+            let answer = p.paysim.call(req.method, &req.path_and_query, None, None).await;
+            tokio::time::sleep(Duration::from_millis(down)).await;
+            return Ok(answer);
+        }
+        // Two of the three ways an outcome becomes unknown are the network's; the third
+        // (a saved 500) is the simulator's own.
+        let loss = if p.chance(plan.unknown_ppm.saturating_sub(plan.unknown_ppm / 3)) {
+            if p.rng.below(2) == 0 { Loss::BeforeApply } else { Loss::AfterApply }
         } else {
             Loss::None
         };
-        let up = self.between(plan.latency_min_ms, plan.latency_max_ms);
-        let down = self.between(plan.latency_min_ms, plan.latency_max_ms);
-        let work = if self.chance(plan.slow_ppm) {
-            self.between(plan.client_timeout_ms / 2, plan.slow_max_ms.max(1))
-        } else {
-            self.between(1, 40)
-        };
-        let decline = self.chance(plan.decline_ppm);
-        let kind = req.kind();
-        let fail = |e: PaymentError| match &req {
-            Request::Refund { .. } => Answer::Refund(Err(e)),
-            _ => Answer::Payment(Err(e)),
-        };
-
         let started = tokio::time::Instant::now();
         tokio::time::sleep(Duration::from_millis(up)).await;
         if loss == Loss::BeforeApply {
-            self.note_fault("lost_before_apply");
-            return fail(unknown("connection reset before the request was sent"));
+            p.note_fault("lost_before_apply");
+            return Err(unknown("connection reset before the request was sent"));
         }
         // The request has arrived: the server works on it whatever becomes of the caller.
+        p.note_delivered(kind);
         let (tx, rx) = oneshot::channel();
-        let server = self.clone();
-        let key_text = key.as_str().to_owned();
-        let req_for_server = req.clone();
-        let actor = self.next_actor.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let paysim = p.paysim.clone();
+        let actor = p.next_actor.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         tokio::spawn(crate::sched::as_actor(actor, async move {
-            let answer = server
-                .serve(req_for_server, &key_text, work, decline, loss == Loss::SavedError)
+            let answer = paysim
+                .call(req.method, &req.path_and_query, req.idempotency_key.as_deref(), req.form)
                 .await;
             let _ = tx.send(answer);
         }));
@@ -263,361 +283,38 @@ impl SimProvider {
             .max(Duration::from_millis(1));
         let answer = match tokio::time::timeout(timeout, rx).await {
             Ok(Ok(a)) => a,
-            Ok(Err(_)) => fail(unknown("the server went away")),
+            Ok(Err(_)) => return Err(unknown("the server went away")),
             Err(_) => {
-                self.note_fault("client_timeout");
-                return fail(unknown("timed out waiting for the provider"));
+                p.note_fault("client_timeout");
+                return Err(unknown("timed out waiting for the provider"));
             }
         };
         tokio::time::sleep(Duration::from_millis(down)).await;
         if loss == Loss::AfterApply {
-            self.note_fault("lost_after_apply");
-            return fail(unknown(&format!("connection reset after the {kind} was sent")));
+            p.note_fault("lost_after_apply");
+            return Err(unknown(&format!("connection reset after the {kind} was sent")));
         }
-        answer
-    }
-
-    async fn serve(
-        &self,
-        req: Request,
-        key: &str,
-        work_ms: u64,
-        decline: bool,
-        save_error: bool,
-    ) -> Answer {
-        let canonical = req.canonical();
-        {
-            let mut l = self.ledger.lock();
-            if let Some((seen, answer)) = l.saved.get(key) {
-                if *seen != canonical {
-                    return match req {
-                        Request::Refund { .. } => {
-                            Answer::Refund(Err(PaymentError::IdempotencyConflict))
-                        }
-                        _ => Answer::Payment(Err(PaymentError::IdempotencyConflict)),
-                    };
-                }
-                return answer.clone();
-            }
-            if !l.running.insert(key.to_owned()) {
-                let e = unknown("a request with this idempotency key is still running");
-                return match req {
-                    Request::Refund { .. } => Answer::Refund(Err(e)),
-                    _ => Answer::Payment(Err(e)),
-                };
-            }
-        }
-        tokio::time::sleep(Duration::from_millis(work_ms)).await;
-        let mut l = self.ledger.lock();
-        l.running.remove(key);
-        let kind = req.kind();
-        let order = match &req {
-            Request::Authorize(r) => r.order_id.to_string(),
-            Request::Capture { payment_id, .. }
-            | Request::Cancel { payment_id }
-            | Request::Refund { payment_id, .. } => payment_id.clone(),
-        };
-        let mut answer = self.apply(&mut l, req, decline);
-        tracing::info!(
-            target: "sim.provider",
-            at_s = self.clock.now_ms() / 1000 - crate::scenario::T0_MS / 1000,
-            "applied {kind} {order} key={key} save_error={save_error}: {}",
-            match &answer {
-                Answer::Payment(Ok(p)) => format!("{} {}", p.id, p.status.as_str()),
-                Answer::Payment(Err(e)) | Answer::Refund(Err(e)) => format!("error {e}"),
-                Answer::Refund(Ok(r)) => format!("{} refunded {}", r.id, r.amount_minor),
-            }
-        );
-        *l.view.applied.entry(kind).or_default() += 1;
-        if save_error {
-            l.view.faults.entry("saved_error").and_modify(|n| *n += 1).or_insert(1);
-            let e = unknown("the provider answered 500");
-            answer = match answer {
-                Answer::Refund(_) => Answer::Refund(Err(e)),
-                Answer::Payment(_) => Answer::Payment(Err(e)),
-            };
-        }
-        l.saved.insert(key.to_owned(), (canonical, answer.clone()));
-        answer
-    }
-
-    fn apply(&self, l: &mut Ledger, req: Request, decline: bool) -> Answer {
-        match req {
-            Request::Authorize(r) => Answer::Payment(self.authorize_now(l, &r, decline)),
-            Request::Capture { payment_id, amount_minor } => {
-                Answer::Payment(Self::capture_now(l, &payment_id, amount_minor))
-            }
-            Request::Cancel { payment_id } => Answer::Payment(Self::cancel_now(l, &payment_id)),
-            Request::Refund { payment_id, amount_minor } => {
-                Answer::Refund(Self::refund_now(l, &payment_id, amount_minor))
-            }
-        }
-    }
-
-    fn authorize_now(
-        &self,
-        l: &mut Ledger,
-        r: &AuthorizeRequest,
-        decline: bool,
-    ) -> Result<Payment, PaymentError> {
-        if r.amount_minor == 0 {
-            return Err(PaymentError::Invalid {
-                code: "amount_too_small".into(),
-                message: "amount must be at least 1".into(),
-                param: Some("amount".into()),
-            });
-        }
-        // The card's own answer, as the real provider's test cards give it.
-        let (status, error): (PaymentStatus, Option<(&str, &str)>) = match r.payment_method.as_str()
-        {
-            "pm_card_visa" | "pm_card_mastercard" | "pm_card_amex" if decline => {
-                (PaymentStatus::RequiresPaymentMethod, Some(("card_declined", "do_not_honor")))
-            }
-            "pm_card_visa" | "pm_card_mastercard" | "pm_card_amex" => {
-                (PaymentStatus::RequiresCapture, None)
-            }
-            "pm_card_chargeDeclined" => {
-                (PaymentStatus::RequiresPaymentMethod, Some(("card_declined", "generic_decline")))
-            }
-            "pm_card_chargeDeclinedInsufficientFunds" => (
-                PaymentStatus::RequiresPaymentMethod,
-                Some(("card_declined", "insufficient_funds")),
-            ),
-            "pm_card_authenticationRequired" => (PaymentStatus::RequiresAction, None),
-            other => {
-                return Err(PaymentError::Invalid {
-                    code: "resource_missing".into(),
-                    message: format!("no such payment method: {other}"),
-                    param: Some("payment_method".into()),
-                });
-            }
-        };
-        l.seq += 1;
-        let id = format!("pi_sim{:06}", l.seq);
-        let payment = Payment {
-            id: id.clone(),
-            status,
-            amount_minor: r.amount_minor,
-            amount_capturable_minor: if status == PaymentStatus::RequiresCapture {
-                r.amount_minor
-            } else {
-                0
-            },
-            amount_received_minor: 0,
-            amount_refunded_minor: 0,
-            currency: r.currency.to_ascii_lowercase(),
-            order_id: Some(r.order_id.as_str().to_owned()),
-            last_error_code: error.map(|(c, _)| c.to_owned()),
-            created_s: self.clock.now_ms() / 1000,
-        };
-        l.view.payments.insert(
-            id.clone(),
-            PaymentRecord {
-                payment: payment.clone(),
-                customer: r.customer_id.as_str().to_owned(),
-                payment_method: r.payment_method.clone(),
-                captures: 0,
-                refunds: Vec::new(),
-                ever_held_funds: status.holds_funds(),
-            },
-        );
-        l.by_order.entry(r.order_id.as_str().to_owned()).or_default().push(id.clone());
-        match error {
-            Some((code, decline_code)) => Err(PaymentError::Declined {
-                code: code.into(),
-                decline_code: Some(decline_code.into()),
-                payment_id: Some(id),
-            }),
-            None => Ok(payment),
-        }
-    }
-
-    fn capture_now(l: &mut Ledger, id: &str, amount: Option<u64>) -> Result<Payment, PaymentError> {
-        let rec = l.view.payments.get_mut(id).ok_or(PaymentError::NotFound)?;
-        let p = &mut rec.payment;
-        if p.status != PaymentStatus::RequiresCapture {
-            return Err(wrong_state(p, "capture"));
-        }
-        let amount = amount.unwrap_or(p.amount_capturable_minor);
-        if amount == 0 || amount > p.amount_capturable_minor {
-            return Err(PaymentError::Invalid {
-                code: "amount_too_large".into(),
-                message: "the amount to capture exceeds the amount capturable".into(),
-                param: Some("amount_to_capture".into()),
-            });
-        }
-        p.status = PaymentStatus::Succeeded;
-        p.amount_received_minor = amount;
-        p.amount_capturable_minor = 0;
-        rec.captures += 1;
-        rec.ever_held_funds = true;
-        Ok(p.clone())
-    }
-
-    fn cancel_now(l: &mut Ledger, id: &str) -> Result<Payment, PaymentError> {
-        let rec = l.view.payments.get_mut(id).ok_or(PaymentError::NotFound)?;
-        let p = &mut rec.payment;
-        match p.status {
-            PaymentStatus::RequiresPaymentMethod
-            | PaymentStatus::RequiresConfirmation
-            | PaymentStatus::RequiresAction
-            | PaymentStatus::RequiresCapture => {
-                p.status = PaymentStatus::Canceled;
-                p.amount_capturable_minor = 0;
-                Ok(p.clone())
-            }
-            _ => Err(wrong_state(p, "cancel")),
-        }
-    }
-
-    fn refund_now(l: &mut Ledger, id: &str, amount: Option<u64>) -> Result<Refund, PaymentError> {
-        let seq = l.seq + 1;
-        let rec = l.view.payments.get_mut(id).ok_or(PaymentError::NotFound)?;
-        let p = &mut rec.payment;
-        let left = p.net_charged_minor();
-        if p.status != PaymentStatus::Succeeded || left == 0 {
-            return Err(PaymentError::WrongState {
-                code: if left == 0 && p.status == PaymentStatus::Succeeded {
-                    "charge_already_refunded".into()
-                } else {
-                    "payment_intent_unexpected_state".into()
-                },
-                message: format!("nothing to refund on a {} payment", p.status.as_str()),
-            });
-        }
-        let amount = amount.unwrap_or(left);
-        if amount == 0 || amount > left {
-            return Err(PaymentError::Invalid {
-                code: "amount_too_large".into(),
-                message: "refund exceeds what is left".into(),
-                param: Some("amount".into()),
-            });
-        }
-        p.amount_refunded_minor += amount;
-        rec.refunds.push(amount);
-        let refund = Refund {
-            id: format!("re_sim{seq:06}"),
-            payment_id: id.to_owned(),
-            amount_minor: amount,
-            currency: p.currency.clone(),
-            status: RefundStatus::Succeeded,
-        };
-        l.seq = seq;
-        Ok(refund)
-    }
-
-    /// A read: latency both ways, sometimes unavailable.
-    async fn read<T>(
-        &self,
-        f: impl FnOnce(&Ledger) -> Result<T, PaymentError>,
-    ) -> Result<T, PaymentError> {
-        let plan = self.plan();
-        let up = self.between(plan.latency_min_ms, plan.latency_max_ms);
-        let down = self.between(plan.latency_min_ms, plan.latency_max_ms);
-        let unavailable = self.chance(plan.read_failure_ppm);
-        tokio::time::sleep(Duration::from_millis(up)).await;
-        if unavailable {
-            tracing::info!(target: "sim.provider", "a read fails as unavailable");
-            self.note_fault("read_unavailable");
-            return Err(PaymentError::Unavailable { reason: "connection refused".into() });
-        }
-        let out = f(&self.ledger.lock());
-        tokio::time::sleep(Duration::from_millis(down)).await;
-        out
-    }
-}
-
-fn payment_of(a: Answer) -> Result<Payment, PaymentError> {
-    match a {
-        Answer::Payment(r) => r,
-        Answer::Refund(_) => Err(unknown("the provider answered another request")),
-    }
-}
-
-/// The trait takes `&self`; the provider needs an `Arc` of itself to hand requests to its
-/// server tasks, so the trait is implemented on this handle.
-#[derive(Debug, Clone)]
-pub struct SimProviderHandle(pub Arc<SimProvider>);
-
-#[async_trait::async_trait]
-impl PaymentProvider for SimProviderHandle {
-    async fn authorize(
-        &self,
-        req: &AuthorizeRequest,
-        key: &IdempotencyKey,
-    ) -> Result<Payment, PaymentError> {
-        payment_of(self.0.call(Request::Authorize(req.clone()), key).await)
-    }
-
-    async fn capture(
-        &self,
-        payment_id: &str,
-        amount_minor: Option<u64>,
-        key: &IdempotencyKey,
-    ) -> Result<Payment, PaymentError> {
-        let req = Request::Capture { payment_id: payment_id.to_owned(), amount_minor };
-        payment_of(self.0.call(req, key).await)
-    }
-
-    async fn cancel(
-        &self,
-        payment_id: &str,
-        key: &IdempotencyKey,
-    ) -> Result<Payment, PaymentError> {
-        payment_of(self.0.call(Request::Cancel { payment_id: payment_id.to_owned() }, key).await)
-    }
-
-    async fn refund(
-        &self,
-        payment_id: &str,
-        amount_minor: Option<u64>,
-        key: &IdempotencyKey,
-    ) -> Result<Refund, PaymentError> {
-        let req = Request::Refund { payment_id: payment_id.to_owned(), amount_minor };
-        match self.0.call(req, key).await {
-            Answer::Refund(r) => r,
-            Answer::Payment(_) => Err(unknown("the provider answered another request")),
-        }
-    }
-
-    async fn retrieve(&self, payment_id: &str) -> Result<Payment, PaymentError> {
-        self.0
-            .read(|l| {
-                l.view
-                    .payments
-                    .get(payment_id)
-                    .map(|r| r.payment.clone())
-                    .ok_or(PaymentError::NotFound)
-            })
-            .await
-    }
-
-    async fn find_by_order(&self, order_id: &OrderId) -> Result<Vec<Payment>, PaymentError> {
-        self.0
-            .read(|l| {
-                let ids = l.by_order.get(order_id.as_str()).cloned().unwrap_or_default();
-                Ok(ids
-                    .iter()
-                    .rev()
-                    .filter_map(|id| l.view.payments.get(id).map(|r| r.payment.clone()))
-                    .collect())
-            })
-            .await
+        tracing::info!(target: "sim.provider", "{kind} answered {}", answer.0);
+        Ok(answer)
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use tessera_api::CustomerId;
+    use tessera_api::{CustomerId, OrderId};
+    use tessera_payments::{AuthorizeRequest, IdempotencyKey, PaymentProvider as _, PaymentStatus};
 
-    fn provider() -> SimProviderHandle {
-        SimProviderHandle(Arc::new(SimProvider::new(
+    /// The provider and the real adapter talking to it.
+    fn provider() -> (Arc<SimProvider>, StripeClient) {
+        let sim = Arc::new(SimProvider::new(
             ProviderPlan::default(),
             7,
             ManualClock::new(crate::scenario::T0_MS),
             Arc::new(std::sync::atomic::AtomicU64::new(1)),
-        )))
+        ));
+        let client = sim.client();
+        (sim, client)
     }
 
     fn req(order: u128, card: &str, amount_minor: u64) -> AuthorizeRequest {
@@ -647,21 +344,21 @@ mod tests {
     #[test]
     fn a_repeated_key_replays_the_first_answer_and_a_reused_one_is_refused() {
         block_on(async {
-            let p = provider();
+            let (sim, p) = provider();
             let a = p.authorize(&req(1, "pm_card_visa", 500), &key("k1")).await.unwrap();
             let b = p.authorize(&req(1, "pm_card_visa", 500), &key("k1")).await.unwrap();
             assert_eq!(a, b);
             assert_eq!(a.status, PaymentStatus::RequiresCapture);
             let e = p.authorize(&req(1, "pm_card_visa", 600), &key("k1")).await.unwrap_err();
             assert_eq!(e, PaymentError::IdempotencyConflict);
-            assert_eq!(p.0.ledger().payments.len(), 1);
+            assert_eq!(sim.ledger().payments.len(), 1);
         });
     }
 
     #[test]
     fn manual_capture_moves_money_once_and_refunds_give_it_back() {
         block_on(async {
-            let p = provider();
+            let (sim, p) = provider();
             let a = p.authorize(&req(2, "pm_card_visa", 900), &key("a")).await.unwrap();
             let c = p.capture(&a.id, None, &key("c1")).await.unwrap();
             assert_eq!((c.status, c.net_charged_minor()), (PaymentStatus::Succeeded, 900));
@@ -677,14 +374,14 @@ mod tests {
             ));
             let now = p.retrieve(&a.id).await.unwrap();
             assert_eq!(now.net_charged_minor(), 0);
-            assert_eq!(p.0.ledger().payments[&a.id].captures, 1);
+            assert_eq!(sim.ledger().payments[&a.id].captures, 1);
         });
     }
 
     #[test]
     fn a_declined_card_records_a_payment_that_holds_nothing() {
         block_on(async {
-            let p = provider();
+            let (sim, p) = provider();
             let e = p.authorize(&req(3, "pm_card_chargeDeclined", 100), &key("d")).await;
             let Err(PaymentError::Declined { payment_id: Some(id), .. }) = e else {
                 panic!("{e:?}")
@@ -695,9 +392,25 @@ mod tests {
                 (got[0].id.as_str(), got[0].status),
                 (id.as_str(), PaymentStatus::RequiresPaymentMethod)
             );
-            assert!(!p.0.ledger().payments[&id].ever_held_funds);
+            assert!(!sim.ledger().payments[&id].ever_held_funds);
             let c = p.cancel(&id, &key("v")).await.unwrap();
             assert_eq!(c.status, PaymentStatus::Canceled);
+        });
+    }
+
+    #[test]
+    fn a_card_that_asks_for_3d_secure_waits_and_can_be_canceled() {
+        block_on(async {
+            let (sim, p) = provider();
+            let a = p
+                .authorize(&req(4, "pm_card_authenticationRequired", 700), &key("t"))
+                .await
+                .unwrap();
+            assert_eq!(a.status, PaymentStatus::RequiresAction);
+            assert!(!sim.ledger().payments[&a.id].ever_held_funds);
+            let c = p.cancel(&a.id, &key("tv")).await.unwrap();
+            assert_eq!(c.status, PaymentStatus::Canceled);
+            assert_eq!(sim.ledger().delivered.get("authorize"), Some(&1));
         });
     }
 }

@@ -387,7 +387,7 @@ impl Scenario {
         let mut digest = sha2::Sha256::new();
         digest.update(&snapshot.digest);
         digest.update(format!("{:?}", ledger.payments).as_bytes());
-        digest.update(format!("{:?}|{:?}", ledger.applied, ledger.faults).as_bytes());
+        digest.update(format!("{:?}|{:?}", ledger.delivered, ledger.faults).as_bytes());
         {
             let j = world.journal.lock();
             digest.update(

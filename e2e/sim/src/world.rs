@@ -19,7 +19,7 @@ use tessera_store::memory::MemoryStore;
 use tessera_store_testkit::faults::FaultyStore;
 use tokio::task::{AbortHandle, JoinHandle};
 
-use crate::provider::{SimProvider, SimProviderHandle};
+use crate::provider::SimProvider;
 use crate::sched::{Sched, SimStore, as_actor};
 use crate::util::{derive, panic_text};
 use crate::venue::Venue;
@@ -296,7 +296,7 @@ impl World {
         );
         let orders = Orders::new(
             inv,
-            Arc::new(SimProviderHandle(self.provider.clone())),
+            Arc::new(self.provider.client()),
             self.tickets.clone(),
             clock,
             SeededRng::new(derive(self.seed, "orders", i as u64, st.incarnation)),

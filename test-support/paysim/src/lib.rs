@@ -8,6 +8,8 @@
 //!   brand cards) approve; `pm_card_chargeDeclined`, `pm_card_visa_chargeDeclined`,
 //!   `pm_card_chargeDeclinedInsufficientFunds`, `..LostCard`, `..StolenCard`,
 //!   `..ExpiredCard`, `..IncorrectCvc`, `..ProcessingError`, `..Fraudulent` decline.
+//! - `pm_card_authenticationRequired` asks for 3-D Secure: the intent stays in
+//!   `requires_action` (a test cardholder never authenticates).
 //! - Simulator-only methods make faults deterministic: `pm_card_tessera_timeout` is
 //!   approved but answered only after `faults.timeout_delay_ms` (so the client times out);
 //!   `pm_card_tessera_unknown` is approved and answered with a 500, and that 500 is what
@@ -196,6 +198,9 @@ fn card_behaviour(pm: &str) -> Option<(CardAnswer, Fault)> {
     if APPROVING.contains(&pm) {
         return Some((CardAnswer::Approve, Fault::None));
     }
+    if pm == "pm_card_authenticationRequired" {
+        return Some((CardAnswer::Authenticate, Fault::None));
+    }
     let fault = match pm {
         "pm_card_tessera_timeout" => Some(Fault::Timeout),
         "pm_card_tessera_unknown" => Some(Fault::Unknown),
@@ -240,6 +245,8 @@ struct IdemTable {
 
 struct Inner {
     config: SimConfig,
+    /// `config.faults`, changeable while running ([`Simulator::set_faults`]).
+    faults: Mutex<FaultConfig>,
     clock: Arc<dyn Clock>,
     rng: Arc<dyn Rng>,
     ledger: Mutex<Ledger>,
@@ -274,6 +281,27 @@ impl Simulator {
         rng: Arc<dyn Rng>,
     ) -> anyhow::Result<Self> {
         let (journal, records) = Journal::open(&config.journal_path)?;
+        Self::start(config, clock, rng, journal, records)
+    }
+
+    /// A simulator that keeps nothing on disk (`journal_path` is not read), for callers
+    /// in the same process ([`Simulator::call`]): the deterministic simulation, whose
+    /// virtual time a journal writer thread would race.
+    pub fn in_memory(
+        config: SimConfig,
+        clock: Arc<dyn Clock>,
+        rng: Arc<dyn Rng>,
+    ) -> anyhow::Result<Self> {
+        Self::start(config, clock, rng, Journal::none(), Vec::new())
+    }
+
+    fn start(
+        config: SimConfig,
+        clock: Arc<dyn Clock>,
+        rng: Arc<dyn Rng>,
+        journal: Journal,
+        records: Vec<Record>,
+    ) -> anyhow::Result<Self> {
         let mut ledger = Ledger::default();
         let mut idem = HashMap::new();
         let mut events: Vec<EventRec> = Vec::new();
@@ -301,6 +329,7 @@ impl Simulator {
             .build()?;
         let (webhook_tx, webhook_rx) = tokio::sync::mpsc::unbounded_channel();
         let inner = Arc::new(Inner {
+            faults: Mutex::new(config.faults.clone()),
             config,
             clock,
             rng,
@@ -351,6 +380,98 @@ impl Simulator {
     /// The ledger as `GET /_sim/ledger` reports it.
     pub fn ledger(&self) -> Value {
         ledger_json(&self.inner.ledger.lock())
+    }
+
+    /// Every PaymentIntent, by id, with what happened to it.
+    pub fn intents(&self) -> Vec<IntentView> {
+        let ledger = self.inner.ledger.lock();
+        let mut refunds: HashMap<&str, Vec<u64>> = HashMap::new();
+        for r in ledger.refunds.values() {
+            refunds.entry(r.payment_intent.as_str()).or_default().push(r.amount);
+        }
+        ledger
+            .intents
+            .values()
+            .map(|i| IntentView::of(i, refunds.remove(i.id.as_str()).unwrap_or_default()))
+            .collect()
+    }
+
+    /// Changes the random faults from now on.
+    pub fn set_faults(&self, faults: FaultConfig) {
+        *self.inner.faults.lock() = faults;
+    }
+
+    /// One API request carried in process, as it would arrive over HTTP (with the
+    /// configured secret key): the answer's status and body. The response of a request
+    /// that plays a timeout comes after the delay, as over the network.
+    pub async fn call(
+        &self,
+        method: http::Method,
+        path_and_query: &str,
+        idempotency_key: Option<&str>,
+        form: Option<String>,
+    ) -> (u16, Bytes) {
+        use tower::ServiceExt as _;
+        let mut req = http::Request::builder()
+            .method(method)
+            .uri(path_and_query)
+            .header(header::AUTHORIZATION, format!("Bearer {}", self.inner.config.secret_key));
+        if let Some(k) = idempotency_key {
+            req = req.header("idempotency-key", k);
+        }
+        if form.is_some() {
+            req = req.header(header::CONTENT_TYPE, "application/x-www-form-urlencoded");
+        }
+        let Ok(req) = req.body(Body::from(form.unwrap_or_default())) else {
+            return (400, Bytes::from_static(b"{}"));
+        };
+        let Ok(resp) = self.router().oneshot(req).await;
+        let status = resp.status().as_u16();
+        match axum::body::to_bytes(resp.into_body(), usize::MAX).await {
+            Ok(body) => (status, body),
+            // A reset mid-response (`pm_card_tessera_reset`).
+            Err(_) => (599, Bytes::new()),
+        }
+    }
+}
+
+/// A PaymentIntent as the simulator keeps it, for checks.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IntentView {
+    /// As the adapter reads it (see `tessera_payments::Payment`).
+    pub payment: tessera_payments::Payment,
+    pub customer_id: Option<String>,
+    pub payment_method: Option<String>,
+    /// Charges captured (a PaymentIntent allows one).
+    pub captures: u32,
+    /// Refunded amounts, one per refund.
+    pub refunds: Vec<u64>,
+    /// Whether a charge ever held or took the amount on the card.
+    pub ever_held_funds: bool,
+}
+
+impl IntentView {
+    fn of(i: &state::Intent, refunds: Vec<u64>) -> Self {
+        let payment = tessera_payments::Payment {
+            id: i.id.clone(),
+            status: i.status,
+            amount_minor: i.amount,
+            amount_capturable_minor: i.amount_capturable,
+            amount_received_minor: i.amount_received,
+            amount_refunded_minor: i.latest_charge().map_or(0, |c| c.amount_refunded),
+            currency: i.currency.clone(),
+            order_id: i.metadata.get("order_id").cloned(),
+            last_error_code: i.last_payment_error.as_ref().map(|e| e.code.clone()),
+            created_s: i.created,
+        };
+        IntentView {
+            payment,
+            customer_id: i.metadata.get("customer_id").cloned(),
+            payment_method: i.payment_method.clone(),
+            captures: i.charges.iter().filter(|c| c.captured).count() as u32,
+            refunds,
+            ever_held_funds: i.charges.iter().any(|c| c.status == "succeeded"),
+        }
     }
 }
 
@@ -576,6 +697,7 @@ async fn handle_post_inner(
 
     // Decide what the card network says and which fault to play, before any work.
     let cfg = &sim.inner.config;
+    let faults = sim.inner.faults.lock().clone();
     let rng: &dyn Rng = &*sim.inner.rng;
     let (answer, mut fault) = match op {
         Op::Create | Op::Confirm => {
@@ -604,7 +726,7 @@ async fn handle_post_inner(
     let authorizing = matches!(op, Op::Confirm)
         || (op == Op::Create && params.scalars.get("confirm").map(String::as_str) == Some("true"));
     if fault == Fault::None {
-        let f = &cfg.faults;
+        let f = &faults;
         if authorizing && answer == CardAnswer::Approve {
             if roll(rng, f.decline_rate) {
                 answer = CardAnswer::Decline {
@@ -715,7 +837,7 @@ async fn handle_post_inner(
     match fault {
         Fault::None | Fault::Unknown => json_response(status, &body_text, false),
         Fault::Timeout => {
-            tokio::time::sleep(Duration::from_millis(cfg.faults.timeout_delay_ms)).await;
+            tokio::time::sleep(Duration::from_millis(faults.timeout_delay_ms)).await;
             json_response(status, &body_text, false)
         }
         Fault::Reset => {

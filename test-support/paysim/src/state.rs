@@ -13,7 +13,14 @@ use tessera_payments::PaymentStatus;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum CardAnswer {
     Approve,
-    Decline { code: &'static str, decline_code: Option<&'static str>, message: &'static str },
+    /// The issuer asks for 3-D Secure: the intent waits in `requires_action` for the
+    /// cardholder, who never comes back in a test (nothing is charged).
+    Authenticate,
+    Decline {
+        code: &'static str,
+        decline_code: Option<&'static str>,
+        message: &'static str,
+    },
 }
 
 /// A charge: the attempt to move money behind a PaymentIntent.
@@ -455,9 +462,18 @@ impl Ledger {
         salt: u64,
         answer: &CardAnswer,
     ) -> Applied {
+        if *answer == CardAnswer::Authenticate {
+            intent.status = PaymentStatus::RequiresAction;
+            intent.last_payment_error = None;
+            self.put_intent(intent.clone());
+            let body = intent_json(&intent, p.expands("latest_charge"));
+            let events = vec![("payment_intent.requires_action", intent_json(&intent, false))];
+            return Applied { status: 200, body, intents: vec![intent], refunds: vec![], events };
+        }
         let charge_seq = self.take_seq();
         let charge_id = object_id("ch", charge_seq, salt.rotate_left(7));
         match answer {
+            CardAnswer::Authenticate => unreachable!("answered above"),
             CardAnswer::Approve => {
                 let manual = intent.capture_method == "manual";
                 intent.charges.push(Charge {
