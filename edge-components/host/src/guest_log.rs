@@ -19,7 +19,9 @@ use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
 
-/// How much one instance may write to stderr; writes past it fail (the instance goes on).
+/// How much one instance may write to stderr (a refusal line is about 150 bytes). A write
+/// past it fails, and Rust's `eprintln!` panics on a failed write: a component that writes
+/// more in one request ends that request with an error.
 pub const STDERR_MAX_BYTES: usize = 16 << 10;
 
 /// How often one key is logged.
