@@ -192,19 +192,23 @@ impl<S: Store, C: Clock> OutboxRelay<S, C> {
         // to a second; after a good one, the poll interval again.
         let policy =
             tessera_common::retry::Backoff::new(self.cfg.poll_interval * 2, Duration::from_secs(1));
-        let mut delays = policy.delays(None);
+        // Made at the first failure, dropped at the next good pass.
+        let mut delays = None;
         let mut backoff;
         loop {
             match self.pass().await {
                 Ok(_) => {
                     backoff = self.cfg.poll_interval;
-                    delays = policy.delays(None);
+                    delays = None;
                 }
                 Err(e) => {
                     metrics::counter!("tessera_bus_relay_errors_total", "region" => self.cfg.region.to_string())
                         .increment(1);
                     tracing::warn!(region = %self.cfg.region, "outbox relay pass failed, retrying: {e:#}");
-                    backoff = delays.next().unwrap_or(Duration::from_secs(1));
+                    backoff = delays
+                        .get_or_insert_with(|| policy.delays(None))
+                        .next()
+                        .unwrap_or(Duration::from_secs(1));
                 }
             }
             tokio::select! {

@@ -120,22 +120,32 @@ impl Ctx {
         Ok(Snapshot(s))
     }
 
-    /// How many refusals the stack's HTTP services have counted under `code`: the edge's
-    /// `tessera_edge_refusals_total{outcome}` and every core's and the router's
-    /// `tessera_http_refusals_total{code}`.
-    async fn refusal_count(&self, code: &str) -> anyhow::Result<u64> {
+    /// Where the stack's HTTP services count their refusals: `(service, base URL, metric
+    /// family, label)` for the edge's `tessera_edge_refusals_total{outcome}` and the
+    /// router's and every core's `tessera_http_refusals_total{code}`.
+    fn refusal_sources(&self) -> anyhow::Result<Vec<(String, String, &'static str, &'static str)>> {
         let urls = &self.stack.urls;
-        let mut sources = vec![(
-            urls.edge_admin.clone().context("the edge's admin address")?,
-            "tessera_edge_refusals_total",
-            "outcome",
-        )];
-        sources.push((urls.router.clone(), "tessera_http_refusals_total", "code"));
-        for core in urls.cores.values() {
-            sources.push((core.clone(), "tessera_http_refusals_total", "code"));
+        let edge = urls.edge_admin.clone().context("the edge's admin address")?;
+        let mut sources = vec![
+            ("edge".to_owned(), edge, "tessera_edge_refusals_total", "outcome"),
+            ("router".to_owned(), urls.router.clone(), "tessera_http_refusals_total", "code"),
+        ];
+        for (region, core) in &urls.cores {
+            sources.push((
+                format!("core-{region}"),
+                core.clone(),
+                "tessera_http_refusals_total",
+                "code",
+            ));
         }
+        Ok(sources)
+    }
+
+    /// How many refusals the stack's HTTP services have counted under `code`.
+    async fn refusal_count(&self, code: &str) -> anyhow::Result<u64> {
+        let sources = self.refusal_sources()?;
         let mut total = 0;
-        for (base, family, label) in sources {
+        for (_, base, family, label) in sources {
             let text = self.stack.http.get(format!("{base}/metrics")).send().await?.text().await?;
             total += counter_value(&text, family, label, code);
         }
@@ -1404,22 +1414,7 @@ pub async fn run() -> anyhow::Result<(Vec<Verdict>, BTreeMap<String, String>)> {
 /// log. The edge logs a code at most once a second, so each counted code is looked for
 /// once, not each refusal.
 async fn unlogged_refusals(c: &Ctx) -> anyhow::Result<Vec<String>> {
-    let urls = &c.stack.urls;
-    let mut sources = vec![(
-        "edge".to_owned(),
-        urls.edge_admin.clone().context("the edge's admin address")?,
-        "tessera_edge_refusals_total",
-        "outcome",
-    )];
-    sources.push(("router".to_owned(), urls.router.clone(), "tessera_http_refusals_total", "code"));
-    for (region, core) in &urls.cores {
-        sources.push((
-            format!("core-{region}"),
-            core.clone(),
-            "tessera_http_refusals_total",
-            "code",
-        ));
-    }
+    let sources = c.refusal_sources()?;
     let mut out = Vec::new();
     for (service, base, family, label) in sources {
         let text = c.stack.http.get(format!("{base}/metrics")).send().await?.text().await?;
